@@ -1,0 +1,126 @@
+//! `bootctl`: read and change which slot boots.
+
+use anyhow::Result;
+use bootctl::host;
+use bootctl::report::StatusReport;
+use bootctl::{Disk, Error, Slot, DEFAULT_TRIES};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Switchback boot control: the A/B slots' GPT boot flags"
+)]
+struct Cli {
+    /// Disk or disk image (default: the disk holding the running root).
+    #[arg(long, global = true)]
+    disk: Option<PathBuf>,
+    /// Logical sector size of a disk image (default: detected).
+    #[arg(long, global = true, value_parser = ["512", "4096"])]
+    sector_size: Option<String>,
+    /// The slot the system booted from (default: from /proc/cmdline).
+    #[arg(long, global = true)]
+    booted_slot: Option<Slot>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Both slots' boot flags, the booted slot and the next boot.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot SLOT next, on trial.
+    SetActive {
+        slot: Slot,
+        #[arg(long, default_value_t = DEFAULT_TRIES)]
+        tries: u8,
+    },
+    /// Record that SLOT (default: the booted one) passed its health check.
+    MarkGood { slot: Option<Slot> },
+    /// Make SLOT (default: the booted one) unbootable.
+    MarkBad { slot: Option<Slot> },
+    /// Boot the other, previously good slot next.
+    Rollback {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the boot selection once, persist the spent try, print the slot.
+    Select {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("bootctl: error: {e:#}");
+        let code = e.downcast_ref::<Error>().map_or(1, Error::exit_code);
+        std::process::exit(code);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let cmdline = host::read_cmdline();
+    let path = match cli.disk {
+        Some(p) => p,
+        None => host::root_disk(&cmdline).ok_or_else(|| {
+            Error::Invalid(
+                "cannot find the disk of the running root from /proc/cmdline: pass --disk".into(),
+            )
+        })?,
+    };
+    let sector_size = cli.sector_size.map(|s| s.parse::<u64>()).transpose()?;
+    let writes = !matches!(cli.command, Command::Status { .. });
+    let mut disk = Disk::open(&path, sector_size, writes)?;
+    let state = disk.read()?;
+    let booted = cli
+        .booted_slot
+        .or_else(|| host::booted_slot(&cmdline, &state.table));
+    let named_or_booted = |slot: Option<Slot>| slot.or(booted).ok_or(Error::BootedUnknown);
+    let shown = path.display().to_string();
+    let after = match cli.command {
+        Command::Status { json } => {
+            let report = StatusReport::new(&shown, &state, booted);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            return Ok(());
+        }
+        Command::SetActive { slot, tries } => disk.set_active(slot, tries)?,
+        Command::MarkGood { slot } => disk.mark_good(named_or_booted(slot)?)?,
+        Command::MarkBad { slot } => disk.mark_bad(named_or_booted(slot)?)?,
+        Command::Rollback { json } => {
+            let (target, _) = disk.rollback(booted)?;
+            if json {
+                println!("{}", serde_json::json!({ "next": target }));
+            } else {
+                println!("{target} boots next");
+            }
+            return Ok(());
+        }
+        Command::Select { json } => {
+            let s = disk.select()?;
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                if s.fallback {
+                    eprintln!(
+                        "bootctl: warning: no slot is bootable; trying {} anyway",
+                        s.slot
+                    );
+                }
+                println!("{}", s.slot);
+            }
+            return Ok(());
+        }
+    };
+    print!("{}", StatusReport::new(&shown, &after, booted));
+    Ok(())
+}

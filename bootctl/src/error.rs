@@ -1,0 +1,81 @@
+//! Errors that callers (the CLIs, the updater) match on, each with its own
+//! process exit code so that scripts can tell them apart.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {op}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: no valid GPT (primary: {primary}; backup: {backup})")]
+    NoGpt {
+        path: PathBuf,
+        primary: String,
+        backup: String,
+    },
+
+    #[error("{path}: no partition named {name:?}: not a Switchback disk")]
+    MissingPartition { path: PathBuf, name: &'static str },
+
+    #[error("{path}: partition name {name:?} appears {count} times; slots must be unique")]
+    DuplicatePartition {
+        path: PathBuf,
+        name: &'static str,
+        count: usize,
+    },
+
+    #[error("{path}: sector size {size} is not supported (512 or 4096)")]
+    SectorSize { path: PathBuf, size: u64 },
+
+    #[error("{slot} is not a successful release (priority {priority}, tries {tries}): refusing to make it active")]
+    NotSuccessful {
+        slot: &'static str,
+        priority: u8,
+        tries: u8,
+    },
+
+    #[error("the booted slot is unknown: name the slot (a or b) or pass --booted-slot")]
+    BootedUnknown,
+
+    #[error("{path}: read-back after writing the GPT does not match what was written")]
+    VerifyFailed { path: PathBuf },
+
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// Distinct exit codes; documented in docs/exit-codes.md.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Io { .. } => 10,
+            Error::NoGpt { .. } => 11,
+            Error::MissingPartition { .. } => 12,
+            Error::DuplicatePartition { .. } => 13,
+            Error::SectorSize { .. } => 14,
+            Error::NotSuccessful { .. } => 15,
+            Error::BootedUnknown => 16,
+            Error::VerifyFailed { .. } => 17,
+            Error::Invalid(_) => 2,
+        }
+    }
+
+    pub fn io<'a>(
+        path: &'a std::path::Path,
+        op: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> Error + 'a {
+        move |source| Error::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

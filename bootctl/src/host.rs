@@ -1,0 +1,67 @@
+//! What the running system tells about itself: which disk holds the root
+//! filesystem and which slot was booted, from the kernel command line the
+//! boot stage wrote (`root=PARTUUID=… switchback.slot=slot_x`).
+
+use crate::slots::{Slot, SlotTable};
+use std::path::{Path, PathBuf};
+
+/// The kernel command line's `key=value` for `key`.
+pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
+    cmdline
+        .split_whitespace()
+        .find_map(|arg| arg.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
+}
+
+pub fn read_cmdline() -> String {
+    std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
+}
+
+/// The slot the running system booted from, if the command line says.
+pub fn booted_slot(cmdline: &str, table: &SlotTable) -> Option<Slot> {
+    if let Some(name) = cmdline_value(cmdline, "switchback.slot") {
+        if let Ok(slot) = name.parse() {
+            return Some(slot);
+        }
+    }
+    let root = cmdline_value(cmdline, "root")?;
+    let partuuid = root.strip_prefix("PARTUUID=")?.to_ascii_lowercase();
+    Slot::ALL
+        .into_iter()
+        .find(|&s| table.entry(s).unique_guid.to_string() == partuuid)
+}
+
+/// The whole disk that holds the running root partition: resolves `root=`
+/// to a partition device node, then its parent in sysfs.
+pub fn root_disk(cmdline: &str) -> Option<PathBuf> {
+    let root = cmdline_value(cmdline, "root")?;
+    let part = if let Some(uuid) = root.strip_prefix("PARTUUID=") {
+        std::fs::canonicalize(Path::new("/dev/disk/by-partuuid").join(uuid.to_ascii_lowercase()))
+            .ok()?
+    } else {
+        std::fs::canonicalize(&root).ok()?
+    };
+    let name = part.file_name()?.to_str()?.to_string();
+    let sys = std::fs::canonicalize(Path::new("/sys/class/block").join(&name)).ok()?;
+    if !sys.join("partition").exists() {
+        return None;
+    }
+    let parent = sys.parent()?.file_name()?.to_str()?.to_string();
+    Some(Path::new("/dev").join(parent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_values() {
+        let c = "console=ttyS0 root=PARTUUID=ABC-1 switchback.slot=slot_b rootwait";
+        assert_eq!(cmdline_value(c, "root").as_deref(), Some("PARTUUID=ABC-1"));
+        assert_eq!(
+            cmdline_value(c, "switchback.slot").as_deref(),
+            Some("slot_b")
+        );
+        assert_eq!(cmdline_value(c, "rootwait"), None);
+        assert_eq!(cmdline_value(c, "roo"), None);
+    }
+}

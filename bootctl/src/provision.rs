@@ -1,0 +1,132 @@
+//! Lays out a fresh Switchback disk: protective MBR, GPT with `slot_a`,
+//! `slot_b` and `data`, each 1 MiB aligned. Provisioning is the one place
+//! the `gpt` crate writes: there is no previous state to protect.
+
+use crate::attr::BootAttrs;
+use crate::error::{Error, Result};
+use crate::slots::{Slot, DATA_NAME, ROOT_X86_64_TYPE, VAR_TYPE};
+use gpt::disk::LogicalBlockSize;
+use gpt::partition_types::Type;
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::str::FromStr;
+
+pub const ALIGN: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub slot_size: u64,
+    pub data_size: u64,
+    pub sector_size: u64,
+}
+
+/// Where a partition landed, in bytes from the start of the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// The regions of `slot_a`, `slot_b` and `data`.
+#[derive(Debug, Clone, Copy)]
+pub struct Provisioned {
+    pub slots: [Region; 2],
+    pub data: Region,
+}
+
+fn align_up(x: u64) -> u64 {
+    x.div_ceil(ALIGN) * ALIGN
+}
+
+/// Creates (or replaces) the disk image at `path`. `slot_a` is marked as the
+/// factory release (priority 1, successful); `slot_b` is unbootable.
+pub fn create(path: &Path, layout: Layout) -> Result<Provisioned> {
+    let lb = match layout.sector_size {
+        512 => LogicalBlockSize::Lb512,
+        4096 => LogicalBlockSize::Lb4096,
+        size => {
+            return Err(Error::SectorSize {
+                path: path.into(),
+                size,
+            })
+        }
+    };
+    if layout.slot_size == 0 || layout.data_size == 0 {
+        return Err(Error::Invalid(
+            "slot and data sizes must be above zero".into(),
+        ));
+    }
+    let slot = align_up(layout.slot_size);
+    let data = align_up(layout.data_size);
+    // 1 MiB in front for MBR, GPT and alignment; 1 MiB behind for the backup.
+    let total = ALIGN + 2 * slot + data + ALIGN;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(Error::io(path, "create"))?;
+    file.set_len(total).map_err(Error::io(path, "resize"))?;
+
+    let gpt_err =
+        |e: &dyn std::fmt::Display| Error::Invalid(format!("{}: writing GPT: {e}", path.display()));
+    let sectors = total / layout.sector_size;
+    let mut file = file;
+    gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(sectors - 1).unwrap_or(u32::MAX))
+        .overwrite_lba0(&mut file)
+        .map_err(|e| gpt_err(&e))?;
+    let mut disk = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(lb)
+        .create_from_device(file, None)
+        .map_err(|e| gpt_err(&e))?;
+    let factory = BootAttrs {
+        priority: 1,
+        tries: 0,
+        successful: true,
+    }
+    .encode(0);
+    let root = Type::from_str(ROOT_X86_64_TYPE).map_err(|e| gpt_err(&e))?;
+    let var = Type::from_str(VAR_TYPE).map_err(|e| gpt_err(&e))?;
+    let parts = [
+        (Slot::A.name(), ALIGN, slot, root.clone(), factory),
+        (
+            Slot::B.name(),
+            ALIGN + slot,
+            slot,
+            root,
+            BootAttrs::UNBOOTABLE.encode(0),
+        ),
+        (DATA_NAME, ALIGN + 2 * slot, data, var, 0),
+    ];
+    for (id, (name, offset, size, ty, flags)) in parts.iter().enumerate() {
+        disk.add_partition_at(
+            name,
+            id as u32 + 1,
+            offset / layout.sector_size,
+            size / layout.sector_size,
+            ty.clone(),
+            *flags,
+        )
+        .map_err(|e| gpt_err(&e))?;
+    }
+    let file = disk.write().map_err(|e| gpt_err(&e))?;
+    file.sync_all().map_err(Error::io(path, "sync"))?;
+    Ok(Provisioned {
+        slots: [
+            Region {
+                offset: ALIGN,
+                size: slot,
+            },
+            Region {
+                offset: ALIGN + slot,
+                size: slot,
+            },
+        ],
+        data: Region {
+            offset: ALIGN + 2 * slot,
+            size: data,
+        },
+    })
+}

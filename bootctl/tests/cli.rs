@@ -1,0 +1,199 @@
+//! The `bootctl` command on image files, and interop with sgdisk and sfdisk.
+
+use assert_cmd::Command;
+use bootctl::provision::{self, Layout};
+use std::path::{Path, PathBuf};
+
+fn disk(dir: &Path) -> PathBuf {
+    let path = dir.join("disk.img");
+    provision::create(
+        &path,
+        Layout {
+            slot_size: 2 << 20,
+            data_size: 1 << 20,
+            sector_size: 512,
+        },
+    )
+    .unwrap();
+    path
+}
+
+fn bootctl(disk: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("bootctl").unwrap();
+    cmd.arg("--disk").arg(disk);
+    cmd
+}
+
+fn tool(name: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(name)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{name} is needed for interop tests (apt-get install gdisk fdisk): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "{name} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn status_json(disk: &Path) -> serde_json::Value {
+    let out = bootctl(disk).args(["status", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn status_json_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = disk(dir.path());
+    let v = status_json(&d);
+    assert_eq!(v["slots"][0]["name"], "slot_a");
+    assert_eq!(v["slots"][0]["priority"], 1);
+    assert_eq!(v["slots"][0]["successful"], true);
+    assert_eq!(v["slots"][1]["name"], "slot_b");
+    assert_eq!(v["slots"][1]["priority"], 0);
+    assert_eq!(v["next"], "slot_a");
+    assert!(v.get("booted").is_none());
+    let v = serde_json::from_slice::<serde_json::Value>(
+        &bootctl(&d)
+            .args(["--booted-slot", "a", "status", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(v["booted"], "slot_a");
+}
+
+#[test]
+fn set_active_is_valid_for_sgdisk_and_sfdisk_reads_the_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = disk(dir.path());
+    bootctl(&d)
+        .args(["set-active", "b", "--tries", "5"])
+        .assert()
+        .success();
+    let d_str = d.to_str().unwrap();
+    assert!(tool("sgdisk", &["-v", d_str]).contains("No problems found"));
+    let table: serde_json::Value =
+        serde_json::from_str(&tool("sfdisk", &["--json", d_str])).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    let b = parts.iter().find(|p| p["name"] == "slot_b").unwrap();
+    // priority 2 = bit 49; tries 5 = bits 52 and 54; not successful.
+    assert_eq!(b["attrs"], "GUID:49,52,54");
+    let a = parts.iter().find(|p| p["name"] == "slot_a").unwrap();
+    // the factory slot keeps priority 1 (bit 48) and successful (56).
+    assert_eq!(a["attrs"], "GUID:48,56");
+}
+
+#[test]
+fn reads_bits_that_sgdisk_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = disk(dir.path());
+    let d_str = d.to_str().unwrap();
+    // slot_b: priority 5 (48, 50), tries 2 (53), not successful.
+    tool(
+        "sgdisk",
+        &["-A", "2:set:48", "-A", "2:set:50", "-A", "2:set:53", d_str],
+    );
+    let v = status_json(&d);
+    assert_eq!(v["slots"][1]["priority"], 5);
+    assert_eq!(v["slots"][1]["tries"], 2);
+    assert_eq!(v["slots"][1]["successful"], false);
+    assert_eq!(v["next"], "slot_b");
+    // select spends one of those tries, persistently.
+    bootctl(&d)
+        .arg("select")
+        .assert()
+        .success()
+        .stdout("slot_b\n");
+    assert_eq!(status_json(&d)["slots"][1]["tries"], 1);
+}
+
+#[test]
+fn bad_disks_get_distinct_errors_and_are_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str], i32, &str); 3] = [
+        (
+            "missing",
+            &["-c", "2:other"],
+            12,
+            "no partition named \"slot_b\"",
+        ),
+        ("duplicate", &["-c", "3:slot_a"], 13, "appears 2 times"),
+        ("nogpt", &["-Z"], 11, "no valid GPT"),
+    ];
+    for (name, sgdisk_args, code, message) in cases {
+        let d = dir.path().join(format!("{name}.img"));
+        std::fs::copy(disk(dir.path()), &d).unwrap();
+        let mut args = sgdisk_args.to_vec();
+        args.push(d.to_str().unwrap());
+        tool("sgdisk", &args);
+        let before = std::fs::read(&d).unwrap();
+        let out = bootctl(&d).args(["set-active", "b"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{name}: {err}");
+        assert!(
+            err.contains(message) && err.lines().count() == 1,
+            "{name}: {err}"
+        );
+        assert!(
+            std::fs::read(&d).unwrap() == before,
+            "{name}: disk was written"
+        );
+    }
+}
+
+#[test]
+fn refusals_have_their_own_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = disk(dir.path());
+    bootctl(&d).arg("mark-good").assert().code(16);
+    bootctl(&d)
+        .args(["--booted-slot", "a", "rollback"])
+        .assert()
+        .code(15)
+        .stderr(predicates::str::contains(
+            "slot_b is not a successful release",
+        ));
+    bootctl(&d).args(["set-active", "c"]).assert().code(2);
+    bootctl(&d)
+        .args(["set-active", "b", "--tries", "0"])
+        .assert()
+        .code(2);
+    bootctl(Path::new("/nonexistent/disk.img"))
+        .arg("status")
+        .assert()
+        .code(10)
+        .stderr(predicates::str::contains("/nonexistent/disk.img"));
+}
+
+#[test]
+fn technician_rollback_after_a_good_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = disk(dir.path());
+    bootctl(&d).args(["set-active", "b"]).assert().success();
+    bootctl(&d)
+        .args(["select"])
+        .assert()
+        .success()
+        .stdout("slot_b\n");
+    bootctl(&d)
+        .args(["--booted-slot", "b", "mark-good"])
+        .assert()
+        .success();
+    bootctl(&d)
+        .args(["--booted-slot", "b", "rollback"])
+        .assert()
+        .success()
+        .stdout("slot_a boots next\n");
+    assert_eq!(status_json(&d)["next"], "slot_a");
+    bootctl(&d)
+        .args(["--booted-slot", "a", "mark-bad", "b"])
+        .assert()
+        .success();
+    assert_eq!(status_json(&d)["slots"][1]["priority"], 0);
+}

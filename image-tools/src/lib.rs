@@ -1,0 +1,16 @@
+//! Switchback's vendor-side tools: the factory disk and, in [`bundle`],
+//! the signed release bundle format shared with the updater.
+
+pub mod mkdisk;
+pub mod size;
+
+/// The process exit code for an error: the code of the typed error inside
+/// it when there is one, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    e.chain()
+        .find_map(|c| {
+            c.downcast_ref::<bootctl::Error>()
+                .map(bootctl::Error::exit_code)
+        })
+        .unwrap_or(1)
+}
