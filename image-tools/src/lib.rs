@@ -1,7 +1,11 @@
-//! Switchback's vendor-side tools: the factory disk and, in [`bundle`],
-//! the signed release bundle format shared with the updater.
+//! Switchback's vendor-side tools: the signed release bundle format shared
+//! with the updater ([`bundle`]), the verbs of `image-tools` ([`ops`]), and
+//! the factory disk ([`mkdisk`]).
 
+pub mod bundle;
 pub mod mkdisk;
+pub mod ops;
+pub mod progress;
 pub mod size;
 
 /// The process exit code for an error: the code of the typed error inside
@@ -9,8 +13,12 @@ pub mod size;
 pub fn exit_code(e: &anyhow::Error) -> i32 {
     e.chain()
         .find_map(|c| {
-            c.downcast_ref::<bootctl::Error>()
-                .map(bootctl::Error::exit_code)
+            c.downcast_ref::<bundle::BundleError>()
+                .map(bundle::BundleError::exit_code)
+                .or_else(|| {
+                    c.downcast_ref::<bootctl::Error>()
+                        .map(bootctl::Error::exit_code)
+                })
         })
         .unwrap_or(1)
 }

@@ -1,8 +1,12 @@
 //! `image-tools`: build signed release bundles and factory disks.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use image_tools::bundle::writer::{DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL};
+use image_tools::bundle::{self, default_threads, keys, BuildOptions, ImageSource, Keyring};
 use image_tools::mkdisk::{mkdisk, MkdiskOptions};
+use image_tools::ops;
+use image_tools::progress::byte_bar;
 use image_tools::size::parse_size;
 use std::path::PathBuf;
 
@@ -16,8 +20,100 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct Trust {
+    /// A public key (PEM) to trust.
+    #[arg(long)]
+    public: Option<PathBuf>,
+    /// A directory of trusted public keys (*.pem, *.pub).
+    #[arg(long)]
+    keyring: Option<PathBuf>,
+}
+
+impl Trust {
+    fn load(&self) -> Result<Keyring> {
+        Ok(match (&self.public, &self.keyring) {
+            (Some(p), _) => Keyring::from_key(p)?,
+            (None, Some(d)) => Keyring::load_dir(d)?,
+            (None, None) => bail!("name a trusted key with --public or --keyring"),
+        })
+    }
+}
+
+fn parse_image(s: &str) -> Result<ImageSource, String> {
+    let (target, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: write TARGET=PATH, e.g. rootfs=rootfs.img"))?;
+    Ok(ImageSource {
+        target: target.to_string(),
+        path: PathBuf::from(path),
+    })
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Create an ed25519 signing key (PKCS#8 PEM) and its public key (PEM).
+    Keygen {
+        #[arg(long)]
+        private: PathBuf,
+        #[arg(long)]
+        public: PathBuf,
+    },
+    /// Build a signed release bundle from root filesystem images.
+    Build {
+        /// Private signing key; repeat to add signatures.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// TARGET=PATH, e.g. rootfs=rootfs.img; repeatable.
+        #[arg(long = "image", required = true, value_parser = parse_image)]
+        images: Vec<ImageSource>,
+        #[arg(long)]
+        compatible: String,
+        /// Release version (semver).
+        #[arg(long = "version")]
+        release_version: String,
+        #[arg(long, default_value_t = 0)]
+        security_version: u64,
+        /// The data schema this release expects.
+        #[arg(long)]
+        data_schema: Option<u32>,
+        /// zstd level (1-19).
+        #[arg(long, default_value_t = DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
+        level: i32,
+        #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE, value_parser = parse_size)]
+        chunk_size: u64,
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show what a bundle says it holds (signature NOT checked).
+    Inspect {
+        bundle: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the signature and every chunk; exit 0 only if all hold.
+    Verify {
+        bundle: PathBuf,
+        #[command(flatten)]
+        trust: Trust,
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+    },
+    /// Write an image out of a bundle after verifying it completely.
+    Extract {
+        bundle: PathBuf,
+        #[command(flatten)]
+        trust: Trust,
+        #[arg(long, default_value = "rootfs")]
+        image: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+    },
     /// Make a factory disk image: GPT, slot_a with the first release, empty slot_b, ext4 data.
     Mkdisk {
         #[arg(long)]
@@ -42,8 +138,117 @@ fn main() {
     }
 }
 
+/// SOURCE_DATE_EPOCH when set (reproducible builds), else now.
+fn build_time() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number")),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()),
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Keygen { private, public } => {
+            let key = keys::keygen(&private, &public)?;
+            println!(
+                "key id {}: private {}, public {}",
+                keys::short_id(&keys::key_id(&key)),
+                private.display(),
+                public.display()
+            );
+        }
+        Command::Build {
+            keys: key_paths,
+            images,
+            compatible,
+            release_version,
+            security_version,
+            data_schema,
+            level,
+            chunk_size,
+            threads,
+            out,
+        } => {
+            let signing = key_paths
+                .iter()
+                .map(|p| keys::load_private(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let opts = BuildOptions {
+                compatible,
+                version: release_version,
+                security_version,
+                data_schema,
+                build_time: build_time()?,
+                level,
+                chunk_size,
+                threads,
+            };
+            let total = images
+                .iter()
+                .map(|i| std::fs::metadata(&i.path).map(|m| m.len()).unwrap_or(0))
+                .sum();
+            let bar = byte_bar(total, "build");
+            let manifest = bundle::build(&opts, &images, &signing, &out, &mut |n| bar.inc(n))?;
+            bar.finish_and_clear();
+            let size = std::fs::metadata(&out)?.len();
+            println!(
+                "{}: {} {} for {}, {} bytes from {} bytes of images, {} signature(s)",
+                out.display(),
+                manifest.compatible,
+                manifest.version,
+                manifest
+                    .images
+                    .iter()
+                    .map(|i| i.target.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                size,
+                total,
+                signing.len()
+            );
+        }
+        Command::Inspect { bundle, json } => {
+            let report = ops::inspect(&bundle)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+        }
+        Command::Verify {
+            bundle,
+            trust,
+            threads,
+        } => {
+            let (m, signer) = ops::verify(&bundle, &trust.load()?, threads)?;
+            let bytes: u64 = m.images.iter().map(|i| i.size).sum();
+            println!(
+                "{}: OK: signed by {signer}, {} {}, {bytes} bytes in {} image(s) checked",
+                bundle.display(),
+                m.compatible,
+                m.version,
+                m.images.len()
+            );
+        }
+        Command::Extract {
+            bundle,
+            trust,
+            image,
+            out,
+            threads,
+        } => {
+            let m = ops::extract(&bundle, &trust.load()?, &image, &out, threads)?;
+            println!(
+                "{}: image {image} of {} {} verified and written",
+                out.display(),
+                m.compatible,
+                m.version
+            );
+        }
         Command::Mkdisk {
             out,
             slot_size,

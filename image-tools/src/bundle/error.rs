@@ -1,0 +1,98 @@
+//! What can be wrong with a bundle or a key, each with its own exit code.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("bundle is truncated: it ends inside the {region}")]
+    Truncated { region: String },
+
+    #[error("not a Switchback bundle (bad magic)")]
+    BadMagic,
+
+    #[error("bundle format version {0} is not supported (this build reads version 1)")]
+    UnsupportedVersion(u32),
+
+    #[error("bundle header: {field} = {value} is out of range (limit {limit})")]
+    BadLength {
+        field: &'static str,
+        value: u64,
+        limit: u64,
+    },
+
+    #[error("bundle is signed by no trusted key (signers: {signers})")]
+    UntrustedSigner { signers: String },
+
+    #[error(
+        "signature by trusted key {key_id} does not verify: manifest altered or signature damaged"
+    )]
+    BadSignature { key_id: String },
+
+    #[error("bundle manifest: {0}")]
+    BadManifest(String),
+
+    #[error(
+        "image {image} chunk {index} (payload offset {offset}): sha256 does not match the manifest"
+    )]
+    ChunkHash {
+        image: String,
+        index: usize,
+        offset: u64,
+    },
+
+    #[error("image {image} chunk {index} (payload offset {offset}): cannot decompress: {reason}")]
+    ChunkDecode {
+        image: String,
+        index: usize,
+        offset: u64,
+        reason: String,
+    },
+
+    #[error("image {image}: sha256 of the whole image does not match the manifest")]
+    ImageHash { image: String },
+
+    #[error("bundle has data after its last payload chunk")]
+    TrailingData,
+
+    #[error("{path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+
+    #[error("bundle has no image named {0:?}")]
+    NoSuchImage(String),
+}
+
+impl BundleError {
+    /// Distinct exit codes; documented in docs/bundle-format.md.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            BundleError::Io { .. } => 20,
+            BundleError::Truncated { .. } => 21,
+            BundleError::BadMagic => 22,
+            BundleError::UnsupportedVersion(_) => 23,
+            BundleError::BadLength { .. } => 24,
+            BundleError::UntrustedSigner { .. } => 25,
+            BundleError::BadSignature { .. } => 26,
+            BundleError::BadManifest(_) => 27,
+            BundleError::ChunkHash { .. } => 28,
+            BundleError::ChunkDecode { .. } => 29,
+            BundleError::ImageHash { .. } => 30,
+            BundleError::TrailingData => 31,
+            BundleError::Key { .. } => 32,
+            BundleError::NoSuchImage(_) => 33,
+        }
+    }
+
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BundleError {
+        let what = what.into();
+        move |source| BundleError::Io { what, source }
+    }
+}
+
+pub type Result<T, E = BundleError> = std::result::Result<T, E>;

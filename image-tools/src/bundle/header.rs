@@ -1,0 +1,153 @@
+//! The fixed 32-byte header and the signature block.
+
+use super::error::{BundleError, Result};
+use super::{FORMAT_VERSION, MAGIC, MAX_MANIFEST_LEN, MAX_SIGNATURES};
+
+pub const HEADER_LEN: usize = 32;
+/// key id (32) + ed25519 signature (64).
+pub const SIGNATURE_ENTRY_LEN: usize = 96;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub manifest_len: u32,
+    pub signatures_len: u32,
+    pub payload_len: u64,
+}
+
+impl Header {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0..8].copy_from_slice(MAGIC);
+        out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[12..16].copy_from_slice(&self.manifest_len.to_le_bytes());
+        out[16..20].copy_from_slice(&self.signatures_len.to_le_bytes());
+        out[24..32].copy_from_slice(&self.payload_len.to_le_bytes());
+        out
+    }
+
+    /// Checks magic, version and every length against the format's limits.
+    pub fn decode(b: &[u8; HEADER_LEN]) -> Result<Header> {
+        if &b[0..8] != MAGIC {
+            return Err(BundleError::BadMagic);
+        }
+        let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let version = u32_at(8);
+        if version != FORMAT_VERSION {
+            return Err(BundleError::UnsupportedVersion(version));
+        }
+        let manifest_len = u32_at(12);
+        if manifest_len == 0 || manifest_len > MAX_MANIFEST_LEN {
+            return Err(BundleError::BadLength {
+                field: "manifest_len",
+                value: manifest_len.into(),
+                limit: MAX_MANIFEST_LEN.into(),
+            });
+        }
+        let signatures_len = u32_at(16);
+        let max_sig = (MAX_SIGNATURES * SIGNATURE_ENTRY_LEN) as u32;
+        if signatures_len == 0
+            || signatures_len > max_sig
+            || signatures_len as usize % SIGNATURE_ENTRY_LEN != 0
+        {
+            return Err(BundleError::BadLength {
+                field: "signatures_len",
+                value: signatures_len.into(),
+                limit: max_sig.into(),
+            });
+        }
+        if u32_at(20) != 0 {
+            return Err(BundleError::BadLength {
+                field: "reserved",
+                value: u32_at(20).into(),
+                limit: 0,
+            });
+        }
+        let mut p = [0u8; 8];
+        p.copy_from_slice(&b[24..32]);
+        Ok(Header {
+            manifest_len,
+            signatures_len,
+            payload_len: u64::from_le_bytes(p),
+        })
+    }
+}
+
+/// One signature: the signer's key id and its ed25519 signature over the
+/// manifest bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureEntry {
+    pub key_id: [u8; 32],
+    pub signature: [u8; 64],
+}
+
+pub fn encode_signatures(entries: &[SignatureEntry]) -> Vec<u8> {
+    entries
+        .iter()
+        .flat_map(|e| e.key_id.iter().chain(e.signature.iter()).copied())
+        .collect()
+}
+
+pub fn decode_signatures(block: &[u8]) -> Vec<SignatureEntry> {
+    block
+        .chunks_exact(SIGNATURE_ENTRY_LEN)
+        .map(|e| {
+            let mut key_id = [0u8; 32];
+            let mut signature = [0u8; 64];
+            key_id.copy_from_slice(&e[..32]);
+            signature.copy_from_slice(&e[32..]);
+            SignatureEntry { key_id, signature }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_rejects_bad_fields() {
+        let h = Header {
+            manifest_len: 700,
+            signatures_len: 192,
+            payload_len: 1 << 40,
+        };
+        let bytes = h.encode();
+        assert_eq!(Header::decode(&bytes).unwrap(), h);
+        let mut b = bytes;
+        b[0] ^= 1;
+        assert!(matches!(Header::decode(&b), Err(BundleError::BadMagic)));
+        let mut b = bytes;
+        b[8] = 2;
+        assert!(matches!(
+            Header::decode(&b),
+            Err(BundleError::UnsupportedVersion(2))
+        ));
+        let mut b = bytes;
+        b[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Header::decode(&b),
+            Err(BundleError::BadLength {
+                field: "manifest_len",
+                ..
+            })
+        ));
+        let mut b = bytes;
+        b[16] = 95;
+        assert!(matches!(
+            Header::decode(&b),
+            Err(BundleError::BadLength {
+                field: "signatures_len",
+                ..
+            })
+        ));
+        let mut b = bytes;
+        b[21] = 1;
+        assert!(matches!(
+            Header::decode(&b),
+            Err(BundleError::BadLength {
+                field: "reserved",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,222 @@
+//! The manifest: what the bundle holds, with every chunk's hash. It is
+//! parsed only after its signature verified, and then checked against the
+//! format's rules before any payload byte is read.
+
+use super::error::{BundleError, Result};
+use super::{FORMAT_VERSION, MAX_CHUNK_SIZE, MAX_IMAGES, MIN_CHUNK_SIZE};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// A SHA-256 digest, written in JSON as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+impl Serialize for Digest {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Digest, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if s.len() != 64 || s.bytes().any(|c| c.is_ascii_uppercase()) {
+            return Err(serde::de::Error::custom(
+                "sha256 must be 64 lowercase hex digits",
+            ));
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s.as_bytes(), &mut out).map_err(serde::de::Error::custom)?;
+        Ok(Digest(out))
+    }
+}
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Digest {
+        use sha2::Digest as _;
+        Digest(sha2::Sha256::digest(bytes).into())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Equal to the header's format version.
+    pub format: u32,
+    /// The product this release is for; a device refuses any other.
+    pub compatible: String,
+    /// Semantic version of the release.
+    pub version: String,
+    /// Anti-rollback counter; a device refuses anything below its floor.
+    pub security_version: u64,
+    /// Seconds since the Unix epoch.
+    pub build_time: u64,
+    /// The data schema this release expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_schema: Option<u32>,
+    /// Total length of the payload region.
+    pub payload_size: u64,
+    pub images: Vec<ImageSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// Where the image goes on the device (`rootfs`: the inactive slot).
+    pub target: String,
+    /// Uncompressed size in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole uncompressed image.
+    pub sha256: Digest,
+    /// Uncompressed size of every chunk but the last.
+    pub chunk_size: u64,
+    pub chunks: Vec<ChunkSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkSpec {
+    /// Offset of the compressed chunk from the start of the payload region.
+    pub offset: u64,
+    /// Compressed length.
+    pub length: u64,
+    /// SHA-256 of the chunk's uncompressed bytes.
+    pub sha256: Digest,
+}
+
+impl ImageSpec {
+    /// Uncompressed length of chunk `index`.
+    pub fn chunk_len(&self, index: usize) -> u64 {
+        let start = index as u64 * self.chunk_size;
+        self.chunk_size.min(self.size - start)
+    }
+
+    /// Compressed size of all chunks.
+    pub fn compressed_size(&self) -> u64 {
+        self.chunks.iter().map(|c| c.length).sum()
+    }
+}
+
+/// Largest compressed chunk a writer can produce for `chunk_size` bytes:
+/// zstd's worst-case bound.
+pub fn max_compressed_len(chunk_size: u64) -> u64 {
+    zstd::zstd_safe::compress_bound(chunk_size as usize) as u64
+}
+
+fn bad(msg: String) -> BundleError {
+    BundleError::BadManifest(msg)
+}
+
+impl Manifest {
+    /// Parses signed manifest bytes and checks them against the header's
+    /// payload length and the format's rules.
+    pub fn parse(bytes: &[u8], payload_len: u64) -> Result<Manifest> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid: {e}")))?;
+        m.validate(payload_len)?;
+        Ok(m)
+    }
+
+    pub fn validate(&self, payload_len: u64) -> Result<()> {
+        if self.format != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format {} does not match the header's {FORMAT_VERSION}",
+                self.format
+            )));
+        }
+        if self.compatible.is_empty() || self.compatible.len() > 256 {
+            return Err(bad("compatible must be 1 to 256 bytes".into()));
+        }
+        semver::Version::parse(&self.version).map_err(|e| {
+            bad(format!(
+                "version {:?} is not semantic versioning: {e}",
+                self.version
+            ))
+        })?;
+        if self.images.is_empty() || self.images.len() > MAX_IMAGES {
+            return Err(bad(format!(
+                "{} images; a bundle holds 1 to {MAX_IMAGES}",
+                self.images.len()
+            )));
+        }
+        if self.payload_size != payload_len {
+            return Err(bad(format!(
+                "payload_size {} but the header says {payload_len}",
+                self.payload_size
+            )));
+        }
+        let mut next_offset = 0u64;
+        for (n, image) in self.images.iter().enumerate() {
+            let t = &image.target;
+            let name_ok = !t.is_empty()
+                && t.len() <= 32
+                && t.bytes().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-'
+                });
+            if !name_ok {
+                return Err(bad(format!(
+                    "image target {t:?} must be 1 to 32 of [a-z0-9_-]"
+                )));
+            }
+            if self.images[..n].iter().any(|o| &o.target == t) {
+                return Err(bad(format!("image target {t:?} appears twice")));
+            }
+            if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&image.chunk_size) {
+                return Err(bad(format!(
+                    "image {t}: chunk_size {} outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+                    image.chunk_size
+                )));
+            }
+            if image.size == 0 || image.size > 1 << 50 {
+                return Err(bad(format!("image {t}: size {} out of range", image.size)));
+            }
+            let expected_chunks = image.size.div_ceil(image.chunk_size);
+            if image.chunks.len() as u64 != expected_chunks {
+                return Err(bad(format!(
+                    "image {t}: {} chunks listed, {expected_chunks} needed for {} bytes",
+                    image.chunks.len(),
+                    image.size
+                )));
+            }
+            let max_len = max_compressed_len(image.chunk_size);
+            for (i, c) in image.chunks.iter().enumerate() {
+                if c.offset != next_offset {
+                    return Err(bad(format!(
+                        "image {t} chunk {i}: offset {} but the previous chunk ends at {next_offset}",
+                        c.offset
+                    )));
+                }
+                if c.length == 0 || c.length > max_len {
+                    return Err(bad(format!(
+                        "image {t} chunk {i}: length {} outside 1..={max_len}",
+                        c.length
+                    )));
+                }
+                next_offset += c.length;
+            }
+        }
+        if next_offset != self.payload_size {
+            return Err(bad(format!(
+                "chunks cover {next_offset} bytes of a {} byte payload",
+                self.payload_size
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn image(&self, target: &str) -> Result<&ImageSpec> {
+        self.images
+            .iter()
+            .find(|i| i.target == target)
+            .ok_or_else(|| BundleError::NoSuchImage(target.to_string()))
+    }
+}

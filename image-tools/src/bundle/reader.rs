@@ -1,0 +1,209 @@
+//! The streaming reader. It needs only `Read`: a file, a pipe or an HTTP
+//! body. It parses nothing but the fixed header and the signature block
+//! before a signature over the manifest bytes verifies, and hands out no
+//! payload byte that has not matched its chunk's hash.
+
+use super::error::{BundleError, Result};
+use super::header::{decode_signatures, Header, SignatureEntry, HEADER_LEN};
+use super::keys::{short_id, Keyring};
+use super::manifest::{Digest, ImageSpec, Manifest};
+use super::pipeline::ordered_map;
+use ed25519_dalek::Signature;
+use std::io::{ErrorKind, Read};
+
+/// Reads exactly `buf.len()` bytes, naming `region` when the stream ends early.
+fn read_region(r: &mut impl Read, buf: &mut [u8], region: impl Fn() -> String) -> Result<()> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        ErrorKind::UnexpectedEof => BundleError::Truncated { region: region() },
+        _ => BundleError::Io {
+            what: format!("reading the bundle's {}", region()),
+            source: e,
+        },
+    })
+}
+
+/// A bundle whose header, manifest bytes and signatures have been read, and
+/// nothing checked but the header's own fields.
+pub struct Envelope<R> {
+    pub header: Header,
+    pub manifest_bytes: Vec<u8>,
+    pub signatures: Vec<SignatureEntry>,
+    reader: R,
+}
+
+impl<R: Read> Envelope<R> {
+    pub fn read(mut reader: R) -> Result<Envelope<R>> {
+        let mut h = [0u8; HEADER_LEN];
+        read_region(&mut reader, &mut h, || "header".into())?;
+        let header = Header::decode(&h)?;
+        // Lengths are bounded by Header::decode (16 MiB and 1.5 KiB).
+        let mut manifest_bytes = vec![0u8; header.manifest_len as usize];
+        read_region(&mut reader, &mut manifest_bytes, || "manifest".into())?;
+        let mut sig_block = vec![0u8; header.signatures_len as usize];
+        read_region(&mut reader, &mut sig_block, || "signature block".into())?;
+        Ok(Envelope {
+            header,
+            manifest_bytes,
+            signatures: decode_signatures(&sig_block),
+            reader,
+        })
+    }
+
+    /// The manifest without any signature check, for `inspect`.
+    pub fn unverified_manifest(&self) -> Result<Manifest> {
+        Manifest::parse(&self.manifest_bytes, self.header.payload_len)
+    }
+
+    /// Checks the signatures against `keyring`; one valid signature by a
+    /// trusted key is enough. Only then is the manifest parsed.
+    pub fn verify(self, keyring: &Keyring) -> Result<VerifiedBundle<R>> {
+        let mut bad_trusted = None;
+        let mut signer = None;
+        for entry in &self.signatures {
+            let Some(key) = keyring.find(&entry.key_id) else {
+                continue;
+            };
+            let sig = Signature::from_bytes(&entry.signature);
+            if key.verify_strict(&self.manifest_bytes, &sig).is_ok() {
+                signer = Some(entry.key_id);
+                break;
+            }
+            bad_trusted = Some(entry.key_id);
+        }
+        let signer = match (signer, bad_trusted) {
+            (Some(id), _) => id,
+            (None, Some(id)) => {
+                return Err(BundleError::BadSignature {
+                    key_id: short_id(&id),
+                })
+            }
+            (None, None) => {
+                let signers = self
+                    .signatures
+                    .iter()
+                    .map(|s| short_id(&s.key_id))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(BundleError::UntrustedSigner { signers });
+            }
+        };
+        let manifest = Manifest::parse(&self.manifest_bytes, self.header.payload_len)?;
+        Ok(VerifiedBundle {
+            manifest,
+            signer,
+            reader: self.reader,
+        })
+    }
+}
+
+/// A decompressed chunk whose hash matched the signed manifest.
+#[derive(Debug)]
+pub struct Chunk {
+    /// Index into `manifest.images`.
+    pub image: usize,
+    /// Chunk index within the image.
+    pub index: usize,
+    /// Byte offset of this chunk within the uncompressed image.
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+/// A bundle whose manifest is signed by a trusted key.
+pub struct VerifiedBundle<R> {
+    pub manifest: Manifest,
+    /// Id of the key whose signature verified.
+    pub signer: [u8; 32],
+    reader: R,
+}
+
+struct Job {
+    image: usize,
+    index: usize,
+    bundle_offset: u64,
+    compressed: Vec<u8>,
+}
+
+impl<R: Read + Send> VerifiedBundle<R> {
+    /// Streams every chunk of every image, in order, to `sink`, each already
+    /// decompressed and checked, using `threads` workers. Checks that the
+    /// bundle ends where the manifest says.
+    pub fn read_chunks<E>(
+        self,
+        threads: usize,
+        mut sink: impl FnMut(&ImageSpec, Chunk) -> Result<(), E>,
+    ) -> Result<(), E>
+    where
+        E: From<BundleError> + Send,
+    {
+        let VerifiedBundle {
+            manifest,
+            mut reader,
+            ..
+        } = self;
+        let mut order = manifest.images.iter().enumerate().flat_map(|(i, img)| {
+            img.chunks
+                .iter()
+                .enumerate()
+                .map(move |(c, spec)| (i, c, spec.offset, spec.length))
+        });
+        let images = &manifest.images;
+        ordered_map(
+            threads,
+            move || -> Result<Option<Job>, E> {
+                let Some((image, index, bundle_offset, length)) = order.next() else {
+                    let mut extra = [0u8; 1];
+                    return match reader.read(&mut extra) {
+                        Ok(0) => Ok(None),
+                        Ok(_) => Err(BundleError::TrailingData.into()),
+                        Err(e) => Err(BundleError::io("reading the end of the bundle")(e).into()),
+                    };
+                };
+                let mut compressed = vec![0u8; length as usize];
+                read_region(&mut reader, &mut compressed, || {
+                    format!("payload (image {} chunk {index})", images[image].target)
+                })?;
+                Ok(Some(Job {
+                    image,
+                    index,
+                    bundle_offset,
+                    compressed,
+                }))
+            },
+            || zstd::bulk::Decompressor::new(),
+            |dctx, job| -> Result<Chunk, E> {
+                let spec = &images[job.image];
+                let expected = spec.chunk_len(job.index) as usize;
+                let decode_err = |reason: String| BundleError::ChunkDecode {
+                    image: spec.target.clone(),
+                    index: job.index,
+                    offset: job.bundle_offset,
+                    reason,
+                };
+                let dctx = dctx.as_mut().map_err(|e| decode_err(e.to_string()))?;
+                let data = dctx
+                    .decompress(&job.compressed, expected)
+                    .map_err(|e| decode_err(e.to_string()))?;
+                if data.len() != expected {
+                    return Err(
+                        decode_err(format!("{} bytes, expected {expected}", data.len())).into(),
+                    );
+                }
+                if Digest::of(&data) != spec.chunks[job.index].sha256 {
+                    return Err(BundleError::ChunkHash {
+                        image: spec.target.clone(),
+                        index: job.index,
+                        offset: job.bundle_offset,
+                    }
+                    .into());
+                }
+                Ok(Chunk {
+                    image: job.image,
+                    index: job.index,
+                    offset: job.index as u64 * spec.chunk_size,
+                    data,
+                })
+            },
+            |chunk| sink(&images[chunk.image], chunk),
+        )
+    }
+}

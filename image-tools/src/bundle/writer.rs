@@ -1,0 +1,203 @@
+//! The bundle writer: images cut into fixed-size chunks, each compressed as
+//! an independent zstd frame on all cores, hashed, and listed in a manifest
+//! signed by one or more keys.
+
+use super::error::{BundleError, Result};
+use super::header::{encode_signatures, Header, SignatureEntry};
+use super::keys::key_id;
+use super::manifest::{ChunkSpec, Digest, ImageSpec, Manifest};
+use super::pipeline::ordered_map;
+use super::{FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use ed25519_dalek::{Signer, SigningKey};
+use sha2::{Digest as _, Sha256};
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
+pub const DEFAULT_LEVEL: i32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub compatible: String,
+    pub version: String,
+    pub security_version: u64,
+    pub data_schema: Option<u32>,
+    /// Seconds since the epoch; callers pass SOURCE_DATE_EPOCH for
+    /// reproducible bundles.
+    pub build_time: u64,
+    pub level: i32,
+    pub chunk_size: u64,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageSource {
+    pub target: String,
+    pub path: PathBuf,
+}
+
+/// Fills `buf` from `r` as far as the stream goes; returns the byte count.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Compresses one image into `payload`, whose current length is where its
+/// first chunk starts. `progress` gets the uncompressed bytes done.
+fn write_image(
+    opts: &BuildOptions,
+    src: &ImageSource,
+    payload: &mut File,
+    payload_offset: &mut u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ImageSpec> {
+    let path_err = |what: &str| BundleError::io(format!("{what} image {}", src.path.display()));
+    let mut file = File::open(&src.path).map_err(path_err("opening"))?;
+    let size = file.metadata().map_err(path_err("measuring"))?.len();
+    if size == 0 {
+        return Err(BundleError::BadManifest(format!(
+            "image {} is empty",
+            src.path.display()
+        )));
+    }
+    let mut hasher = Sha256::new();
+    let mut chunks = Vec::new();
+    let mut read_so_far = 0u64;
+    let chunk_size = opts.chunk_size as usize;
+    ordered_map(
+        opts.threads,
+        || -> Result<Option<Vec<u8>>> {
+            let mut buf = vec![0u8; chunk_size];
+            let n = read_full(&mut file, &mut buf).map_err(path_err("reading"))?;
+            if n == 0 {
+                return Ok(None);
+            }
+            buf.truncate(n);
+            hasher.update(&buf);
+            read_so_far += n as u64;
+            Ok(Some(buf))
+        },
+        || zstd::bulk::Compressor::new(opts.level),
+        |cctx, raw| -> Result<(Vec<u8>, Digest, usize)> {
+            let cctx = cctx.as_mut().map_err(|e| {
+                BundleError::io("setting up zstd")(std::io::Error::other(e.to_string()))
+            })?;
+            let compressed = cctx
+                .compress(&raw)
+                .map_err(BundleError::io("compressing"))?;
+            Ok((compressed, Digest::of(&raw), raw.len()))
+        },
+        |(compressed, sha256, raw_len)| {
+            payload
+                .write_all(&compressed)
+                .map_err(BundleError::io("writing the payload"))?;
+            chunks.push(ChunkSpec {
+                offset: *payload_offset,
+                length: compressed.len() as u64,
+                sha256,
+            });
+            *payload_offset += compressed.len() as u64;
+            progress(raw_len as u64);
+            Ok(())
+        },
+    )?;
+    if read_so_far != size {
+        return Err(BundleError::Io {
+            what: format!("reading image {}", src.path.display()),
+            source: std::io::Error::other(format!(
+                "changed size while being read ({size} then {read_so_far})"
+            )),
+        });
+    }
+    Ok(ImageSpec {
+        target: src.target.clone(),
+        size,
+        sha256: Digest(hasher.finalize().into()),
+        chunk_size: opts.chunk_size,
+        chunks,
+    })
+}
+
+/// Builds a bundle at `out` (written to a temporary file beside it, then
+/// renamed, so `out` never holds half a bundle). Returns its manifest.
+pub fn build(
+    opts: &BuildOptions,
+    images: &[ImageSource],
+    keys: &[SigningKey],
+    out: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Manifest> {
+    if keys.is_empty() {
+        return Err(BundleError::BadManifest(
+            "a bundle needs at least one signing key".into(),
+        ));
+    }
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&opts.chunk_size) {
+        return Err(BundleError::BadManifest(format!(
+            "chunk size {} outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+            opts.chunk_size
+        )));
+    }
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp_err = BundleError::io(format!("creating a temporary file in {}", dir.display()));
+    let mut payload = tempfile::tempfile_in(dir).map_err(tmp_err)?;
+    let mut offset = 0u64;
+    let specs = images
+        .iter()
+        .map(|src| write_image(opts, src, &mut payload, &mut offset, progress))
+        .collect::<Result<Vec<_>>>()?;
+    let manifest = Manifest {
+        format: FORMAT_VERSION,
+        compatible: opts.compatible.clone(),
+        version: opts.version.clone(),
+        security_version: opts.security_version,
+        build_time: opts.build_time,
+        data_schema: opts.data_schema,
+        payload_size: offset,
+        images: specs,
+    };
+    manifest.validate(offset)?;
+    let manifest_bytes =
+        serde_json::to_vec(&manifest).map_err(|e| BundleError::BadManifest(e.to_string()))?;
+    let signatures: Vec<SignatureEntry> = keys
+        .iter()
+        .map(|k| SignatureEntry {
+            key_id: key_id(&k.verifying_key()),
+            signature: k.sign(&manifest_bytes).to_bytes(),
+        })
+        .collect();
+    let header = Header {
+        manifest_len: u32::try_from(manifest_bytes.len())
+            .map_err(|_| BundleError::BadManifest("manifest too large".into()))?,
+        signatures_len: (signatures.len() * super::header::SIGNATURE_ENTRY_LEN) as u32,
+        payload_len: offset,
+    };
+    let out_err = |what: &'static str| BundleError::io(format!("{what} {}", out.display()));
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(out_err("creating a temporary file for"))?;
+    let f = tmp.as_file_mut();
+    f.write_all(&header.encode()).map_err(out_err("writing"))?;
+    f.write_all(&manifest_bytes).map_err(out_err("writing"))?;
+    f.write_all(&encode_signatures(&signatures))
+        .map_err(out_err("writing"))?;
+    payload
+        .rewind()
+        .map_err(out_err("rewinding the payload of"))?;
+    std::io::copy(&mut payload, f).map_err(out_err("writing the payload of"))?;
+    f.sync_all().map_err(out_err("syncing"))?;
+    tmp.persist(out)
+        .map_err(|e| BundleError::io(format!("renaming into {}", out.display()))(e.error))?;
+    Ok(manifest)
+}
