@@ -169,7 +169,7 @@ impl<R: Read + Send> VerifiedBundle<R> {
                     compressed,
                 }))
             },
-            || zstd::bulk::Decompressor::new(),
+            zstd::bulk::Decompressor::new,
             |dctx, job| -> Result<Chunk, E> {
                 let spec = &images[job.image];
                 let expected = spec.chunk_len(job.index) as usize;

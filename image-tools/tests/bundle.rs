@@ -1,0 +1,402 @@
+//! The bundle format against good and bad input: every refusal is the
+//! right error, and no altered bundle is ever accepted.
+
+use ed25519_dalek::{Signer, SigningKey};
+use image_tools::bundle::header::{encode_signatures, Header, SignatureEntry};
+use image_tools::bundle::keys::key_id;
+use image_tools::bundle::{
+    self, BuildOptions, BundleError, Envelope, ImageSource, Keyring, Manifest,
+};
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn keyring(keys: &[&SigningKey]) -> (tempfile::TempDir, Keyring) {
+    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
+    let dir = tempfile::tempdir().unwrap();
+    for (i, k) in keys.iter().enumerate() {
+        let pem = k.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+        std::fs::write(dir.path().join(format!("k{i}.pem")), pem).unwrap();
+    }
+    let ring = Keyring::load_dir(dir.path()).unwrap();
+    (dir, ring)
+}
+
+/// Bytes that zstd compresses partly: a pattern with noise.
+fn image_bytes(len: usize, salt: u32) -> Vec<u8> {
+    let mut x = 0x9E37_79B9u32 ^ salt;
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            if i % 3 == 0 {
+                (x >> 24) as u8
+            } else {
+                (i / 7) as u8
+            }
+        })
+        .collect()
+}
+
+fn opts(chunk_size: u64) -> BuildOptions {
+    BuildOptions {
+        compatible: "acme-gw".into(),
+        version: "1.2.0".into(),
+        security_version: 4,
+        data_schema: Some(2),
+        build_time: 1_700_000_000,
+        level: 3,
+        chunk_size,
+        threads: 2,
+    }
+}
+
+fn build_file(dir: &Path, images: &[(&str, Vec<u8>)], keys: &[SigningKey]) -> PathBuf {
+    let sources: Vec<ImageSource> = images
+        .iter()
+        .map(|(t, bytes)| {
+            let p = dir.join(format!("{t}.img"));
+            std::fs::write(&p, bytes).unwrap();
+            ImageSource {
+                target: t.to_string(),
+                path: p,
+            }
+        })
+        .collect();
+    let out = dir.join("bundle.swb");
+    bundle::build(&opts(64 << 10), &sources, keys, &out, &mut |_| {}).unwrap();
+    out
+}
+
+/// Reads a whole bundle from memory; returns every image's bytes.
+fn read_all(bytes: &[u8], ring: &Keyring) -> Result<Vec<(String, Vec<u8>)>, BundleError> {
+    let verified = Envelope::read(Cursor::new(bytes))?.verify(ring)?;
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    verified.read_chunks(2, |image, chunk| -> Result<(), BundleError> {
+        if chunk.index == 0 {
+            out.push((image.target.clone(), Vec::new()));
+        }
+        out.last_mut().unwrap().1.extend_from_slice(&chunk.data);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// A bundle from raw parts, signed over `manifest` by `signers`.
+fn craft(manifest: &[u8], signers: &[&SigningKey], payload: &[u8]) -> Vec<u8> {
+    let sigs: Vec<SignatureEntry> = signers
+        .iter()
+        .map(|k| SignatureEntry {
+            key_id: key_id(&k.verifying_key()),
+            signature: k.sign(manifest).to_bytes(),
+        })
+        .collect();
+    let sig_block = encode_signatures(&sigs);
+    let header = Header {
+        manifest_len: manifest.len() as u32,
+        signatures_len: sig_block.len() as u32,
+        payload_len: payload.len() as u64,
+    };
+    [&header.encode()[..], manifest, &sig_block, payload].concat()
+}
+
+struct Regions {
+    manifest: std::ops::Range<usize>,
+    signatures: std::ops::Range<usize>,
+    payload: std::ops::Range<usize>,
+}
+
+fn regions(bytes: &[u8]) -> Regions {
+    let h = Header::decode(bytes[..32].try_into().unwrap()).unwrap();
+    let m_end = 32 + h.manifest_len as usize;
+    let s_end = m_end + h.signatures_len as usize;
+    Regions {
+        manifest: 32..m_end,
+        signatures: m_end..s_end,
+        payload: s_end..bytes.len(),
+    }
+}
+
+#[test]
+fn round_trip_two_images_two_signers() {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = image_bytes(300_000, 1);
+    let extra = image_bytes(70_000, 2);
+    let path = build_file(
+        dir.path(),
+        &[("rootfs", rootfs.clone()), ("boot", extra.clone())],
+        &[key(1), key(2)],
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    // One trusted signer of the two is enough, whichever it is.
+    for trusted in [key(1), key(2)] {
+        let (_d, ring) = keyring(&[&trusted]);
+        let got = read_all(&bytes, &ring).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("rootfs".to_string(), rootfs.clone()),
+                ("boot".to_string(), extra.clone())
+            ]
+        );
+    }
+    let m = Envelope::read(Cursor::new(&bytes))
+        .unwrap()
+        .unverified_manifest()
+        .unwrap();
+    assert_eq!(m.images[0].chunks.len(), 5);
+    assert_eq!(m.data_schema, Some(2));
+    assert_eq!(m.images[0].sha256, bundle::Digest::of(&rootfs));
+}
+
+#[test]
+fn truncation_anywhere_is_reported_as_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = build_file(
+        dir.path(),
+        &[("rootfs", image_bytes(200_000, 3))],
+        &[key(1)],
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let (_d, ring) = keyring(&[&key(1)]);
+    let r = regions(&bytes);
+    let cuts = [
+        (0, "header"),
+        (31, "header"),
+        (r.manifest.start + 10, "manifest"),
+        (r.signatures.start + 5, "signature block"),
+        (r.payload.start, "payload (image rootfs chunk 0)"),
+        (
+            r.payload.start + (r.payload.len() / 2),
+            "payload (image rootfs chunk",
+        ),
+        (bytes.len() - 1, "payload (image rootfs chunk 3)"),
+    ];
+    for (cut, region) in cuts {
+        match read_all(&bytes[..cut], &ring) {
+            Err(BundleError::Truncated { region: got }) => {
+                assert!(got.starts_with(region), "cut {cut}: {got}")
+            }
+            other => panic!("cut at {cut}: expected truncation in {region}, got {other:?}"),
+        }
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(
+        read_all(&longer, &ring),
+        Err(BundleError::TrailingData)
+    ));
+}
+
+#[test]
+fn no_flipped_byte_anywhere_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = build_file(
+        dir.path(),
+        &[("rootfs", image_bytes(200_000, 4))],
+        &[key(1)],
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let (_d, ring) = keyring(&[&key(1)]);
+    assert!(read_all(&bytes, &ring).is_ok());
+    let r = regions(&bytes);
+    let mut positions: Vec<usize> = (0..32).collect();
+    positions.extend(r.manifest.clone().step_by(7));
+    positions.extend(r.signatures.clone());
+    positions.extend(r.payload.clone().step_by(97));
+    positions.push(bytes.len() - 1);
+    let mut by_kind = std::collections::BTreeMap::new();
+    for &pos in &positions {
+        for mask in [0x01u8, 0x80] {
+            let mut bad = bytes.clone();
+            bad[pos] ^= mask;
+            match read_all(&bad, &ring) {
+                Ok(_) => panic!("flipping bit {mask:#x} of byte {pos} was accepted"),
+                Err(e) => *by_kind.entry(e.exit_code()).or_insert(0) += 1,
+            }
+        }
+    }
+    assert!(positions.len() > 1000, "{} positions", positions.len());
+    // Header, signature and payload damage all show up as what they are.
+    for code in [22, 23, 24, 26, 28] {
+        assert!(
+            by_kind.contains_key(&code),
+            "no error with exit code {code}: {by_kind:?}"
+        );
+    }
+}
+
+#[test]
+fn trust_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(build_file(
+        dir.path(),
+        &[("rootfs", image_bytes(100_000, 5))],
+        &[key(1)],
+    ))
+    .unwrap();
+    let (_d, other) = keyring(&[&key(9)]);
+    match read_all(&bytes, &other) {
+        Err(BundleError::UntrustedSigner { signers }) => {
+            assert_eq!(
+                signers,
+                image_tools::bundle::keys::short_id(&key_id(&key(1).verifying_key()))
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A genuine signature moved onto another manifest.
+    let r = regions(&bytes);
+    let manifest = &bytes[r.manifest.clone()];
+    let altered = String::from_utf8(manifest.to_vec())
+        .unwrap()
+        .replace("1.2.0", "9.2.0");
+    let mut moved = craft(altered.as_bytes(), &[&key(1)], &bytes[r.payload.clone()]);
+    let r2 = regions(&moved);
+    moved[r2.signatures.clone()].copy_from_slice(&bytes[r.signatures.clone()]);
+    let (_d, ring) = keyring(&[&key(1)]);
+    assert!(matches!(
+        read_all(&moved, &ring),
+        Err(BundleError::BadSignature { .. })
+    ));
+}
+
+#[test]
+fn signed_but_malformed_manifests_are_refused() {
+    let k = key(1);
+    let (_d, ring) = keyring(&[&k]);
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(build_file(
+        dir.path(),
+        &[("rootfs", image_bytes(100_000, 6))],
+        &[k.clone()],
+    ))
+    .unwrap();
+    let r = regions(&good);
+    let payload = &good[r.payload.clone()];
+    let m: serde_json::Value = serde_json::from_slice(&good[r.manifest.clone()]).unwrap();
+
+    let expect_manifest_error = |manifest: &[u8], payload: &[u8], needle: &str| match read_all(
+        &craft(manifest, &[&k], payload),
+        &ring,
+    ) {
+        Err(BundleError::BadManifest(msg)) => {
+            assert!(msg.contains(needle), "{msg:?} lacks {needle:?}")
+        }
+        other => panic!("expected a manifest error with {needle:?}, got {other:?}"),
+    };
+    expect_manifest_error(b"not json at all", payload, "not valid");
+    let mut missing = m.clone();
+    missing.as_object_mut().unwrap().remove("compatible");
+    expect_manifest_error(
+        &serde_json::to_vec(&missing).unwrap(),
+        payload,
+        "missing field `compatible`",
+    );
+    let mut unknown = m.clone();
+    unknown["surprise"] = 1.into();
+    expect_manifest_error(
+        &serde_json::to_vec(&unknown).unwrap(),
+        payload,
+        "unknown field",
+    );
+    let mut huge = m.clone();
+    huge["images"][0]["chunks"][0]["length"] = serde_json::json!(u64::MAX - 1);
+    expect_manifest_error(&serde_json::to_vec(&huge).unwrap(), payload, "length");
+    let mut huge_size = m.clone();
+    huge_size["images"][0]["size"] = serde_json::json!(u64::MAX);
+    expect_manifest_error(&serde_json::to_vec(&huge_size).unwrap(), payload, "size");
+    let mut bad_version = m.clone();
+    bad_version["version"] = "one".into();
+    expect_manifest_error(
+        &serde_json::to_vec(&bad_version).unwrap(),
+        payload,
+        "semantic",
+    );
+    let mut gap = m.clone();
+    gap["images"][0]["chunks"][1]["offset"] = serde_json::json!(1);
+    expect_manifest_error(&serde_json::to_vec(&gap).unwrap(), payload, "offset");
+
+    // A header that claims a payload near u64::MAX disagrees with the
+    // signed manifest and is refused before any payload is read.
+    let mut long = good.clone();
+    long[24..32].copy_from_slice(&(u64::MAX - 7).to_le_bytes());
+    assert!(
+        matches!(read_all(&long, &ring), Err(BundleError::BadManifest(m)) if m.contains("payload_size"))
+    );
+    let mut long_manifest = good.clone();
+    long_manifest[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        read_all(&long_manifest, &ring),
+        Err(BundleError::BadLength {
+            field: "manifest_len",
+            ..
+        })
+    ));
+    let mut v2 = good.clone();
+    v2[8] = 2;
+    assert!(matches!(
+        read_all(&v2, &ring),
+        Err(BundleError::UnsupportedVersion(2))
+    ));
+}
+
+#[test]
+fn keys_that_are_not_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(
+        &junk,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let e = image_tools::bundle::keys::load_private(&junk).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("junk.pem: not an ed25519 private key (PEM)"),
+        "{e}"
+    );
+    let e = Keyring::from_key(&junk).unwrap_err();
+    assert_eq!(e.exit_code(), 32);
+    let e = Keyring::load_dir(dir.path()).unwrap_err();
+    assert!(e.to_string().contains("junk.pem"), "{e}");
+    let empty = tempfile::tempdir().unwrap();
+    assert!(Keyring::load_dir(empty.path())
+        .unwrap_err()
+        .to_string()
+        .contains("no public keys"));
+}
+
+#[test]
+fn chunk_hash_error_names_the_chunk() {
+    let k = key(1);
+    let (_d, ring) = keyring(&[&k]);
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(build_file(
+        dir.path(),
+        &[("rootfs", image_bytes(200_000, 7))],
+        &[k.clone()],
+    ))
+    .unwrap();
+    let r = regions(&good);
+    // Re-sign a manifest whose chunk 2 hash is wrong: the payload is intact,
+    // so only the hash comparison can catch it.
+    let mut m: Manifest = serde_json::from_slice(&good[r.manifest.clone()]).unwrap();
+    m.images[0].chunks[2].sha256 = bundle::Digest([7; 32]);
+    let bad = craft(
+        &serde_json::to_vec(&m).unwrap(),
+        &[&k],
+        &good[r.payload.clone()],
+    );
+    match read_all(&bad, &ring) {
+        Err(e @ BundleError::ChunkHash { index: 2, .. }) => {
+            assert!(e.to_string().starts_with("image rootfs chunk 2 "), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,180 @@
+//! `image-tools` as a vendor's pipeline runs it: exit codes and messages.
+
+use assert_cmd::Command;
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
+use std::path::Path;
+
+fn it() -> Command {
+    Command::cargo_bin("image-tools").unwrap()
+}
+
+fn setup(dir: &Path) {
+    it().current_dir(dir)
+        .args(["keygen", "--private", "k.pem", "--public", "k.pub"])
+        .assert()
+        .success();
+    it().current_dir(dir)
+        .args(["keygen", "--private", "o.pem", "--public", "o.pub"])
+        .assert()
+        .success();
+    let image: Vec<u8> = (0..300_000u32)
+        .map(|i| (i % 253) as u8 ^ (i >> 11) as u8)
+        .collect();
+    std::fs::write(dir.join("rootfs.img"), image).unwrap();
+    it().current_dir(dir)
+        .args([
+            "build",
+            "--key",
+            "k.pem",
+            "--image",
+            "rootfs=rootfs.img",
+            "--compatible",
+            "acme-gw",
+        ])
+        .args([
+            "--version",
+            "2.0.0",
+            "--security-version",
+            "3",
+            "--chunk-size",
+            "64K",
+            "--out",
+            "r.swb",
+        ])
+        .assert()
+        .success()
+        .stdout(contains("acme-gw 2.0.0"));
+}
+
+#[test]
+fn build_verify_extract_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    it().current_dir(d)
+        .args(["verify", "r.swb", "--public", "k.pub"])
+        .assert()
+        .success()
+        .stdout(contains("OK"));
+    std::fs::create_dir(d.join("ring")).unwrap();
+    std::fs::copy(d.join("o.pub"), d.join("ring/old.pem")).unwrap();
+    std::fs::copy(d.join("k.pub"), d.join("ring/new.pem")).unwrap();
+    it().current_dir(d)
+        .args(["verify", "r.swb", "--keyring", "ring"])
+        .assert()
+        .success();
+    it().current_dir(d)
+        .args(["extract", "r.swb", "--public", "k.pub", "--out", "x.img"])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read(d.join("x.img")).unwrap(),
+        std::fs::read(d.join("rootfs.img")).unwrap()
+    );
+    it().current_dir(d)
+        .args(["inspect", "r.swb"])
+        .assert()
+        .success()
+        .stdout(contains("NOT CHECKED"));
+    let out = it()
+        .current_dir(d)
+        .args(["inspect", "r.swb", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["signature_checked"], false);
+    assert_eq!(v["security_version"], 3);
+    assert_eq!(v["images"][0]["chunks"], 5);
+}
+
+#[test]
+fn refusals_have_distinct_codes_and_leave_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    it().current_dir(d)
+        .args(["verify", "r.swb", "--public", "o.pub"])
+        .assert()
+        .code(25)
+        .stderr(contains("no trusted key"));
+    let bytes = std::fs::read(d.join("r.swb")).unwrap();
+    std::fs::write(d.join("cut.swb"), &bytes[..bytes.len() - 10]).unwrap();
+    it().current_dir(d)
+        .args(["verify", "cut.swb", "--public", "k.pub"])
+        .assert()
+        .code(21)
+        .stderr(contains("truncated"));
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 20;
+    flipped[last] ^= 1;
+    std::fs::write(d.join("bad.swb"), &flipped).unwrap();
+    it().current_dir(d)
+        .args([
+            "extract",
+            "bad.swb",
+            "--public",
+            "k.pub",
+            "--out",
+            "never.img",
+        ])
+        .assert()
+        .code(predicates::ord::eq(28).or(predicates::ord::eq(29)))
+        .stderr(contains("image rootfs chunk 4"));
+    assert!(
+        !d.join("never.img").exists(),
+        "extract must not leave a partial image"
+    );
+    it().current_dir(d)
+        .args(["verify", "rootfs.img", "--public", "k.pub"])
+        .assert()
+        .code(22);
+    it().current_dir(d)
+        .args(["verify", "r.swb", "--public", "rootfs.img"])
+        .assert()
+        .code(32)
+        .stderr(contains("rootfs.img: not an ed25519 public key"));
+    it().current_dir(d)
+        .args([
+            "build",
+            "--key",
+            "k.pub",
+            "--image",
+            "rootfs=rootfs.img",
+            "--compatible",
+            "x",
+            "--version",
+            "1.0.0",
+            "--out",
+            "n.swb",
+        ])
+        .assert()
+        .code(32);
+    it().current_dir(d)
+        .args([
+            "build",
+            "--key",
+            "k.pem",
+            "--image",
+            "rootfs=rootfs.img",
+            "--compatible",
+            "x",
+            "--version",
+            "one",
+            "--out",
+            "n.swb",
+        ])
+        .assert()
+        .code(27)
+        .stderr(contains("semantic"));
+    assert!(!d.join("n.swb").exists());
+    it().current_dir(d)
+        .args(["keygen", "--private", "k.pem", "--public", "z.pub"])
+        .assert()
+        .code(32)
+        .stderr(contains("k.pem"));
+    it().current_dir(d)
+        .args(["verify", "r.swb"])
+        .assert()
+        .code(2);
+}
