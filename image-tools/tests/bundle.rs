@@ -274,7 +274,7 @@ fn signed_but_malformed_manifests_are_refused() {
     let good = std::fs::read(build_file(
         dir.path(),
         &[("rootfs", image_bytes(100_000, 6))],
-        &[k.clone()],
+        std::slice::from_ref(&k),
     ))
     .unwrap();
     let r = regions(&good);
@@ -380,7 +380,7 @@ fn chunk_hash_error_names_the_chunk() {
     let good = std::fs::read(build_file(
         dir.path(),
         &[("rootfs", image_bytes(200_000, 7))],
-        &[k.clone()],
+        std::slice::from_ref(&k),
     ))
     .unwrap();
     let r = regions(&good);

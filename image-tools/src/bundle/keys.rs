@@ -51,18 +51,22 @@ pub fn keygen(private: &Path, public: &Path) -> Result<VerifyingKey> {
     Ok(verifying)
 }
 
+/// Reads a PEM key file and decodes it with `decode`; anything that is not
+/// a key of the wanted kind, binary junk included, gets the same message.
+fn load_pem<K, E>(path: &Path, kind: &str, decode: impl Fn(&str) -> Result<K, E>) -> Result<K> {
+    let bytes = fs::read(path).map_err(|e| key_err(path, format!("cannot read {kind}: {e}")))?;
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|text| decode(text).ok())
+        .ok_or_else(|| key_err(path, format!("not an ed25519 {kind} (PEM)")))
+}
+
 pub fn load_private(path: &Path) -> Result<SigningKey> {
-    let text = fs::read_to_string(path)
-        .map_err(|e| key_err(path, format!("cannot read private key: {e}")))?;
-    SigningKey::from_pkcs8_pem(&text)
-        .map_err(|_| key_err(path, "not an ed25519 private key (PKCS#8 PEM)"))
+    load_pem(path, "private key", SigningKey::from_pkcs8_pem)
 }
 
 pub fn load_public(path: &Path) -> Result<VerifyingKey> {
-    let text = fs::read_to_string(path)
-        .map_err(|e| key_err(path, format!("cannot read public key: {e}")))?;
-    VerifyingKey::from_public_key_pem(&text)
-        .map_err(|_| key_err(path, "not an ed25519 public key (PEM)"))
+    load_pem(path, "public key", VerifyingKey::from_public_key_pem)
 }
 
 /// The public keys a device trusts.
