@@ -150,7 +150,12 @@ fn round_trip_two_images_two_signers() {
         .unwrap();
     assert_eq!(m.images[0].chunks.len(), 5);
     assert_eq!(m.data_schema, Some(2));
-    assert_eq!(m.images[0].sha256, bundle::Digest::of(&rootfs));
+    let chunk_digests: Vec<bundle::Digest> =
+        rootfs.chunks(64 << 10).map(bundle::Digest::of).collect();
+    assert_eq!(
+        m.images[0].digest(),
+        bundle::manifest::image_digest(&chunk_digests)
+    );
 }
 
 #[test]

@@ -55,7 +55,7 @@ pub enum BundleError {
         reason: String,
     },
 
-    #[error("image {image}: sha256 of the whole image does not match the manifest")]
+    #[error("image {image}: digest of the written image does not match the manifest")]
     ImageHash { image: String },
 
     #[error("bundle has data after its last payload chunk")]

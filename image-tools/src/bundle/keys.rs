@@ -76,6 +76,16 @@ pub struct Keyring {
 }
 
 impl Keyring {
+    /// A keyring of keys already in memory (tests, fuzzing, embedders).
+    pub fn from_verifying_keys(keys: impl IntoIterator<Item = VerifyingKey>) -> Keyring {
+        Keyring {
+            keys: keys
+                .into_iter()
+                .map(|k| (PathBuf::from("<memory>"), k))
+                .collect(),
+        }
+    }
+
     pub fn from_key(path: &Path) -> Result<Keyring> {
         Ok(Keyring {
             keys: vec![(path.to_path_buf(), load_public(path)?)],

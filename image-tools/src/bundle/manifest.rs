@@ -75,8 +75,6 @@ pub struct ImageSpec {
     pub target: String,
     /// Uncompressed size in bytes.
     pub size: u64,
-    /// SHA-256 of the whole uncompressed image.
-    pub sha256: Digest,
     /// Uncompressed size of every chunk but the last.
     pub chunk_size: u64,
     pub chunks: Vec<ChunkSpec>,
@@ -100,10 +98,27 @@ impl ImageSpec {
         self.chunk_size.min(self.size - start)
     }
 
+    /// The image's identity: SHA-256 over its chunks' SHA-256 digests in
+    /// order. Checking every chunk checks the whole image, and a slot's
+    /// digest can be computed chunk by chunk on all cores.
+    pub fn digest(&self) -> Digest {
+        image_digest(self.chunks.iter().map(|c| &c.sha256))
+    }
+
     /// Compressed size of all chunks.
     pub fn compressed_size(&self) -> u64 {
         self.chunks.iter().map(|c| c.length).sum()
     }
+}
+
+/// SHA-256 over a sequence of chunk digests: an image's digest.
+pub fn image_digest<'a>(chunks: impl IntoIterator<Item = &'a Digest>) -> Digest {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for d in chunks {
+        h.update(d.0);
+    }
+    Digest(h.finalize().into())
 }
 
 /// Largest compressed chunk a writer can produce for `chunk_size` bytes:

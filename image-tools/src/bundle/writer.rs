@@ -9,7 +9,6 @@ use super::manifest::{ChunkSpec, Digest, ImageSpec, Manifest};
 use super::pipeline::ordered_map;
 use super::{FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use ed25519_dalek::{Signer, SigningKey};
-use sha2::{Digest as _, Sha256};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -69,7 +68,6 @@ fn write_image(
             src.path.display()
         )));
     }
-    let mut hasher = Sha256::new();
     let mut chunks = Vec::new();
     let mut read_so_far = 0u64;
     let chunk_size = opts.chunk_size as usize;
@@ -82,7 +80,6 @@ fn write_image(
                 return Ok(None);
             }
             buf.truncate(n);
-            hasher.update(&buf);
             read_so_far += n as u64;
             Ok(Some(buf))
         },
@@ -121,7 +118,6 @@ fn write_image(
     Ok(ImageSpec {
         target: src.target.clone(),
         size,
-        sha256: Digest(hasher.finalize().into()),
         chunk_size: opts.chunk_size,
         chunks,
     })
