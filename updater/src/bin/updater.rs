@@ -1,0 +1,160 @@
+//! `updater`: install releases into the inactive slot, report status.
+
+use anyhow::{Context, Result};
+use bootctl::{host, Disk, Error as BootError, Slot};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use updater::config::{Config, DEFAULT_PATH};
+use updater::events::{Event, JsonLines, Observer, Terminal};
+use updater::install::{install, InstallOptions};
+use updater::source::{self, HttpOptions, Source};
+use updater::state::StateFile;
+use updater::status::UpdaterStatus;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Switchback updater: signed A/B updates for this appliance"
+)]
+struct Cli {
+    #[arg(long, global = true, default_value = DEFAULT_PATH)]
+    config: PathBuf,
+    /// Disk or disk image holding the slots (overrides the config).
+    #[arg(long, global = true)]
+    disk: Option<PathBuf>,
+    /// Logical sector size of a disk image (default: detected).
+    #[arg(long, global = true, value_parser = ["512", "4096"])]
+    sector_size: Option<String>,
+    /// The slot the system booted from (default: from /proc/cmdline).
+    #[arg(long, global = true)]
+    booted_slot: Option<Slot>,
+    /// JSON output: JSON lines of events for install, one object for queries.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install a bundle (a file, `-` for standard input, or an http(s) URL) into the inactive slot.
+    Install {
+        source: Source,
+        /// Install a lower version than the one running.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Reboot into the new release when done.
+        #[arg(long)]
+        reboot: bool,
+        #[arg(long, default_value_t = image_tools::bundle::default_threads())]
+        threads: usize,
+        /// Over HTTP: attempts after a failed connection, with doubling waits.
+        #[arg(long, default_value_t = HttpOptions::default().max_retries)]
+        retries: u32,
+    },
+    /// The slots, their releases and boot flags, and the last install.
+    Status,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let json = cli.json;
+    if let Err(e) = run(cli) {
+        let code = updater::exit_code(&e);
+        if json {
+            JsonLines.event(&Event::Error {
+                code,
+                message: format!("{e:#}"),
+            });
+        }
+        eprintln!("updater: error: {e:#}");
+        std::process::exit(code);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let config = Config::load(&cli.config)?;
+    let cmdline = host::read_cmdline();
+    let disk_path = cli
+        .disk
+        .clone()
+        .or_else(|| config.disk.clone())
+        .or_else(|| host::root_disk(&cmdline))
+        .ok_or_else(|| {
+            BootError::Invalid(
+                "cannot find the disk of the running root: set `disk` in the config or pass --disk"
+                    .into(),
+            )
+        })?;
+    let sector_size = cli
+        .sector_size
+        .as_deref()
+        .map(str::parse::<u64>)
+        .transpose()?;
+    let boot_state = Disk::open(&disk_path, sector_size, false)?.read()?;
+    let booted = cli
+        .booted_slot
+        .or_else(|| host::booted_slot(&cmdline, &boot_state.table));
+
+    match cli.command {
+        Command::Install {
+            source,
+            allow_downgrade,
+            reboot,
+            threads,
+            retries,
+        } => {
+            let booted = booted.ok_or(BootError::BootedUnknown)?;
+            let opts = InstallOptions {
+                disk: disk_path,
+                sector_size,
+                booted,
+                allow_downgrade,
+                threads,
+            };
+            let input = source::open(
+                &source,
+                &HttpOptions {
+                    max_retries: retries,
+                    ..HttpOptions::default()
+                },
+            )?;
+            let mut observer: Box<dyn Observer> = if cli.json {
+                Box::new(JsonLines)
+            } else {
+                Box::<Terminal>::default()
+            };
+            let done = install(&config, input, &opts, observer.as_mut())
+                .with_context(|| format!("installing {source}"))?;
+            if !cli.json {
+                println!(
+                    "{} {} installed into {}; it boots on trial at the next reboot",
+                    done.manifest.compatible, done.manifest.version, done.slot
+                );
+            }
+            if reboot {
+                nix::unistd::sync();
+                nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT)
+                    .context("rebooting")?;
+            } else if !cli.json {
+                println!("reboot to activate it (or run with --reboot)");
+            }
+        }
+        Command::Status => {
+            let state = StateFile::load(&config.state_dir());
+            let status = UpdaterStatus::new(
+                &disk_path.display().to_string(),
+                &boot_state,
+                booted,
+                &state,
+            );
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
+        }
+    }
+    Ok(())
+}

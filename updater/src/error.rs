@@ -1,0 +1,95 @@
+//! Install refusals and failures, each with its own exit code
+//! (docs/updater.md). Bundle and boot-control errors keep theirs.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error("config {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+
+    #[error("bundle is for {bundle:?} but this device is {device:?}")]
+    Incompatible { bundle: String, device: String },
+
+    #[error("bundle security version {bundle} is below this device's floor {floor}")]
+    SecurityVersion { bundle: u64, floor: u64 },
+
+    #[error("bundle version {bundle} is older than the running {running}: pass --allow-downgrade to install it")]
+    Downgrade { bundle: String, running: String },
+
+    #[error("image {image} is {size} bytes, larger than {slot} ({slot_size} bytes)")]
+    TooLarge {
+        image: String,
+        size: u64,
+        slot: &'static str,
+        slot_size: u64,
+    },
+
+    #[error("writing {slot} of {disk} at byte {offset}: {source}")]
+    Write {
+        slot: &'static str,
+        disk: PathBuf,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("read-back of {slot}: chunk {index} (byte {offset}) differs from what was written")]
+    ReadBack {
+        slot: &'static str,
+        index: usize,
+        offset: u64,
+    },
+
+    #[error("another install is running (lock {path} is held)")]
+    Busy { path: PathBuf },
+
+    #[error("download {url}: {reason}")]
+    Http { url: String, reason: String },
+
+    #[error("bundle image {0:?} has no place on this device (only \"rootfs\" is installed)")]
+    UnsupportedTarget(String),
+
+    #[error("state file {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl UpdateError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            UpdateError::Config { .. } => 40,
+            UpdateError::Incompatible { .. } => 41,
+            UpdateError::SecurityVersion { .. } => 42,
+            UpdateError::Downgrade { .. } => 43,
+            UpdateError::TooLarge { .. } => 44,
+            UpdateError::Write { .. } => 45,
+            UpdateError::ReadBack { .. } => 46,
+            UpdateError::Busy { .. } => 47,
+            UpdateError::Http { .. } => 48,
+            UpdateError::UnsupportedTarget(_) => 49,
+            UpdateError::State { .. } => 50,
+        }
+    }
+}
+
+/// The exit code for any error the updater reports: the first typed error
+/// in the chain decides.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    e.chain()
+        .find_map(|c| {
+            // A download failure travels inside an io::Error through the
+            // bundle reader; io::Error's source() skips it, get_ref() does not.
+            let wrapped = c
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref());
+            c.downcast_ref::<UpdateError>()
+                .or(wrapped)
+                .map(UpdateError::exit_code)
+        })
+        .unwrap_or_else(|| image_tools::exit_code(e))
+}

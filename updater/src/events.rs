@@ -1,0 +1,106 @@
+//! What an install reports as it goes: JSON lines for scripts and fleet
+//! agents (`--json`), a progress bar on a terminal, log lines otherwise.
+//! An [`Observer`] is also where tests step in between two phases.
+
+use image_tools::progress::byte_bar;
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// Signature, compatibility and version checks passed.
+    Verified {
+        compatible: String,
+        version: String,
+        signer: String,
+        slot: String,
+        bytes: u64,
+    },
+    /// Image bytes verified and written so far.
+    Progress {
+        done: u64,
+        total: u64,
+    },
+    /// Every chunk written and flushed to the slot.
+    Written {
+        slot: String,
+        bytes: u64,
+    },
+    /// The slot read back equal to the manifest.
+    ReadBack {
+        slot: String,
+        digest: String,
+    },
+    /// The boot flag now points at the new slot.
+    Flipped {
+        slot: String,
+        tries: u8,
+    },
+    Error {
+        code: i32,
+        message: String,
+    },
+}
+
+pub trait Observer {
+    fn event(&mut self, event: &Event);
+}
+
+/// One JSON object per line on standard output. A reader that goes away
+/// does not stop the install: a half-written slot is worse than a lost
+/// progress line.
+pub struct JsonLines;
+
+impl Observer for JsonLines {
+    fn event(&mut self, event: &Event) {
+        use std::io::Write;
+        if let Ok(line) = serde_json::to_string(event) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        }
+    }
+}
+
+/// A progress bar (on a terminal) and log lines.
+#[derive(Default)]
+pub struct Terminal {
+    bar: Option<ProgressBar>,
+}
+
+impl Observer for Terminal {
+    fn event(&mut self, event: &Event) {
+        match event {
+            Event::Verified {
+                compatible,
+                version,
+                signer,
+                slot,
+                bytes,
+            } => {
+                log::info!("{compatible} {version} signed by {signer}: installing {bytes} bytes into {slot}");
+                self.bar = Some(byte_bar(*bytes, "install"));
+            }
+            Event::Progress { done, .. } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(*done);
+                }
+            }
+            Event::Written { slot, bytes } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                log::info!("{bytes} bytes written to {slot}");
+            }
+            Event::ReadBack { slot, digest } => log::info!("{slot} read back: digest {digest}"),
+            Event::Flipped { slot, tries } => {
+                log::info!("{slot} boots next, on trial with {tries} tries")
+            }
+            Event::Error { .. } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.abandon();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The install pipeline (DESIGN §5), in the order that keeps the device
+//! safe at every step:
+//!
+//! 1. verify the bundle's signature, then `compatible`, the security floor,
+//!    the version and the image's fit, all before touching the disk;
+//! 2. mark the inactive slot unbootable and persist that;
+//! 3. stream read → decompress → hash → compare → write, with reading,
+//!    the CPU work (on every core) and writing overlapped;
+//! 4. flush, drop the slot from the page cache, read it back and compare
+//!    every chunk with the manifest, hashing on every core;
+//! 5. flip: the new slot boots next, on trial;
+//! 6. record the install in the state file.
+//!
+//! A failure anywhere leaves the new slot unbootable, the running slot and
+//! the data partition as they were, and the reason in the state file.
+
+use crate::config::Config;
+use crate::error::UpdateError;
+use crate::events::{Event, Observer};
+use crate::state::{now, InstallRecord, Outcome, SlotRecord, StateFile};
+use anyhow::{Context, Result};
+use bootctl::{Disk, Slot};
+use image_tools::bundle::keys::short_id;
+use image_tools::bundle::pipeline::ordered_map;
+use image_tools::bundle::{Digest, Envelope, ImageSpec, Keyring, Manifest};
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+pub const ROOTFS: &str = "rootfs";
+
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    pub disk: PathBuf,
+    pub sector_size: Option<u64>,
+    pub booted: Slot,
+    pub allow_downgrade: bool,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub slot: Slot,
+    pub manifest: Manifest,
+}
+
+/// Where the target slot is on the disk.
+struct SlotArea {
+    slot: Slot,
+    offset: u64,
+    size: u64,
+}
+
+/// Refusals that need only the manifest and the device's records.
+fn check_policy(
+    config: &Config,
+    state: &StateFile,
+    booted: Slot,
+    m: &Manifest,
+    allow_downgrade: bool,
+) -> Result<()> {
+    if m.compatible != config.compatible {
+        return Err(UpdateError::Incompatible {
+            bundle: m.compatible.clone(),
+            device: config.compatible.clone(),
+        }
+        .into());
+    }
+    let floor = state.state.security_floor;
+    if m.security_version < floor {
+        return Err(UpdateError::SecurityVersion {
+            bundle: m.security_version,
+            floor,
+        }
+        .into());
+    }
+    if let Some(running) = state.state.slots.get(booted.name()) {
+        let parse = |v: &str| semver::Version::parse(v).ok();
+        if let (Some(new), Some(old)) = (parse(&m.version), parse(&running.version)) {
+            if new < old && !allow_downgrade {
+                return Err(UpdateError::Downgrade {
+                    bundle: m.version.clone(),
+                    running: running.version.clone(),
+                }
+                .into());
+            }
+        }
+    } else {
+        log::info!("the running release's version is not recorded; no downgrade check");
+    }
+    if let Some(other) = m.images.iter().find(|i| i.target != ROOTFS) {
+        return Err(UpdateError::UnsupportedTarget(other.target.clone()).into());
+    }
+    Ok(())
+}
+
+/// Takes the install lock: one install at a time per device.
+fn lock_installs(state_dir: &std::path::Path) -> Result<Flock<File>> {
+    std::fs::create_dir_all(state_dir).map_err(|source| UpdateError::State {
+        path: state_dir.to_path_buf(),
+        source,
+    })?;
+    let path = state_dir.join("install.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| UpdateError::State {
+            path: path.clone(),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| UpdateError::Busy { path }.into())
+}
+
+/// Installs the bundle read from `source` into the slot that is not booted.
+pub fn install(
+    config: &Config,
+    source: Box<dyn Read + Send>,
+    opts: &InstallOptions,
+    observer: &mut dyn Observer,
+) -> Result<Installed> {
+    let keyring = Keyring::load_dir(&config.keyring)?;
+    let bundle = Envelope::read(source)?.verify(&keyring)?;
+    let manifest = bundle.manifest.clone();
+    let state_dir = config.state_dir();
+    let mut state = StateFile::load(&state_dir);
+    check_policy(config, &state, opts.booted, &manifest, opts.allow_downgrade)?;
+    let image = manifest.image(ROOTFS)?.clone();
+
+    let _lock = lock_installs(&state_dir)?;
+    let target = opts.booted.other();
+    let area = {
+        let mut disk = Disk::open(&opts.disk, opts.sector_size, true)?;
+        let st = disk.read()?;
+        let entry = st.table.entry(target);
+        let ss = st.gpt.sector_size;
+        let area = SlotArea {
+            slot: target,
+            offset: entry.first_lba * ss,
+            size: (entry.last_lba + 1 - entry.first_lba) * ss,
+        };
+        if image.size > area.size {
+            return Err(UpdateError::TooLarge {
+                image: image.target.clone(),
+                size: image.size,
+                slot: target.name(),
+                slot_size: area.size,
+            }
+            .into());
+        }
+        disk.mark_bad(target)?;
+        area
+    };
+    observer.event(&Event::Verified {
+        compatible: manifest.compatible.clone(),
+        version: manifest.version.clone(),
+        signer: short_id(&bundle.signer),
+        slot: target.name().into(),
+        bytes: image.size,
+    });
+
+    let from_version = state
+        .state
+        .slots
+        .get(opts.booted.name())
+        .map(|r| r.version.clone());
+    state.state.last_install = Some(InstallRecord {
+        slot: target.name().into(),
+        version: manifest.version.clone(),
+        from_version: from_version.clone(),
+        started_at: now(),
+        finished_at: None,
+        outcome: Outcome::Installing,
+        reason: None,
+    });
+    state.state.slots.remove(target.name());
+    save(&mut state)?;
+
+    let result = write_and_flip(config, bundle, &image, &area, opts, observer);
+    let record = state
+        .state
+        .last_install
+        .as_mut()
+        .context("install record vanished")?;
+    record.finished_at = Some(now());
+    match &result {
+        Ok(()) => {
+            record.outcome = Outcome::Installed;
+            state.state.slots.insert(
+                target.name().into(),
+                SlotRecord {
+                    version: manifest.version.clone(),
+                    compatible: manifest.compatible.clone(),
+                    digest: image.digest().to_string(),
+                    security_version: manifest.security_version,
+                    data_schema: manifest.data_schema,
+                    installed_at: now(),
+                },
+            );
+            state.record(
+                "install",
+                target.name(),
+                Some(&manifest.version),
+                from_version.as_deref(),
+                None,
+            );
+        }
+        Err(e) => {
+            let reason = format!("{e:#}");
+            record.outcome = Outcome::Failed;
+            record.reason = Some(reason.clone());
+            state.record(
+                "install-failed",
+                target.name(),
+                Some(&manifest.version),
+                from_version.as_deref(),
+                Some(&reason),
+            );
+        }
+    }
+    // The install's own error matters more than a failure to record it.
+    let saved = save(&mut state);
+    result?;
+    saved?;
+    Ok(Installed {
+        slot: target,
+        manifest,
+    })
+}
+
+fn save(state: &mut StateFile) -> Result<()> {
+    state.save().map_err(|source| {
+        UpdateError::State {
+            path: state.path.clone(),
+            source,
+        }
+        .into()
+    })
+}
+
+fn write_and_flip(
+    config: &Config,
+    bundle: image_tools::bundle::VerifiedBundle<Box<dyn Read + Send>>,
+    image: &ImageSpec,
+    area: &SlotArea,
+    opts: &InstallOptions,
+    observer: &mut dyn Observer,
+) -> Result<()> {
+    let slot = area.slot.name();
+    let write_err = |offset: u64| {
+        move |source| UpdateError::Write {
+            slot,
+            disk: opts.disk.clone(),
+            offset,
+            source,
+        }
+    };
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&opts.disk)
+        .map_err(write_err(area.offset))?;
+    let mut done = 0u64;
+    bundle.read_chunks(opts.threads, |_, chunk| -> Result<()> {
+        let at = area.offset + chunk.offset;
+        dev.write_all_at(&chunk.data, at).map_err(write_err(at))?;
+        done += chunk.data.len() as u64;
+        observer.event(&Event::Progress {
+            done,
+            total: image.size,
+        });
+        Ok(())
+    })?;
+    dev.sync_data().map_err(write_err(area.offset))?;
+    observer.event(&Event::Written {
+        slot: slot.into(),
+        bytes: image.size,
+    });
+
+    read_back(&dev, image, area, opts.threads)?;
+    observer.event(&Event::ReadBack {
+        slot: slot.into(),
+        digest: image.digest().to_string(),
+    });
+
+    let mut disk = Disk::open(&opts.disk, opts.sector_size, true)?;
+    disk.set_active(area.slot, config.boot_tries)?;
+    observer.event(&Event::Flipped {
+        slot: slot.into(),
+        tries: config.boot_tries,
+    });
+    Ok(())
+}
+
+/// Reads the written image back from the medium (not the page cache) and
+/// compares every chunk with the manifest, hashing on `threads` cores.
+fn read_back(dev: &File, image: &ImageSpec, area: &SlotArea, threads: usize) -> Result<()> {
+    let slot = area.slot.name();
+    // Best effort: on a block device or file this makes the reads below hit
+    // the medium; where it is not supported the comparison still holds.
+    let _ = nix::fcntl::posix_fadvise(
+        dev,
+        area.offset as i64,
+        image.size as i64,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
+    let mut index = 0usize;
+    ordered_map(
+        threads,
+        || -> Result<Option<(usize, Vec<u8>)>> {
+            if index == image.chunks.len() {
+                return Ok(None);
+            }
+            let mut buf = vec![0u8; image.chunk_len(index) as usize];
+            let at = area.offset + index as u64 * image.chunk_size;
+            dev.read_exact_at(&mut buf, at)
+                .with_context(|| format!("reading {slot} back at byte {at}"))?;
+            index += 1;
+            Ok(Some((index - 1, buf)))
+        },
+        || (),
+        |_, (i, buf)| Ok((i, Digest::of(&buf))),
+        |(i, digest)| {
+            if digest != image.chunks[i].sha256 {
+                return Err(UpdateError::ReadBack {
+                    slot,
+                    index: i,
+                    offset: i as u64 * image.chunk_size,
+                }
+                .into());
+            }
+            Ok(())
+        },
+    )
+}

@@ -1,0 +1,215 @@
+//! The updater's state file on the data partition: what each slot holds,
+//! the security-version floor, the data schema, the last install and the
+//! history. Versioned JSON, replaced atomically (temporary file, fsync,
+//! rename, fsync of the directory), so a power cut leaves the old or the new
+//! file, never half of one.
+//!
+//! A missing or damaged file never stops the appliance: the updater starts
+//! from defaults, says so, and keeps a damaged file aside for inspection.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const FILE_NAME: &str = "state.json";
+pub const FORMAT: u32 = 1;
+/// History entries kept; older ones are dropped.
+pub const HISTORY_LIMIT: usize = 200;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRecord {
+    pub version: String,
+    pub compatible: String,
+    /// Image digest (docs/bundle-format.md).
+    pub digest: String,
+    pub security_version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_schema: Option<u32>,
+    pub installed_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Writing; a crash leaves this, and the slot unbootable.
+    Installing,
+    /// Written and flipped; waits for a reboot and the health check.
+    Installed,
+    Failed,
+    Committed,
+    RolledBack,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallRecord {
+    pub slot: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    pub started_at: u64,
+    pub finished_at: Option<u64>,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub time: u64,
+    /// install, install-failed, commit, rollback.
+    pub event: String,
+    pub slot: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub format: u32,
+    /// Lowest security_version this device installs.
+    pub security_floor: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_schema: Option<u32>,
+    /// By slot name (`slot_a`, `slot_b`).
+    #[serde(default)]
+    pub slots: BTreeMap<String, SlotRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_install: Option<InstallRecord>,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            format: FORMAT,
+            security_floor: 0,
+            data_schema: None,
+            slots: BTreeMap::new(),
+            last_install: None,
+            history: Vec::new(),
+        }
+    }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The state file of one device, and what loading it found.
+#[derive(Debug)]
+pub struct StateFile {
+    pub path: PathBuf,
+    pub state: State,
+    /// Set when the file was missing or damaged and defaults are in use.
+    pub warning: Option<String>,
+    damaged: bool,
+}
+
+impl StateFile {
+    pub fn load(dir: &Path) -> StateFile {
+        let path = dir.join(FILE_NAME);
+        let (state, warning, damaged) = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (State::default(), Some(format!("{}: no state file yet (factory state)", path.display())), false)
+            }
+            Err(e) => (State::default(), Some(format!("{}: cannot read ({e}); using defaults", path.display())), false),
+            Ok(bytes) => match serde_json::from_slice::<State>(&bytes) {
+                Ok(s) if s.format == FORMAT => (s, None, false),
+                Ok(s) => (
+                    State::default(),
+                    Some(format!("{}: state format {} is not {FORMAT}; using defaults", path.display(), s.format)),
+                    true,
+                ),
+                Err(e) => (
+                    State::default(),
+                    Some(format!("{}: damaged ({e}); using defaults, the file is kept as {FILE_NAME}.damaged", path.display())),
+                    true,
+                ),
+            },
+        };
+        if let Some(w) = &warning {
+            log::warn!("{w}");
+        }
+        StateFile {
+            path,
+            state,
+            warning,
+            damaged,
+        }
+    }
+
+    /// Writes the state atomically, creating the directory if needed.
+    pub fn save(&mut self) -> std::io::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        if self.damaged {
+            let aside = dir.join(format!("{FILE_NAME}.damaged"));
+            std::fs::rename(&self.path, aside).ok();
+            self.damaged = false;
+        }
+        if self.state.history.len() > HISTORY_LIMIT {
+            let drop = self.state.history.len() - HISTORY_LIMIT;
+            self.state.history.drain(..drop);
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        serde_json::to_writer_pretty(&mut tmp, &self.state)?;
+        tmp.write_all(b"\n")?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&self.path).map_err(|e| e.error)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+
+    pub fn record(
+        &mut self,
+        event: &str,
+        slot: &str,
+        version: Option<&str>,
+        from: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        self.state.history.push(HistoryEntry {
+            time: now(),
+            event: event.into(),
+            slot: slot.into(),
+            version: version.map(Into::into),
+            from_version: from.map(Into::into),
+            reason: reason.map(Into::into),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_then_saved_then_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("switchback");
+        let mut f = StateFile::load(&sub);
+        assert!(f.warning.as_deref().unwrap().contains("no state file yet"));
+        f.state.security_floor = 7;
+        f.record("install", "slot_b", Some("2.0.0"), Some("1.0.0"), None);
+        f.save().unwrap();
+        let again = StateFile::load(&sub);
+        assert!(again.warning.is_none());
+        assert_eq!(again.state, f.state);
+
+        std::fs::write(sub.join(FILE_NAME), b"{\"format\":1, garbage").unwrap();
+        let mut damaged = StateFile::load(&sub);
+        assert!(damaged.warning.as_deref().unwrap().contains("damaged"));
+        assert_eq!(damaged.state, State::default());
+        damaged.save().unwrap();
+        assert!(sub.join("state.json.damaged").exists());
+        assert!(StateFile::load(&sub).warning.is_none());
+    }
+}

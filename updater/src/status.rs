@@ -1,0 +1,115 @@
+//! `updater status`: the boot flags, what each slot holds, the last install.
+
+use crate::state::{InstallRecord, StateFile};
+use bootctl::report::StatusReport;
+use bootctl::{Slot, State};
+use serde::Serialize;
+use std::fmt;
+
+#[derive(Debug, Serialize)]
+pub struct SlotStatus {
+    pub name: Slot,
+    pub priority: u8,
+    pub tries: u8,
+    pub successful: bool,
+    pub version: Option<String>,
+    pub digest: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpdaterStatus {
+    pub disk: String,
+    pub booted: Option<Slot>,
+    pub next: Slot,
+    pub slots: Vec<SlotStatus>,
+    pub security_floor: u64,
+    pub data_schema: Option<u32>,
+    pub last_install: Option<InstallRecord>,
+    pub warnings: Vec<String>,
+}
+
+impl UpdaterStatus {
+    pub fn new(disk: &str, boot: &State, booted: Option<Slot>, state: &StateFile) -> UpdaterStatus {
+        let flags = StatusReport::new(disk, boot, booted);
+        let slots = flags
+            .slots
+            .iter()
+            .map(|s| {
+                let rec = state.state.slots.get(s.name.name());
+                SlotStatus {
+                    name: s.name,
+                    priority: s.priority,
+                    tries: s.tries,
+                    successful: s.successful,
+                    version: rec.map(|r| r.version.clone()),
+                    digest: rec.map(|r| r.digest.clone()),
+                }
+            })
+            .collect();
+        let mut warnings = flags.warnings.clone();
+        warnings.extend(state.warning.clone());
+        UpdaterStatus {
+            disk: disk.into(),
+            booted,
+            next: flags.next,
+            slots,
+            security_floor: state.state.security_floor,
+            data_schema: state.state.data_schema,
+            last_install: state.state.last_install.clone(),
+            warnings,
+        }
+    }
+}
+
+impl fmt::Display for UpdaterStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "disk {}", self.disk)?;
+        writeln!(
+            f,
+            "{:<8} {:>8} {:>5} {:>10}  {:<12}",
+            "slot", "priority", "tries", "successful", "release"
+        )?;
+        for s in &self.slots {
+            let mut marks = Vec::new();
+            if Some(s.name) == self.booted {
+                marks.push("booted");
+            }
+            if s.name == self.next {
+                marks.push("next");
+            }
+            writeln!(
+                f,
+                "{:<8} {:>8} {:>5} {:>10}  {:<12} {}",
+                s.name.name(),
+                s.priority,
+                s.tries,
+                if s.successful { "yes" } else { "no" },
+                s.version.as_deref().unwrap_or("-"),
+                if marks.is_empty() {
+                    String::new()
+                } else {
+                    format!("({})", marks.join(", "))
+                }
+            )?;
+        }
+        writeln!(f, "security floor {}", self.security_floor)?;
+        if let Some(schema) = self.data_schema {
+            writeln!(f, "data schema {schema}")?;
+        }
+        if let Some(li) = &self.last_install {
+            write!(
+                f,
+                "last install: {} into {}: {:?}",
+                li.version, li.slot, li.outcome
+            )?;
+            if let Some(r) = &li.reason {
+                write!(f, " ({r})")?;
+            }
+            writeln!(f)?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,674 @@
+//! `updater install` on disk images: what lands, what is refused, and that
+//! a failure never touches the running slot or the data.
+
+use assert_cmd::Command;
+use bootctl::provision::{self, Layout, Provisioned};
+use bootctl::{BootAttrs, Disk, Slot};
+use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
+use ed25519_dalek::SigningKey;
+use image_tools::bundle::{self, BuildOptions, ImageSource};
+use predicates::str::contains;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+const MIB: usize = 1 << 20;
+
+struct Device {
+    dir: tempfile::TempDir,
+    disk: PathBuf,
+    config: PathBuf,
+    layout: Provisioned,
+}
+
+fn pattern(len: usize, salt: u32) -> Vec<u8> {
+    let mut x = 0x2545_F491u32 ^ salt.wrapping_mul(0x9E37_79B9);
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            if i % 4 == 0 {
+                (x >> 24) as u8
+            } else {
+                (i >> 9) as u8
+            }
+        })
+        .collect()
+}
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+/// A factory disk in a fresh directory (or in `dir`), slot_a and data
+/// filled with known bytes, a config trusting key 1.
+fn device_in(dir: tempfile::TempDir, slot_mib: u64) -> Device {
+    let disk = dir.path().join("disk.img");
+    let layout = provision::create(
+        &disk,
+        Layout {
+            slot_size: slot_mib << 20,
+            data_size: 2 << 20,
+            sector_size: 512,
+        },
+    )
+    .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.write_all_at(
+        &pattern(layout.slots[0].size as usize, 100),
+        layout.slots[0].offset,
+    )
+    .unwrap();
+    f.write_all_at(&pattern(layout.data.size as usize, 200), layout.data.offset)
+        .unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::write(
+        keys.join("vendor.pem"),
+        key(1)
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap(),
+    )
+    .unwrap();
+    let config = dir.path().join("config.json");
+    let state_dir = dir.path().join("state");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "compatible": "acme-gw",
+            "keyring": keys,
+            "data_dir": dir.path().join("data"),
+            "state_dir": state_dir,
+            "boot_tries": 4,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    Device {
+        dir,
+        disk,
+        config,
+        layout,
+    }
+}
+
+fn device() -> Device {
+    device_in(tempfile::tempdir().unwrap(), 8)
+}
+
+struct Release<'a> {
+    version: &'a str,
+    compatible: &'a str,
+    security_version: u64,
+    target: &'a str,
+    signer: SigningKey,
+    image: Vec<u8>,
+}
+
+fn release(version: &str) -> Release<'_> {
+    Release {
+        version,
+        compatible: "acme-gw",
+        security_version: 1,
+        target: "rootfs",
+        signer: key(1),
+        image: pattern(3 * MIB + 12345, 7),
+    }
+}
+
+impl Device {
+    fn bundle(&self, r: &Release) -> PathBuf {
+        bundle_in(self.dir.path(), r)
+    }
+}
+
+fn bundle_in(dir: &Path, r: &Release) -> PathBuf {
+    let img = dir.join(format!("{}-{}.img", r.version, r.target));
+    std::fs::write(&img, &r.image).unwrap();
+    let out = dir.join(format!("{}-{}-{}.swb", r.version, r.compatible, r.target));
+    let opts = BuildOptions {
+        compatible: r.compatible.into(),
+        version: r.version.into(),
+        security_version: r.security_version,
+        data_schema: None,
+        build_time: 1,
+        level: 3,
+        chunk_size: 256 << 10,
+        threads: 2,
+    };
+    bundle::build(
+        &opts,
+        &[ImageSource {
+            target: r.target.into(),
+            path: img,
+        }],
+        &[r.signer.clone()],
+        &out,
+        &mut |_| {},
+    )
+    .unwrap();
+    out
+}
+
+impl Device {
+    fn updater(&self, booted: &str) -> Command {
+        let mut c = Command::cargo_bin("updater").unwrap();
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--disk")
+            .arg(&self.disk)
+            .args(["--booted-slot", booted]);
+        c
+    }
+
+    fn read(&self, offset: u64, len: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; len as usize];
+        std::fs::File::open(&self.disk)
+            .unwrap()
+            .read_exact_at(&mut buf, offset)
+            .unwrap();
+        buf
+    }
+    fn slot(&self, s: Slot) -> Vec<u8> {
+        let r = self.layout.slots[s.index()];
+        self.read(r.offset, r.size)
+    }
+    fn data(&self) -> Vec<u8> {
+        self.read(self.layout.data.offset, self.layout.data.size)
+    }
+    fn attrs(&self) -> [BootAttrs; 2] {
+        Disk::open(&self.disk, None, false)
+            .unwrap()
+            .read()
+            .unwrap()
+            .attrs()
+    }
+    fn state(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.dir.path().join("state/state.json")).unwrap())
+            .unwrap()
+    }
+    /// Makes slot_b hold a proven release, as after an earlier good update.
+    fn make_b_good(&self) {
+        Disk::open(&self.disk, None, true)
+            .unwrap()
+            .update(|a| {
+                a[1] = BootAttrs {
+                    priority: 1,
+                    tries: 0,
+                    successful: true,
+                };
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
+#[test]
+fn install_writes_the_slot_flips_and_records() {
+    let dev = device();
+    let r = release("2.0.0");
+    let b = dev.bundle(&r);
+    let (a_before, data_before) = (dev.slot(Slot::A), dev.data());
+    dev.updater("a")
+        .arg("install")
+        .arg(&b)
+        .assert()
+        .success()
+        .stdout(contains("acme-gw 2.0.0 installed into slot_b"));
+    assert_eq!(&dev.slot(Slot::B)[..r.image.len()], &r.image[..]);
+    assert!(
+        dev.slot(Slot::A) == a_before && dev.data() == data_before,
+        "running slot or data touched"
+    );
+    let [a, bflags] = dev.attrs();
+    assert_eq!(
+        bflags,
+        BootAttrs {
+            priority: 2,
+            tries: 4,
+            successful: false
+        }
+    );
+    assert_eq!(
+        a,
+        BootAttrs {
+            priority: 1,
+            tries: 0,
+            successful: true
+        }
+    );
+    let st = dev.state();
+    assert_eq!(st["slots"]["slot_b"]["version"], "2.0.0");
+    assert_eq!(st["last_install"]["outcome"], "installed");
+
+    let out = dev
+        .updater("a")
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["slots"][1]["version"], "2.0.0");
+    assert_eq!(v["next"], "slot_b");
+    assert_eq!(v["booted"], "slot_a");
+}
+
+#[test]
+fn install_from_standard_input_with_json_events() {
+    let dev = device();
+    let r = release("2.0.0");
+    let b = dev.bundle(&r);
+    let out = dev
+        .updater("a")
+        .args(["--json", "install", "-"])
+        .pipe_stdin(&b)
+        .unwrap()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.first(), Some(&"verified"));
+    assert_eq!(
+        &names[names.len() - 3..],
+        &["written", "read-back", "flipped"]
+    );
+    let last_progress = events.iter().rfind(|e| e["event"] == "progress").unwrap();
+    assert_eq!(last_progress["done"], last_progress["total"]);
+    assert_eq!(&dev.slot(Slot::B)[..r.image.len()], &r.image[..]);
+}
+
+#[test]
+fn refusals_before_writing_leave_the_whole_disk_unchanged() {
+    let dev = device();
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&release("2.0.0")))
+        .assert()
+        .success();
+    // Now slot_b holds 2.0.0; pretend it booted and proved itself, so
+    // refusals are judged against a running 2.0.0 with floor 3.
+    dev.make_b_good();
+    let mut st = dev.state();
+    st["security_floor"] = 3.into();
+    std::fs::write(dev.dir.path().join("state/state.json"), st.to_string()).unwrap();
+
+    let cases: Vec<(Release, i32, &str)> = vec![
+        (
+            Release {
+                signer: key(9),
+                ..release("3.0.0")
+            },
+            25,
+            "no trusted key",
+        ),
+        (
+            Release {
+                compatible: "other-product",
+                ..release("3.0.0")
+            },
+            41,
+            "\"other-product\" but this device is \"acme-gw\"",
+        ),
+        (
+            Release {
+                security_version: 3,
+                ..release("1.5.0")
+            },
+            43,
+            "older than the running 2.0.0",
+        ),
+        (
+            Release {
+                security_version: 2,
+                ..release("3.0.0")
+            },
+            42,
+            "below this device's floor 3",
+        ),
+        (
+            Release {
+                security_version: 3,
+                image: pattern(9 * MIB, 3),
+                ..release("3.0.0")
+            },
+            44,
+            "larger than slot_a",
+        ),
+        (
+            Release {
+                security_version: 3,
+                target: "bootloader",
+                ..release("3.0.0")
+            },
+            49,
+            "\"bootloader\"",
+        ),
+    ];
+    for (r, code, msg) in cases {
+        let b = dev.bundle(&r);
+        let before = std::fs::read(&dev.disk).unwrap();
+        let out = dev.updater("b").arg("install").arg(&b).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err.lines().last().unwrap_or("");
+        assert_eq!(out.status.code(), Some(code), "{}: {err}", r.version);
+        assert!(
+            line.starts_with("updater: error: ") && line.contains(msg),
+            "{line}"
+        );
+        assert!(
+            std::fs::read(&dev.disk).unwrap() == before,
+            "{msg}: disk was written"
+        );
+    }
+    // The same downgrade goes through when asked for.
+    let r = Release {
+        security_version: 3,
+        ..release("1.5.0")
+    };
+    dev.updater("b")
+        .args(["install", "--allow-downgrade"])
+        .arg(dev.bundle(&r))
+        .assert()
+        .success();
+}
+
+#[test]
+fn failures_while_streaming_leave_the_target_unbootable_and_say_why() {
+    let dev = device();
+    let r = release("2.0.0");
+    let good = std::fs::read(dev.bundle(&r)).unwrap();
+    let tampered = dev.dir.path().join("tampered.swb");
+    let mut t = good.clone();
+    let at = good.len() - 40_000;
+    t[at] ^= 0x5A;
+    std::fs::write(&tampered, &t).unwrap();
+    let truncated = dev.dir.path().join("truncated.swb");
+    std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
+
+    for (path, codes, msg) in [
+        (&tampered, [28, 29], "image rootfs chunk 11 "),
+        (&truncated, [21, 21], "truncated"),
+    ] {
+        dev.make_b_good();
+        let (a_before, data_before) = (dev.slot(Slot::A), dev.data());
+        let out = dev.updater("a").arg("install").arg(path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(codes.contains(&out.status.code().unwrap()), "{err}");
+        assert!(err.contains(msg), "{err}");
+        assert_eq!(
+            dev.attrs()[1],
+            BootAttrs::UNBOOTABLE,
+            "{msg}: target still bootable"
+        );
+        assert_eq!(
+            dev.attrs()[0],
+            BootAttrs {
+                priority: 1,
+                tries: 0,
+                successful: true
+            }
+        );
+        assert!(dev.slot(Slot::A) == a_before && dev.data() == data_before);
+        let st = dev.state();
+        assert_eq!(st["last_install"]["outcome"], "failed");
+        assert!(st["last_install"]["reason"].as_str().unwrap().contains(msg));
+    }
+}
+
+#[test]
+fn disk_without_slots_is_refused() {
+    let dev = device();
+    let b = dev.bundle(&release("2.0.0"));
+    let plain = dev.dir.path().join("plain.img");
+    std::fs::write(&plain, vec![0u8; 4 * MIB]).unwrap();
+    let mut c = Command::cargo_bin("updater").unwrap();
+    c.arg("--config")
+        .arg(&dev.config)
+        .arg("--disk")
+        .arg(&plain)
+        .args(["--booted-slot", "a", "install"])
+        .arg(&b);
+    c.assert().code(11).stderr(contains("no valid GPT"));
+    std::process::Command::new("sgdisk")
+        .args(["-n", "1:2048:4095", "-c", "1:slot_a"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    let mut c = Command::cargo_bin("updater").unwrap();
+    c.arg("--config")
+        .arg(&dev.config)
+        .arg("--disk")
+        .arg(&plain)
+        .args(["--booted-slot", "a", "install"])
+        .arg(&b);
+    c.assert()
+        .code(12)
+        .stderr(contains("no partition named \"slot_b\""));
+}
+
+#[test]
+fn write_error_on_the_target_is_reported_and_leaves_it_unbootable() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: mounting a small tmpfs to make writes fail needs root");
+        return;
+    }
+    // A real write error: the disk image lives on a 6 MiB tmpfs and is
+    // sparse, so filling slot_b runs the file system out of space.
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs failed");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let holder = tempfile::tempdir_in(&mnt).unwrap();
+    let dev = device_in(holder, 2);
+    // slot_a (2 MiB) and data (2 MiB) are filled; slot_b's 2 MiB do not fit.
+    let r = Release {
+        image: pattern(2 * MIB - 4096, 5),
+        ..release("2.0.0")
+    };
+    let bundle_dir = tempfile::tempdir().unwrap();
+    let b = bundle_in(bundle_dir.path(), &r);
+    // Leave about 1 MiB free.
+    let fill = dev.dir.path().join("fill");
+    let free = nix::sys::statvfs::statvfs(&mnt).unwrap();
+    let avail = free.blocks_available() * free.fragment_size();
+    std::fs::write(&fill, vec![1u8; (avail as usize).saturating_sub(MIB)]).unwrap();
+    dev.make_b_good();
+    let (a_before, data_before) = (dev.slot(Slot::A), dev.data());
+    let out = dev.updater("a").arg("install").arg(&b).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(45), "{err}");
+    assert!(
+        err.contains("writing slot_b of") && err.contains("No space left on device"),
+        "{err}"
+    );
+    assert_eq!(dev.attrs()[1], BootAttrs::UNBOOTABLE);
+    assert!(dev.slot(Slot::A) == a_before && dev.data() == data_before);
+}
+
+#[test]
+fn read_back_mismatch_is_caught_before_the_flip() {
+    use updater::events::{Event, Observer};
+    struct Saboteur(PathBuf, u64);
+    impl Observer for Saboteur {
+        fn event(&mut self, e: &Event) {
+            if let Event::Written { .. } = e {
+                // Something alters the slot between write and read-back.
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&self.0)
+                    .unwrap();
+                f.write_all_at(b"X", self.1).unwrap();
+                f.sync_all().unwrap();
+            }
+        }
+    }
+    let dev = device();
+    let b = dev.bundle(&release("2.0.0"));
+    dev.make_b_good();
+    let config = updater::config::Config::load(&dev.config).unwrap();
+    let opts = updater::install::InstallOptions {
+        disk: dev.disk.clone(),
+        sector_size: None,
+        booted: Slot::A,
+        allow_downgrade: false,
+        threads: 2,
+    };
+    let offset = dev.layout.slots[1].offset + 5 * (256 << 10) + 17;
+    let src = Box::new(std::fs::File::open(&b).unwrap());
+    let err =
+        updater::install::install(&config, src, &opts, &mut Saboteur(dev.disk.clone(), offset))
+            .unwrap_err();
+    assert_eq!(updater::exit_code(&err), 46);
+    assert!(
+        format!("{err:#}").contains("read-back of slot_b: chunk 5"),
+        "{err:#}"
+    );
+    assert_eq!(dev.attrs()[1], BootAttrs::UNBOOTABLE);
+}
+
+#[test]
+fn a_second_install_while_one_runs_is_refused() {
+    let dev = device();
+    let b = dev.bundle(&release("2.0.0"));
+    let lock_dir = dev.dir.path().join("state");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    let f = std::fs::File::create(lock_dir.join("install.lock")).unwrap();
+    let _held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    dev.updater("a")
+        .arg("install")
+        .arg(&b)
+        .assert()
+        .code(47)
+        .stderr(contains("another install is running"));
+}
+
+/// The Python range server shipped with the tests, on 127.0.0.1.
+struct Server {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Server {
+    fn start(file: &Path, args: &[&str]) -> Server {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/http_server.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .arg(file)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the test HTTP server");
+        let mut port = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut port)
+            .unwrap();
+        Server {
+            url: format!("http://127.0.0.1:{}/r.swb", port.trim()),
+            child,
+        }
+    }
+    /// Stops the server and returns its request log.
+    fn log(mut self) -> String {
+        self.child.kill().unwrap();
+        let mut log = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        self.child.wait().unwrap();
+        log
+    }
+}
+
+#[test]
+fn http_install_resumes_after_dropped_connections() {
+    for (args, expect_log) in [
+        (vec![], "RANGE - STATUS 200\n"),
+        (
+            vec!["--drop-after", "1500000", "--drops", "2"],
+            "RANGE bytes=1500000- STATUS 206",
+        ),
+        (
+            vec!["--drop-after", "1000000", "--ignore-range"],
+            "RANGE bytes=1000000- STATUS 200",
+        ),
+    ] {
+        let dev = device();
+        let r = release("2.0.0");
+        let b = dev.bundle(&r);
+        let server = Server::start(&b, &args);
+        let out = dev
+            .updater("a")
+            .arg("install")
+            .arg(&server.url)
+            .output()
+            .unwrap();
+        let log = server.log();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(log.contains(expect_log), "{args:?}: server saw {log}");
+        assert_eq!(
+            &dev.slot(Slot::B)[..r.image.len()],
+            &r.image[..],
+            "{args:?}"
+        );
+        assert_eq!(dev.attrs()[1].priority, 2);
+    }
+}
+
+#[test]
+fn http_errors_are_reported() {
+    let dev = device();
+    let b = dev.bundle(&release("2.0.0"));
+    let server = Server::start(&b, &[]);
+    let port = server
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    drop(server.log());
+    // Nothing listens on that port any more.
+    let url = format!("http://127.0.0.1:{port}/r.swb");
+    dev.updater("a")
+        .args(["install", "--retries", "1"])
+        .arg(&url)
+        .assert()
+        .code(48)
+        .stderr(contains(format!("download {url}")));
+    assert_eq!(dev.attrs()[1], BootAttrs::UNBOOTABLE);
+}
