@@ -8,7 +8,7 @@ use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
 use ed25519_dalek::SigningKey;
 use image_tools::bundle::{self, BuildOptions, ImageSource};
 use predicates::str::contains;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -144,7 +144,7 @@ fn bundle_in(dir: &Path, r: &Release) -> PathBuf {
             target: r.target.into(),
             path: img,
         }],
-        &[r.signer.clone()],
+        std::slice::from_ref(&r.signer),
         &out,
         &mut |_| {},
     )
