@@ -1,42 +1,75 @@
 #!/usr/bin/env bash
-# The Switchback demo: a factory disk, an update to slot B, a trial boot,
-# a commit, and a technician's rollback, narrated step by step.
-# Runs on a disk image file; the whole-machine version boots it in QEMU.
+# The Switchback demo on a disk image file: a vendor builds and signs a
+# release, the appliance installs it into the inactive slot, the boot stage
+# picks it on trial, the health check commits it, a tampered bundle is
+# refused, and a technician rolls back. Each step is narrated.
+# (Booting the slots for real in QEMU is the qemu-tests issue; here
+# `bootctl select` plays the boot stage.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH:/usr/sbin:/sbin"
 
 bash .ci/install-deps
-cargo build --release --locked -p bootctl -p image-tools
+cargo build --release --locked -p bootctl -p image-tools -p updater
 bin=$PWD/target/release
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+cd "$work"
 
-say "A vendor builds release 1.0 as an ext4 root filesystem image"
-mkdir -p "$work/root-v1/etc"
-echo "1.0.0" > "$work/root-v1/etc/release"
-mkfs.ext4 -q -F -L rootfs -d "$work/root-v1" "$work/rootfs-v1.img" 32M
-ls -l "$work/rootfs-v1.img"
+say "The vendor creates a signing key; devices trust its public half"
+mkdir -p keyring data
+run "$bin/image-tools" keygen --private vendor.pem --public keyring/vendor.pem
 
-say "The factory writes the disk: slot_a = 1.0, slot_b empty, data = ext4"
-"$bin/image-tools" mkdisk --out "$work/disk.img" --slot-size 64M --data-size 32M --slot-a "$work/rootfs-v1.img"
-"$bin/bootctl" --disk "$work/disk.img" status
+say "Release 1.0 is an ext4 root filesystem; the factory writes it to slot_a"
+mkdir -p root/etc && echo "1.0.0" > root/etc/release
+mkfs.ext4 -q -F -L rootfs -d root rootfs-1.0.img 48M
+run "$bin/image-tools" mkdisk --out disk.img --slot-size 64M --data-size 32M --slot-a rootfs-1.0.img
+run "$bin/bootctl" --disk disk.img status
 
-say "An update lands in slot_b; the boot flag flips to it, on trial (3 tries)"
-"$bin/bootctl" --disk "$work/disk.img" set-active b --tries 3
+say "Release 2.0: the vendor's pipeline builds a signed, compressed bundle"
+echo "2.0.0" > root/etc/release
+head -c 8M /dev/urandom > root/etc/new-feature.bin
+mkfs.ext4 -q -F -L rootfs -d root rootfs-2.0.img 48M
+run "$bin/image-tools" build --key vendor.pem --image rootfs=rootfs-2.0.img \
+  --compatible acme-gateway --version 2.0.0 --security-version 1 --out release-2.0.swb
+run "$bin/image-tools" inspect release-2.0.swb
 
-say "The boot stage selects a slot, spending one try before it boots"
-"$bin/bootctl" --disk "$work/disk.img" select
-"$bin/bootctl" --disk "$work/disk.img" --booted-slot b status
+say "The appliance installs it into the inactive slot (slot_b), checking every chunk"
+cat > config.json <<JSON
+{"compatible": "acme-gateway", "keyring": "$work/keyring", "data_dir": "$work/data"}
+JSON
+run "$bin/updater" --config config.json --disk disk.img --booted-slot a install release-2.0.swb
+run "$bin/updater" --config config.json --disk disk.img --booted-slot a status
+
+say "Reboot: the boot stage selects slot_b on trial and spends one try"
+run "$bin/bootctl" --disk disk.img select
 
 say "The health check passes: slot_b is committed"
-"$bin/bootctl" --disk "$work/disk.img" --booted-slot b mark-good
+run "$bin/bootctl" --disk disk.img --booted-slot b mark-good
+run "$bin/updater" --config config.json --disk disk.img --booted-slot b status
 
-say "A field technician wants the previous release back"
-"$bin/bootctl" --disk "$work/disk.img" --booted-slot b rollback
-"$bin/bootctl" --disk "$work/disk.img" status
+say "A field technician wants release 1.0 back, then 2.0 again"
+run "$bin/bootctl" --disk disk.img --booted-slot b rollback
+run "$bin/bootctl" --disk disk.img --booted-slot a rollback
+
+say "A bundle whose manifest was altered (version 2.0.0 -> 9.0.0) is refused before anything is written"
+sed 's/"version":"2.0.0"/"version":"9.0.0"/' release-2.0.swb > tampered.swb
+sha256sum disk.img > before.sum
+if "$bin/updater" --config config.json --disk disk.img --booted-slot b install tampered.swb; then
+  echo "tampered bundle accepted!" >&2; exit 1
+else
+  echo "(exit code $?)"
+fi
+sha256sum -c --quiet before.sum && echo "disk.img unchanged"
+
+say "A corrupted payload is caught at the first bad chunk: running slot and data untouched, the half-written inactive slot left unbootable"
+cp release-2.0.swb corrupt.swb
+printf 'X' | dd of=corrupt.swb bs=1 seek=$(( $(stat -c %s corrupt.swb) - 100000 )) conv=notrunc status=none
+"$bin/updater" --config config.json --disk disk.img --booted-slot b install --allow-downgrade corrupt.swb || echo "(exit code $?)"
+run "$bin/bootctl" --disk disk.img status
 
 say "Standard tools agree with what Switchback wrote"
-sgdisk -v "$work/disk.img" | grep -m1 .
-sfdisk --json "$work/disk.img" | grep -E '"name"|"attrs"'
+sgdisk -v disk.img | grep -m1 .
+sfdisk --json disk.img | grep -E '"name"|"attrs"'

@@ -169,11 +169,17 @@ impl Disk {
                 path: self.path.clone(),
             });
         }
-        log::info!(
-            "{}: boot state now a={:?} b={:?}",
+        let show = |a: BootAttrs| {
+            format!(
+                "priority {} tries {} successful {}",
+                a.priority, a.tries, a.successful
+            )
+        };
+        log::debug!(
+            "{}: slot_a {}; slot_b {}",
             self.path.display(),
-            attrs[0],
-            attrs[1]
+            show(attrs[0]),
+            show(attrs[1])
         );
         Ok(after)
     }
