@@ -62,10 +62,23 @@ impl Observer for JsonLines {
     }
 }
 
-/// A progress bar (on a terminal) and log lines.
+/// A progress bar (on a terminal) and log lines with each phase's duration.
 #[derive(Default)]
 pub struct Terminal {
     bar: Option<ProgressBar>,
+    phase_start: Option<std::time::Instant>,
+}
+
+impl Terminal {
+    /// Seconds since the previous phase ended, and starts the next one.
+    fn lap(&mut self) -> f64 {
+        let now = std::time::Instant::now();
+        let secs = self
+            .phase_start
+            .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+        self.phase_start = Some(now);
+        secs
+    }
 }
 
 impl Observer for Terminal {
@@ -80,6 +93,7 @@ impl Observer for Terminal {
             } => {
                 log::info!("{compatible} {version} signed by {signer}: installing {bytes} bytes into {slot}");
                 self.bar = Some(byte_bar(*bytes, "install"));
+                self.lap();
             }
             Event::Progress { done, .. } => {
                 if let Some(bar) = &self.bar {
@@ -90,9 +104,15 @@ impl Observer for Terminal {
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();
                 }
-                log::info!("{bytes} bytes written to {slot}");
+                let secs = self.lap();
+                let rate = *bytes as f64 / 1048576.0 / secs.max(1e-9);
+                log::info!(
+                    "{bytes} bytes verified and written to {slot} in {secs:.2} s ({rate:.0} MiB/s)"
+                );
             }
-            Event::ReadBack { slot, digest } => log::info!("{slot} read back: digest {digest}"),
+            Event::ReadBack { slot, digest } => {
+                log::info!("{slot} read back in {:.2} s: digest {digest}", self.lap())
+            }
             Event::Flipped { slot, tries } => {
                 log::info!("{slot} boots next, on trial with {tries} tries")
             }

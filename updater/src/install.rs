@@ -17,6 +17,7 @@
 use crate::config::Config;
 use crate::error::UpdateError;
 use crate::events::{Event, Observer};
+use crate::slot_writer::SlotWriter;
 use crate::state::{now, InstallRecord, Outcome, SlotRecord, StateFile};
 use anyhow::{Context, Result};
 use bootctl::{Disk, Slot};
@@ -30,6 +31,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 pub const ROOTFS: &str = "rootfs";
+/// Chunks whose writeback may be outstanding at once (4 × 4 MiB).
+const WRITEBACK_WINDOW: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct InstallOptions {
@@ -265,9 +268,10 @@ fn write_and_flip(
         .open(&opts.disk)
         .map_err(write_err(area.offset))?;
     let mut done = 0u64;
+    let mut writer = SlotWriter::new(&dev, WRITEBACK_WINDOW);
     bundle.read_chunks(opts.threads, |_, chunk| -> Result<()> {
         let at = area.offset + chunk.offset;
-        dev.write_all_at(&chunk.data, at).map_err(write_err(at))?;
+        writer.write_at(&chunk.data, at).map_err(write_err(at))?;
         done += chunk.data.len() as u64;
         observer.event(&Event::Progress {
             done,
@@ -275,7 +279,7 @@ fn write_and_flip(
         });
         Ok(())
     })?;
-    dev.sync_data().map_err(write_err(area.offset))?;
+    writer.finish().map_err(write_err(area.offset))?;
     observer.event(&Event::Written {
         slot: slot.into(),
         bytes: image.size,
@@ -297,7 +301,8 @@ fn write_and_flip(
 }
 
 /// Reads the written image back from the medium (not the page cache) and
-/// compares every chunk with the manifest, hashing on `threads` cores.
+/// compares every chunk with the manifest. Each of `threads` workers reads
+/// and hashes its own chunks, so reads overlap each other and the hashing.
 fn read_back(dev: &File, image: &ImageSpec, area: &SlotArea, threads: usize) -> Result<()> {
     let slot = area.slot.name();
     // Best effort: on a block device or file this makes the reads below hit
@@ -308,22 +313,18 @@ fn read_back(dev: &File, image: &ImageSpec, area: &SlotArea, threads: usize) -> 
         image.size as i64,
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
     );
-    let mut index = 0usize;
+    let mut chunks = 0..image.chunks.len();
     ordered_map(
         threads,
-        || -> Result<Option<(usize, Vec<u8>)>> {
-            if index == image.chunks.len() {
-                return Ok(None);
-            }
-            let mut buf = vec![0u8; image.chunk_len(index) as usize];
-            let at = area.offset + index as u64 * image.chunk_size;
-            dev.read_exact_at(&mut buf, at)
+        || -> Result<Option<usize>> { Ok(chunks.next()) },
+        Vec::new,
+        |buf: &mut Vec<u8>, i| -> Result<(usize, Digest)> {
+            buf.resize(image.chunk_len(i) as usize, 0);
+            let at = area.offset + i as u64 * image.chunk_size;
+            dev.read_exact_at(buf, at)
                 .with_context(|| format!("reading {slot} back at byte {at}"))?;
-            index += 1;
-            Ok(Some((index - 1, buf)))
+            Ok((i, Digest::of(buf)))
         },
-        || (),
-        |_, (i, buf)| Ok((i, Digest::of(&buf))),
         |(i, digest)| {
             if digest != image.chunks[i].sha256 {
                 return Err(UpdateError::ReadBack {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod install;
+pub mod slot_writer;
 pub mod source;
 pub mod state;
 pub mod status;

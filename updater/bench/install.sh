@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Install benchmark: Switchback vs RAUC 1.8 (plain bundle, squashfs zstd)
+# vs SWUpdate (zstd raw image, streamed) vs the raw limit of this machine
+# (zstd -d | sha256 | write, on both cores), all installing the same real
+# 512 MiB ext4 root filesystem into a slot file, measured in one run.
+# Peak RSS of our install for 512 MiB and 2 GiB images.
+#   bash updater/bench/install.sh        (as root: installs the peers)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PATH="$HOME/.cargo/bin:$PATH:/usr/sbin:/sbin"
+bash .ci/install-deps
+need=()
+for p in rauc rauc-service swupdate squashfs-tools cpio dbus openssl; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --locked -p updater -p image-tools >/dev/null
+B=$PWD/target/release
+w=$(mktemp -d /var/tmp/swb-install-bench.XXXXXX)
+cleanup() { [ -n "${rauc_pid:-}" ] && kill "$rauc_pid" 2>/dev/null; rm -rf "$w"; }
+trap cleanup EXIT
+cd "$w"
+
+python3 "$OLDPWD/image-tools/bench/make-rootfs.py" root $((512 << 20)) 70 >/dev/null
+mkfs.ext4 -q -F -d root rootfs.img 512M && rm -rf root
+size=$(stat -c %s rootfs.img)
+
+# Switchback
+mkdir -p keys data
+"$B/image-tools" keygen --private k.pem --public keys/k.pem >/dev/null
+"$B/image-tools" build --key k.pem --image rootfs=rootfs.img --compatible bench --version 2.0.0 --out bench.swb >/dev/null
+"$B/image-tools" mkdisk --out disk.img --slot-size 520M --data-size 8M >/dev/null
+echo "{\"compatible\":\"bench\",\"keyring\":\"$w/keys\",\"data_dir\":\"$w/data\"}" > config.json
+
+# Peers share an RSA key and self-signed certificate.
+openssl req -x509 -newkey rsa:2048 -nodes -keyout rsa.key -out rsa.crt -subj "/CN=bench" -days 30 2>/dev/null
+
+# SWUpdate: CMS-signed sw-description, zstd raw image streamed to the slot.
+mkdir swu && zstd -q -3 -T0 rootfs.img -o swu/rootfs.img.zst
+cat > swu/sw-description <<JSON
+{"software": {"version": "2.0.0", "hardware-compatibility": ["1.0"], "images": [{
+  "filename": "rootfs.img.zst", "device": "$w/swu-slot.img", "type": "raw",
+  "compressed": "zstd", "installed-directly": true,
+  "sha256": "$(sha256sum swu/rootfs.img.zst | cut -d' ' -f1)"}]}}
+JSON
+openssl cms -sign -in swu/sw-description -out swu/sw-description.sig -signer rsa.crt -inkey rsa.key -outform DER -nosmimecap -binary
+(cd swu && printf '%s\n' sw-description sw-description.sig rootfs.img.zst | cpio -o -H crc --quiet > ../bench.swu)
+truncate -s 520M swu-slot.img
+
+# RAUC: plain bundle (squashfs, zstd), raw slots, noop bootloader, its own
+# service on a private system bus.
+mkdir rauc-in && cp rootfs.img rauc-in/ && cat > rauc-in/manifest.raucm <<INI
+[update]
+compatible=bench
+version=2.0.0
+[bundle]
+format=plain
+[image.rootfs]
+filename=rootfs.img
+INI
+rauc bundle --cert=rsa.crt --key=rsa.key --mksquashfs-args="-comp zstd" rauc-in bench.raucb >/dev/null 2>&1
+rm -rf rauc-in
+truncate -s 520M rauc-a.img rauc-b.img
+mkdir -p rauc-mnt
+cat > system.conf <<INI
+[system]
+compatible=bench
+bootloader=noop
+mountprefix=$w/rauc-mnt
+[keyring]
+path=$w/rsa.crt
+[slot.rootfs.0]
+device=$w/rauc-a.img
+type=raw
+bootname=A
+[slot.rootfs.1]
+device=$w/rauc-b.img
+type=raw
+bootname=B
+INI
+mkdir -p /run/dbus
+pgrep -x dbus-daemon >/dev/null || dbus-daemon --system --fork
+rauc service --conf=system.conf --override-boot-slot=A >rauc.log 2>&1 &
+rauc_pid=$!
+sleep 1
+
+# Until the slot is durable: a tool that leaves dirty page cache pays for it.
+secs() { local s e; sync; s=$(date +%s.%N); "$@" >/dev/null 2>&1; sync; e=$(date +%s.%N); echo "$e - $s" | bc -l; }
+best() { local b=999999 t; for _ in 1 2 3; do t=$(secs "$@"); b=$(echo "if ($t < $b) $t else $b" | bc -l); done; printf '%.3f' "$b"; }
+raw() { zstd -d -c swu/rootfs.img.zst | tee >(openssl dgst -sha256 >/dev/null) | dd of=raw-slot.img bs=4M conv=fdatasync status=none; }
+
+t_ours=$(best "$B/updater" --config config.json --disk disk.img --booted-slot a install bench.swb)
+t_rauc=$(best rauc install bench.raucb)
+t_swu=$(best swupdate -H bench:1.0 -k rsa.crt -i bench.swu)
+t_raw=$(best raw)
+cmp -n "$size" rauc-b.img rootfs.img && cmp -n "$size" swu-slot.img rootfs.img
+
+rss() { /usr/bin/time -f %M "$B/updater" --config config.json --disk "$1" --booted-slot a install "$2" 2>&1 >/dev/null | tail -1; }
+rss512=$(rss disk.img bench.swb)
+cat rootfs.img rootfs.img rootfs.img rootfs.img > big.img
+"$B/image-tools" build --key k.pem --image rootfs=big.img --compatible bench --version 2.0.1 --out big.swb >/dev/null
+rm big.img
+"$B/image-tools" mkdisk --out big-disk.img --slot-size 2056M --data-size 8M >/dev/null
+rss2g=$(rss big-disk.img big.swb)
+
+mibs() { printf '%.0f' "$(echo "$size / 1048576 / $1" | bc -l)"; }
+ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
+echo "image: $((size >> 20)) MiB ext4, 70% full of /usr files; $(nproc) cores; best of 3, slot files, page cache warm"
+echo "switchback install: ${t_ours}s ($(mibs "$t_ours") MiB/s), including read-back of the slot from the medium"
+echo "rauc install:       ${t_rauc}s ($(mibs "$t_rauc") MiB/s)  -> ours is $(ratio "$t_rauc" "$t_ours")x faster"
+echo "swupdate -i:        ${t_swu}s ($(mibs "$t_swu") MiB/s)  -> ours is $(ratio "$t_swu" "$t_ours")x faster"
+echo "raw limit (zstd -d | openssl sha256 | dd fdatasync): ${t_raw}s -> ours reaches $(printf '%.0f' "$(echo "100 * $t_raw / $t_ours" | bc -l)")% of it"
+echo "peak RSS of our install: $((rss512 / 1024)) MiB at 512 MiB, $((rss2g / 1024)) MiB at 2 GiB"
