@@ -56,6 +56,23 @@ pub enum UpdateError {
         #[source]
         source: std::io::Error,
     },
+
+    #[error("{slot} ({version}) was rolled back: {reason}")]
+    RolledBack {
+        slot: String,
+        version: String,
+        reason: String,
+    },
+
+    #[error("{slot} failed its health check and is marked bad; {fallback} boots next: {reason}")]
+    HealthFailed {
+        slot: &'static str,
+        fallback: &'static str,
+        reason: String,
+    },
+
+    #[error("rollback not confirmed: answer y, or pass --yes")]
+    NotConfirmed,
 }
 
 impl UpdateError {
@@ -72,6 +89,9 @@ impl UpdateError {
             UpdateError::Http { .. } => 48,
             UpdateError::UnsupportedTarget(_) => 49,
             UpdateError::State { .. } => 50,
+            UpdateError::RolledBack { .. } => 51,
+            UpdateError::HealthFailed { .. } => 52,
+            UpdateError::NotConfirmed => 53,
         }
     }
 }

@@ -6,10 +6,20 @@
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod install;
+pub mod rollback;
 pub mod slot_writer;
 pub mod source;
 pub mod state;
 pub mod status;
 
 pub use error::{exit_code, UpdateError};
+
+/// Syncs and reboots the machine.
+pub fn reboot() -> anyhow::Result<()> {
+    use anyhow::Context;
+    nix::unistd::sync();
+    nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT).context("rebooting")?;
+    Ok(())
+}

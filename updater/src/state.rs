@@ -36,7 +36,10 @@ pub enum Outcome {
     Installing,
     /// Written and flipped; waits for a reboot and the health check.
     Installed,
+    /// Writing or checking the slot failed; it never booted.
     Failed,
+    /// It booted and failed its health check.
+    HealthFailed,
     Committed,
     RolledBack,
 }

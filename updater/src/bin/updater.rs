@@ -6,10 +6,26 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use updater::config::{Config, DEFAULT_PATH};
 use updater::events::{Event, JsonLines, Observer, Terminal};
+use updater::health::{health, HealthOutcome};
 use updater::install::{install, InstallOptions};
+use updater::rollback::rollback;
 use updater::source::{self, HttpOptions, Source};
 use updater::state::StateFile;
 use updater::status::UpdaterStatus;
+use updater::UpdateError;
+
+/// Asks on the terminal; without one, the answer is no.
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    print!("{question}");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +70,23 @@ enum Command {
     },
     /// The slots, their releases and boot flags, and the last install.
     Status,
+    /// Post-boot health check: commit the booted release, or mark it bad and
+    /// reboot into the previous one. Run by init at every boot.
+    Health {
+        /// Do not reboot after a failed check (tests, manual runs).
+        #[arg(long)]
+        no_reboot: bool,
+    },
+    /// Boot the other slot's (proven) release next, and reboot.
+    Rollback {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        no_reboot: bool,
+    },
+    /// Every install, commit and rollback with time, versions and reason.
+    History,
 }
 
 fn main() {
@@ -139,6 +172,86 @@ fn run(cli: Cli) -> Result<()> {
                     .context("rebooting")?;
             } else if !cli.json {
                 println!("reboot to activate it (or run with --reboot)");
+            }
+        }
+        Command::Health { no_reboot } => {
+            let booted = booted.ok_or(BootError::BootedUnknown)?;
+            match health(&config, &disk_path, sector_size, booted)? {
+                HealthOutcome::AlreadyGood => {
+                    println!("{booted} is committed already; nothing to do")
+                }
+                HealthOutcome::Committed { version } => {
+                    println!(
+                        "{booted} ({}) passed its health check and is committed",
+                        version.as_deref().unwrap_or("unknown release")
+                    )
+                }
+                HealthOutcome::RolledBack {
+                    from,
+                    version,
+                    reason,
+                } => {
+                    return Err(UpdateError::RolledBack {
+                        slot: from,
+                        version,
+                        reason,
+                    }
+                    .into());
+                }
+                HealthOutcome::Failed { reason, fallback } => {
+                    let err = UpdateError::HealthFailed {
+                        slot: booted.name(),
+                        fallback: fallback.name(),
+                        reason,
+                    };
+                    if !no_reboot {
+                        eprintln!("updater: {err}; rebooting");
+                        updater::reboot()?;
+                    }
+                    return Err(err.into());
+                }
+            }
+        }
+        Command::Rollback { yes, no_reboot } => {
+            let booted = booted.ok_or(BootError::BootedUnknown)?;
+            if !yes
+                && !confirm(&format!(
+                    "Boot {} next instead of the running {booted}{}? [y/N] ",
+                    booted.other(),
+                    if no_reboot { "" } else { ", and reboot now" }
+                ))?
+            {
+                return Err(UpdateError::NotConfirmed.into());
+            }
+            let target = rollback(&config, &disk_path, sector_size, booted)?;
+            println!("{target} boots next");
+            if !no_reboot {
+                updater::reboot()?;
+            }
+        }
+        Command::History => {
+            let state = StateFile::load(&config.state_dir());
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&state.state.history)?);
+            } else {
+                for h in &state.state.history {
+                    let when = humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(h.time),
+                    );
+                    let mut line = format!(
+                        "{when} {:<13} {:<7} {}",
+                        h.event,
+                        h.slot,
+                        h.version.as_deref().unwrap_or("-")
+                    );
+                    if let Some(f) = &h.from_version {
+                        line += &format!(" (from {f})");
+                    }
+                    if let Some(r) = &h.reason {
+                        line += &format!(": {r}");
+                    }
+                    println!("{line}");
+                }
             }
         }
         Command::Status => {

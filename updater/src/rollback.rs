@@ -1,0 +1,33 @@
+//! A field technician's rollback: the other slot boots next, provided it
+//! holds a release that has proven itself.
+
+use crate::config::Config;
+use crate::state::StateFile;
+use anyhow::Result;
+use bootctl::{Disk, Slot};
+use std::path::Path;
+
+/// Makes the slot other than `booted` boot next; returns it.
+pub fn rollback(
+    config: &Config,
+    disk_path: &Path,
+    sector_size: Option<u64>,
+    booted: Slot,
+) -> Result<Slot> {
+    let mut state = StateFile::load(&config.state_dir());
+    let (target, _) = Disk::open(disk_path, sector_size, true)?.rollback(Some(booted))?;
+    let version = |s: Slot| state.state.slots.get(s.name()).map(|r| r.version.clone());
+    let (to, from) = (version(target), version(booted));
+    state.record(
+        "rollback",
+        target.name(),
+        to.as_deref(),
+        from.as_deref(),
+        Some("requested by a technician"),
+    );
+    state.save().map_err(|source| crate::UpdateError::State {
+        path: state.path.clone(),
+        source,
+    })?;
+    Ok(target)
+}

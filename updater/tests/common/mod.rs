@@ -1,0 +1,244 @@
+//! Test devices and releases shared by the updater's integration tests.
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+use bootctl::provision::{self, Layout, Provisioned};
+use bootctl::{BootAttrs, Disk, Slot};
+use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
+use ed25519_dalek::SigningKey;
+use image_tools::bundle::{self, BuildOptions, ImageSource};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub const MIB: usize = 1 << 20;
+
+pub struct Device {
+    pub dir: tempfile::TempDir,
+    pub disk: PathBuf,
+    pub config: PathBuf,
+    pub layout: Provisioned,
+}
+
+pub fn pattern(len: usize, salt: u32) -> Vec<u8> {
+    let mut x = 0x2545_F491u32 ^ salt.wrapping_mul(0x9E37_79B9);
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            if i % 4 == 0 {
+                (x >> 24) as u8
+            } else {
+                (i >> 9) as u8
+            }
+        })
+        .collect()
+}
+
+pub fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+/// A factory disk in a fresh directory (or in `dir`), slot_a and data
+/// filled with known bytes, a config trusting key 1.
+pub fn device_in(dir: tempfile::TempDir, slot_mib: u64) -> Device {
+    let disk = dir.path().join("disk.img");
+    let layout = provision::create(
+        &disk,
+        Layout {
+            slot_size: slot_mib << 20,
+            data_size: 2 << 20,
+            sector_size: 512,
+        },
+    )
+    .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.write_all_at(
+        &pattern(layout.slots[0].size as usize, 100),
+        layout.slots[0].offset,
+    )
+    .unwrap();
+    f.write_all_at(&pattern(layout.data.size as usize, 200), layout.data.offset)
+        .unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::write(
+        keys.join("vendor.pem"),
+        key(1)
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap(),
+    )
+    .unwrap();
+    let config = dir.path().join("config.json");
+    let state_dir = dir.path().join("state");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "compatible": "acme-gw",
+            "keyring": keys,
+            "data_dir": dir.path().join("data"),
+            "state_dir": state_dir,
+            "boot_tries": 4,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    Device {
+        dir,
+        disk,
+        config,
+        layout,
+    }
+}
+
+pub fn device() -> Device {
+    device_in(tempfile::tempdir().unwrap(), 8)
+}
+
+pub struct Release<'a> {
+    pub version: &'a str,
+    pub compatible: &'a str,
+    pub security_version: u64,
+    pub target: &'a str,
+    pub signer: SigningKey,
+    pub image: Vec<u8>,
+}
+
+pub fn release(version: &str) -> Release<'_> {
+    Release {
+        version,
+        compatible: "acme-gw",
+        security_version: 1,
+        target: "rootfs",
+        signer: key(1),
+        image: pattern(3 * MIB + 12345, 7),
+    }
+}
+
+impl Device {
+    pub fn bundle(&self, r: &Release) -> PathBuf {
+        bundle_in(self.dir.path(), r)
+    }
+}
+
+pub fn bundle_in(dir: &Path, r: &Release) -> PathBuf {
+    let img = dir.join(format!("{}-{}.img", r.version, r.target));
+    std::fs::write(&img, &r.image).unwrap();
+    let out = dir.join(format!("{}-{}-{}.swb", r.version, r.compatible, r.target));
+    let opts = BuildOptions {
+        compatible: r.compatible.into(),
+        version: r.version.into(),
+        security_version: r.security_version,
+        data_schema: None,
+        build_time: 1,
+        level: 3,
+        chunk_size: 256 << 10,
+        threads: 2,
+    };
+    bundle::build(
+        &opts,
+        &[ImageSource {
+            target: r.target.into(),
+            path: img,
+        }],
+        std::slice::from_ref(&r.signer),
+        &out,
+        &mut |_| {},
+    )
+    .unwrap();
+    out
+}
+
+impl Device {
+    pub fn updater(&self, booted: &str) -> Command {
+        let mut c = Command::cargo_bin("updater").unwrap();
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--disk")
+            .arg(&self.disk)
+            .args(["--booted-slot", booted]);
+        c
+    }
+
+    pub fn read(&self, offset: u64, len: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; len as usize];
+        std::fs::File::open(&self.disk)
+            .unwrap()
+            .read_exact_at(&mut buf, offset)
+            .unwrap();
+        buf
+    }
+    pub fn slot(&self, s: Slot) -> Vec<u8> {
+        let r = self.layout.slots[s.index()];
+        self.read(r.offset, r.size)
+    }
+    pub fn data(&self) -> Vec<u8> {
+        self.read(self.layout.data.offset, self.layout.data.size)
+    }
+    pub fn attrs(&self) -> [BootAttrs; 2] {
+        Disk::open(&self.disk, None, false)
+            .unwrap()
+            .read()
+            .unwrap()
+            .attrs()
+    }
+    pub fn state(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.dir.path().join("state/state.json")).unwrap())
+            .unwrap()
+    }
+    /// Makes slot_b hold a proven release, as after an earlier good update.
+    pub fn make_b_good(&self) {
+        Disk::open(&self.disk, None, true)
+            .unwrap()
+            .update(|a| {
+                a[1] = BootAttrs {
+                    priority: 1,
+                    tries: 0,
+                    successful: true,
+                };
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
+impl Device {
+    /// Replaces the health section of the device's config.
+    pub fn set_health(&self, health: serde_json::Value) {
+        let mut c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&self.config).unwrap()).unwrap();
+        c["health"] = health;
+        std::fs::write(&self.config, c.to_string()).unwrap();
+    }
+
+    /// A reboot: the boot stage's selection, try spent and persisted.
+    pub fn boot(&self) -> Slot {
+        Disk::open(&self.disk, None, true)
+            .unwrap()
+            .select()
+            .unwrap()
+            .slot
+    }
+
+    pub fn history(&self) -> Vec<(String, String)> {
+        self.state()["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["event"].as_str().unwrap().to_string(),
+                    h["slot"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+pub fn letter(s: Slot) -> &'static str {
+    match s {
+        Slot::A => "a",
+        Slot::B => "b",
+    }
+}

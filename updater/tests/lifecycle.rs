@@ -1,0 +1,218 @@
+//! The update life cycle on a disk image, with `Disk::select` playing the
+//! boot stage: install, trial boot, health check, commit; a release whose
+//! health check fails, and one that never gets that far, both roll back.
+
+mod common;
+
+use bootctl::{BootAttrs, Slot};
+use common::*;
+use predicates::str::contains;
+use serde_json::json;
+
+#[test]
+fn install_commit_health_failure_and_exhausted_tries_roll_back() {
+    let dev = device();
+    let data = dev.data();
+    dev.set_health(json!({"deadline_s": 30, "checks": [{"name": "service", "command": ["true"], "timeout_s": 5}]}));
+
+    // v2 into slot_b, boot it on trial, its health check passes.
+    let v2 = Release {
+        security_version: 2,
+        ..release("2.0.0")
+    };
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&v2))
+        .assert()
+        .success();
+    assert_eq!(dev.boot(), Slot::B);
+    assert_eq!(
+        dev.attrs()[1].tries,
+        3,
+        "the boot stage spent one of 4 tries"
+    );
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success()
+        .stdout(contains("slot_b (2.0.0) passed"));
+    assert_eq!(
+        dev.attrs()[1],
+        BootAttrs {
+            priority: 2,
+            tries: 0,
+            successful: true
+        }
+    );
+    assert_eq!(dev.state()["security_floor"], 2);
+    assert_eq!(dev.state()["last_install"]["outcome"], "committed");
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success()
+        .stdout(contains("nothing to do"));
+
+    // v3 into slot_a; its health check fails: marked bad, slot_b next.
+    dev.set_health(json!({"checks": [{"name": "database", "command": ["sh", "-c", "echo connecting; echo database down >&2; exit 3"]}]}));
+    let v3 = Release {
+        security_version: 2,
+        ..release("3.0.0")
+    };
+    dev.updater("b")
+        .arg("install")
+        .arg(dev.bundle(&v3))
+        .assert()
+        .success();
+    assert_eq!(dev.boot(), Slot::A);
+    dev.updater("a")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .code(52)
+        .stderr(contains(
+            "slot_a failed its health check and is marked bad; slot_b boots next",
+        ))
+        .stderr(contains(
+            "\"database\" failed: exit status: 3; output: connecting | database down",
+        ));
+    assert_eq!(dev.attrs()[0], BootAttrs::UNBOOTABLE);
+    assert_eq!(dev.boot(), Slot::B);
+    // Back on slot_b, the fallback is reported once, with the reason.
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .code(51)
+        .stderr(contains(
+            "slot_a (3.0.0) was rolled back: health check \"database\" failed",
+        ));
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success();
+
+    // v3.0.1 never reaches its health check: every boot of it hangs.
+    let v31 = Release {
+        security_version: 2,
+        ..release("3.0.1")
+    };
+    dev.updater("b")
+        .arg("install")
+        .arg(dev.bundle(&v31))
+        .assert()
+        .success();
+    // Before the reboot, the health check on the old slot reports nothing.
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success();
+    for _ in 0..4 {
+        assert_eq!(
+            dev.boot(),
+            Slot::A,
+            "slot_a is tried while it has tries left"
+        );
+    }
+    assert_eq!(
+        dev.boot(),
+        Slot::B,
+        "tries exhausted: the boot stage falls back"
+    );
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .code(51)
+        .stderr(contains("tries exhausted"));
+
+    assert!(dev.data() == data, "the data partition was touched");
+    let events: Vec<String> = dev
+        .history()
+        .into_iter()
+        .map(|(e, s)| format!("{e} {s}"))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "install slot_b",
+            "commit slot_b",
+            "install slot_a",
+            "health-failed slot_a",
+            "rolled-back slot_a",
+            "install slot_a",
+            "rolled-back slot_a"
+        ]
+    );
+    dev.updater("b")
+        .arg("history")
+        .assert()
+        .success()
+        .stdout(contains("rolled-back   slot_a  3.0.1: tries exhausted"));
+}
+
+#[test]
+fn technician_rolls_back_and_forth_only_to_proven_releases() {
+    let dev = device();
+    // Nothing proven in slot_b yet.
+    dev.updater("a")
+        .args(["rollback", "--yes", "--no-reboot"])
+        .assert()
+        .code(15);
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&release("2.0.0")))
+        .assert()
+        .success();
+    assert_eq!(dev.boot(), Slot::B);
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success();
+
+    // Without a terminal to ask on, no --yes means no.
+    dev.updater("b")
+        .args(["rollback", "--no-reboot"])
+        .assert()
+        .code(53);
+    for (from, to) in [(Slot::B, Slot::A), (Slot::A, Slot::B)] {
+        dev.updater(letter(from))
+            .args(["rollback", "--yes", "--no-reboot"])
+            .assert()
+            .success()
+            .stdout(contains(format!("{to} boots next")));
+        assert_eq!(dev.boot(), to);
+    }
+    let events: Vec<(String, String)> = dev.history();
+    assert_eq!(events.iter().filter(|(e, _)| e == "rollback").count(), 2);
+}
+
+#[test]
+fn a_hanging_check_is_cut_off_by_its_timeout() {
+    let dev = device();
+    dev.set_health(json!({"deadline_s": 60, "checks": [{"name": "slow", "command": ["sleep", "30"], "timeout_s": 1}]}));
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&release("2.0.0")))
+        .assert()
+        .success();
+    dev.boot();
+    let started = std::time::Instant::now();
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .code(52)
+        .stderr(contains("\"slow\" failed: timed out after 1 s"));
+    assert!(
+        started.elapsed().as_secs() < 20,
+        "the timeout did not cut the check off"
+    );
+    dev.set_health(json!({"deadline_s": 1, "checks": [{"name": "slow", "command": ["sleep", "30"], "timeout_s": 50}]}));
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&release("2.0.1")))
+        .assert()
+        .success();
+    assert_eq!(dev.boot(), Slot::B);
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .code(52)
+        .stderr(contains("cut off by the overall deadline"));
+}
