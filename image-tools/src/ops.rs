@@ -99,6 +99,7 @@ pub struct InspectReport {
     pub build_time: u64,
     pub data_schema: Option<u32>,
     pub images: Vec<ImageReport>,
+    pub migrations: Vec<crate::bundle::MigrationSpec>,
 }
 
 /// The manifest as the bundle states it, no key needed: nothing here is
@@ -131,6 +132,7 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
                 digest: i.digest().to_string(),
             })
             .collect(),
+        migrations: m.migrations.clone(),
     })
 }
 
@@ -167,6 +169,18 @@ impl fmt::Display for InspectReport {
                 i.chunks,
                 i.chunk_size >> 10,
                 i.digest
+            )?;
+        }
+        for g in &self.migrations {
+            let snap = if g.snapshot.is_empty() {
+                String::new()
+            } else {
+                format!(", snapshots {}", g.snapshot.join(", "))
+            };
+            writeln!(
+                f,
+                "migration   {:?} {} -> {} ({}){snap}",
+                g.phase, g.from, g.to, g.image
             )?;
         }
         Ok(())

@@ -52,6 +52,7 @@ fn opts(chunk_size: u64) -> BuildOptions {
         level: 3,
         chunk_size,
         threads: 2,
+        migrations: Vec::new(),
     }
 }
 

@@ -178,3 +178,107 @@ fn refusals_have_distinct_codes_and_leave_no_output() {
         .assert()
         .code(2);
 }
+
+#[test]
+fn migrations_are_packed_with_their_snapshots_and_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    std::fs::write(d.join("m1.sh"), "#!/bin/sh\n").unwrap();
+    std::fs::write(d.join("m2.sh"), "#!/bin/sh\ntrue\n").unwrap();
+    it().current_dir(d)
+        .args([
+            "build",
+            "--key",
+            "k.pem",
+            "--image",
+            "rootfs=rootfs.img",
+            "--compatible",
+            "acme-gw",
+            "--version",
+            "2.1.0",
+        ])
+        .args(["--data-schema", "3", "--out", "m.swb"])
+        .args([
+            "--migration",
+            "m1.sh",
+            "--from",
+            "1",
+            "--to",
+            "2",
+            "--phase",
+            "expand",
+            "--snapshot",
+            "db",
+            "--snapshot",
+            "cfg",
+        ])
+        .args([
+            "--migration",
+            "m2.sh",
+            "--from",
+            "2",
+            "--to",
+            "3",
+            "--phase",
+            "finalize",
+        ])
+        .assert()
+        .success();
+    let out = it()
+        .current_dir(d)
+        .args(["inspect", "m.swb", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["data_schema"], 3);
+    assert_eq!(
+        v["migrations"][0],
+        serde_json::json!({"image": "migration-1", "from": 1, "to": 2, "phase": "expand", "snapshot": ["db", "cfg"]})
+    );
+    assert_eq!(
+        v["migrations"][1],
+        serde_json::json!({"image": "migration-2", "from": 2, "to": 3, "phase": "finalize"})
+    );
+    it().current_dir(d)
+        .args(["inspect", "m.swb"])
+        .assert()
+        .success()
+        .stdout(contains(
+            "migration   Expand 1 -> 2 (migration-1), snapshots db, cfg",
+        ));
+    it().current_dir(d)
+        .args([
+            "extract",
+            "m.swb",
+            "--public",
+            "k.pub",
+            "--image",
+            "migration-2",
+            "--out",
+            "x.sh",
+        ])
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(d.join("x.sh")).unwrap(), b"#!/bin/sh\ntrue\n");
+    it().current_dir(d)
+        .args([
+            "build",
+            "--key",
+            "k.pem",
+            "--image",
+            "rootfs=rootfs.img",
+            "--compatible",
+            "x",
+            "--version",
+            "1.0.0",
+            "--out",
+            "n.swb",
+        ])
+        .args(["--migration", "m1.sh", "--from", "1", "--phase", "expand"])
+        .assert()
+        .failure()
+        .stderr(contains(
+            "each --migration needs its own --from, --to and --phase",
+        ));
+}

@@ -26,6 +26,7 @@ fn vector_options() -> BuildOptions {
         level: 3,
         chunk_size: 65_536,
         threads: 2,
+        migrations: Vec::new(),
     }
 }
 

@@ -28,6 +28,9 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     #[serde(default)]
     pub health: Health,
+    /// Longest a single data migration may run.
+    #[serde(default = "default_migration_timeout")]
+    pub migration_timeout_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +70,9 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_deadline() -> u64 {
     300
+}
+fn default_migration_timeout() -> u64 {
+    600
 }
 fn default_check_timeout() -> u64 {
     60

@@ -73,6 +73,19 @@ pub enum UpdateError {
 
     #[error("rollback not confirmed: answer y, or pass --yes")]
     NotConfirmed,
+
+    #[error("no expand migration leads from data schema {from} to {to} (this bundle has: {have})")]
+    MigrationPath { from: u32, to: u32, have: String },
+
+    #[error("{phase} migration {from}->{to} ({image}) failed: {detail}; {aftermath}")]
+    MigrationFailed {
+        phase: &'static str,
+        image: String,
+        from: u32,
+        to: u32,
+        detail: String,
+        aftermath: String,
+    },
 }
 
 impl UpdateError {
@@ -92,6 +105,8 @@ impl UpdateError {
             UpdateError::RolledBack { .. } => 51,
             UpdateError::HealthFailed { .. } => 52,
             UpdateError::NotConfirmed => 53,
+            UpdateError::MigrationPath { .. } => 54,
+            UpdateError::MigrationFailed { .. } => 55,
         }
     }
 }

@@ -8,16 +8,13 @@
 //! the one running) and reports that once, with the reason.
 
 use crate::config::{Check, Config};
+use crate::migrate;
+use crate::runner::{run_command, CheckResult};
 use crate::state::{now, Outcome, StateFile};
 use anyhow::{Context, Result};
 use bootctl::{BootAttrs, Disk, Slot};
-use std::io::{Read, Seek};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Lines of a failed check's output kept in the record.
-const OUTPUT_LINES: usize = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthOutcome {
@@ -35,82 +32,15 @@ pub enum HealthOutcome {
     },
 }
 
-/// The result of one check.
-#[derive(Debug)]
-pub struct CheckResult {
-    pub name: String,
-    pub passed: bool,
-    /// Why it failed: exit status, signal or timeout, and its last output lines.
-    pub detail: String,
-}
-
-/// Runs `check` with its timeout, cut short at `deadline`. Output goes to a
-/// temporary file, not a pipe, so a chatty check cannot block on a full pipe.
+/// Runs `check` with its timeout, cut short at `deadline`.
 pub fn run_check(check: &Check, deadline: Instant) -> CheckResult {
-    let fail = |detail: String| CheckResult {
-        name: check.name.clone(),
-        passed: false,
-        detail,
-    };
-    let mut out = match tempfile::tempfile() {
-        Ok(f) => f,
-        Err(e) => return fail(format!("cannot create an output file: {e}")),
-    };
-    let (stdout, stderr) = match (out.try_clone(), out.try_clone()) {
-        (Ok(a), Ok(b)) => (a, b),
-        _ => return fail("cannot share the output file".into()),
-    };
-    let mut child = match Command::new(&check.command[0])
-        .args(&check.command[1..])
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return fail(format!("cannot run {:?}: {e}", check.command[0])),
-    };
-    let own_limit = Instant::now() + Duration::from_secs(check.timeout_s);
-    let limit = own_limit.min(deadline);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= limit => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return fail(format!("waiting for it: {e}")),
-        }
-    };
-    let mut text = String::new();
-    let _ = out.rewind().and_then(|()| out.read_to_string(&mut text));
-    let tail: Vec<&str> = text
-        .lines()
-        .rev()
-        .take(OUTPUT_LINES)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    let output = if tail.is_empty() {
-        String::new()
-    } else {
-        format!("; output: {}", tail.join(" | "))
-    };
-    match status {
-        Some(s) if s.success() => CheckResult {
-            name: check.name.clone(),
-            passed: true,
-            detail: String::new(),
-        },
-        Some(s) => fail(format!("{s}{output}")),
-        None if own_limit <= deadline => {
-            fail(format!("timed out after {} s{output}", check.timeout_s))
-        }
-        None => fail(format!("cut off by the overall deadline{output}")),
-    }
+    run_command(
+        &check.name,
+        &check.command,
+        &[],
+        Duration::from_secs(check.timeout_s),
+        deadline,
+    )
 }
 
 /// Runs every check in order within `deadline_s`; the first failure stops them.
@@ -212,6 +142,27 @@ pub fn health(
                 last.finished_at = Some(now());
             }
             state.record("commit", booted.name(), version.as_deref(), None, None);
+            if let Some(v) = &version {
+                let env = migrate::MigrationEnv {
+                    data_dir: config.data_dir.clone(),
+                    disk: disk_path.to_path_buf(),
+                    new_slot: booted.name().into(),
+                    new_slot_offset: disk.read()?.table.entry(booted).first_lba
+                        * disk.sector_size(),
+                };
+                // The release is healthy and stays committed; a failed
+                // finalize is recorded for the vendor to look at.
+                if let Err(e) = migrate::finalize(config, v, &env) {
+                    log::warn!("{e:#}");
+                    state.record(
+                        "finalize-failed",
+                        booted.name(),
+                        Some(v),
+                        None,
+                        Some(&format!("{e:#}")),
+                    );
+                }
+            }
             save(&mut state)?;
             Ok(HealthOutcome::Committed { version })
         }

@@ -8,8 +8,9 @@
 //!    the CPU work (on every core) and writing overlapped;
 //! 4. flush, drop the slot from the page cache, read it back and compare
 //!    every chunk with the manifest, hashing on every core;
-//! 5. flip: the new slot boots next, on trial;
-//! 6. record the install in the state file.
+//! 5. run the expand data migrations (snapshot, run, restore on failure);
+//! 6. flip: the new slot boots next, on trial;
+//! 7. record the install in the state file.
 //!
 //! A failure anywhere leaves the new slot unbootable, the running slot and
 //! the data partition as they were, and the reason in the state file.
@@ -17,14 +18,16 @@
 use crate::config::Config;
 use crate::error::UpdateError;
 use crate::events::{Event, Observer};
+use crate::migrate;
 use crate::slot_writer::SlotWriter;
 use crate::state::{now, InstallRecord, Outcome, SlotRecord, StateFile};
 use anyhow::{Context, Result};
 use bootctl::{Disk, Slot};
 use image_tools::bundle::keys::short_id;
 use image_tools::bundle::pipeline::ordered_map;
-use image_tools::bundle::{Digest, Envelope, ImageSpec, Keyring, Manifest};
+use image_tools::bundle::{Digest, Envelope, ImageSpec, Keyring, Manifest, MigrationSpec};
 use nix::fcntl::{Flock, FlockArg};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -93,7 +96,12 @@ fn check_policy(
     } else {
         log::info!("the running release's version is not recorded; no downgrade check");
     }
-    if let Some(other) = m.images.iter().find(|i| i.target != ROOTFS) {
+    let is_migration = |t: &str| m.migrations.iter().any(|g| g.image == t);
+    if let Some(other) = m
+        .images
+        .iter()
+        .find(|i| i.target != ROOTFS && !is_migration(&i.target))
+    {
         return Err(UpdateError::UnsupportedTarget(other.target.clone()).into());
     }
     Ok(())
@@ -133,6 +141,8 @@ pub fn install(
     let mut state = StateFile::load(&state_dir);
     check_policy(config, &state, opts.booted, &manifest, opts.allow_downgrade)?;
     let image = manifest.image(ROOTFS)?.clone();
+    let schema = state.state.data_schema.unwrap_or(migrate::INITIAL_SCHEMA);
+    let chain = migrate::expand_chain(&manifest, schema)?;
 
     let _lock = lock_installs(&state_dir)?;
     let target = opts.booted.other();
@@ -183,7 +193,9 @@ pub fn install(
     state.state.slots.remove(target.name());
     save(&mut state)?;
 
-    let result = write_and_flip(config, bundle, &image, &area, opts, observer);
+    let result = write_and_flip(
+        config, bundle, &image, &area, opts, &chain, &mut state, observer,
+    );
     let record = state
         .state
         .last_install
@@ -245,14 +257,18 @@ fn save(state: &mut StateFile) -> Result<()> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_and_flip(
     config: &Config,
     bundle: image_tools::bundle::VerifiedBundle<Box<dyn Read + Send>>,
     image: &ImageSpec,
     area: &SlotArea,
     opts: &InstallOptions,
+    chain: &[MigrationSpec],
+    state: &mut StateFile,
     observer: &mut dyn Observer,
 ) -> Result<()> {
+    let manifest = bundle.manifest.clone();
     let slot = area.slot.name();
     let write_err = |offset: u64| {
         move |source| UpdateError::Write {
@@ -269,7 +285,16 @@ fn write_and_flip(
         .map_err(write_err(area.offset))?;
     let mut done = 0u64;
     let mut writer = SlotWriter::new(&dev, WRITEBACK_WINDOW);
-    bundle.read_chunks(opts.threads, |_, chunk| -> Result<()> {
+    let mut executables: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    bundle.read_chunks(opts.threads, |spec, chunk| -> Result<()> {
+        if spec.target != ROOTFS {
+            // A migration executable: small, kept in memory until stored.
+            executables
+                .entry(spec.target.clone())
+                .or_default()
+                .extend_from_slice(&chunk.data);
+            return Ok(());
+        }
         let at = area.offset + chunk.offset;
         writer.write_at(&chunk.data, at).map_err(write_err(at))?;
         done += chunk.data.len() as u64;
@@ -290,6 +315,23 @@ fn write_and_flip(
         slot: slot.into(),
         digest: image.digest().to_string(),
     });
+
+    if !manifest.migrations.is_empty() {
+        let dir = migrate::release_dir(config, &manifest.version);
+        migrate::store(&dir, &manifest, &executables)?;
+        let env = migrate::MigrationEnv {
+            data_dir: config.data_dir.clone(),
+            disk: opts.disk.clone(),
+            new_slot: slot.into(),
+            new_slot_offset: area.offset,
+        };
+        migrate::expand(config, &dir, chain, &env)?;
+        if let Some(to) = chain.last().map(|g| g.to) {
+            // Recorded as soon as the data has it, before the flip.
+            state.state.data_schema = Some(to);
+            save(state)?;
+        }
+    }
 
     let mut disk = Disk::open(&opts.disk, opts.sector_size, true)?;
     disk.set_active(area.slot, config.boot_tries)?;

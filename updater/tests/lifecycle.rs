@@ -6,6 +6,7 @@ mod common;
 
 use bootctl::{BootAttrs, Slot};
 use common::*;
+use image_tools::bundle::{MigrationSource, Phase};
 use predicates::str::contains;
 use serde_json::json;
 
@@ -13,11 +14,42 @@ use serde_json::json;
 fn install_commit_health_failure_and_exhausted_tries_roll_back() {
     let dev = device();
     let data = dev.data();
+    let data_dir = dev.dir.path().join("data");
+    std::fs::create_dir_all(data_dir.join("app")).unwrap();
+    std::fs::write(data_dir.join("app/records-v1"), "written by v1").unwrap();
     dev.set_health(json!({"deadline_s": 30, "checks": [{"name": "service", "command": ["true"], "timeout_s": 5}]}));
 
-    // v2 into slot_b, boot it on trial, its health check passes.
+    // v2 (data schema 2) into slot_b: its expand migration runs before the
+    // flip and keeps v1's data; boot it on trial, its health check passes.
+    let expand = script(
+        dev.dir.path(),
+        "expand.sh",
+        r#"cp "$SWITCHBACK_DATA_DIR/app/records-v1" "$SWITCHBACK_DATA_DIR/app/records-v2""#,
+    );
+    let finalize = script(
+        dev.dir.path(),
+        "finalize.sh",
+        r#"rm "$SWITCHBACK_DATA_DIR/app/records-v1""#,
+    );
     let v2 = Release {
         security_version: 2,
+        data_schema: Some(2),
+        migrations: vec![
+            MigrationSource {
+                path: expand,
+                from: 1,
+                to: 2,
+                phase: Phase::Expand,
+                snapshot: vec!["app".into()],
+            },
+            MigrationSource {
+                path: finalize,
+                from: 1,
+                to: 2,
+                phase: Phase::Finalize,
+                snapshot: vec![],
+            },
+        ],
         ..release("2.0.0")
     };
     dev.updater("a")
@@ -25,6 +57,8 @@ fn install_commit_health_failure_and_exhausted_tries_roll_back() {
         .arg(dev.bundle(&v2))
         .assert()
         .success();
+    assert!(data_dir.join("app/records-v1").exists() && data_dir.join("app/records-v2").exists());
+    assert_eq!(dev.state()["data_schema"], 2);
     assert_eq!(dev.boot(), Slot::B);
     assert_eq!(
         dev.attrs()[1].tries,
@@ -46,6 +80,11 @@ fn install_commit_health_failure_and_exhausted_tries_roll_back() {
     );
     assert_eq!(dev.state()["security_floor"], 2);
     assert_eq!(dev.state()["last_install"]["outcome"], "committed");
+    assert!(
+        !data_dir.join("app/records-v1").exists(),
+        "finalize did not run"
+    );
+    let app_data = tree(&data_dir);
     dev.updater("b")
         .args(["health", "--no-reboot"])
         .assert()
@@ -123,6 +162,10 @@ fn install_commit_health_failure_and_exhausted_tries_roll_back() {
         .stderr(contains("tries exhausted"));
 
     assert!(dev.data() == data, "the data partition was touched");
+    assert!(
+        tree(&data_dir) == app_data,
+        "failed releases changed the data"
+    );
     let events: Vec<String> = dev
         .history()
         .into_iter()

@@ -1,9 +1,11 @@
 //! `image-tools`: build signed release bundles and factory disks.
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use image_tools::bundle::writer::{DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL};
-use image_tools::bundle::{self, default_threads, keys, BuildOptions, ImageSource, Keyring};
+use image_tools::bundle::{
+    self, default_threads, keys, BuildOptions, ImageSource, Keyring, MigrationSource, Phase,
+};
 use image_tools::mkdisk::{mkdisk, MkdiskOptions};
 use image_tools::ops;
 use image_tools::progress::byte_bar;
@@ -87,6 +89,19 @@ enum Command {
         threads: usize,
         #[arg(long)]
         out: PathBuf,
+        /// A data migration executable; give --from, --to and --phase after
+        /// each, and --snapshot DIR (repeatable) for the data directories it
+        /// changes.
+        #[arg(long = "migration")]
+        migrations: Vec<PathBuf>,
+        #[arg(long)]
+        from: Vec<u32>,
+        #[arg(long)]
+        to: Vec<u32>,
+        #[arg(long, value_parser = ["expand", "finalize"])]
+        phase: Vec<String>,
+        #[arg(long)]
+        snapshot: Vec<String>,
     },
     /// Show what a bundle says it holds (signature NOT checked).
     Inspect {
@@ -132,7 +147,11 @@ enum Command {
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    if let Err(e) = run(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    let result = Cli::from_arg_matches(&matches)
+        .map_err(anyhow::Error::from)
+        .and_then(|cli| run(cli, &matches));
+    if let Err(e) = result {
         eprintln!("image-tools: error: {e:#}");
         std::process::exit(image_tools::exit_code(&e));
     }
@@ -150,7 +169,7 @@ fn build_time() -> Result<u64> {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     match cli.command {
         Command::Keygen { private, public } => {
             let key = keys::keygen(&private, &public)?;
@@ -172,7 +191,17 @@ fn run(cli: Cli) -> Result<()> {
             chunk_size,
             threads,
             out,
+            migrations,
+            from,
+            to,
+            phase,
+            snapshot,
         } => {
+            let build_matches = matches
+                .subcommand_matches("build")
+                .context("no build arguments")?;
+            let migrations =
+                group_migrations(build_matches, migrations, from, to, phase, snapshot)?;
             let signing = key_paths
                 .iter()
                 .map(|p| keys::load_private(p))
@@ -186,6 +215,7 @@ fn run(cli: Cli) -> Result<()> {
                 level,
                 chunk_size,
                 threads,
+                migrations,
             };
             let total = images
                 .iter()
@@ -277,4 +307,51 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Pairs each --migration with its --from, --to and --phase (in order), and
+/// gives each --snapshot to the --migration it follows on the command line.
+fn group_migrations(
+    m: &clap::ArgMatches,
+    paths: Vec<PathBuf>,
+    from: Vec<u32>,
+    to: Vec<u32>,
+    phase: Vec<String>,
+    snapshot: Vec<String>,
+) -> Result<Vec<MigrationSource>> {
+    let n = paths.len();
+    if from.len() != n || to.len() != n || phase.len() != n {
+        bail!("each --migration needs its own --from, --to and --phase ({n} migrations, {} --from, {} --to, {} --phase)", from.len(), to.len(), phase.len());
+    }
+    let at: Vec<usize> = m
+        .indices_of("migrations")
+        .map(|i| i.collect())
+        .unwrap_or_default();
+    let mut out: Vec<MigrationSource> = paths
+        .into_iter()
+        .zip(from.into_iter().zip(to).zip(phase))
+        .map(|(path, ((from, to), phase))| MigrationSource {
+            path,
+            from,
+            to,
+            phase: if phase == "expand" {
+                Phase::Expand
+            } else {
+                Phase::Finalize
+            },
+            snapshot: Vec::new(),
+        })
+        .collect();
+    let snap_at: Vec<usize> = m
+        .indices_of("snapshot")
+        .map(|i| i.collect())
+        .unwrap_or_default();
+    for (dir, pos) in snapshot.into_iter().zip(snap_at) {
+        let owner = at
+            .iter()
+            .rposition(|&a| a < pos)
+            .context("--snapshot must follow the --migration it belongs to")?;
+        out[owner].snapshot.push(dir);
+    }
+    Ok(out)
 }

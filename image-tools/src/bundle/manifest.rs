@@ -66,6 +66,31 @@ pub struct Manifest {
     /// Total length of the payload region.
     pub payload_size: u64,
     pub images: Vec<ImageSpec>,
+    /// Data migrations; each one's executable is the image it names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<MigrationSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Before the flip, while the old release runs; must keep it working.
+    Expand,
+    /// After the new release is committed; drops what the old one needed.
+    Finalize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationSpec {
+    /// Target name of the image holding the executable (`migration-N`).
+    pub image: String,
+    pub from: u32,
+    pub to: u32,
+    pub phase: Phase,
+    /// Directories under the data directory to snapshot before it runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshot: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +242,36 @@ impl Manifest {
                     )));
                 }
                 next_offset += c.length;
+            }
+        }
+        for (i, mig) in self.migrations.iter().enumerate() {
+            if !self.images.iter().any(|img| img.target == mig.image)
+                || !mig.image.starts_with("migration-")
+            {
+                return Err(bad(format!(
+                    "migration {i}: image {:?} is not a migration image of this bundle",
+                    mig.image
+                )));
+            }
+            if mig.from >= mig.to {
+                return Err(bad(format!(
+                    "migration {i}: from {} must be below to {}",
+                    mig.from, mig.to
+                )));
+            }
+            if self.data_schema.is_none() {
+                return Err(bad(
+                    "a bundle with migrations must state its data_schema".into()
+                ));
+            }
+            for dir in &mig.snapshot {
+                let p = std::path::Path::new(dir);
+                let plain = !dir.is_empty()
+                    && p.components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)));
+                if !plain {
+                    return Err(bad(format!("migration {i}: snapshot {dir:?} must be a relative path inside the data directory")));
+                }
             }
         }
         if next_offset != self.payload_size {

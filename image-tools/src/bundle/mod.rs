@@ -29,9 +29,9 @@ pub mod writer;
 
 pub use error::BundleError;
 pub use keys::Keyring;
-pub use manifest::{ChunkSpec, Digest, ImageSpec, Manifest};
+pub use manifest::{ChunkSpec, Digest, ImageSpec, Manifest, MigrationSpec, Phase};
 pub use reader::{Chunk, Envelope, VerifiedBundle};
-pub use writer::{build, BuildOptions, ImageSource};
+pub use writer::{build, BuildOptions, ImageSource, MigrationSource};
 
 pub const MAGIC: &[u8; 8] = b"SWBUNDLE";
 pub const FORMAT_VERSION: u32 = 1;

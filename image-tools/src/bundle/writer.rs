@@ -5,7 +5,7 @@
 use super::error::{BundleError, Result};
 use super::header::{encode_signatures, Header, SignatureEntry};
 use super::keys::key_id;
-use super::manifest::{ChunkSpec, Digest, ImageSpec, Manifest};
+use super::manifest::{ChunkSpec, Digest, ImageSpec, Manifest, MigrationSpec, Phase};
 use super::pipeline::ordered_map;
 use super::{FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use ed25519_dalek::{Signer, SigningKey};
@@ -28,6 +28,17 @@ pub struct BuildOptions {
     pub level: i32,
     pub chunk_size: u64,
     pub threads: usize,
+    pub migrations: Vec<MigrationSource>,
+}
+
+/// A migration executable to pack, and when it runs.
+#[derive(Debug, Clone)]
+pub struct MigrationSource {
+    pub path: PathBuf,
+    pub from: u32,
+    pub to: u32,
+    pub phase: Phase,
+    pub snapshot: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -150,7 +161,25 @@ pub fn build(
     let tmp_err = BundleError::io(format!("creating a temporary file in {}", dir.display()));
     let mut payload = tempfile::tempfile_in(dir).map_err(tmp_err)?;
     let mut offset = 0u64;
-    let specs = images
+    // Migration executables travel as images of their own, after the
+    // others, so their bytes are checked like every other chunk.
+    let mut sources = images.to_vec();
+    let mut migrations = Vec::new();
+    for (n, m) in opts.migrations.iter().enumerate() {
+        let target = format!("migration-{}", n + 1);
+        sources.push(ImageSource {
+            target: target.clone(),
+            path: m.path.clone(),
+        });
+        migrations.push(MigrationSpec {
+            image: target,
+            from: m.from,
+            to: m.to,
+            phase: m.phase,
+            snapshot: m.snapshot.clone(),
+        });
+    }
+    let specs = sources
         .iter()
         .map(|src| write_image(opts, src, &mut payload, &mut offset, progress))
         .collect::<Result<Vec<_>>>()?;
@@ -163,6 +192,7 @@ pub fn build(
         data_schema: opts.data_schema,
         payload_size: offset,
         images: specs,
+        migrations,
     };
     manifest.validate(offset)?;
     let manifest_bytes =

@@ -103,6 +103,8 @@ pub struct Release<'a> {
     pub target: &'a str,
     pub signer: SigningKey,
     pub image: Vec<u8>,
+    pub data_schema: Option<u32>,
+    pub migrations: Vec<bundle::MigrationSource>,
 }
 
 pub fn release(version: &str) -> Release<'_> {
@@ -113,6 +115,8 @@ pub fn release(version: &str) -> Release<'_> {
         target: "rootfs",
         signer: key(1),
         image: pattern(3 * MIB + 12345, 7),
+        data_schema: None,
+        migrations: Vec::new(),
     }
 }
 
@@ -130,11 +134,12 @@ pub fn bundle_in(dir: &Path, r: &Release) -> PathBuf {
         compatible: r.compatible.into(),
         version: r.version.into(),
         security_version: r.security_version,
-        data_schema: None,
+        data_schema: r.data_schema,
         build_time: 1,
         level: 3,
         chunk_size: 256 << 10,
         threads: 2,
+        migrations: r.migrations.clone(),
     };
     bundle::build(
         &opts,
@@ -241,4 +246,41 @@ pub fn letter(s: Slot) -> &'static str {
         Slot::A => "a",
         Slot::B => "b",
     }
+}
+
+/// Writes an executable shell script.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// Every file under `dir` with its bytes, for exact comparisons.
+pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.push((
+                    p.strip_prefix(dir).unwrap().display().to_string() + "/",
+                    Vec::new(),
+                ));
+                stack.push(p);
+            } else {
+                out.push((
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
 }
