@@ -259,3 +259,28 @@ fn a_hanging_check_is_cut_off_by_its_timeout() {
         .code(52)
         .stderr(contains("cut off by the overall deadline"));
 }
+
+#[test]
+fn a_damaged_state_file_does_not_stop_the_health_check() {
+    let dev = device();
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&release("2.0.0")))
+        .assert()
+        .success();
+    assert_eq!(dev.boot(), Slot::B);
+    let state = dev.dir.path().join("state/state.json");
+    std::fs::write(&state, b"{\"format\": 1, \"slots\": {trunc").unwrap();
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success()
+        .stderr(contains("state.json: damaged"))
+        .stdout(contains("slot_b (unknown release) passed its health check"));
+    assert!(dev.attrs()[1].successful);
+    assert!(
+        dev.dir.path().join("state/state.json.damaged").exists(),
+        "the damaged file is kept"
+    );
+    dev.updater("b").arg("status").assert().success();
+}
