@@ -1,7 +1,7 @@
 //! What the `image-tools` verbs do, on bundle files.
 
 use crate::bundle::keys::short_id;
-use crate::bundle::{BundleError, Envelope, Keyring, Manifest};
+use crate::bundle::{delta, BundleError, Envelope, Keyring, Manifest};
 use crate::progress::byte_bar;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -24,12 +24,27 @@ fn total_size(m: &Manifest) -> u64 {
 
 /// Checks the signature and every chunk. Returns the manifest and the
 /// signer's short key id.
-pub fn verify(path: &Path, keyring: &Keyring, threads: usize) -> Result<(Manifest, String)> {
+/// The base image a delta is decoded against, mapped and checked.
+fn load_base(m: &Manifest, base: Option<&Path>, threads: usize) -> Result<Option<memmap2::Mmap>> {
+    let Some(path) = base else { return Ok(None) };
+    let map = delta::map_file(path)?;
+    delta::check_base(m, &map, threads)
+        .with_context(|| format!("base image {}", path.display()))?;
+    Ok(Some(map))
+}
+
+pub fn verify(
+    path: &Path,
+    keyring: &Keyring,
+    threads: usize,
+    base: Option<&Path>,
+) -> Result<(Manifest, String)> {
     let bundle = open(path)?.verify(keyring)?;
+    let base = load_base(&bundle.manifest, base, threads)?;
     let manifest = bundle.manifest.clone();
     let signer = short_id(&bundle.signer);
     let bar = byte_bar(total_size(&manifest), "verify");
-    bundle.read_chunks(threads, |_, chunk| -> Result<()> {
+    bundle.read_chunks(threads, base.as_deref(), |_, chunk| -> Result<()> {
         bar.inc(chunk.data.len() as u64);
         Ok(())
     })?;
@@ -46,8 +61,10 @@ pub fn extract(
     target: &str,
     out: &Path,
     threads: usize,
+    base: Option<&Path>,
 ) -> Result<Manifest> {
     let bundle = open(path)?.verify(keyring)?;
+    let base = load_base(&bundle.manifest, base, threads)?;
     let manifest = bundle.manifest.clone();
     manifest.image(target)?;
     let dir = out
@@ -57,7 +74,7 @@ pub fn extract(
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     let bar = byte_bar(total_size(&manifest), "extract");
-    bundle.read_chunks(threads, |image, chunk| -> Result<()> {
+    bundle.read_chunks(threads, base.as_deref(), |image, chunk| -> Result<()> {
         bar.inc(chunk.data.len() as u64);
         if image.target == target {
             tmp.write_all(&chunk.data)
@@ -83,6 +100,8 @@ pub struct ImageReport {
     pub chunks: usize,
     pub chunk_size: u64,
     pub digest: String,
+    /// Set for a delta image: the base it must be applied to.
+    pub base: Option<crate::bundle::manifest::BaseSpec>,
 }
 
 #[derive(Debug, Serialize)]
@@ -130,6 +149,7 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
                 chunks: i.chunks.len(),
                 chunk_size: i.chunk_size,
                 digest: i.digest().to_string(),
+                base: i.base.clone(),
             })
             .collect(),
         migrations: m.migrations.clone(),
@@ -170,6 +190,15 @@ impl fmt::Display for InspectReport {
                 i.chunk_size >> 10,
                 i.digest
             )?;
+        }
+        for i in &self.images {
+            if let Some(b) = &i.base {
+                writeln!(
+                    f,
+                    "delta       {} applies to a {}-byte base image with digest {}",
+                    i.target, b.size, b.digest
+                )?;
+            }
         }
         for g in &self.migrations {
             let snap = if g.snapshot.is_empty() {

@@ -53,6 +53,7 @@ fn opts(chunk_size: u64) -> BuildOptions {
         chunk_size,
         threads: 2,
         migrations: Vec::new(),
+        base: None,
     }
 }
 
@@ -77,7 +78,7 @@ fn build_file(dir: &Path, images: &[(&str, Vec<u8>)], keys: &[SigningKey]) -> Pa
 fn read_all(bytes: &[u8], ring: &Keyring) -> Result<Vec<(String, Vec<u8>)>, BundleError> {
     let verified = Envelope::read(Cursor::new(bytes))?.verify(ring)?;
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-    verified.read_chunks(2, |image, chunk| -> Result<(), BundleError> {
+    verified.read_chunks(2, None, |image, chunk| -> Result<(), BundleError> {
         if chunk.index == 0 {
             out.push((image.target.clone(), Vec::new()));
         }

@@ -27,6 +27,7 @@ fn vector_options() -> BuildOptions {
         chunk_size: 65_536,
         threads: 2,
         migrations: Vec::new(),
+        base: None,
     }
 }
 
@@ -65,7 +66,7 @@ fn stored_vector_reads_and_rebuilds_byte_for_byte() {
         .unwrap();
     let mut got = Vec::new();
     verified
-        .read_chunks(1, |_, c| -> Result<(), bundle::BundleError> {
+        .read_chunks(1, None, |_, c| -> Result<(), bundle::BundleError> {
             got.extend_from_slice(&c.data);
             Ok(())
         })

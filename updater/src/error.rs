@@ -86,6 +86,9 @@ pub enum UpdateError {
         detail: String,
         aftermath: String,
     },
+
+    #[error("this delta applies to another release: the running {slot} does not match its base (digest {want})")]
+    DeltaBase { slot: &'static str, want: String },
 }
 
 impl UpdateError {
@@ -107,6 +110,7 @@ impl UpdateError {
             UpdateError::NotConfirmed => 53,
             UpdateError::MigrationPath { .. } => 54,
             UpdateError::MigrationFailed { .. } => 55,
+            UpdateError::DeltaBase { .. } => 56,
         }
     }
 }

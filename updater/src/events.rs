@@ -17,6 +17,11 @@ pub enum Event {
         slot: String,
         bytes: u64,
     },
+    /// A delta's base matched the running slot (read once, hashed).
+    BaseChecked {
+        slot: String,
+        digest: String,
+    },
     /// Image bytes verified and written so far.
     Progress {
         done: u64,
@@ -109,6 +114,9 @@ impl Observer for Terminal {
                 log::info!(
                     "{bytes} bytes verified and written to {slot} in {secs:.2} s ({rate:.0} MiB/s)"
                 );
+            }
+            Event::BaseChecked { slot, digest } => {
+                log::info!("delta base in {slot} verified: digest {digest}")
             }
             Event::ReadBack { slot, digest } => {
                 log::info!("{slot} read back in {:.2} s: digest {digest}", self.lap())

@@ -24,6 +24,7 @@ use crate::state::{now, InstallRecord, Outcome, SlotRecord, StateFile};
 use anyhow::{Context, Result};
 use bootctl::{Disk, Slot};
 use image_tools::bundle::keys::short_id;
+use image_tools::bundle::manifest::BaseSpec;
 use image_tools::bundle::pipeline::ordered_map;
 use image_tools::bundle::{Digest, Envelope, ImageSpec, Keyring, Manifest, MigrationSpec};
 use nix::fcntl::{Flock, FlockArg};
@@ -143,6 +144,11 @@ pub fn install(
     let image = manifest.image(ROOTFS)?.clone();
     let schema = state.state.data_schema.unwrap_or(migrate::INITIAL_SCHEMA);
     let chain = migrate::expand_chain(&manifest, schema)?;
+    // A delta's base is checked before anything is written.
+    let base = match &image.base {
+        Some(b) => Some(map_base(opts, &manifest, b, observer)?),
+        None => None,
+    };
 
     let _lock = lock_installs(&state_dir)?;
     let target = opts.booted.other();
@@ -194,7 +200,15 @@ pub fn install(
     save(&mut state)?;
 
     let result = write_and_flip(
-        config, bundle, &image, &area, opts, &chain, &mut state, observer,
+        config,
+        bundle,
+        &image,
+        &area,
+        base.as_deref(),
+        opts,
+        &chain,
+        &mut state,
+        observer,
     );
     let record = state
         .state
@@ -263,6 +277,7 @@ fn write_and_flip(
     bundle: image_tools::bundle::VerifiedBundle<Box<dyn Read + Send>>,
     image: &ImageSpec,
     area: &SlotArea,
+    base: Option<&[u8]>,
     opts: &InstallOptions,
     chain: &[MigrationSpec],
     state: &mut StateFile,
@@ -286,7 +301,7 @@ fn write_and_flip(
     let mut done = 0u64;
     let mut writer = SlotWriter::new(&dev, WRITEBACK_WINDOW);
     let mut executables: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    bundle.read_chunks(opts.threads, |spec, chunk| -> Result<()> {
+    bundle.read_chunks(opts.threads, base, |spec, chunk| -> Result<()> {
         if spec.target != ROOTFS {
             // A migration executable: small, kept in memory until stored.
             executables
@@ -340,6 +355,49 @@ fn write_and_flip(
         tries: config.boot_tries,
     });
     Ok(())
+}
+
+/// Maps the running slot read-only as the base of a delta, after checking
+/// (reading it once, hashing on all cores) that it is the base the delta
+/// names. If it changes later, decoded chunks fail their hashes.
+fn map_base(
+    opts: &InstallOptions,
+    manifest: &Manifest,
+    base: &BaseSpec,
+    observer: &mut dyn Observer,
+) -> Result<memmap2::Mmap> {
+    let running = opts.booted;
+    let st = Disk::open(&opts.disk, opts.sector_size, false)?.read()?;
+    let entry = st.table.entry(running);
+    let ss = st.gpt.sector_size;
+    let (offset, size) = (
+        entry.first_lba * ss,
+        (entry.last_lba + 1 - entry.first_lba) * ss,
+    );
+    let mismatch = || UpdateError::DeltaBase {
+        slot: running.name(),
+        want: base.digest.to_string(),
+    };
+    if base.size > size {
+        return Err(mismatch().into());
+    }
+    let file =
+        File::open(&opts.disk).with_context(|| format!("opening {}", opts.disk.display()))?;
+    // SAFETY: a read-only map; the slot changing under it can only make
+    // decoded chunks fail their hash check.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(base.size as usize)
+            .map(&file)
+    }
+    .with_context(|| format!("mapping {} of {}", running.name(), opts.disk.display()))?;
+    image_tools::bundle::delta::check_base(manifest, &map, opts.threads).map_err(|_| mismatch())?;
+    observer.event(&Event::BaseChecked {
+        slot: running.name().into(),
+        digest: base.digest.to_string(),
+    });
+    Ok(map)
 }
 
 /// Reads the written image back from the medium (not the page cache) and

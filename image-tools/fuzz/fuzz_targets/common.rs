@@ -10,5 +10,5 @@ pub fn read_all(bytes: &[u8], keyring: &Keyring) {
     let Ok(env) = Envelope::read(std::io::Cursor::new(bytes)) else { return };
     let _ = env.unverified_manifest();
     let Ok(verified) = env.verify(keyring) else { return };
-    let _ = verified.read_chunks(2, |_, _| Ok::<(), BundleError>(()));
+    let _ = verified.read_chunks(2, None, |_, _| Ok::<(), BundleError>(()));
 }

@@ -53,6 +53,48 @@ fn parse_image(s: &str) -> Result<ImageSource, String> {
     })
 }
 
+#[derive(Args)]
+struct BuildArgs {
+    /// Private signing key; repeat to add signatures.
+    #[arg(long = "key", required = true)]
+    keys: Vec<PathBuf>,
+    /// TARGET=PATH, e.g. rootfs=rootfs.img; repeatable.
+    #[arg(long = "image", required = true, value_parser = parse_image)]
+    images: Vec<ImageSource>,
+    #[arg(long)]
+    compatible: String,
+    /// Release version (semver).
+    #[arg(long = "version")]
+    release_version: String,
+    #[arg(long, default_value_t = 0)]
+    security_version: u64,
+    /// The data schema this release expects.
+    #[arg(long)]
+    data_schema: Option<u32>,
+    /// zstd level (1-19).
+    #[arg(long, default_value_t = DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
+    level: i32,
+    #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE, value_parser = parse_size)]
+    chunk_size: u64,
+    #[arg(long, default_value_t = default_threads())]
+    threads: usize,
+    #[arg(long)]
+    out: PathBuf,
+    /// A data migration executable; give --from, --to and --phase after
+    /// each, and --snapshot DIR (repeatable) for the data directories it
+    /// changes.
+    #[arg(long = "migration")]
+    migrations: Vec<PathBuf>,
+    #[arg(long)]
+    from: Vec<u32>,
+    #[arg(long)]
+    to: Vec<u32>,
+    #[arg(long, value_parser = ["expand", "finalize"])]
+    phase: Vec<String>,
+    #[arg(long)]
+    snapshot: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create an ed25519 signing key (PKCS#8 PEM) and its public key (PEM).
@@ -64,44 +106,17 @@ enum Command {
     },
     /// Build a signed release bundle from root filesystem images.
     Build {
-        /// Private signing key; repeat to add signatures.
-        #[arg(long = "key", required = true)]
-        keys: Vec<PathBuf>,
-        /// TARGET=PATH, e.g. rootfs=rootfs.img; repeatable.
-        #[arg(long = "image", required = true, value_parser = parse_image)]
-        images: Vec<ImageSource>,
+        #[command(flatten)]
+        args: BuildArgs,
+    },
+    /// Build a delta bundle: the rootfs image encoded against the base image
+    /// the device runs (zstd patch-from, chunk by chunk).
+    Delta {
+        /// The image of the release the device runs now.
         #[arg(long)]
-        compatible: String,
-        /// Release version (semver).
-        #[arg(long = "version")]
-        release_version: String,
-        #[arg(long, default_value_t = 0)]
-        security_version: u64,
-        /// The data schema this release expects.
-        #[arg(long)]
-        data_schema: Option<u32>,
-        /// zstd level (1-19).
-        #[arg(long, default_value_t = DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
-        level: i32,
-        #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE, value_parser = parse_size)]
-        chunk_size: u64,
-        #[arg(long, default_value_t = default_threads())]
-        threads: usize,
-        #[arg(long)]
-        out: PathBuf,
-        /// A data migration executable; give --from, --to and --phase after
-        /// each, and --snapshot DIR (repeatable) for the data directories it
-        /// changes.
-        #[arg(long = "migration")]
-        migrations: Vec<PathBuf>,
-        #[arg(long)]
-        from: Vec<u32>,
-        #[arg(long)]
-        to: Vec<u32>,
-        #[arg(long, value_parser = ["expand", "finalize"])]
-        phase: Vec<String>,
-        #[arg(long)]
-        snapshot: Vec<String>,
+        base: PathBuf,
+        #[command(flatten)]
+        args: BuildArgs,
     },
     /// Show what a bundle says it holds (signature NOT checked).
     Inspect {
@@ -114,6 +129,9 @@ enum Command {
         bundle: PathBuf,
         #[command(flatten)]
         trust: Trust,
+        /// For a delta bundle: the base image it applies to.
+        #[arg(long)]
+        base: Option<PathBuf>,
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
     },
@@ -122,6 +140,9 @@ enum Command {
         bundle: PathBuf,
         #[command(flatten)]
         trust: Trust,
+        /// For a delta bundle: the base image it applies to.
+        #[arg(long)]
+        base: Option<PathBuf>,
         #[arg(long, default_value = "rootfs")]
         image: String,
         #[arg(long)]
@@ -180,66 +201,9 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
                 public.display()
             );
         }
-        Command::Build {
-            keys: key_paths,
-            images,
-            compatible,
-            release_version,
-            security_version,
-            data_schema,
-            level,
-            chunk_size,
-            threads,
-            out,
-            migrations,
-            from,
-            to,
-            phase,
-            snapshot,
-        } => {
-            let build_matches = matches
-                .subcommand_matches("build")
-                .context("no build arguments")?;
-            let migrations =
-                group_migrations(build_matches, migrations, from, to, phase, snapshot)?;
-            let signing = key_paths
-                .iter()
-                .map(|p| keys::load_private(p))
-                .collect::<Result<Vec<_>, _>>()?;
-            let opts = BuildOptions {
-                compatible,
-                version: release_version,
-                security_version,
-                data_schema,
-                build_time: build_time()?,
-                level,
-                chunk_size,
-                threads,
-                migrations,
-            };
-            let total = images
-                .iter()
-                .map(|i| std::fs::metadata(&i.path).map(|m| m.len()).unwrap_or(0))
-                .sum();
-            let bar = byte_bar(total, "build");
-            let manifest = bundle::build(&opts, &images, &signing, &out, &mut |n| bar.inc(n))?;
-            bar.finish_and_clear();
-            let size = std::fs::metadata(&out)?.len();
-            println!(
-                "{}: {} {} for {}, {} bytes from {} bytes of images, {} signature(s)",
-                out.display(),
-                manifest.compatible,
-                manifest.version,
-                manifest
-                    .images
-                    .iter()
-                    .map(|i| i.target.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                size,
-                total,
-                signing.len()
-            );
+        Command::Build { args } => build(args, None, matches.subcommand_matches("build"))?,
+        Command::Delta { base, args } => {
+            build(args, Some(base), matches.subcommand_matches("delta"))?
         }
         Command::Inspect { bundle, json } => {
             let report = ops::inspect(&bundle)?;
@@ -252,9 +216,10 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Verify {
             bundle,
             trust,
+            base,
             threads,
         } => {
-            let (m, signer) = ops::verify(&bundle, &trust.load()?, threads)?;
+            let (m, signer) = ops::verify(&bundle, &trust.load()?, threads, base.as_deref())?;
             let bytes: u64 = m.images.iter().map(|i| i.size).sum();
             println!(
                 "{}: OK: signed by {signer}, {} {}, {bytes} bytes in {} image(s) checked",
@@ -267,11 +232,19 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Extract {
             bundle,
             trust,
+            base,
             image,
             out,
             threads,
         } => {
-            let m = ops::extract(&bundle, &trust.load()?, &image, &out, threads)?;
+            let m = ops::extract(
+                &bundle,
+                &trust.load()?,
+                &image,
+                &out,
+                threads,
+                base.as_deref(),
+            )?;
             println!(
                 "{}: image {image} of {} {} verified and written",
                 out.display(),
@@ -354,4 +327,66 @@ fn group_migrations(
         out[owner].snapshot.push(dir);
     }
     Ok(out)
+}
+
+fn build(args: BuildArgs, base: Option<PathBuf>, matches: Option<&clap::ArgMatches>) -> Result<()> {
+    let BuildArgs {
+        keys: key_paths,
+        images,
+        compatible,
+        release_version,
+        security_version,
+        data_schema,
+        level,
+        chunk_size,
+        threads,
+        out,
+        migrations,
+        from,
+        to,
+        phase,
+        snapshot,
+    } = args;
+    let build_matches = matches.context("no build arguments")?;
+    let migrations = group_migrations(build_matches, migrations, from, to, phase, snapshot)?;
+    let signing = key_paths
+        .iter()
+        .map(|p| keys::load_private(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = BuildOptions {
+        compatible,
+        version: release_version,
+        security_version,
+        data_schema,
+        build_time: build_time()?,
+        level,
+        chunk_size,
+        threads,
+        migrations,
+        base,
+    };
+    let total = images
+        .iter()
+        .map(|i| std::fs::metadata(&i.path).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let bar = byte_bar(total, "build");
+    let manifest = bundle::build(&opts, &images, &signing, &out, &mut |n| bar.inc(n))?;
+    bar.finish_and_clear();
+    let size = std::fs::metadata(&out)?.len();
+    println!(
+        "{}: {} {} for {}, {} bytes from {} bytes of images, {} signature(s)",
+        out.display(),
+        manifest.compatible,
+        manifest.version,
+        manifest
+            .images
+            .iter()
+            .map(|i| i.target.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        size,
+        total,
+        signing.len()
+    );
+    Ok(())
 }

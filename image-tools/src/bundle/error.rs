@@ -66,6 +66,12 @@ pub enum BundleError {
 
     #[error("bundle has no image named {0:?}")]
     NoSuchImage(String),
+
+    #[error("image {image} is a delta: it needs its {size}-byte base image (pass --base)")]
+    NeedsBase { image: String, size: u64 },
+
+    #[error("image {image} is a delta against another base (digest {digest})")]
+    WrongBase { image: String, digest: String },
 }
 
 impl BundleError {
@@ -86,6 +92,8 @@ impl BundleError {
             BundleError::TrailingData => 31,
             BundleError::Key { .. } => 32,
             BundleError::NoSuchImage(_) => 33,
+            BundleError::NeedsBase { .. } => 34,
+            BundleError::WrongBase { .. } => 35,
         }
     }
 

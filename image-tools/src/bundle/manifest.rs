@@ -103,6 +103,18 @@ pub struct ImageSpec {
     /// Uncompressed size of every chunk but the last.
     pub chunk_size: u64,
     pub chunks: Vec<ChunkSpec>,
+    /// Set for a delta image: the image its chunks are decoded against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseSpec>,
+}
+
+/// The base of a delta image: what must be in the running slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseSpec {
+    pub size: u64,
+    /// Image digest of the base, chunked at this image's `chunk_size`.
+    pub digest: Digest,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +126,10 @@ pub struct ChunkSpec {
     pub length: u64,
     /// SHA-256 of the chunk's uncompressed bytes.
     pub sha256: Digest,
+    /// Delta chunks: `[offset, length]` ranges of the base image whose
+    /// concatenation is the zstd reference prefix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base_ranges: Vec<[u64; 2]>,
 }
 
 impl ImageSpec {
@@ -229,6 +245,31 @@ impl Manifest {
             }
             let max_len = max_compressed_len(image.chunk_size);
             for (i, c) in image.chunks.iter().enumerate() {
+                let ref_len: u64 = c.base_ranges.iter().map(|r| r[1]).sum();
+                match &image.base {
+                    None if !c.base_ranges.is_empty() => {
+                        return Err(bad(format!(
+                            "image {t} chunk {i}: base ranges in an image without a base"
+                        )));
+                    }
+                    Some(b)
+                        if c.base_ranges.iter().any(|r| {
+                            r[1] == 0 || r[0].checked_add(r[1]).is_none_or(|end| end > b.size)
+                        }) =>
+                    {
+                        return Err(bad(format!(
+                            "image {t} chunk {i}: a base range lies outside the {}-byte base",
+                            b.size
+                        )));
+                    }
+                    _ if ref_len > super::delta::MAX_REF_LEN => {
+                        return Err(bad(format!(
+                            "image {t} chunk {i}: reference of {ref_len} bytes exceeds {}",
+                            super::delta::MAX_REF_LEN
+                        )));
+                    }
+                    _ => {}
+                }
                 if c.offset != next_offset {
                     return Err(bad(format!(
                         "image {t} chunk {i}: offset {} but the previous chunk ends at {next_offset}",

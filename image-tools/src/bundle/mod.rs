@@ -19,6 +19,7 @@
 //! SHA-256 of every chunk's uncompressed bytes, so each chunk is checked
 //! before anyone sees it. Everything is readable front to back from a pipe.
 
+pub mod delta;
 pub mod error;
 pub mod header;
 pub mod keys;

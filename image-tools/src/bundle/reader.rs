@@ -126,10 +126,12 @@ struct Job {
 impl<R: Read + Send> VerifiedBundle<R> {
     /// Streams every chunk of every image, in order, to `sink`, each already
     /// decompressed and checked, using `threads` workers. Checks that the
-    /// bundle ends where the manifest says.
+    /// bundle ends where the manifest says. A delta image is decoded against
+    /// `base`, the image its manifest names (the caller checks its digest).
     pub fn read_chunks<E>(
         self,
         threads: usize,
+        base: Option<&[u8]>,
         mut sink: impl FnMut(&ImageSpec, &Chunk) -> Result<(), E>,
     ) -> Result<(), E>
     where
@@ -147,6 +149,20 @@ impl<R: Read + Send> VerifiedBundle<R> {
                 .map(move |(c, spec)| (i, c, spec.offset, spec.length))
         });
         let images = &manifest.images;
+        for image in images {
+            if let Some(b) = &image.base {
+                match base {
+                    Some(have) if have.len() as u64 >= b.size => {}
+                    _ => {
+                        return Err(BundleError::NeedsBase {
+                            image: image.target.clone(),
+                            size: b.size,
+                        }
+                        .into())
+                    }
+                }
+            }
+        }
         // Decompressed buffers go back to the workers once the sink is done
         // with them: a fresh 4 MiB buffer per chunk costs a thousand page
         // faults, a reused one none.
@@ -173,8 +189,8 @@ impl<R: Read + Send> VerifiedBundle<R> {
                     compressed,
                 }))
             },
-            zstd::bulk::Decompressor::new,
-            |dctx, job| -> Result<Chunk, E> {
+            || (zstd::bulk::Decompressor::new(), Vec::new()),
+            |(dctx, reference), job| -> Result<Chunk, E> {
                 let spec = &images[job.image];
                 let expected = spec.chunk_len(job.index) as usize;
                 let decode_err = |reason: String| BundleError::ChunkDecode {
@@ -183,12 +199,22 @@ impl<R: Read + Send> VerifiedBundle<R> {
                     offset: job.bundle_offset,
                     reason,
                 };
-                let dctx = dctx.as_mut().map_err(|e| decode_err(e.to_string()))?;
                 let mut data = pool_rx.try_recv().unwrap_or_default();
                 data.clear();
                 data.reserve_exact(expected);
-                dctx.decompress_to_buffer(&job.compressed, &mut data)
-                    .map_err(|e| decode_err(e.to_string()))?;
+                let ranges = &spec.chunks[job.index].base_ranges;
+                match base.filter(|_| spec.base.is_some()) {
+                    Some(base) => {
+                        super::delta::assemble(base, ranges, reference);
+                        super::delta::decompress(&job.compressed, reference, &mut data)
+                            .map_err(decode_err)?;
+                    }
+                    None => {
+                        let dctx = dctx.as_mut().map_err(|e| decode_err(e.to_string()))?;
+                        dctx.decompress_to_buffer(&job.compressed, &mut data)
+                            .map_err(|e| decode_err(e.to_string()))?;
+                    }
+                }
                 if data.len() != expected {
                     return Err(
                         decode_err(format!("{} bytes, expected {expected}", data.len())).into(),

@@ -2,10 +2,11 @@
 //! an independent zstd frame on all cores, hashed, and listed in a manifest
 //! signed by one or more keys.
 
+use super::delta::{self, BaseIndex};
 use super::error::{BundleError, Result};
 use super::header::{encode_signatures, Header, SignatureEntry};
 use super::keys::key_id;
-use super::manifest::{ChunkSpec, Digest, ImageSpec, Manifest, MigrationSpec, Phase};
+use super::manifest::{BaseSpec, ChunkSpec, Digest, ImageSpec, Manifest, MigrationSpec, Phase};
 use super::pipeline::ordered_map;
 use super::{FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use ed25519_dalek::{Signer, SigningKey};
@@ -29,6 +30,9 @@ pub struct BuildOptions {
     pub chunk_size: u64,
     pub threads: usize,
     pub migrations: Vec<MigrationSource>,
+    /// Makes a delta bundle: the `rootfs` image is encoded against this
+    /// base image, which the device must be running.
+    pub base: Option<PathBuf>,
 }
 
 /// A migration executable to pack, and when it runs.
@@ -62,10 +66,12 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Compresses one image into `payload`, whose current length is where its
-/// first chunk starts. `progress` gets the uncompressed bytes done.
+/// first chunk starts; against `base` (a delta) when given. `progress` gets
+/// the uncompressed bytes done.
 fn write_image(
     opts: &BuildOptions,
     src: &ImageSource,
+    base: Option<&BaseIndex>,
     payload: &mut File,
     payload_offset: &mut u64,
     progress: &mut dyn FnMut(u64),
@@ -82,29 +88,36 @@ fn write_image(
     let mut chunks = Vec::new();
     let mut read_so_far = 0u64;
     let chunk_size = opts.chunk_size as usize;
+    let zstd_err = |e: String| BundleError::io("compressing")(std::io::Error::other(e));
     ordered_map(
         opts.threads,
-        || -> Result<Option<Vec<u8>>> {
+        || -> Result<Option<(u64, Vec<u8>)>> {
             let mut buf = vec![0u8; chunk_size];
             let n = read_full(&mut file, &mut buf).map_err(path_err("reading"))?;
             if n == 0 {
                 return Ok(None);
             }
             buf.truncate(n);
+            let offset = read_so_far;
             read_so_far += n as u64;
-            Ok(Some(buf))
+            Ok(Some((offset, buf)))
         },
-        || zstd::bulk::Compressor::new(opts.level),
-        |cctx, raw| -> Result<(Vec<u8>, Digest, usize)> {
-            let cctx = cctx.as_mut().map_err(|e| {
-                BundleError::io("setting up zstd")(std::io::Error::other(e.to_string()))
-            })?;
+        || (zstd::bulk::Compressor::new(opts.level), Vec::new()),
+        |(cctx, reference), (offset, raw)| -> Result<(Vec<u8>, Digest, usize, Vec<[u64; 2]>)> {
+            let sha256 = Digest::of(&raw);
+            if let Some(index) = base {
+                let ranges = index.ranges_for(&raw, offset, 4 * opts.chunk_size);
+                delta::assemble(index.base(), &ranges, reference);
+                let compressed = delta::compress(&raw, reference, opts.level).map_err(zstd_err)?;
+                return Ok((compressed, sha256, raw.len(), ranges));
+            }
+            let cctx = cctx.as_mut().map_err(|e| zstd_err(e.to_string()))?;
             let compressed = cctx
                 .compress(&raw)
                 .map_err(BundleError::io("compressing"))?;
-            Ok((compressed, Digest::of(&raw), raw.len()))
+            Ok((compressed, sha256, raw.len(), Vec::new()))
         },
-        |(compressed, sha256, raw_len)| {
+        |(compressed, sha256, raw_len, base_ranges)| {
             payload
                 .write_all(&compressed)
                 .map_err(BundleError::io("writing the payload"))?;
@@ -112,6 +125,7 @@ fn write_image(
                 offset: *payload_offset,
                 length: compressed.len() as u64,
                 sha256,
+                base_ranges,
             });
             *payload_offset += compressed.len() as u64;
             progress(raw_len as u64);
@@ -126,11 +140,16 @@ fn write_image(
             )),
         });
     }
+    let base = base.map(|b| BaseSpec {
+        size: b.base().len() as u64,
+        digest: delta::base_digest(b.base(), opts.chunk_size, opts.threads),
+    });
     Ok(ImageSpec {
         target: src.target.clone(),
         size,
         chunk_size: opts.chunk_size,
         chunks,
+        base,
     })
 }
 
@@ -179,9 +198,17 @@ pub fn build(
             snapshot: m.snapshot.clone(),
         });
     }
+    let base_map = match &opts.base {
+        Some(path) => Some(delta::map_file(path)?),
+        None => None,
+    };
+    let index = base_map.as_deref().map(BaseIndex::build);
     let specs = sources
         .iter()
-        .map(|src| write_image(opts, src, &mut payload, &mut offset, progress))
+        .map(|src| {
+            let base = index.as_ref().filter(|_| src.target == "rootfs");
+            write_image(opts, src, base, &mut payload, &mut offset, progress)
+        })
         .collect::<Result<Vec<_>>>()?;
     let manifest = Manifest {
         format: FORMAT_VERSION,

@@ -105,6 +105,8 @@ pub struct Release<'a> {
     pub image: Vec<u8>,
     pub data_schema: Option<u32>,
     pub migrations: Vec<bundle::MigrationSource>,
+    /// Makes a delta bundle against this base image.
+    pub base: Option<PathBuf>,
 }
 
 pub fn release(version: &str) -> Release<'_> {
@@ -117,6 +119,7 @@ pub fn release(version: &str) -> Release<'_> {
         image: pattern(3 * MIB + 12345, 7),
         data_schema: None,
         migrations: Vec::new(),
+        base: None,
     }
 }
 
@@ -140,6 +143,7 @@ pub fn bundle_in(dir: &Path, r: &Release) -> PathBuf {
         chunk_size: 256 << 10,
         threads: 2,
         migrations: r.migrations.clone(),
+        base: r.base.clone(),
     };
     bundle::build(
         &opts,
