@@ -282,3 +282,81 @@ fn migrations_are_packed_with_their_snapshots_and_listed() {
             "each --migration needs its own --from, --to and --phase",
         ));
 }
+
+#[test]
+fn delta_bundles_need_and_check_their_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let mut v2 = std::fs::read(d.join("rootfs.img")).unwrap();
+    v2[1000..5000].fill(9);
+    v2.extend_from_slice(&[3u8; 70_000]);
+    std::fs::write(d.join("v2.img"), &v2).unwrap();
+    it().current_dir(d)
+        .args([
+            "delta",
+            "--base",
+            "rootfs.img",
+            "--key",
+            "k.pem",
+            "--image",
+            "rootfs=v2.img",
+            "--compatible",
+            "acme-gw",
+        ])
+        .args([
+            "--version",
+            "2.1.0",
+            "--chunk-size",
+            "64K",
+            "--out",
+            "d.swb",
+        ])
+        .assert()
+        .success();
+    it().current_dir(d)
+        .args(["inspect", "d.swb"])
+        .assert()
+        .success()
+        .stdout(contains(
+            "delta       rootfs applies to a 300000-byte base image",
+        ));
+    it().current_dir(d)
+        .args(["verify", "d.swb", "--public", "k.pub"])
+        .assert()
+        .code(34)
+        .stderr(contains("pass --base"));
+    it().current_dir(d)
+        .args(["verify", "d.swb", "--public", "k.pub", "--base", "v2.img"])
+        .assert()
+        .code(35);
+    it().current_dir(d)
+        .args([
+            "verify",
+            "d.swb",
+            "--public",
+            "k.pub",
+            "--base",
+            "rootfs.img",
+        ])
+        .assert()
+        .success();
+    it().current_dir(d)
+        .args([
+            "extract",
+            "d.swb",
+            "--public",
+            "k.pub",
+            "--base",
+            "rootfs.img",
+            "--out",
+            "x.img",
+        ])
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(d.join("x.img")).unwrap(), v2);
+    assert!(
+        std::fs::metadata(d.join("d.swb")).unwrap().len()
+            < std::fs::metadata(d.join("r.swb")).unwrap().len() / 5
+    );
+}

@@ -65,6 +65,14 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// One chunk as a worker leaves it.
+struct Compressed {
+    bytes: Vec<u8>,
+    sha256: Digest,
+    raw_len: usize,
+    base_ranges: Vec<[u64; 2]>,
+}
+
 /// Compresses one image into `payload`, whose current length is where its
 /// first chunk starts; against `base` (a delta) when given. `progress` gets
 /// the uncompressed bytes done.
@@ -103,21 +111,36 @@ fn write_image(
             Ok(Some((offset, buf)))
         },
         || (zstd::bulk::Compressor::new(opts.level), Vec::new()),
-        |(cctx, reference), (offset, raw)| -> Result<(Vec<u8>, Digest, usize, Vec<[u64; 2]>)> {
+        |(cctx, reference), (offset, raw)| -> Result<Compressed> {
             let sha256 = Digest::of(&raw);
             if let Some(index) = base {
-                let ranges = index.ranges_for(&raw, offset, 4 * opts.chunk_size);
-                delta::assemble(index.base(), &ranges, reference);
-                let compressed = delta::compress(&raw, reference, opts.level).map_err(zstd_err)?;
-                return Ok((compressed, sha256, raw.len(), ranges));
+                let base_ranges = index.ranges_for(&raw, offset, 4 * opts.chunk_size);
+                delta::assemble(index.base(), &base_ranges, reference);
+                let bytes = delta::compress(&raw, reference, opts.level).map_err(zstd_err)?;
+                return Ok(Compressed {
+                    bytes,
+                    sha256,
+                    raw_len: raw.len(),
+                    base_ranges,
+                });
             }
             let cctx = cctx.as_mut().map_err(|e| zstd_err(e.to_string()))?;
-            let compressed = cctx
+            let bytes = cctx
                 .compress(&raw)
                 .map_err(BundleError::io("compressing"))?;
-            Ok((compressed, sha256, raw.len(), Vec::new()))
+            Ok(Compressed {
+                bytes,
+                sha256,
+                raw_len: raw.len(),
+                base_ranges: Vec::new(),
+            })
         },
-        |(compressed, sha256, raw_len, base_ranges)| {
+        |Compressed {
+             bytes: compressed,
+             sha256,
+             raw_len,
+             base_ranges,
+         }| {
             payload
                 .write_all(&compressed)
                 .map_err(BundleError::io("writing the payload"))?;
