@@ -5,6 +5,27 @@
 use crate::slots::{Slot, SlotTable};
 use std::path::{Path, PathBuf};
 
+/// The command-line options every Switchback tool takes to find its disk
+/// and the booted slot.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DiskArgs {
+    /// Disk or disk image holding the slots (default: the disk of the running root).
+    #[arg(long, global = true)]
+    pub disk: Option<PathBuf>,
+    /// Logical sector size of a disk image (default: detected).
+    #[arg(long, global = true, value_parser = ["512", "4096"])]
+    pub sector_size: Option<String>,
+    /// The slot the system booted from (default: from /proc/cmdline).
+    #[arg(long, global = true)]
+    pub booted_slot: Option<Slot>,
+}
+
+impl DiskArgs {
+    pub fn sector_size(&self) -> Option<u64> {
+        self.sector_size.as_deref().and_then(|s| s.parse().ok())
+    }
+}
+
 /// The kernel command line's `key=value` for `key`.
 pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
     cmdline

@@ -77,6 +77,19 @@ impl StatusReport {
     }
 }
 
+/// `  (booted, next)` or the part of it that applies, for a status line.
+pub fn slot_marks(slot: Slot, booted: Option<Slot>, next: Slot) -> String {
+    let marks: Vec<&str> = [(Some(slot) == booted, "booted"), (slot == next, "next")]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+    if marks.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", marks.join(", "))
+    }
+}
+
 impl fmt::Display for StatusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "disk {} ({}-byte sectors)", self.disk, self.sector_size)?;
@@ -86,18 +99,7 @@ impl fmt::Display for StatusReport {
             "slot", "priority", "tries", "successful"
         )?;
         for s in &self.slots {
-            let mut marks = Vec::new();
-            if Some(s.name) == self.booted {
-                marks.push("booted");
-            }
-            if s.name == self.next {
-                marks.push("next");
-            }
-            let marks = if marks.is_empty() {
-                String::new()
-            } else {
-                format!("  ({})", marks.join(", "))
-            };
+            let marks = slot_marks(s.name, self.booted, self.next);
             writeln!(
                 f,
                 "{:<8} {:>8} {:>5} {:>10}{marks}",

@@ -83,6 +83,11 @@ pub fn extract(
         Ok(())
     })?;
     bar.finish_and_clear();
+    let mut perms = tmp.as_file().metadata()?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    tmp.as_file()
+        .set_permissions(perms)
+        .with_context(|| format!("setting permissions of {}", out.display()))?;
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("syncing {}", out.display()))?;

@@ -1,7 +1,7 @@
 //! `updater status`: the boot flags, what each slot holds, the last install.
 
 use crate::state::{InstallRecord, StateFile};
-use bootctl::report::StatusReport;
+use bootctl::report::{slot_marks, StatusReport};
 use bootctl::{Slot, State};
 use serde::Serialize;
 use std::fmt;
@@ -70,26 +70,15 @@ impl fmt::Display for UpdaterStatus {
             "slot", "priority", "tries", "successful", "release"
         )?;
         for s in &self.slots {
-            let mut marks = Vec::new();
-            if Some(s.name) == self.booted {
-                marks.push("booted");
-            }
-            if s.name == self.next {
-                marks.push("next");
-            }
             writeln!(
                 f,
-                "{:<8} {:>8} {:>5} {:>10}  {:<12} {}",
+                "{:<8} {:>8} {:>5} {:>10}  {:<12}{}",
                 s.name.name(),
                 s.priority,
                 s.tries,
                 if s.successful { "yes" } else { "no" },
                 s.version.as_deref().unwrap_or("-"),
-                if marks.is_empty() {
-                    String::new()
-                } else {
-                    format!("({})", marks.join(", "))
-                }
+                slot_marks(s.name, self.booted, self.next)
             )?;
         }
         writeln!(f, "security floor {}", self.security_floor)?;

@@ -168,19 +168,9 @@ fn a_base_altered_after_the_check_fails_the_install_safely() {
     }
     let (dev, v1, v2) = device_with_v1();
     let delta = dev.bundle(&v2_release(&v1, &v2, true));
-    let config = updater::config::Config::load(&dev.config).unwrap();
-    let opts = updater::install::InstallOptions {
-        disk: dev.disk.clone(),
-        sector_size: None,
-        booted: Slot::A,
-        allow_downgrade: false,
-        threads: 2,
-    };
-    let src = Box::new(std::fs::File::open(&delta).unwrap());
-    let err = updater::install::install(
-        &config,
-        src,
-        &opts,
+    let err = install_with(
+        &dev,
+        &delta,
         &mut Alter(dev.disk.clone(), dev.layout.slots[0].offset),
     )
     .unwrap_err();

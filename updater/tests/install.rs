@@ -336,19 +336,8 @@ fn read_back_mismatch_is_caught_before_the_flip() {
     let dev = device();
     let b = dev.bundle(&release("2.0.0"));
     dev.make_b_good();
-    let config = updater::config::Config::load(&dev.config).unwrap();
-    let opts = updater::install::InstallOptions {
-        disk: dev.disk.clone(),
-        sector_size: None,
-        booted: Slot::A,
-        allow_downgrade: false,
-        threads: 2,
-    };
     let offset = dev.layout.slots[1].offset + 5 * (256 << 10) + 17;
-    let src = Box::new(std::fs::File::open(&b).unwrap());
-    let err =
-        updater::install::install(&config, src, &opts, &mut Saboteur(dev.disk.clone(), offset))
-            .unwrap_err();
+    let err = install_with(&dev, &b, &mut Saboteur(dev.disk.clone(), offset)).unwrap_err();
     assert_eq!(updater::exit_code(&err), 46);
     assert!(
         format!("{err:#}").contains("read-back of slot_b: chunk 5"),

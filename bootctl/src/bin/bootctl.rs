@@ -5,7 +5,6 @@ use bootctl::host;
 use bootctl::report::StatusReport;
 use bootctl::{Disk, Error, Slot, DEFAULT_TRIES};
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -13,15 +12,8 @@ use std::path::PathBuf;
     about = "Switchback boot control: the A/B slots' GPT boot flags"
 )]
 struct Cli {
-    /// Disk or disk image (default: the disk holding the running root).
-    #[arg(long, global = true)]
-    disk: Option<PathBuf>,
-    /// Logical sector size of a disk image (default: detected).
-    #[arg(long, global = true, value_parser = ["512", "4096"])]
-    sector_size: Option<String>,
-    /// The slot the system booted from (default: from /proc/cmdline).
-    #[arg(long, global = true)]
-    booted_slot: Option<Slot>,
+    #[command(flatten)]
+    target: host::DiskArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,7 +58,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     let cmdline = host::read_cmdline();
-    let path = match cli.disk {
+    let path = match cli.target.disk.clone() {
         Some(p) => p,
         None => host::root_disk(&cmdline).ok_or_else(|| {
             Error::Invalid(
@@ -74,11 +66,12 @@ fn run(cli: Cli) -> Result<()> {
             )
         })?,
     };
-    let sector_size = cli.sector_size.map(|s| s.parse::<u64>()).transpose()?;
+    let sector_size = cli.target.sector_size();
     let writes = !matches!(cli.command, Command::Status { .. });
     let mut disk = Disk::open(&path, sector_size, writes)?;
     let state = disk.read()?;
     let booted = cli
+        .target
         .booted_slot
         .or_else(|| host::booted_slot(&cmdline, &state.table));
     let named_or_booted = |slot: Option<Slot>| slot.or(booted).ok_or(Error::BootedUnknown);

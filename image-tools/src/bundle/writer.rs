@@ -12,6 +12,7 @@ use super::{FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use ed25519_dalek::{Signer, SigningKey};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
@@ -272,6 +273,9 @@ pub fn build(
         .rewind()
         .map_err(out_err("rewinding the payload of"))?;
     std::io::copy(&mut payload, f).map_err(out_err("writing the payload of"))?;
+    // A bundle is meant to be published; the temporary file's 0600 is not.
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(out_err("setting permissions of"))?;
     f.sync_all().map_err(out_err("syncing"))?;
     tmp.persist(out)
         .map_err(|e| BundleError::io(format!("renaming into {}", out.display()))(e.error))?;

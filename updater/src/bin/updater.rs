@@ -1,7 +1,7 @@
 //! `updater`: install releases into the inactive slot, report status.
 
 use anyhow::{Context, Result};
-use bootctl::{host, Disk, Error as BootError, Slot};
+use bootctl::{host, Disk, Error as BootError};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use updater::config::{Config, DEFAULT_PATH};
@@ -35,15 +35,9 @@ fn confirm(question: &str) -> Result<bool> {
 struct Cli {
     #[arg(long, global = true, default_value = DEFAULT_PATH)]
     config: PathBuf,
-    /// Disk or disk image holding the slots (overrides the config).
-    #[arg(long, global = true)]
-    disk: Option<PathBuf>,
-    /// Logical sector size of a disk image (default: detected).
-    #[arg(long, global = true, value_parser = ["512", "4096"])]
-    sector_size: Option<String>,
-    /// The slot the system booted from (default: from /proc/cmdline).
-    #[arg(long, global = true)]
-    booted_slot: Option<Slot>,
+    /// --disk overrides the config's `disk`.
+    #[command(flatten)]
+    target: host::DiskArgs,
     /// JSON output: JSON lines of events for install, one object for queries.
     #[arg(long, global = true)]
     json: bool,
@@ -110,6 +104,7 @@ fn run(cli: Cli) -> Result<()> {
     let config = Config::load(&cli.config)?;
     let cmdline = host::read_cmdline();
     let disk_path = cli
+        .target
         .disk
         .clone()
         .or_else(|| config.disk.clone())
@@ -120,13 +115,10 @@ fn run(cli: Cli) -> Result<()> {
                     .into(),
             )
         })?;
-    let sector_size = cli
-        .sector_size
-        .as_deref()
-        .map(str::parse::<u64>)
-        .transpose()?;
+    let sector_size = cli.target.sector_size();
     let boot_state = Disk::open(&disk_path, sector_size, false)?.read()?;
     let booted = cli
+        .target
         .booted_slot
         .or_else(|| host::booted_slot(&cmdline, &boot_state.table));
 

@@ -288,3 +288,26 @@ pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// Installs `bundle` through the library, booted from slot_a, with an
+/// observer that can step in between phases.
+pub fn install_with(
+    dev: &Device,
+    bundle: &Path,
+    observer: &mut dyn updater::events::Observer,
+) -> anyhow::Result<updater::install::Installed> {
+    let config = updater::config::Config::load(&dev.config)?;
+    let opts = updater::install::InstallOptions {
+        disk: dev.disk.clone(),
+        sector_size: None,
+        booted: Slot::A,
+        allow_downgrade: false,
+        threads: 2,
+    };
+    updater::install::install(
+        &config,
+        Box::new(std::fs::File::open(bundle)?),
+        &opts,
+        observer,
+    )
+}
