@@ -197,3 +197,77 @@ fn technician_rollback_after_a_good_update() {
         .success();
     assert_eq!(status_json(&d)["slots"][1]["priority"], 0);
 }
+
+/// A loop device over a disk image, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn attach(image: &Path, sector_size: u64) -> Loop {
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show", "--sector-size", &sector_size.to_string()])
+            .arg(image)
+            .output()
+            .expect("losetup (util-linux)");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Loop(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn flips_on_block_devices_with_512_and_4096_byte_sectors() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: attaching loop devices needs root");
+        return;
+    }
+    for sector in [512u64, 4096] {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        provision::create(
+            &image,
+            Layout {
+                slot_size: 2 << 20,
+                data_size: 1 << 20,
+                sector_size: sector,
+            },
+        )
+        .unwrap();
+        let dev = Loop::attach(&image, sector);
+        let v = status_json(Path::new(&dev.0));
+        // The kernel's sector size (BLKSSZGET), not a guess from the content.
+        assert_eq!(v["sector_size"], sector, "{}", dev.0);
+        bootctl(Path::new(&dev.0))
+            .args(["set-active", "b"])
+            .assert()
+            .success();
+        bootctl(Path::new(&dev.0))
+            .arg("select")
+            .assert()
+            .success()
+            .stdout("slot_b\n");
+        drop(dev);
+        // What was written through the device is on the image, both copies valid.
+        let mut disk = bootctl::Disk::open(&image, Some(sector), false).unwrap();
+        let state = disk.read().unwrap();
+        assert!(state.gpt.is_consistent());
+        assert_eq!(
+            state.attrs()[1],
+            bootctl::BootAttrs {
+                priority: 2,
+                tries: 2,
+                successful: false
+            }
+        );
+    }
+}
