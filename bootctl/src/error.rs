@@ -3,9 +3,11 @@
 
 use std::path::PathBuf;
 
+/// Variants that wrap a cause keep it as `source` and leave it out of their
+/// own message: printed with `{:#}` (as every CLI here does) it follows once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {op}: {source}")]
+    #[error("{path}: {op}")]
     Io {
         path: PathBuf,
         op: &'static str,

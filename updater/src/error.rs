@@ -25,7 +25,7 @@ pub enum UpdateError {
         slot_size: u64,
     },
 
-    #[error("writing {slot} of {disk} at byte {offset}: {source}")]
+    #[error("writing {slot} of {disk} at byte {offset}")]
     Write {
         slot: &'static str,
         disk: PathBuf,
@@ -50,7 +50,7 @@ pub enum UpdateError {
     #[error("bundle image {0:?} has no place on this device (only \"rootfs\" is installed)")]
     UnsupportedTarget(String),
 
-    #[error("state file {path}: {source}")]
+    #[error("state file {path}")]
     State {
         path: PathBuf,
         #[source]
