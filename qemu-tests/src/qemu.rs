@@ -1,0 +1,127 @@
+//! A QEMU machine (TCG: no KVM here) whose serial console the test reads,
+//! with timeouts and the last console lines in every failure.
+
+use anyhow::{bail, Context, Result};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+const KEEP_LINES: usize = 30;
+
+pub struct Machine {
+    child: Child,
+    lines: Receiver<String>,
+    recent: VecDeque<String>,
+}
+
+impl Machine {
+    /// Boots `kernel` with `initrd` and the disks as virtio drives, with an
+    /// i6300esb watchdog that resets the machine when it fires.
+    pub fn boot(kernel: &Path, initrd: &Path, disks: &[&Path], cmdline: &str) -> Result<Machine> {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        // Name TCG explicitly: "kvm:tcg" picks a broken KVM here and stalls.
+        cmd.args([
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-device", "i6300esb", "-action", "watchdog=reset"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", cmdline]);
+        for d in disks {
+            cmd.arg("-drive")
+                .arg(format!("file={},format=raw,if=virtio", d.display()));
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+        let out = child.stdout.take().context("qemu stdout")?;
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).split(b'\n').map_while(|l| l.ok()) {
+                if tx
+                    .send(String::from_utf8_lossy(&line).trim_end().to_string())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Machine {
+            child,
+            lines,
+            recent: VecDeque::new(),
+        })
+    }
+
+    fn tail(&self) -> String {
+        self.recent
+            .iter()
+            .map(|l| format!("  | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits for a console line containing `needle`; returns it.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.recent.push_back(line.clone());
+                    if self.recent.len() > KEEP_LINES {
+                        self.recent.pop_front();
+                    }
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!("no console line with {needle:?} within {timeout:?}; the guest printed last:\n{}", self.tail())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    bail!("the machine stopped before printing {needle:?}; the guest printed last:\n{}", self.tail())
+                }
+            }
+        }
+    }
+
+    /// Waits for QEMU to exit (the guest powered off).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "the machine did not power off within {timeout:?}; the guest printed last:\n{}",
+            self.tail()
+        )
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
