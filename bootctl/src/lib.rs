@@ -7,6 +7,7 @@
 //! ([`table`]). [`provision`] lays out a factory disk.
 
 pub mod attr;
+pub mod boot_stage;
 pub mod control;
 pub mod device;
 pub mod error;

@@ -225,6 +225,28 @@ impl Initramfs {
         Ok(self)
     }
 
+    /// Puts `modules` into /lib/modules with an `order` file listing them
+    /// in load order (what `bootctl boot-stage` reads).
+    pub fn modules(&self, modules: &[PathBuf]) -> Result<&Self> {
+        let mut order = String::new();
+        for m in modules {
+            let name = m
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("module name")?;
+            self.add(m, &format!("lib/modules/{name}"))?;
+            order += name;
+            order.push('\n');
+        }
+        std::fs::write(self.root.path().join("lib/modules/order"), order)?;
+        Ok(self)
+    }
+
+    /// Makes `program` the initramfs's /init.
+    pub fn init_program(&self, program: &Path) -> Result<&Self> {
+        self.add(program, "init")
+    }
+
     /// Packs the tree as a newc cpio archive.
     pub fn pack(&self, out: &Path) -> Result<()> {
         let list = run(Command::new("find").arg(".").current_dir(self.root.path()))?;
@@ -246,4 +268,14 @@ impl Initramfs {
         }
         Ok(())
     }
+}
+
+/// An ext4 image of `size` built from `dir` (`mkfs.ext4 -d`).
+pub fn ext4_image(dir: &Path, out: &Path, size: &str) -> Result<()> {
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(dir)
+        .arg(out)
+        .arg(size))?;
+    Ok(())
 }

@@ -5,6 +5,7 @@ use bootctl::host;
 use bootctl::report::StatusReport;
 use bootctl::{Disk, Error, Slot, DEFAULT_TRIES};
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +41,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run as the boot stage (PID 1 of an initramfs): select, arm the
+    /// watchdog, kexec the chosen slot's kernel. Started by default as PID 1.
+    BootStage {
+        /// The disk holding the slots.
+        #[arg(long = "slots-disk", default_value = "/dev/vda")]
+        slots_disk: PathBuf,
+        #[arg(long, default_value_t = 60)]
+        watchdog_timeout: u32,
+    },
     /// Run the boot selection once, persist the spent try, print the slot.
     Select {
         #[arg(long)]
@@ -47,7 +57,35 @@ enum Command {
     },
 }
 
+/// As PID 1 there is nobody to return to: report, wait, reboot (the next
+/// boot sees one try fewer and falls back in the end).
+fn boot_stage(slots_disk: PathBuf, watchdog_timeout: u32) -> ! {
+    let cmdline = host::read_cmdline();
+    // The slot kernel gets the boot stage's console settings.
+    let append = cmdline
+        .split_whitespace()
+        .filter(|a| a.starts_with("console="))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let stage = bootctl::boot_stage::BootStage {
+        disk: slots_disk,
+        watchdog_timeout_s: watchdog_timeout,
+        append,
+    };
+    if let Err(e) = stage.run() {
+        eprintln!("switchback boot stage: FAILED: {e:#}; rebooting in 10 s");
+    }
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
 fn main() {
+    if std::process::id() == 1 {
+        boot_stage(PathBuf::from("/dev/vda"), 60);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("bootctl: error: {e:#}");
@@ -57,6 +95,13 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Command::BootStage {
+        slots_disk,
+        watchdog_timeout,
+    } = &cli.command
+    {
+        boot_stage(slots_disk.clone(), *watchdog_timeout);
+    }
     let cmdline = host::read_cmdline();
     let path = match cli.target.disk.clone() {
         Some(p) => p,
@@ -77,6 +122,7 @@ fn run(cli: Cli) -> Result<()> {
     let named_or_booted = |slot: Option<Slot>| slot.or(booted).ok_or(Error::BootedUnknown);
     let shown = path.display().to_string();
     let after = match cli.command {
+        Command::BootStage { .. } => unreachable!("handled above: boot_stage never returns"),
         Command::Status { json } => {
             let report = StatusReport::new(&shown, &state, booted);
             if json {

@@ -1,0 +1,213 @@
+//! The boot stage: `bootctl boot-stage` as PID 1 of a small initramfs in
+//! front of the slots (the LinuxBoot/petitboot pattern, DESIGN §3).
+//!
+//! It loads the modules the disk and watchdog need (`finit_module`, in the
+//! order listed in `/lib/modules/order`), runs the selection and persists the
+//! spent try, arms the hardware watchdog, mounts the chosen slot read-only
+//! and boots the slot's own `/boot/vmlinuz` (and `/boot/initrd.img` when
+//! present) with `kexec_file_load` + `reboot(RB_KEXEC)`. A release that
+//! hangs is reset by the watchdog and one that panics reboots (`panic=5`);
+//! either way the next selection sees one try fewer. If booting the chosen
+//! slot fails here, the other slot is tried before giving up.
+
+use crate::attr::BootAttrs;
+use crate::control::Disk;
+use crate::slots::Slot;
+use anyhow::{bail, Context, Result};
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct BootStage {
+    /// The disk holding the slots.
+    pub disk: PathBuf,
+    /// Seconds the watchdog gives the booted release before it resets.
+    pub watchdog_timeout_s: u32,
+    /// Appended to the slot kernel's command line.
+    pub append: String,
+}
+
+fn say(msg: &str) {
+    eprintln!("switchback boot stage: {msg}");
+}
+
+fn mount_basics() {
+    use nix::mount::{mount, MsFlags};
+    for (src, target, fstype) in [
+        ("proc", "/proc", "proc"),
+        ("sys", "/sys", "sysfs"),
+        ("dev", "/dev", "devtmpfs"),
+    ] {
+        let _ = std::fs::create_dir_all(target);
+        if let Err(e) = mount(
+            Some(src),
+            target,
+            Some(fstype),
+            MsFlags::empty(),
+            None::<&str>,
+        ) {
+            say(&format!("mounting {target}: {e}"));
+        }
+    }
+}
+
+/// Loads every module named in `<dir>/order`, one file name a line.
+fn load_modules(dir: &Path) {
+    let Ok(order) = std::fs::read_to_string(dir.join("order")) else {
+        return;
+    };
+    for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let path = dir.join(name);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                say(&format!("loading {name}: {e}"));
+                continue;
+            }
+        };
+        match nix::kmod::finit_module(&file, c"", nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => say(&format!("loading {name}: {e}")),
+        }
+    }
+}
+
+fn wait_for(path: &Path, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            bail!("{} did not appear within {timeout:?}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+nix::ioctl_readwrite!(wdioc_settimeout, b'W', 6, nix::libc::c_int);
+
+/// Starts the hardware watchdog and leaves it running: the booted release
+/// must take it over (or the machine resets and the next boot counts).
+fn arm_watchdog(timeout_s: u32) -> Result<()> {
+    let wd = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/watchdog")
+        .context("opening /dev/watchdog")?;
+    let mut t = timeout_s as nix::libc::c_int;
+    // SAFETY: WDIOC_SETTIMEOUT reads and writes one int.
+    unsafe { wdioc_settimeout(wd.as_raw_fd(), &mut t) }.context("setting the watchdog timeout")?;
+    // Never closed: a close without the magic 'V' keeps it running anyway,
+    // and kexec takes the open descriptor's device state along.
+    std::mem::forget(wd);
+    say(&format!("watchdog armed: {t} s"));
+    Ok(())
+}
+
+/// The kernel command line for `slot`.
+pub fn slot_cmdline(partuuid: &str, partition: usize, slot: Slot, append: &str) -> String {
+    format!(
+        "root=PARTUUID={partuuid} switchback.root=/dev/vda{partition} switchback.slot={} panic=5 {append}",
+        slot.name()
+    )
+    .trim()
+    .to_string()
+}
+
+/// Mounts `dev` and kexec-loads its kernel with `cmdline`.
+fn load_slot_kernel(dev: &str, cmdline: &str) -> Result<()> {
+    use nix::mount::{mount, umount, MsFlags};
+    let mnt = "/mnt";
+    std::fs::create_dir_all(mnt)?;
+    mount(
+        Some(dev),
+        mnt,
+        Some("ext4"),
+        MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting {dev}"))?;
+    let result = (|| -> Result<()> {
+        let kernel = File::open(format!("{mnt}/boot/vmlinuz"))
+            .context("opening /boot/vmlinuz of the slot")?;
+        let initrd = File::open(format!("{mnt}/boot/initrd.img")).ok();
+        let c = CString::new(cmdline)?;
+        let flags: nix::libc::c_ulong = if initrd.is_some() {
+            0
+        } else {
+            4 /* KEXEC_FILE_NO_INITRAMFS */
+        };
+        // SAFETY: kexec_file_load reads the two descriptors and the
+        // NUL-terminated command line of the given length.
+        let r = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_kexec_file_load,
+                kernel.as_raw_fd(),
+                initrd.as_ref().map_or(-1, |f| f.as_raw_fd()),
+                c.as_bytes_with_nul().len(),
+                c.as_ptr(),
+                flags,
+            )
+        };
+        if r != 0 {
+            bail!("kexec_file_load: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    })();
+    let _ = umount(mnt);
+    result
+}
+
+impl BootStage {
+    /// Runs the boot stage; returns only if no slot could be booted.
+    pub fn run(&self) -> Result<()> {
+        mount_basics();
+        load_modules(Path::new("/lib/modules"));
+        wait_for(&self.disk, Duration::from_secs(30))?;
+        let mut disk = Disk::open(&self.disk, None, true)?;
+        let chosen = disk.select()?;
+        let show = |a: BootAttrs| {
+            format!(
+                "priority {}, tries {}, successful {}",
+                a.priority, a.tries, a.successful
+            )
+        };
+        if chosen.fallback {
+            say(&format!(
+                "WARNING: no slot is bootable; trying {} anyway",
+                chosen.slot
+            ));
+        }
+        say(&format!(
+            "selected {} ({} after this try)",
+            chosen.slot,
+            show(chosen.attrs)
+        ));
+        if let Err(e) = arm_watchdog(self.watchdog_timeout_s) {
+            say(&format!("no watchdog ({e:#}); a hang will not be reset"));
+        }
+        let state = disk.read()?;
+        drop(disk);
+        for slot in [chosen.slot, chosen.slot.other()] {
+            let entry = state.table.entry(slot);
+            let dev = format!("{}{}", self.disk.display(), entry.index + 1);
+            let cmdline = slot_cmdline(
+                &entry.unique_guid.to_string(),
+                entry.index + 1,
+                slot,
+                &self.append,
+            );
+            match load_slot_kernel(&dev, &cmdline) {
+                Ok(()) => {
+                    say(&format!("booting {slot}: {cmdline}"));
+                    nix::unistd::sync();
+                    let e = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_KEXEC);
+                    say(&format!("reboot into {slot} failed: {e:?}"));
+                }
+                Err(e) => say(&format!("cannot boot {slot}: {e:#}; trying the other slot")),
+            }
+        }
+        bail!("no slot could be booted")
+    }
+}

@@ -1,0 +1,150 @@
+//! The boot stage as PID 1: it selects a slot, persists the spent try, and
+//! kexecs the slot's own kernel; a slot it cannot boot falls back.
+
+use bootctl::provision::{self, Layout};
+use bootctl::{BootAttrs, Disk, Slot};
+use qemu_tests::guest::{ext4_image, static_binary, Initramfs, Kernel};
+use qemu_tests::qemu::Machine;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A slot: an ext4 root with the kernel and an initramfs that says which
+/// slot it is and what command line it got, then powers off.
+fn slot_image(dir: &Path, kernel: &Kernel, name: &str, with_kernel: bool) -> PathBuf {
+    let root = dir.join(format!("root-{name}"));
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    if with_kernel {
+        std::fs::copy(&kernel.vmlinuz, root.join("boot/vmlinuz")).unwrap();
+        let ir = Initramfs::new().unwrap();
+        ir.init(
+            &[],
+            &format!("echo \"SLOT {name} RUNNING: $(cat /proc/cmdline)\""),
+        )
+        .unwrap();
+        ir.pack(&root.join("boot/initrd.img")).unwrap();
+    }
+    let img = dir.join(format!("{name}.ext4"));
+    ext4_image(&root, &img, "24M").unwrap();
+    img
+}
+
+fn machine_disk(dir: &Path, kernel: &Kernel, b_has_kernel: bool) -> PathBuf {
+    let disk = dir.join("disk.img");
+    let p = provision::create(
+        &disk,
+        Layout {
+            slot_size: 24 << 20,
+            data_size: 4 << 20,
+            sector_size: 512,
+        },
+    )
+    .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    for (slot, name, with_kernel) in [(0, "A", true), (1, "B", b_has_kernel)] {
+        let img = std::fs::read(slot_image(dir, kernel, name, with_kernel)).unwrap();
+        f.write_all_at(&img, p.slots[slot].offset).unwrap();
+    }
+    Disk::open(&disk, None, true)
+        .unwrap()
+        .set_active(Slot::B, 3)
+        .unwrap();
+    disk
+}
+
+fn boot_stage_initrd(dir: &Path, kernel: &Kernel) -> PathBuf {
+    let modules = kernel
+        .modules_for(&[
+            "virtio_pci",
+            "virtio_blk",
+            "i6300esb",
+            "ext4",
+            "crc32c_generic",
+        ])
+        .unwrap();
+    let ir = Initramfs::new().unwrap();
+    ir.modules(&modules).unwrap();
+    ir.init_program(&static_binary("bootctl", "bootctl").unwrap())
+        .unwrap();
+    let out = dir.join("boot-stage.cpio");
+    ir.pack(&out).unwrap();
+    out
+}
+
+#[test]
+fn boots_the_slot_on_trial_through_kexec() {
+    let kernel = Kernel::debian().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = machine_disk(dir.path(), &kernel, true);
+    let initrd = boot_stage_initrd(dir.path(), &kernel);
+    let mut vm = Machine::boot(
+        &kernel.vmlinuz,
+        &initrd,
+        &[&disk],
+        "console=ttyS0 panic=-1 quiet",
+    )
+    .unwrap();
+    vm.expect(
+        "switchback boot stage: selected slot_b",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    vm.expect(
+        "switchback boot stage: watchdog armed",
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    vm.expect(
+        "switchback boot stage: booting slot_b",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let running = vm
+        .expect("SLOT B RUNNING:", Duration::from_secs(120))
+        .unwrap();
+    assert!(
+        running.contains("switchback.slot=slot_b") && running.contains("root=PARTUUID="),
+        "{running}"
+    );
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    let attrs = Disk::open(&disk, None, false)
+        .unwrap()
+        .read()
+        .unwrap()
+        .attrs();
+    assert_eq!(
+        attrs[1],
+        BootAttrs {
+            priority: 2,
+            tries: 2,
+            successful: false
+        }
+    );
+}
+
+#[test]
+fn a_slot_without_a_kernel_falls_back_to_the_other() {
+    let kernel = Kernel::debian().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = machine_disk(dir.path(), &kernel, false);
+    let initrd = boot_stage_initrd(dir.path(), &kernel);
+    let mut vm = Machine::boot(
+        &kernel.vmlinuz,
+        &initrd,
+        &[&disk],
+        "console=ttyS0 panic=-1 quiet",
+    )
+    .unwrap();
+    vm.expect(
+        "switchback boot stage: selected slot_b",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let why = vm
+        .expect("cannot boot slot_b", Duration::from_secs(60))
+        .unwrap();
+    assert!(why.contains("/boot/vmlinuz"), "{why}");
+    vm.expect("SLOT A RUNNING:", Duration::from_secs(120))
+        .unwrap();
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+}
