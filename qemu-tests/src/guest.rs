@@ -279,3 +279,127 @@ pub fn ext4_image(dir: &Path, out: &Path, size: &str) -> Result<()> {
         .arg(size))?;
     Ok(())
 }
+
+/// What a release's root file system holds besides the common parts.
+pub struct Release<'a> {
+    pub version: &'a str,
+    /// `health.checks` of the device config in this release.
+    pub health_checks: &'a str,
+}
+
+/// The modules a slot's own initramfs loads to mount its root.
+pub const SLOT_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "ext4", "crc32c_generic"];
+
+/// A release's root file system image: the kernel, an initramfs that mounts
+/// the slot read-only and switches to it, busybox, the static Switchback
+/// binaries, the device config and keyring, and an init that mounts /data,
+/// runs `updater health`, and leaves a shell on the console.
+pub fn release_image(
+    dir: &Path,
+    kernel: &Kernel,
+    release: &Release,
+    keyring_pem: &Path,
+    out: &Path,
+) -> Result<()> {
+    let root = dir.join(format!("rootfs-{}", release.version));
+    for d in [
+        "boot",
+        "bin",
+        "sbin",
+        "proc",
+        "sys",
+        "dev",
+        "data",
+        "media",
+        "tmp",
+        "lib/modules",
+        "etc/switchback/keys",
+        "usr/bin",
+    ] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy(&kernel.vmlinuz, root.join("boot/vmlinuz"))?;
+    let slot_ir = Initramfs::new()?;
+    slot_ir.init(
+        &kernel.modules_for(SLOT_MODULES)?,
+        r#"root=$(sed -n 's/.*switchback.root=\([^ ]*\).*/\1/p' /proc/cmdline)
+i=0; while ! test -b "$root" && test $i -lt 100; do sleep 0.1; i=$((i+1)); done
+mount -o ro -t ext4 "$root" /mnt && umount /proc /sys && mount --move /dev /mnt/dev && exec switch_root /mnt /sbin/init
+echo "SLOT INITRAMFS: cannot mount $root""#,
+    )?;
+    slot_ir.pack(&root.join("boot/initrd.img"))?;
+    // busybox and its applets as links, made here: the root is read-only.
+    std::fs::copy(
+        ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context("busybox")?,
+        root.join("bin/busybox"),
+    )?;
+    for applet in run(Command::new(root.join("bin/busybox")).arg("--list"))?.lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    for m in kernel.modules_for(&["i6300esb"])? {
+        std::fs::copy(
+            &m,
+            root.join("lib/modules")
+                .join(m.file_name().context("module")?),
+        )?;
+    }
+    std::fs::copy(
+        static_binary("updater", "updater")?,
+        root.join("usr/bin/updater"),
+    )?;
+    std::fs::copy(
+        static_binary("bootctl", "bootctl")?,
+        root.join("usr/bin/bootctl"),
+    )?;
+    std::fs::copy(keyring_pem, root.join("etc/switchback/keys/vendor.pem"))?;
+    std::fs::write(root.join("etc/release"), format!("{}\n", release.version))?;
+    std::fs::write(
+        root.join("etc/switchback/config.json"),
+        format!(
+            r#"{{"compatible": "switchback-qemu", "keyring": "/etc/switchback/keys", "disk": "/dev/vda", "data_dir": "/data", "health": {{"deadline_s": 60, "checks": {}}}}}"#,
+            release.health_checks
+        ),
+    )?;
+    let init = r#"#!/bin/busybox sh
+export PATH=/bin:/usr/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null; mount -t tmpfs tmp /tmp
+exec >/dev/ttyS0 2>&1 </dev/ttyS0
+echo "RELEASE $(cat /etc/release) RUNNING ON $(sed -n 's/.*switchback.slot=\([^ ]*\).*/\1/p' /proc/cmdline)"
+mount -t ext4 /dev/vda3 /data || echo "INIT: cannot mount /data"
+mount -o ro /dev/vdb /media 2>/dev/null
+mkdir -p /data/app; (while true; do echo "$(cat /etc/release) alive" > /data/app/heartbeat; sleep 1; done) &
+updater health; echo "HEALTH EXIT $?"
+# Healthy: the watchdog the boot stage armed is taken over (loading the
+# driver stops it); a release that never gets here is reset by it.
+insmod /lib/modules/i6300esb.ko
+echo "READY $(cat /etc/release)"
+exec sh
+"#;
+    std::fs::write(root.join("sbin/init"), init)?;
+    std::fs::set_permissions(
+        root.join("sbin/init"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    ext4_image(&root, out, "64M")
+}
+
+/// The boot stage's initramfs: the modules for the disk, the watchdog and
+/// ext4, and the static `bootctl` as /init.
+pub fn boot_stage_initramfs(kernel: &Kernel, out: &Path) -> Result<()> {
+    let modules = kernel.modules_for(&[
+        "virtio_pci",
+        "virtio_blk",
+        "i6300esb",
+        "ext4",
+        "crc32c_generic",
+    ])?;
+    let ir = Initramfs::new()?;
+    ir.modules(&modules)?;
+    ir.init_program(&static_binary("bootctl", "bootctl")?)?;
+    ir.pack(out)
+}

@@ -13,14 +13,37 @@ const KEEP_LINES: usize = 30;
 
 pub struct Machine {
     child: Child,
+    console_in: Option<std::process::ChildStdin>,
     lines: Receiver<String>,
     recent: VecDeque<String>,
 }
 
 impl Machine {
     /// Boots `kernel` with `initrd` and the disks as virtio drives, with an
-    /// i6300esb watchdog that resets the machine when it fires.
+    /// i6300esb watchdog that resets the machine when it fires. QEMU ends
+    /// when the guest reboots.
     pub fn boot(kernel: &Path, initrd: &Path, disks: &[&Path], cmdline: &str) -> Result<Machine> {
+        Machine::start(kernel, initrd, disks, cmdline, false)
+    }
+
+    /// Like `boot`, but a reboot or a watchdog reset restarts the machine
+    /// (through the boot stage again) instead of ending QEMU.
+    pub fn boot_rebooting(
+        kernel: &Path,
+        initrd: &Path,
+        disks: &[&Path],
+        cmdline: &str,
+    ) -> Result<Machine> {
+        Machine::start(kernel, initrd, disks, cmdline, true)
+    }
+
+    fn start(
+        kernel: &Path,
+        initrd: &Path,
+        disks: &[&Path],
+        cmdline: &str,
+        reboots: bool,
+    ) -> Result<Machine> {
         let mut cmd = Command::new("qemu-system-x86_64");
         // Name TCG explicitly: "kvm:tcg" picks a broken KVM here and stalls.
         cmd.args([
@@ -29,29 +52,32 @@ impl Machine {
             "-m",
             "512",
             "-nographic",
-            "-no-reboot",
             "-monitor",
             "none",
             "-serial",
             "stdio",
-        ])
-        .args(["-device", "i6300esb", "-action", "watchdog=reset"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", cmdline]);
+        ]);
+        if !reboots {
+            cmd.arg("-no-reboot");
+        }
+        cmd.args(["-device", "i6300esb", "-action", "watchdog=reset"])
+            .arg("-kernel")
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .args(["-append", cmdline]);
         for d in disks {
             cmd.arg("-drive")
                 .arg(format!("file={},format=raw,if=virtio", d.display()));
         }
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
         let out = child.stdout.take().context("qemu stdout")?;
+        let console_in = child.stdin.take();
         let (tx, lines) = channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).split(b'\n').map_while(|l| l.ok()) {
@@ -65,6 +91,7 @@ impl Machine {
         });
         Ok(Machine {
             child,
+            console_in,
             lines,
             recent: VecDeque::new(),
         })
@@ -101,6 +128,15 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// Types `line` (and Enter) on the serial console.
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        use std::io::Write;
+        let input = self.console_in.as_mut().context("console input closed")?;
+        input.write_all(format!("{line}\n").as_bytes())?;
+        input.flush()?;
+        Ok(())
     }
 
     /// Waits for QEMU to exit (the guest powered off).

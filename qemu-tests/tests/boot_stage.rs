@@ -3,7 +3,7 @@
 
 use bootctl::provision::{self, Layout};
 use bootctl::{BootAttrs, Disk, Slot};
-use qemu_tests::guest::{ext4_image, static_binary, Initramfs, Kernel};
+use qemu_tests::guest::{boot_stage_initramfs, ext4_image, Initramfs, Kernel};
 use qemu_tests::qemu::Machine;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -53,21 +53,8 @@ fn machine_disk(dir: &Path, kernel: &Kernel, b_has_kernel: bool) -> PathBuf {
 }
 
 fn boot_stage_initrd(dir: &Path, kernel: &Kernel) -> PathBuf {
-    let modules = kernel
-        .modules_for(&[
-            "virtio_pci",
-            "virtio_blk",
-            "i6300esb",
-            "ext4",
-            "crc32c_generic",
-        ])
-        .unwrap();
-    let ir = Initramfs::new().unwrap();
-    ir.modules(&modules).unwrap();
-    ir.init_program(&static_binary("bootctl", "bootctl").unwrap())
-        .unwrap();
     let out = dir.join("boot-stage.cpio");
-    ir.pack(&out).unwrap();
+    boot_stage_initramfs(kernel, &out).unwrap();
     out
 }
 
