@@ -2,7 +2,9 @@
 //! front of the slots (the LinuxBoot/petitboot pattern, DESIGN §3).
 //!
 //! It loads the modules the disk and watchdog need (`finit_module`, in the
-//! order listed in `/lib/modules/order`), runs the selection and persists the
+//! order listed in `/lib/modules/order`, with their parameters; the watchdog
+//! core must get `stop_on_reboot=0`, or the kexec, a reboot to the kernel,
+//! stops the watchdog), runs the selection and persists the
 //! spent try, arms the hardware watchdog, mounts the chosen slot read-only
 //! and boots the slot's own `/boot/vmlinuz` (and `/boot/initrd.img` when
 //! present) with `kexec_file_load` + `reboot(RB_KEXEC)`. A release that
@@ -26,8 +28,6 @@ pub struct BootStage {
     pub disk: PathBuf,
     /// Seconds the watchdog gives the booted release before it resets.
     pub watchdog_timeout_s: u32,
-    /// Appended to the slot kernel's command line.
-    pub append: String,
 }
 
 fn say(msg: &str) {
@@ -54,12 +54,18 @@ fn mount_basics() {
     }
 }
 
-/// Loads every module named in `<dir>/order`, one file name a line.
+/// Loads every module named in `<dir>/order`: a file name a line, then
+/// optional parameters (`watchdog.ko stop_on_reboot=0`).
 fn load_modules(dir: &Path) {
     let Ok(order) = std::fs::read_to_string(dir.join("order")) else {
         return;
     };
-    for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    for line in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (name, params) = line.split_once(' ').unwrap_or((line, ""));
+        let Ok(params) = CString::new(params.trim()) else {
+            say(&format!("loading {name}: parameters contain a NUL"));
+            continue;
+        };
         let path = dir.join(name);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -68,7 +74,7 @@ fn load_modules(dir: &Path) {
                 continue;
             }
         };
-        match nix::kmod::finit_module(&file, c"", nix::kmod::ModuleInitFlags::empty()) {
+        match nix::kmod::finit_module(&file, &params, nix::kmod::ModuleInitFlags::empty()) {
             Ok(()) | Err(nix::Error::EEXIST) => {}
             Err(e) => say(&format!("loading {name}: {e}")),
         }
@@ -163,6 +169,18 @@ impl BootStage {
     /// Runs the boot stage; returns only if no slot could be booted.
     pub fn run(&self) -> Result<()> {
         mount_basics();
+        // Only now is /proc there to read the command line from.
+        let cmdline = crate::host::read_cmdline();
+        // switchback.watchdog=N overrides the timeout; the slot kernel gets
+        // the boot stage's console settings.
+        let watchdog_timeout_s = crate::host::cmdline_value(&cmdline, "switchback.watchdog")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(self.watchdog_timeout_s);
+        let append = cmdline
+            .split_whitespace()
+            .filter(|a| a.starts_with("console="))
+            .collect::<Vec<_>>()
+            .join(" ");
         load_modules(Path::new("/lib/modules"));
         wait_for(&self.disk, Duration::from_secs(30))?;
         let mut disk = Disk::open(&self.disk, None, true)?;
@@ -184,7 +202,7 @@ impl BootStage {
             chosen.slot,
             show(chosen.attrs)
         ));
-        if let Err(e) = arm_watchdog(self.watchdog_timeout_s) {
+        if let Err(e) = arm_watchdog(watchdog_timeout_s) {
             say(&format!("no watchdog ({e:#}); a hang will not be reset"));
         }
         let state = disk.read()?;
@@ -196,7 +214,7 @@ impl BootStage {
                 &entry.unique_guid.to_string(),
                 entry.index + 1,
                 slot,
-                &self.append,
+                &append,
             );
             match load_slot_kernel(&dev, &cmdline) {
                 Ok(()) => {

@@ -226,8 +226,9 @@ impl Initramfs {
     }
 
     /// Puts `modules` into /lib/modules with an `order` file listing them
-    /// in load order (what `bootctl boot-stage` reads).
-    pub fn modules(&self, modules: &[PathBuf]) -> Result<&Self> {
+    /// in load order, each with its parameters from `params` (keyed by
+    /// module name): what `bootctl boot-stage` reads.
+    pub fn modules(&self, modules: &[PathBuf], params: &[(&str, &str)]) -> Result<&Self> {
         let mut order = String::new();
         for m in modules {
             let name = m
@@ -236,6 +237,13 @@ impl Initramfs {
                 .context("module name")?;
             self.add(m, &format!("lib/modules/{name}"))?;
             order += name;
+            if let Some((_, p)) = params
+                .iter()
+                .find(|(module, _)| name.strip_suffix(".ko") == Some(*module))
+            {
+                order += " ";
+                order += p;
+            }
             order.push('\n');
         }
         std::fs::write(self.root.path().join("lib/modules/order"), order)?;
@@ -285,6 +293,24 @@ pub struct Release<'a> {
     pub version: &'a str,
     /// `health.checks` of the device config in this release.
     pub health_checks: &'a str,
+    /// `boot_tries` of the device config (what installs from it give).
+    pub boot_tries: u8,
+    /// Shell run by init before the health check (e.g. a hang).
+    pub before_health: &'a str,
+    /// Ship no initramfs: the kernel cannot mount its root and panics.
+    pub kernel_panics: bool,
+}
+
+impl Default for Release<'_> {
+    fn default() -> Self {
+        Release {
+            version: "1.0.0",
+            health_checks: "[]",
+            boot_tries: 2,
+            before_health: "",
+            kernel_panics: false,
+        }
+    }
 }
 
 /// The modules a slot's own initramfs loads to mount its root.
@@ -327,7 +353,9 @@ i=0; while ! test -b "$root" && test $i -lt 100; do sleep 0.1; i=$((i+1)); done
 mount -o ro -t ext4 "$root" /mnt && umount /proc /sys && mount --move /dev /mnt/dev && exec switch_root /mnt /sbin/init
 echo "SLOT INITRAMFS: cannot mount $root""#,
     )?;
-    slot_ir.pack(&root.join("boot/initrd.img"))?;
+    if !release.kernel_panics {
+        slot_ir.pack(&root.join("boot/initrd.img"))?;
+    }
     // busybox and its applets as links, made here: the root is read-only.
     std::fs::copy(
         ["/bin/busybox", "/usr/bin/busybox"]
@@ -361,8 +389,8 @@ echo "SLOT INITRAMFS: cannot mount $root""#,
     std::fs::write(
         root.join("etc/switchback/config.json"),
         format!(
-            r#"{{"compatible": "switchback-qemu", "keyring": "/etc/switchback/keys", "disk": "/dev/vda", "data_dir": "/data", "health": {{"deadline_s": 60, "checks": {}}}}}"#,
-            release.health_checks
+            r#"{{"compatible": "switchback-qemu", "keyring": "/etc/switchback/keys", "disk": "/dev/vda", "data_dir": "/data", "boot_tries": {}, "health": {{"deadline_s": 60, "checks": {}}}}}"#,
+            release.boot_tries, release.health_checks
         ),
     )?;
     let init = r#"#!/bin/busybox sh
@@ -373,14 +401,18 @@ echo "RELEASE $(cat /etc/release) RUNNING ON $(sed -n 's/.*switchback.slot=\([^ 
 mount -t ext4 /dev/vda3 /data || echo "INIT: cannot mount /data"
 mount -o ro /dev/vdb /media 2>/dev/null
 mkdir -p /data/app; (while true; do echo "$(cat /etc/release) alive" > /data/app/heartbeat; sleep 1; done) &
+BEFORE_HEALTH
 updater health; echo "HEALTH EXIT $?"
 # Healthy: the watchdog the boot stage armed is taken over (loading the
 # driver stops it); a release that never gets here is reset by it.
-insmod /lib/modules/i6300esb.ko
+insmod /lib/modules/watchdog.ko; insmod /lib/modules/i6300esb.ko
 echo "READY $(cat /etc/release)"
 exec sh
 "#;
-    std::fs::write(root.join("sbin/init"), init)?;
+    std::fs::write(
+        root.join("sbin/init"),
+        init.replace("BEFORE_HEALTH", release.before_health),
+    )?;
     std::fs::set_permissions(
         root.join("sbin/init"),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -399,7 +431,8 @@ pub fn boot_stage_initramfs(kernel: &Kernel, out: &Path) -> Result<()> {
         "crc32c_generic",
     ])?;
     let ir = Initramfs::new()?;
-    ir.modules(&modules)?;
+    // A kexec is a reboot to the kernel: keep the watchdog running through it.
+    ir.modules(&modules, &[("watchdog", "stop_on_reboot=0")])?;
     ir.init_program(&static_binary("bootctl", "bootctl")?)?;
     ir.pack(out)
 }

@@ -5,6 +5,7 @@
 //! Built artifacts are cached under `target/qemu-cache`, keyed by their
 //! inputs (the kernel by its package version; the static binaries by cargo).
 
+pub mod appliance;
 pub mod guest;
 pub mod qemu;
 

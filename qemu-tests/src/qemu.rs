@@ -16,6 +16,8 @@ pub struct Machine {
     console_in: Option<std::process::ChildStdin>,
     lines: Receiver<String>,
     recent: VecDeque<String>,
+    /// Print the console as it is read (the demo).
+    pub echo: bool,
 }
 
 impl Machine {
@@ -94,6 +96,7 @@ impl Machine {
             console_in,
             lines,
             recent: VecDeque::new(),
+            echo: false,
         })
     }
 
@@ -112,6 +115,9 @@ impl Machine {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
+                    if self.echo {
+                        println!("  guest | {line}");
+                    }
                     self.recent.push_back(line.clone());
                     if self.recent.len() > KEEP_LINES {
                         self.recent.pop_front();
@@ -137,6 +143,12 @@ impl Machine {
         input.write_all(format!("{line}\n").as_bytes())?;
         input.flush()?;
         Ok(())
+    }
+
+    /// Pulls the plug: QEMU is killed, the disk keeps what was written.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Waits for QEMU to exit (the guest powered off).

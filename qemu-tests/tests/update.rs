@@ -1,122 +1,19 @@
 //! Update scenarios on a whole machine: the boot stage, the slots' own
 //! kernels, the updater inside the guest, reboots through QEMU.
 
-use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
-use ed25519_dalek::SigningKey;
-use image_tools::bundle::{self, BuildOptions, ImageSource};
-use image_tools::mkdisk::{mkdisk, MkdiskOptions};
-use qemu_tests::guest::{boot_stage_initramfs, ext4_image, release_image, Kernel, Release};
-use qemu_tests::qemu::Machine;
-use std::path::{Path, PathBuf};
+use image_tools::bundle::{MigrationSource, Phase};
+use qemu_tests::appliance::{back_on_a, factory, Appliance, BOOT, HEARTBEAT_CHECK, STEP};
+use qemu_tests::guest::Release;
 use std::time::Duration;
-
-const BOOT: Duration = Duration::from_secs(240);
-const STEP: Duration = Duration::from_secs(120);
-
-struct Appliance {
-    dir: tempfile::TempDir,
-    kernel: Kernel,
-    key: SigningKey,
-    pem: PathBuf,
-}
-
-impl Appliance {
-    fn new() -> Appliance {
-        let dir = tempfile::tempdir().unwrap();
-        let key = SigningKey::from_bytes(&[0x17; 32]);
-        let pem = dir.path().join("vendor.pem");
-        std::fs::write(
-            &pem,
-            key.verifying_key()
-                .to_public_key_pem(LineEnding::LF)
-                .unwrap(),
-        )
-        .unwrap();
-        Appliance {
-            kernel: Kernel::debian().unwrap(),
-            dir,
-            key,
-            pem,
-        }
-    }
-
-    fn image(&self, release: &Release) -> PathBuf {
-        let out = self.dir.path().join(format!("{}.ext4", release.version));
-        release_image(self.dir.path(), &self.kernel, release, &self.pem, &out).unwrap();
-        out
-    }
-
-    /// A bundle of `image`, on an ext4 "USB stick" the guest mounts at /media.
-    fn media(&self, version: &str, image: &Path) -> PathBuf {
-        let stick = self.dir.path().join(format!("stick-{version}"));
-        std::fs::create_dir_all(&stick).unwrap();
-        let opts = BuildOptions {
-            compatible: "switchback-qemu".into(),
-            version: version.into(),
-            security_version: 1,
-            data_schema: None,
-            build_time: 1,
-            level: 3,
-            chunk_size: 4 << 20,
-            threads: 2,
-            migrations: Vec::new(),
-            base: None,
-        };
-        let src = [ImageSource {
-            target: "rootfs".into(),
-            path: image.to_path_buf(),
-        }];
-        bundle::build(
-            &opts,
-            &src,
-            std::slice::from_ref(&self.key),
-            &stick.join(format!("{version}.swb")),
-            &mut |_| {},
-        )
-        .unwrap();
-        let out = self.dir.path().join(format!("stick-{version}.ext4"));
-        ext4_image(&stick, &out, "96M").unwrap();
-        out
-    }
-
-    fn factory_disk(&self, v1: &Path) -> PathBuf {
-        let out = self.dir.path().join("disk.img");
-        let opts = MkdiskOptions {
-            out: out.clone(),
-            slot_size: 72 << 20,
-            data_size: 16 << 20,
-            slot_a: Some(v1.to_path_buf()),
-            sector_size: 512,
-        };
-        mkdisk(&opts).unwrap();
-        out
-    }
-
-    fn boot(&self, disk: &Path, stick: &Path) -> Machine {
-        let initrd = self.dir.path().join("boot-stage.cpio");
-        if !initrd.exists() {
-            boot_stage_initramfs(&self.kernel, &initrd).unwrap();
-        }
-        Machine::boot_rebooting(
-            &self.kernel.vmlinuz,
-            &initrd,
-            &[disk, stick],
-            "console=ttyS0 panic=-1 quiet",
-        )
-        .unwrap()
-    }
-}
 
 #[test]
 fn update_a_to_b_reboot_health_passes_committed() {
     let app = Appliance::new();
-    let v1 = app.image(&Release {
-        version: "1.0.0",
-        health_checks: "[]",
-    });
+    let v1 = app.image(&Release::default());
     let v2 = app.image(&Release {
         version: "2.0.0",
-        health_checks: r#"[{"name": "service", "command": ["test", "-f", "/data/app/heartbeat"], "timeout_s": 10}]"#,
+        health_checks: HEARTBEAT_CHECK,
+        ..Release::default()
     });
     let disk = app.factory_disk(&v1);
     let stick = app.media("2.0.0", &v2);
@@ -146,4 +43,193 @@ fn update_a_to_b_reboot_health_passes_committed() {
         status.contains(r#""booted":"slot_b""#) || status.contains(r#""next":"slot_b""#),
         "{status}"
     );
+}
+
+#[test]
+fn a_failing_health_check_sends_the_machine_back_to_a_with_the_reason() {
+    let app = Appliance::new();
+    let checks = r#"[{"name": "database", "command": ["sh", "-c", "echo database down; exit 3"], "timeout_s": 10}]"#;
+    let v3 = app.image(&Release {
+        version: "3.0.0",
+        health_checks: checks,
+        ..Release::default()
+    });
+    let (mut vm, _disk) = factory(&app, &app.media("3.0.0", &v3));
+    vm.send("updater install /media/3.0.0.swb --reboot")
+        .unwrap();
+    vm.expect("RELEASE 3.0.0 RUNNING ON slot_b", BOOT).unwrap();
+    vm.expect(
+        "slot_b failed its health check and is marked bad; slot_a boots next",
+        STEP,
+    )
+    .unwrap();
+    back_on_a(&mut vm, "health check \"database\" failed");
+    vm.send("updater history").unwrap();
+    let line = vm.expect("health-failed", STEP).unwrap();
+    assert!(
+        line.contains("3.0.0") && line.contains("exit status: 3; output: database down"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_hanging_release_is_reset_by_the_watchdog_until_its_tries_run_out() {
+    let app = Appliance::new();
+    let hang = "echo 'HANGING BEFORE HEALTH'; while true; do sleep 1; done";
+    let v4 = app.image(&Release {
+        version: "4.0.0",
+        before_health: hang,
+        ..Release::default()
+    });
+    let (mut vm, _disk) = factory(&app, &app.media("4.0.0", &v4));
+    vm.send("updater install /media/4.0.0.swb --reboot")
+        .unwrap();
+    for _ in 0..2 {
+        vm.expect("switchback boot stage: selected slot_b", BOOT)
+            .unwrap();
+        vm.expect("HANGING BEFORE HEALTH", BOOT).unwrap();
+    }
+    back_on_a(&mut vm, "tries exhausted");
+}
+
+#[test]
+fn a_kernel_that_panics_falls_back_to_a() {
+    let app = Appliance::new();
+    let v5 = app.image(&Release {
+        version: "5.0.0",
+        kernel_panics: true,
+        ..Release::default()
+    });
+    let (mut vm, _disk) = factory(&app, &app.media("5.0.0", &v5));
+    vm.send("updater install /media/5.0.0.swb --reboot")
+        .unwrap();
+    for _ in 0..2 {
+        vm.expect("switchback boot stage: selected slot_b", BOOT)
+            .unwrap();
+        vm.expect("Kernel panic", BOOT).unwrap();
+    }
+    back_on_a(&mut vm, "tries exhausted");
+}
+
+#[test]
+fn power_cuts_during_an_install_leave_a_bootable_and_a_second_install_succeeds() {
+    let app = Appliance::new();
+    let v2 = app.image(&Release {
+        version: "2.0.0",
+        health_checks: HEARTBEAT_CHECK,
+        ..Release::default()
+    });
+    let stick = app.media("2.0.0", &v2);
+    let (mut vm, disk) = factory(&app, &stick);
+    // Cut while the slot is being written, then between the write and the flip.
+    for (moment, pause) in [
+        ("installing", Duration::from_millis(1500)),
+        ("verified and written to slot_b", Duration::ZERO),
+    ] {
+        vm.send("updater install /media/2.0.0.swb").unwrap();
+        vm.expect(moment, STEP).unwrap();
+        std::thread::sleep(pause);
+        vm.kill();
+        let attrs = bootctl::Disk::open(&disk, None, false)
+            .unwrap()
+            .read()
+            .unwrap()
+            .attrs();
+        assert!(
+            !attrs[1].is_bootable(),
+            "{moment}: slot_b bootable after the cut: {attrs:?}"
+        );
+        vm = app.boot(&disk, &stick);
+        vm.expect("switchback boot stage: selected slot_a", BOOT)
+            .unwrap();
+        vm.expect("READY 1.0.0", BOOT).unwrap();
+    }
+    vm.send("updater install /media/2.0.0.swb --reboot")
+        .unwrap();
+    vm.expect("RELEASE 2.0.0 RUNNING ON slot_b", BOOT).unwrap();
+    vm.expect("passed its health check and is committed", STEP)
+        .unwrap();
+}
+
+#[test]
+fn migration_ahead_of_time_and_a_technician_rollback_keep_both_releases_data() {
+    let app = Appliance::new();
+    let expand = app.dir.path().join("expand.sh");
+    std::fs::write(&expand, "#!/bin/sh\nset -e\necho 2 > \"$SWITCHBACK_DATA_DIR/app/schema\"\necho \"expanded by 2.0.0\" > \"$SWITCHBACK_DATA_DIR/app/v2-table\"\n").unwrap();
+    let v2 = app.image(&Release {
+        version: "2.0.0",
+        health_checks: HEARTBEAT_CHECK,
+        ..Release::default()
+    });
+    let migration = MigrationSource {
+        path: expand,
+        from: 1,
+        to: 2,
+        phase: Phase::Expand,
+        snapshot: vec!["app".into()],
+    };
+    let b = app.bundle("2.0.0", "2.0.0", "switchback-qemu", &v2, vec![migration]);
+    let (mut vm, _disk) = factory(&app, &app.stick(&[&b]));
+    vm.send("echo 'written by 1.0.0' > /data/app/v1-notes")
+        .unwrap();
+    vm.send("updater install /media/2.0.0.swb; echo INSTALL EXIT $?")
+        .unwrap();
+    vm.expect("INSTALL EXIT 0", STEP).unwrap();
+    // Before the reboot: the expanded schema is there and 1.0.0 still serves.
+    vm.send(
+        "echo SCHEMA $(cat /data/app/schema); sleep 2; echo SERVING $(cat /data/app/heartbeat)",
+    )
+    .unwrap();
+    vm.expect("SCHEMA 2", STEP).unwrap();
+    vm.expect("SERVING 1.0.0 alive", STEP).unwrap();
+    vm.send("reboot -f").unwrap();
+    vm.expect("RELEASE 2.0.0 RUNNING ON slot_b", BOOT).unwrap();
+    vm.expect("READY 2.0.0", STEP).unwrap();
+    vm.send("echo 'written by 2.0.0' > /data/app/v2-notes; sync; updater rollback --yes")
+        .unwrap();
+    vm.expect("slot_a boots next", STEP).unwrap();
+    vm.expect("RELEASE 1.0.0 RUNNING ON slot_a", BOOT).unwrap();
+    vm.expect("READY 1.0.0", STEP).unwrap();
+    vm.send("cat /data/app/v1-notes /data/app/v2-notes /data/app/v2-table")
+        .unwrap();
+    vm.expect("written by 1.0.0", STEP).unwrap();
+    vm.expect("written by 2.0.0", STEP).unwrap();
+    vm.expect("expanded by 2.0.0", STEP).unwrap();
+}
+
+#[test]
+fn tampered_and_foreign_bundles_are_refused_inside_the_guest() {
+    let app = Appliance::new();
+    let v2 = app.image(&Release {
+        version: "2.0.0",
+        ..Release::default()
+    });
+    let good = app.bundle("2.0.0", "2.0.0", "switchback-qemu", &v2, Vec::new());
+    let tampered = app.dir.path().join("tampered.swb");
+    let mut bytes = std::fs::read(&good).unwrap();
+    let at = bytes.len() - 100_000;
+    bytes[at] ^= 0x40;
+    std::fs::write(&tampered, &bytes).unwrap();
+    let foreign = app.bundle("foreign", "2.0.0", "another-product", &v2, Vec::new());
+    let (mut vm, _disk) = factory(&app, &app.stick(&[&tampered, &foreign]));
+    vm.send("updater install /media/tampered.swb; echo TAMPERED EXIT $?")
+        .unwrap();
+    let err = vm.expect("updater: error:", STEP).unwrap();
+    assert!(err.contains("image rootfs chunk"), "{err}");
+    let code = vm.expect("TAMPERED EXIT", STEP).unwrap();
+    assert!(
+        code.ends_with("EXIT 28") || code.ends_with("EXIT 29"),
+        "{code}"
+    );
+    vm.send("updater install /media/foreign.swb; echo FOREIGN EXIT $?")
+        .unwrap();
+    vm.expect(
+        "\"another-product\" but this device is \"switchback-qemu\"",
+        STEP,
+    )
+    .unwrap();
+    vm.expect("FOREIGN EXIT 41", STEP).unwrap();
+    vm.send("bootctl --disk /dev/vda status").unwrap();
+    vm.expect("slot_a          1     0        yes  (booted, next)", STEP)
+        .unwrap();
 }

@@ -60,17 +60,9 @@ enum Command {
 /// As PID 1 there is nobody to return to: report, wait, reboot (the next
 /// boot sees one try fewer and falls back in the end).
 fn boot_stage(slots_disk: PathBuf, watchdog_timeout: u32) -> ! {
-    let cmdline = host::read_cmdline();
-    // The slot kernel gets the boot stage's console settings.
-    let append = cmdline
-        .split_whitespace()
-        .filter(|a| a.starts_with("console="))
-        .collect::<Vec<_>>()
-        .join(" ");
     let stage = bootctl::boot_stage::BootStage {
         disk: slots_disk,
         watchdog_timeout_s: watchdog_timeout,
-        append,
     };
     if let Err(e) = stage.run() {
         eprintln!("switchback boot stage: FAILED: {e:#}; rebooting in 10 s");

@@ -1,0 +1,154 @@
+//! A small but real appliance to test and demo: releases as slot images,
+//! signed bundles on a virtio "USB stick", the factory disk, and a machine
+//! that boots through the boot stage.
+
+use crate::guest::{boot_stage_initramfs, ext4_image, release_image, Kernel, Release};
+use crate::qemu::Machine;
+use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
+use ed25519_dalek::SigningKey;
+use image_tools::bundle::{self, BuildOptions, ImageSource, MigrationSource};
+use image_tools::mkdisk::{mkdisk, MkdiskOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const BOOT: Duration = Duration::from_secs(240);
+pub const STEP: Duration = Duration::from_secs(120);
+pub const HEARTBEAT_CHECK: &str =
+    r#"[{"name": "service", "command": ["test", "-f", "/data/app/heartbeat"], "timeout_s": 10}]"#;
+
+pub struct Appliance {
+    pub dir: tempfile::TempDir,
+    kernel: Kernel,
+    key: SigningKey,
+    pem: PathBuf,
+}
+
+impl Appliance {
+    pub fn new() -> Appliance {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[0x17; 32]);
+        let pem = dir.path().join("vendor.pem");
+        std::fs::write(
+            &pem,
+            key.verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap(),
+        )
+        .unwrap();
+        Appliance {
+            kernel: Kernel::debian().unwrap(),
+            dir,
+            key,
+            pem,
+        }
+    }
+
+    pub fn image(&self, release: &Release) -> PathBuf {
+        let out = self.dir.path().join(format!("{}.ext4", release.version));
+        release_image(self.dir.path(), &self.kernel, release, &self.pem, &out).unwrap();
+        out
+    }
+
+    /// A signed bundle of `image` for `compatible`.
+    pub fn bundle(
+        &self,
+        name: &str,
+        version: &str,
+        compatible: &str,
+        image: &Path,
+        migrations: Vec<MigrationSource>,
+    ) -> PathBuf {
+        let opts = BuildOptions {
+            compatible: compatible.into(),
+            version: version.into(),
+            security_version: 1,
+            data_schema: if migrations.is_empty() { None } else { Some(2) },
+            build_time: 1,
+            level: 3,
+            chunk_size: 4 << 20,
+            threads: 2,
+            migrations,
+            base: None,
+        };
+        let out = self.dir.path().join(format!("{name}.swb"));
+        let src = [ImageSource {
+            target: "rootfs".into(),
+            path: image.to_path_buf(),
+        }];
+        bundle::build(
+            &opts,
+            &src,
+            std::slice::from_ref(&self.key),
+            &out,
+            &mut |_| {},
+        )
+        .unwrap();
+        out
+    }
+
+    /// An ext4 "USB stick" holding `files`; the guest mounts it at /media.
+    pub fn stick(&self, files: &[&Path]) -> PathBuf {
+        let dir = self.dir.path().join("stick");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in files {
+            std::fs::copy(f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+        let out = self.dir.path().join("stick.ext4");
+        ext4_image(&dir, &out, "160M").unwrap();
+        out
+    }
+
+    /// A bundle of `image` alone on a stick.
+    pub fn media(&self, version: &str, image: &Path) -> PathBuf {
+        let b = self.bundle(version, version, "switchback-qemu", image, Vec::new());
+        self.stick(&[&b])
+    }
+
+    pub fn factory_disk(&self, v1: &Path) -> PathBuf {
+        let out = self.dir.path().join("disk.img");
+        let opts = MkdiskOptions {
+            out: out.clone(),
+            slot_size: 72 << 20,
+            data_size: 16 << 20,
+            slot_a: Some(v1.to_path_buf()),
+            sector_size: 512,
+        };
+        mkdisk(&opts).unwrap();
+        out
+    }
+
+    pub fn boot(&self, disk: &Path, stick: &Path) -> Machine {
+        let initrd = self.dir.path().join("boot-stage.cpio");
+        if !initrd.exists() {
+            boot_stage_initramfs(&self.kernel, &initrd).unwrap();
+        }
+        Machine::boot_rebooting(
+            &self.kernel.vmlinuz,
+            &initrd,
+            &[disk, stick],
+            "console=ttyS0 panic=-1 quiet",
+        )
+        .unwrap()
+    }
+}
+
+/// Boots the factory machine (v1 on slot_a) with `stick`, to its shell.
+pub fn factory(app: &Appliance, stick: &Path) -> (Machine, PathBuf) {
+    let v1 = app.image(&Release::default());
+    let disk = app.factory_disk(&v1);
+    let mut vm = app.boot(&disk, stick);
+    vm.expect("RELEASE 1.0.0 RUNNING ON slot_a", BOOT).unwrap();
+    vm.expect("READY 1.0.0", STEP).unwrap();
+    (vm, disk)
+}
+
+/// Back on the factory release after a failed update, told why once.
+pub fn back_on_a(vm: &mut Machine, why: &str) {
+    vm.expect("switchback boot stage: selected slot_a", BOOT)
+        .unwrap();
+    vm.expect("RELEASE 1.0.0 RUNNING ON slot_a", BOOT).unwrap();
+    let line = vm.expect("was rolled back", STEP).unwrap();
+    assert!(line.contains(why), "{line}");
+    vm.expect("HEALTH EXIT 51", STEP).unwrap();
+    vm.expect("READY 1.0.0", STEP).unwrap();
+}
