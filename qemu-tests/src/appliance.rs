@@ -152,3 +152,9 @@ pub fn back_on_a(vm: &mut Machine, why: &str) {
     vm.expect("HEALTH EXIT 51", STEP).unwrap();
     vm.expect("READY 1.0.0", STEP).unwrap();
 }
+
+impl Default for Appliance {
+    fn default() -> Self {
+        Appliance::new()
+    }
+}
