@@ -40,29 +40,35 @@ impl Kernel {
                 "apt-cache knows no kernel package behind linux-image-amd64 (run apt-get update)",
             )?
             .to_string();
-        let dir = super::cache_dir().join(&package);
-        let done = dir.join(".unpacked");
-        if !done.exists() {
-            std::fs::create_dir_all(&dir)?;
+        let cache = super::cache_dir();
+        std::fs::create_dir_all(&cache)?;
+        let dir = cache.join(&package);
+        // Tests run in parallel: one fetches, the others wait for it.
+        let lock = std::fs::File::create(cache.join(format!("{package}.lock")))?;
+        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| anyhow::anyhow!("locking the kernel cache: {e}"))?;
+        if !dir.join("root").exists() {
+            // Unpacked beside, renamed into place: a cut leaves no half tree.
+            let work = tempfile::tempdir_in(&cache)?;
             let download = |d: &Path| {
                 run(Command::new("apt-get")
                     .args(["download", &package])
                     .current_dir(d))
             };
-            if download(&dir).is_err() {
+            if download(work.path()).is_err() {
                 run(Command::new("apt-get").arg("update").arg("-qq"))?;
-                download(&dir)?;
+                download(work.path())?;
             }
-            let deb = std::fs::read_dir(&dir)?
+            let deb = std::fs::read_dir(work.path())?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .find(|p| p.extension().is_some_and(|e| e == "deb"))
                 .context("apt-get download left no .deb")?;
             run(Command::new("dpkg")
                 .arg("-x")
                 .arg(&deb)
-                .arg(dir.join("root")))?;
-            std::fs::remove_file(&deb)?;
-            std::fs::write(&done, b"")?;
+                .arg(work.path().join("root")))?;
+            std::fs::create_dir_all(&dir)?;
+            std::fs::rename(work.path().join("root"), dir.join("root"))?;
         }
         let boot = dir.join("root/boot");
         let vmlinuz = std::fs::read_dir(&boot)?
