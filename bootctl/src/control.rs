@@ -8,11 +8,11 @@
 use crate::attr::{BootAttrs, MAX_NIBBLE};
 use crate::device::{BlockDevice, FileDevice};
 use crate::error::{Error, Result};
+use crate::lock::{self, DiskLock};
 use crate::select::{select, Selection};
 use crate::slots::{Slot, SlotTable};
 use crate::table::{detect_sector_size, Gpt};
-use nix::fcntl::{Flock, FlockArg};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 /// Priority a freshly activated slot gets; the other bootable slot sits one
@@ -43,36 +43,48 @@ pub struct Disk {
     path: PathBuf,
     dev: Box<dyn BlockDevice>,
     sector_size: Option<u64>,
-    /// Held for the life of the handle: boot state is read-modify-written,
-    /// and the boot stage, the updater and a technician may race.
-    _lock: Option<Flock<File>>,
+    /// Boot state is read-modify-written, and the boot stage, the updater
+    /// and a technician may race: a writable handle holds the disk's lock
+    /// ([`crate::lock`]) unless the process took it already.
+    _lock: Option<DiskLock>,
 }
 
 impl Disk {
-    /// Opens `path` for reading (and writing when `writable`), taking an
-    /// exclusive lock. `sector_size` overrides detection for image files.
+    /// Opens `path` for reading (and writing when `writable`, under the
+    /// disk's lock, waiting at most [`lock::DEFAULT_WAIT`] for it).
+    /// `sector_size` overrides detection for image files; a block device's
+    /// own sector size wins, and a different override is refused.
     pub fn open(path: &Path, sector_size: Option<u64>, writable: bool) -> Result<Disk> {
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
             .open(path)
             .map_err(Error::io(path, "open"))?;
-        let lock_handle = file.try_clone().map_err(Error::io(path, "dup"))?;
-        let lock =
-            Flock::lock(lock_handle, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
-                path: path.into(),
-                op: "flock",
-                source: errno.into(),
-            })?;
+        if !lock::path_is_disk_like(&file, path)? {
+            return Err(Error::NotADisk { path: path.into() });
+        }
+        let held = if writable && !lock::held_by_us(&file, path)? {
+            Some(lock::lock(path, lock::DEFAULT_WAIT)?)
+        } else {
+            None
+        };
         let dev = FileDevice::new(file).map_err(Error::io(path, "measure"))?;
         let kernel = dev
             .kernel_sector_size()
             .map_err(Error::io(path, "BLKSSZGET"))?;
+        if let (Some(k), Some(asked)) = (kernel, sector_size) {
+            if k != asked {
+                return Err(Error::Invalid(format!(
+                    "{}: --sector-size {asked} disagrees with the block device's own {k}",
+                    path.display()
+                )));
+            }
+        }
         let mut disk = Disk {
             path: path.into(),
             dev: Box::new(dev),
             sector_size: kernel.or(sector_size),
-            _lock: Some(lock),
+            _lock: held,
         };
         disk.check_sector_size()?;
         Ok(disk)
@@ -132,6 +144,12 @@ impl Disk {
                 backup,
             }
         })?;
+        gpt.current()
+            .check_layout()
+            .map_err(|reason| Error::BadTable {
+                path: self.path.clone(),
+                reason,
+            })?;
         let table = SlotTable::find(gpt.current(), &self.path)?;
         Ok(State { gpt, table })
     }

@@ -48,6 +48,21 @@ pub enum Error {
     #[error("{path}: read-back after writing the GPT does not match what was written")]
     VerifyFailed { path: PathBuf },
 
+    #[error("{path}: the partition table is unsafe to use: {reason}")]
+    BadTable { path: PathBuf, reason: String },
+
+    #[error("{path}: busy: another process holds the disk's lock (waited {waited_s} s); try again when it is done")]
+    Busy { path: PathBuf, waited_s: u64 },
+
+    #[error("the kernel command line says {booted} is running, not {given}: --booted-slot must agree with it")]
+    BootedMismatch {
+        booted: &'static str,
+        given: &'static str,
+    },
+
+    #[error("{path}: not a disk or disk image (a regular file or block device)")]
+    NotADisk { path: PathBuf },
+
     #[error("{0}")]
     Invalid(String),
 }
@@ -64,6 +79,10 @@ impl Error {
             Error::NotSuccessful { .. } => 15,
             Error::BootedUnknown => 16,
             Error::VerifyFailed { .. } => 17,
+            Error::BadTable { .. } => 18,
+            Error::Busy { .. } => 19,
+            Error::BootedMismatch { .. } => 39,
+            Error::NotADisk { .. } => 10,
             Error::Invalid(_) => 2,
         }
     }

@@ -15,14 +15,36 @@ pub struct DiskArgs {
     /// Logical sector size of a disk image (default: detected).
     #[arg(long, global = true, value_parser = ["512", "4096"])]
     pub sector_size: Option<String>,
-    /// The slot the system booted from (default: from /proc/cmdline).
+    /// The slot the system booted from, for disk images (on a device it
+    /// comes from /proc/cmdline, and a different one is refused).
     #[arg(long, global = true)]
     pub booted_slot: Option<Slot>,
+    /// Seconds to wait for the disk's lock when another command holds it.
+    #[arg(long, global = true, default_value_t = crate::lock::DEFAULT_WAIT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub lock_wait: u64,
 }
 
 impl DiskArgs {
     pub fn sector_size(&self) -> Option<u64> {
         self.sector_size.as_deref().and_then(|s| s.parse().ok())
+    }
+
+    /// Takes the disk's lock ([`crate::lock`]) for a state-changing command.
+    pub fn lock(&self, disk: &Path) -> crate::Result<crate::lock::DiskLock> {
+        crate::lock::lock(disk, std::time::Duration::from_secs(self.lock_wait))
+    }
+
+    /// The booted slot: the kernel command line's when it names one (a
+    /// `--booted-slot` that disagrees is refused), else `--booted-slot`.
+    pub fn booted(&self, cmdline: &str, table: &SlotTable) -> crate::Result<Option<Slot>> {
+        match (booted_slot(cmdline, table), self.booted_slot) {
+            (Some(running), Some(given)) if running != given => Err(crate::Error::BootedMismatch {
+                booted: running.name(),
+                given: given.name(),
+            }),
+            (running, given) => Ok(running.or(given)),
+        }
     }
 }
 
@@ -84,5 +106,40 @@ mod tests {
         );
         assert_eq!(cmdline_value(c, "rootwait"), None);
         assert_eq!(cmdline_value(c, "roo"), None);
+    }
+
+    #[test]
+    fn the_command_line_decides_the_booted_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let layout = crate::provision::Layout {
+            slot_size: 1 << 20,
+            data_size: 1 << 20,
+            sector_size: 512,
+        };
+        crate::provision::create(&path, layout).unwrap();
+        let table = crate::Disk::open(&path, None, false)
+            .unwrap()
+            .read()
+            .unwrap()
+            .table;
+        let args = |booted: Option<Slot>| DiskArgs {
+            disk: None,
+            sector_size: None,
+            booted_slot: booted,
+            lock_wait: 1,
+        };
+        let on_b = "root=/dev/vda3 switchback.slot=slot_b";
+        assert_eq!(args(None).booted(on_b, &table).unwrap(), Some(Slot::B));
+        assert_eq!(
+            args(Some(Slot::B)).booted(on_b, &table).unwrap(),
+            Some(Slot::B)
+        );
+        let err = args(Some(Slot::A)).booted(on_b, &table).unwrap_err();
+        assert_eq!(err.exit_code(), 39, "{err}");
+        assert_eq!(
+            args(Some(Slot::A)).booted("quiet", &table).unwrap(),
+            Some(Slot::A)
+        );
     }
 }

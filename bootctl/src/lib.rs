@@ -12,6 +12,7 @@ pub mod control;
 pub mod device;
 pub mod error;
 pub mod host;
+pub mod lock;
 pub mod provision;
 pub mod report;
 pub mod select;

@@ -6,16 +6,21 @@
 //! which is exactly the disk a power cut leaves behind. This module reads
 //! both copies and validates each on its own (header CRC, array CRC, LBA
 //! fields, entry size), and writes a new entry array in the one order that
-//! makes a cut at any sector safe:
+//! makes a cut at any sector safe, even a cut while an earlier cut is being
+//! repaired: the copy written first is never the only valid one.
 //!
-//! 1. backup array, backup header, fdatasync;
-//! 2. primary array, primary header, fdatasync.
+//! - both copies valid, or the backup damaged: 1. backup array, backup
+//!   header, fdatasync; 2. primary array, primary header, fdatasync;
+//! - the primary damaged (the backup is then the only valid copy): the
+//!   primary first, then the backup.
 //!
-//! A reader prefers a valid primary and falls back to a valid backup. Cut in
-//! step 1, the primary still holds the old state; cut in step 2, the primary
-//! is invalid (its header CRC or array CRC fails) and the backup holds the new
-//! state. A header is one sector, and a sector write is atomic on the devices
-//! we target, so no cut yields a mix.
+//! A reader prefers a valid primary and falls back to a valid backup. Cut
+//! while the first copy is written, the other copy still holds the old state
+//! (and a half-written primary is invalid, so the reader skips it); cut while
+//! the second is written, the first holds the new state. A header is one
+//! sector, written after its array, and a sector write is atomic on the
+//! devices we target, so no cut yields a mix. `bootctl/tests/flip.rs` cuts
+//! every pair of sector writes of two successive changes.
 
 use crate::device::BlockDevice;
 use std::io;
@@ -186,6 +191,41 @@ impl Copy {
             .collect()
     }
 
+    /// Refuses a table whose partitions could send a write somewhere else:
+    /// a partition that ends before it starts, lies outside the usable LBAs
+    /// (over a GPT copy, the MBR, or past the disk's end: the header check
+    /// keeps the usable LBAs inside the disk), or overlaps another one.
+    pub fn check_layout(&self) -> Result<(), String> {
+        let h = &self.header;
+        let mut spans = Vec::new();
+        for e in self.entries() {
+            let who = format!("partition {} ({:?})", e.index + 1, e.name);
+            if e.first_lba > e.last_lba {
+                return Err(format!(
+                    "{who} ends at LBA {} before it starts at LBA {}",
+                    e.last_lba, e.first_lba
+                ));
+            }
+            if e.first_lba < h.first_usable_lba || e.last_lba > h.last_usable_lba {
+                return Err(format!(
+                    "{who} (LBAs {}..={}) lies outside the usable LBAs {}..={}",
+                    e.first_lba, e.last_lba, h.first_usable_lba, h.last_usable_lba
+                ));
+            }
+            spans.push((e.first_lba, e.last_lba, who));
+        }
+        spans.sort();
+        for pair in spans.windows(2) {
+            let [(_, a_last, a), (b_first, _, b)] = pair else {
+                continue;
+            };
+            if b_first <= a_last {
+                return Err(format!("{a} and {b} overlap (at LBA {b_first})"));
+            }
+        }
+        Ok(())
+    }
+
     /// Replaces entry `index`'s attribute word in this (in-memory) copy.
     pub fn set_attributes(&mut self, index: usize, word: u64) {
         let at = index * self.header.entry_size as usize + ATTR_OFFSET;
@@ -347,11 +387,19 @@ impl Gpt {
             .header
             .rewritten(1, backup_lba, primary_entries_lba, crc, sector);
 
-        dev.write_at(&array, backup_entries_lba * self.sector_size)?;
-        dev.write_at(&backup_header, backup_lba * self.sector_size)?;
-        dev.sync()?;
-        dev.write_at(&array, primary_entries_lba * self.sector_size)?;
-        dev.write_at(&primary_header, self.sector_size)?;
-        dev.sync()
+        let backup = (backup_entries_lba, backup_header, backup_lba);
+        let primary = (primary_entries_lba, primary_header, 1);
+        // Never write the only valid copy first (module docs).
+        let order = if self.primary.is_err() {
+            [primary, backup]
+        } else {
+            [backup, primary]
+        };
+        for (array_lba, header, header_lba) in order {
+            dev.write_at(&array, array_lba * self.sector_size)?;
+            dev.write_at(&header, header_lba * self.sector_size)?;
+            dev.sync()?;
+        }
+        Ok(())
     }
 }

@@ -271,3 +271,101 @@ fn flips_on_block_devices_with_512_and_4096_byte_sectors() {
         );
     }
 }
+
+/// Rewrites partition `index` (0-based) of a disk image to span
+/// `first..=last`, with valid CRCs in both copies: a hostile table.
+fn respan(path: &Path, index: usize, first: u64, last: u64) {
+    let mut disk = bootctl::Disk::open(path, Some(512), true).unwrap();
+    let gpt = bootctl::table::Gpt::read(disk.device(), 512).unwrap();
+    let mut copy = gpt.current().clone();
+    let at = index * copy.header.entry_size as usize;
+    copy.entries[at + 32..at + 40].copy_from_slice(&first.to_le_bytes());
+    copy.entries[at + 40..at + 48].copy_from_slice(&last.to_le_bytes());
+    gpt.write_entries(disk.device(), &copy.entries).unwrap();
+}
+
+#[test]
+fn hostile_tables_are_refused_by_every_verb_and_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = disk(dir.path());
+    let gpt = {
+        let mut d = bootctl::Disk::open(&fresh, Some(512), false).unwrap();
+        bootctl::table::Gpt::read(d.device(), 512).unwrap()
+    };
+    let h = gpt.current().header.clone();
+    let entries = gpt.current().entries();
+    let (a, b, data) = (&entries[0], &entries[1], &entries[2]);
+    let cases: [(&str, usize, u64, u64, &str); 5] = [
+        (
+            "slot_b over slot_a",
+            1,
+            a.last_lba - 10,
+            b.last_lba,
+            "overlap",
+        ),
+        (
+            "slot_b over data",
+            1,
+            b.first_lba,
+            data.first_lba + 1,
+            "overlap",
+        ),
+        (
+            "slot_a over the GPT",
+            0,
+            1,
+            a.last_lba,
+            "outside the usable LBAs",
+        ),
+        (
+            "data past the end",
+            2,
+            data.first_lba,
+            h.last_usable_lba + 8,
+            "outside the usable LBAs",
+        ),
+        (
+            "slot_b backwards",
+            1,
+            b.last_lba,
+            b.first_lba,
+            "before it starts",
+        ),
+    ];
+    for (name, index, first, last, message) in cases {
+        let d = dir.path().join("hostile.img");
+        std::fs::copy(&fresh, &d).unwrap();
+        respan(&d, index, first, last);
+        let before = std::fs::read(&d).unwrap();
+        for verb in [
+            &["set-active", "b"][..],
+            &["mark-good", "a"],
+            &["mark-bad", "b"],
+            &["select"],
+            &["status"],
+        ] {
+            let out = bootctl(&d)
+                .args(["--booted-slot", "a"])
+                .args(verb)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(18), "{name}, {verb:?}: {err}");
+            assert!(
+                err.contains("partition table is unsafe") && err.contains(message),
+                "{name}, {verb:?}: {err}"
+            );
+            assert!(std::fs::read(&d).unwrap() == before, "{name}: written");
+        }
+    }
+}
+
+#[test]
+fn a_directory_as_the_disk_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    bootctl(dir.path())
+        .arg("status")
+        .assert()
+        .code(10)
+        .stderr(predicates::str::contains("not a disk or disk image"));
+}

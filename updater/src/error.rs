@@ -41,8 +41,8 @@ pub enum UpdateError {
         offset: u64,
     },
 
-    #[error("another install is running (lock {path} is held)")]
-    Busy { path: PathBuf },
+    #[error("refusing to overwrite {target}, the only committed release: {why}")]
+    LastGoodSlot { target: &'static str, why: String },
 
     #[error("download {url}: {reason}")]
     Http { url: String, reason: String },
@@ -101,7 +101,6 @@ impl UpdateError {
             UpdateError::TooLarge { .. } => 44,
             UpdateError::Write { .. } => 45,
             UpdateError::ReadBack { .. } => 46,
-            UpdateError::Busy { .. } => 47,
             UpdateError::Http { .. } => 48,
             UpdateError::UnsupportedTarget(_) => 49,
             UpdateError::State { .. } => 50,
@@ -111,6 +110,7 @@ impl UpdateError {
             UpdateError::MigrationPath { .. } => 54,
             UpdateError::MigrationFailed { .. } => 55,
             UpdateError::DeltaBase { .. } => 56,
+            UpdateError::LastGoodSlot { .. } => 57,
         }
     }
 }
@@ -126,9 +126,15 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
                 .downcast_ref::<std::io::Error>()
                 .and_then(|io| io.get_ref())
                 .and_then(|inner| inner.downcast_ref());
+            // The disk's lock is bootctl's; the updater kept its own code.
+            let busy = matches!(
+                c.downcast_ref::<bootctl::Error>(),
+                Some(bootctl::Error::Busy { .. })
+            );
             c.downcast_ref::<UpdateError>()
                 .or(wrapped)
                 .map(UpdateError::exit_code)
+                .or(busy.then_some(47))
         })
         .unwrap_or_else(|| image_tools::exit_code(e))
 }

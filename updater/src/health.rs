@@ -72,6 +72,7 @@ pub fn health(
     sector_size: Option<u64>,
     booted: Slot,
 ) -> Result<HealthOutcome> {
+    let _lock = bootctl::lock::ensure(disk_path, bootctl::lock::DEFAULT_WAIT)?;
     let mut state = StateFile::load(&config.state_dir());
     let mut disk = Disk::open(disk_path, sector_size, true)?;
     let attrs = disk.read()?.attrs();
@@ -126,7 +127,16 @@ pub fn health(
         .slots
         .get(booted.name())
         .map(|r| r.version.clone());
-    match run_checks(config) {
+    // A slot marked bad (by a technician, or a check run elsewhere) while
+    // on trial is a failed trial, whatever the checks would say now.
+    let verdict = if attrs[booted.index()].priority == 0 {
+        Err(format!(
+            "{booted} was marked bad before its health check ran"
+        ))
+    } else {
+        run_checks(config).map_err(|f| format!("health check {:?} failed: {}", f.name, f.detail))
+    };
+    match verdict {
         Ok(()) => {
             disk.mark_good(booted)?;
             if let Some(rec) = state.state.slots.get(booted.name()) {
@@ -166,8 +176,7 @@ pub fn health(
             save(&mut state)?;
             Ok(HealthOutcome::Committed { version })
         }
-        Err(failed) => {
-            let reason = format!("health check {:?} failed: {}", failed.name, failed.detail);
+        Err(reason) => {
             let fallback = booted.other();
             disk.update(|a| {
                 a[booted.index()] = BootAttrs::UNBOOTABLE;

@@ -22,12 +22,11 @@ use crate::migrate;
 use crate::slot_writer::SlotWriter;
 use crate::state::{now, InstallRecord, Outcome, SlotRecord, StateFile};
 use anyhow::{Context, Result};
-use bootctl::{Disk, Slot};
+use bootctl::{BootAttrs, Disk, Slot};
 use image_tools::bundle::keys::short_id;
 use image_tools::bundle::manifest::BaseSpec;
 use image_tools::bundle::pipeline::ordered_map;
 use image_tools::bundle::{Digest, Envelope, ImageSpec, Keyring, Manifest, MigrationSpec};
-use nix::fcntl::{Flock, FlockArg};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -108,24 +107,26 @@ fn check_policy(
     Ok(())
 }
 
-/// Takes the install lock: one install at a time per device.
-fn lock_installs(state_dir: &std::path::Path) -> Result<Flock<File>> {
-    std::fs::create_dir_all(state_dir).map_err(|source| UpdateError::State {
-        path: state_dir.to_path_buf(),
-        source,
-    })?;
-    let path = state_dir.join("install.lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| UpdateError::State {
-            path: path.clone(),
-            source,
-        })?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock)
-        .map_err(|_| UpdateError::Busy { path }.into())
+/// Refuses to overwrite the only committed release: the target slot may
+/// be written only while the running slot is committed and bootable, or
+/// when the target holds nothing committed.
+fn check_target(attrs: [BootAttrs; 2], booted: Slot) -> Result<()> {
+    let (running, target) = (attrs[booted.index()], attrs[booted.other().index()]);
+    if !target.successful || (running.successful && running.is_bootable()) {
+        return Ok(());
+    }
+    let why = if running.priority == 0 {
+        format!("the running {booted} is marked unbootable")
+    } else {
+        format!(
+            "the running {booted} is still on trial: commit it (updater health) or roll back first"
+        )
+    };
+    Err(UpdateError::LastGoodSlot {
+        target: booted.other().name(),
+        why,
+    }
+    .into())
 }
 
 /// Installs the bundle read from `source` into the slot that is not booted.
@@ -135,6 +136,8 @@ pub fn install(
     opts: &InstallOptions,
     observer: &mut dyn Observer,
 ) -> Result<Installed> {
+    // Before any state is read: what is checked below stays true.
+    let _lock = bootctl::lock::ensure(&opts.disk, bootctl::lock::DEFAULT_WAIT)?;
     let keyring = Keyring::load_dir(&config.keyring)?;
     let bundle = Envelope::read(source)?.verify(&keyring)?;
     let manifest = bundle.manifest.clone();
@@ -150,11 +153,11 @@ pub fn install(
         None => None,
     };
 
-    let _lock = lock_installs(&state_dir)?;
     let target = opts.booted.other();
     let area = {
         let mut disk = Disk::open(&opts.disk, opts.sector_size, true)?;
         let st = disk.read()?;
+        check_target(st.attrs(), opts.booted)?;
         let entry = st.table.entry(target);
         let ss = st.gpt.sector_size;
         let area = SlotArea {

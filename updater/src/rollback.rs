@@ -14,6 +14,7 @@ pub fn rollback(
     sector_size: Option<u64>,
     booted: Slot,
 ) -> Result<Slot> {
+    let _lock = bootctl::lock::ensure(disk_path, bootctl::lock::DEFAULT_WAIT)?;
     let mut state = StateFile::load(&config.state_dir());
     let (target, _) = Disk::open(disk_path, sector_size, true)?.rollback(Some(booted))?;
     let version = |s: Slot| state.state.slots.get(s.name()).map(|r| r.version.clone());

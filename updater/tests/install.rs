@@ -347,19 +347,60 @@ fn read_back_mismatch_is_caught_before_the_flip() {
 }
 
 #[test]
-fn a_second_install_while_one_runs_is_refused() {
+fn every_state_changing_command_waits_for_the_disk_lock_then_says_busy() {
     let dev = device();
     let b = dev.bundle(&release("2.0.0"));
-    let lock_dir = dev.dir.path().join("state");
-    std::fs::create_dir_all(&lock_dir).unwrap();
-    let f = std::fs::File::create(lock_dir.join("install.lock")).unwrap();
-    let _held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).unwrap();
-    dev.updater("a")
-        .arg("install")
-        .arg(&b)
-        .assert()
-        .code(47)
-        .stderr(contains("another install is running"));
+    // Another process's lock on the disk itself (as sfdisk or a running
+    // install holds it).
+    let mut holder = std::process::Command::new("flock")
+        .arg(&dev.disk)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = std::fs::read(&dev.disk).unwrap();
+    for args in [
+        vec!["install", b.to_str().unwrap()],
+        vec!["health", "--no-reboot"],
+        vec!["rollback", "--yes", "--no-reboot"],
+    ] {
+        let start = std::time::Instant::now();
+        dev.updater("a")
+            .args(["--lock-wait", "1"])
+            .args(&args)
+            .assert()
+            .code(47)
+            .stderr(contains("busy: another process holds the disk's lock"));
+        assert!(
+            start.elapsed() >= std::time::Duration::from_secs(1),
+            "{args:?}"
+        );
+    }
+    for args in [
+        vec!["set-active", "b"],
+        vec!["mark-good", "a"],
+        vec!["mark-bad", "b"],
+        vec!["rollback"],
+        vec!["select"],
+    ] {
+        Command::cargo_bin("bootctl")
+            .unwrap()
+            .arg("--disk")
+            .arg(&dev.disk)
+            .args(["--booted-slot", "a", "--lock-wait", "1"])
+            .args(&args)
+            .assert()
+            .code(19)
+            .stderr(contains("busy"));
+    }
+    // A query does not wait.
+    dev.updater("a").arg("status").assert().success();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(
+        std::fs::read(&dev.disk).unwrap() == before,
+        "nothing may be written"
+    );
 }
 
 /// The Python range server shipped with the tests, on 127.0.0.1.

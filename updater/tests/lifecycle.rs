@@ -284,3 +284,71 @@ fn a_damaged_state_file_does_not_stop_the_health_check() {
     );
     dev.updater("b").arg("status").assert().success();
 }
+
+#[test]
+fn the_only_committed_release_is_never_overwritten() {
+    let dev = device();
+    let b = dev.bundle(&release("2.0.0"));
+    let before = std::fs::read(&dev.disk).unwrap();
+    // A factory disk told it runs slot_b (never installed): the install
+    // would write over slot_a, the only release there is.
+    dev.updater("b")
+        .arg("install")
+        .arg(&b)
+        .assert()
+        .code(57)
+        .stderr(contains(
+            "refusing to overwrite slot_a, the only committed release: the running slot_b is marked unbootable",
+        ));
+    assert!(std::fs::read(&dev.disk).unwrap() == before, "disk written");
+
+    // slot_b installed and booted on trial, not yet committed: another
+    // install would overwrite slot_a, the release to fall back to.
+    dev.updater("a").arg("install").arg(&b).assert().success();
+    assert_eq!(dev.boot(), Slot::B);
+    let v3 = dev.bundle(&release("3.0.0"));
+    let before = std::fs::read(&dev.disk).unwrap();
+    dev.updater("b")
+        .arg("install")
+        .arg(&v3)
+        .assert()
+        .code(57)
+        .stderr(contains(
+            "slot_b is still on trial: commit it (updater health) or roll back first",
+        ));
+    assert!(std::fs::read(&dev.disk).unwrap() == before, "disk written");
+    // Committed, it may.
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success();
+    dev.updater("b").arg("install").arg(&v3).assert().success();
+}
+
+#[test]
+fn health_never_commits_a_slot_marked_bad() {
+    let dev = device();
+    dev.set_health(json!({"checks": [{"name": "ok", "command": ["true"]}]}));
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&release("2.0.0")))
+        .assert()
+        .success();
+    assert_eq!(dev.boot(), Slot::B);
+    assert_cmd::Command::cargo_bin("bootctl")
+        .unwrap()
+        .arg("--disk")
+        .arg(&dev.disk)
+        .args(["mark-bad", "b"])
+        .assert()
+        .success();
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .code(52)
+        .stderr(contains(
+            "slot_b was marked bad before its health check ran",
+        ));
+    assert_eq!(dev.attrs()[1], BootAttrs::UNBOOTABLE);
+    assert_eq!(dev.boot(), Slot::A);
+}

@@ -105,12 +105,15 @@ fn run(cli: Cli) -> Result<()> {
     };
     let sector_size = cli.target.sector_size();
     let writes = !matches!(cli.command, Command::Status { .. });
+    // Taken before anything is read, so the state acted on is current.
+    let _lock = if writes {
+        Some(cli.target.lock(&path)?)
+    } else {
+        None
+    };
     let mut disk = Disk::open(&path, sector_size, writes)?;
     let state = disk.read()?;
-    let booted = cli
-        .target
-        .booted_slot
-        .or_else(|| host::booted_slot(&cmdline, &state.table));
+    let booted = cli.target.booted(&cmdline, &state.table)?;
     let named_or_booted = |slot: Option<Slot>| slot.or(booted).ok_or(Error::BootedUnknown);
     let shown = path.display().to_string();
     let after = match cli.command {

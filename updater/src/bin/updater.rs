@@ -116,11 +116,18 @@ fn run(cli: Cli) -> Result<()> {
             )
         })?;
     let sector_size = cli.target.sector_size();
+    let changes_state = matches!(
+        cli.command,
+        Command::Install { .. } | Command::Health { .. } | Command::Rollback { .. }
+    );
+    // Taken before anything is read, so the state acted on is current.
+    let _lock = if changes_state {
+        Some(cli.target.lock(&disk_path)?)
+    } else {
+        None
+    };
     let boot_state = Disk::open(&disk_path, sector_size, false)?.read()?;
-    let booted = cli
-        .target
-        .booted_slot
-        .or_else(|| host::booted_slot(&cmdline, &boot_state.table));
+    let booted = cli.target.booted(&cmdline, &boot_state.table)?;
 
     match cli.command {
         Command::Install {
