@@ -8,6 +8,9 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_PATH: &str = "/etc/switchback/config.json";
+/// Longest any timeout may be: a day. Far above any real check, far below
+/// what would overflow a clock.
+pub const MAX_SECONDS: u64 = 86_400;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,7 +88,14 @@ impl Config {
             reason,
         };
         let text = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let config: Config = serde_json::from_slice(&text).map_err(|e| err(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| err(format!("not JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(err(
+                "must be a JSON object ({\"compatible\": ..., \"keyring\": ...})".into(),
+            ));
+        }
+        let config: Config = serde_json::from_value(value).map_err(|e| err(e.to_string()))?;
         config.validate().map_err(err)?;
         Ok(config)
     }
@@ -93,6 +103,42 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         if self.compatible.is_empty() {
             return Err("field `compatible` must not be empty".into());
+        }
+        // Relative paths would depend on where the updater was started.
+        let mut paths = vec![("keyring", &self.keyring), ("data_dir", &self.data_dir)];
+        paths.extend(self.state_dir.as_ref().map(|p| ("state_dir", p)));
+        paths.extend(self.disk.as_ref().map(|p| ("disk", p)));
+        for (field, p) in paths {
+            if !p.is_absolute() {
+                return Err(format!(
+                    "field `{field}` ({}) must be an absolute path",
+                    p.display()
+                ));
+            }
+        }
+        // A missing data directory (an unmounted data partition) would
+        // silently start a fresh state with a security floor of 0.
+        for (field, p) in [("keyring", &self.keyring), ("data_dir", &self.data_dir)] {
+            if !p.is_dir() {
+                return Err(format!(
+                    "field `{field}` ({}) must be an existing directory",
+                    p.display()
+                ));
+            }
+        }
+        let mut seconds = vec![
+            ("health.deadline_s".to_string(), self.health.deadline_s),
+            ("migration_timeout_s".to_string(), self.migration_timeout_s),
+        ];
+        for (i, c) in self.health.checks.iter().enumerate() {
+            seconds.push((format!("health.checks[{i}].timeout_s"), c.timeout_s));
+        }
+        for (field, value) in seconds {
+            if !(1..=MAX_SECONDS).contains(&value) {
+                return Err(format!(
+                    "field `{field}` must be 1 to {MAX_SECONDS} seconds, not {value}"
+                ));
+            }
         }
         if self.boot_tries == 0 || self.boot_tries > bootctl::attr::MAX_NIBBLE {
             return Err(format!(
@@ -131,9 +177,9 @@ mod tests {
 
     #[test]
     fn defaults_and_errors_name_the_field() {
-        let c = load(r#"{"compatible":"acme","keyring":"/etc/keys"}"#).unwrap();
+        let c = load(r#"{"compatible":"acme","keyring":"/","data_dir":"/"}"#).unwrap();
         assert_eq!(c.boot_tries, 3);
-        assert_eq!(c.state_dir(), PathBuf::from("/data/switchback"));
+        assert_eq!(c.state_dir(), PathBuf::from("/switchback"));
         assert_eq!(c.health.deadline_s, 300);
         let e = load(r#"{"keyring":"/k"}"#).unwrap_err().to_string();
         assert!(
@@ -144,15 +190,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `boot_trys`"), "{e}");
-        let e = load(r#"{"compatible":"a","keyring":"/k","boot_tries":0}"#)
+        let e = load(r#"{"compatible":"a","keyring":"/","data_dir":"/","boot_tries":0}"#)
             .unwrap_err()
             .to_string();
         assert!(e.contains("boot_tries"), "{e}");
         let e = load(
-            r#"{"compatible":"a","keyring":"/k","health":{"checks":[{"name":"x","command":[]}]}}"#,
+            r#"{"compatible":"a","keyring":"/","data_dir":"/","health":{"checks":[{"name":"x","command":[]}]}}"#,
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("health.checks[0].command"), "{e}");
+    }
+
+    #[test]
+    fn paths_and_numbers_are_checked_at_load() {
+        let cases = [
+            (r#"[1, 2]"#, "must be a JSON object"),
+            (
+                r#"{"compatible":"a","keyring":"keys","data_dir":"/"}"#,
+                "`keyring` (keys) must be an absolute path",
+            ),
+            (
+                r#"{"compatible":"a","keyring":"/","data_dir":"data"}"#,
+                "`data_dir` (data) must be an absolute path",
+            ),
+            (
+                r#"{"compatible":"a","keyring":"/","data_dir":"/nonexistent-data"}"#,
+                "`data_dir` (/nonexistent-data) must be an existing directory",
+            ),
+            (
+                r#"{"compatible":"a","keyring":"/","data_dir":"/","migration_timeout_s":18446744073709551615}"#,
+                "`migration_timeout_s` must be 1 to 86400 seconds",
+            ),
+            (
+                r#"{"compatible":"a","keyring":"/","data_dir":"/","health":{"deadline_s":0}}"#,
+                "`health.deadline_s` must be 1 to 86400",
+            ),
+            (
+                r#"{"compatible":"a","keyring":"/","data_dir":"/","health":{"checks":[{"name":"x","command":["true"],"timeout_s":18446744073709551615}]}}"#,
+                "`health.checks[0].timeout_s` must be 1 to 86400",
+            ),
+        ];
+        for (text, message) in cases {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(message), "{text}: {e}");
+        }
     }
 }

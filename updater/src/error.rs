@@ -17,7 +17,7 @@ pub enum UpdateError {
     #[error("bundle version {bundle} is older than the running {running}: pass --allow-downgrade to install it")]
     Downgrade { bundle: String, running: String },
 
-    #[error("image {image} is {size} bytes, larger than {slot} ({slot_size} bytes)")]
+    #[error("image {image} is {size} bytes, larger than {slot} holds ({slot_size} bytes, less the release record at its end)")]
     TooLarge {
         image: String,
         size: u64,
@@ -39,6 +39,18 @@ pub enum UpdateError {
         slot: &'static str,
         index: usize,
         offset: u64,
+    },
+
+    #[error(
+        "data snapshot of {dir} failed: {reason}; the partial copy is removed and nothing changed"
+    )]
+    Snapshot { dir: PathBuf, reason: String },
+
+    #[error("{version} is installed in {slot} and boots next on trial, but recording that failed ({reason}); the next updater command completes the record")]
+    FlippedNotRecorded {
+        slot: &'static str,
+        version: String,
+        reason: String,
     },
 
     #[error("refusing to overwrite {target}, the only committed release: {why}")]
@@ -111,6 +123,8 @@ impl UpdateError {
             UpdateError::MigrationFailed { .. } => 55,
             UpdateError::DeltaBase { .. } => 56,
             UpdateError::LastGoodSlot { .. } => 57,
+            UpdateError::Snapshot { .. } => 58,
+            UpdateError::FlippedNotRecorded { .. } => 59,
         }
     }
 }

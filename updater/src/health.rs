@@ -8,9 +8,9 @@
 //! the one running) and reports that once, with the reason.
 
 use crate::config::{Check, Config};
-use crate::migrate;
+use crate::recover::{finish_commit, recover, save, security_version_of};
 use crate::runner::{run_command, CheckResult};
-use crate::state::{now, Outcome, StateFile};
+use crate::state::{Outcome, StateFile};
 use anyhow::{Context, Result};
 use bootctl::{BootAttrs, Disk, Slot};
 use std::path::Path;
@@ -39,7 +39,8 @@ pub fn run_check(check: &Check, deadline: Instant) -> CheckResult {
         &check.command,
         &[],
         Duration::from_secs(check.timeout_s),
-        deadline,
+        Some(deadline),
+        None,
     )
 }
 
@@ -74,6 +75,7 @@ pub fn health(
 ) -> Result<HealthOutcome> {
     let _lock = bootctl::lock::ensure(disk_path, bootctl::lock::DEFAULT_WAIT)?;
     let mut state = StateFile::load(&config.state_dir());
+    recover(config, disk_path, Some(booted), &mut state)?;
     let mut disk = Disk::open(disk_path, sector_size, true)?;
     let attrs = disk.read()?.attrs();
 
@@ -138,42 +140,12 @@ pub fn health(
     };
     match verdict {
         Ok(()) => {
-            disk.mark_good(booted)?;
-            if let Some(rec) = state.state.slots.get(booted.name()) {
-                state.state.security_floor = state.state.security_floor.max(rec.security_version);
-            }
-            if let Some(last) = state
-                .state
-                .last_install
-                .as_mut()
-                .filter(|l| l.slot == booted.name())
-            {
-                last.outcome = Outcome::Committed;
-                last.finished_at = Some(now());
-            }
-            state.record("commit", booted.name(), version.as_deref(), None, None);
-            if let Some(v) = &version {
-                let env = migrate::MigrationEnv {
-                    data_dir: config.data_dir.clone(),
-                    disk: disk_path.to_path_buf(),
-                    new_slot: booted.name().into(),
-                    new_slot_offset: disk.read()?.table.entry(booted).first_lba
-                        * disk.sector_size(),
-                };
-                // The release is healthy and stays committed; a failed
-                // finalize is recorded for the vendor to look at.
-                if let Err(e) = migrate::finalize(config, v, &env) {
-                    log::warn!("{e:#}");
-                    state.record(
-                        "finalize-failed",
-                        booted.name(),
-                        Some(v),
-                        None,
-                        Some(&format!("{e:#}")),
-                    );
-                }
-            }
+            // Intent first: a crash after the flag is finished by `recover`.
+            let sv = security_version_of(config, disk_path, &disk.read()?, booted, &state);
+            state.state.committing = Some(booted.name().into());
             save(&mut state)?;
+            disk.mark_good(booted)?;
+            finish_commit(config, disk_path, booted, sv, &mut state)?;
             Ok(HealthOutcome::Committed { version })
         }
         Err(reason) => {
@@ -206,14 +178,4 @@ pub fn health(
             Ok(HealthOutcome::Failed { reason, fallback })
         }
     }
-}
-
-fn save(state: &mut StateFile) -> Result<()> {
-    state.save().map_err(|source| {
-        crate::UpdateError::State {
-            path: state.path.clone(),
-            source,
-        }
-        .into()
-    })
 }

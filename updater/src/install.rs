@@ -18,7 +18,9 @@
 use crate::config::Config;
 use crate::error::UpdateError;
 use crate::events::{Event, Observer};
+use crate::evidence::{self, SlotArea};
 use crate::migrate;
+use crate::recover::{recover, save, settle_install};
 use crate::slot_writer::SlotWriter;
 use crate::state::{now, InstallRecord, Outcome, SlotRecord, StateFile};
 use anyhow::{Context, Result};
@@ -52,18 +54,13 @@ pub struct Installed {
     pub manifest: Manifest,
 }
 
-/// Where the target slot is on the disk.
-struct SlotArea {
-    slot: Slot,
-    offset: u64,
-    size: u64,
-}
-
-/// Refusals that need only the manifest and the device's records.
+/// Refusals that need only the manifest and what the device knows: the
+/// floor (the state's, or the disk's evidence when higher) and the running
+/// release (the state's record, else the running slot's trailer).
 fn check_policy(
     config: &Config,
-    state: &StateFile,
-    booted: Slot,
+    floor: u64,
+    running: Option<&str>,
     m: &Manifest,
     allow_downgrade: bool,
 ) -> Result<()> {
@@ -74,7 +71,6 @@ fn check_policy(
         }
         .into());
     }
-    let floor = state.state.security_floor;
     if m.security_version < floor {
         return Err(UpdateError::SecurityVersion {
             bundle: m.security_version,
@@ -82,19 +78,19 @@ fn check_policy(
         }
         .into());
     }
-    if let Some(running) = state.state.slots.get(booted.name()) {
+    if let Some(running) = running {
         let parse = |v: &str| semver::Version::parse(v).ok();
-        if let (Some(new), Some(old)) = (parse(&m.version), parse(&running.version)) {
+        if let (Some(new), Some(old)) = (parse(&m.version), parse(running)) {
             if new < old && !allow_downgrade {
                 return Err(UpdateError::Downgrade {
                     bundle: m.version.clone(),
-                    running: running.version.clone(),
+                    running: running.to_string(),
                 }
                 .into());
             }
         }
     } else {
-        log::info!("the running release's version is not recorded; no downgrade check");
+        log::info!("the running release's version is not known; no downgrade check");
     }
     let is_migration = |t: &str| m.migrations.iter().any(|g| g.image == t);
     if let Some(other) = m
@@ -130,6 +126,16 @@ fn check_target(attrs: [BootAttrs; 2], booted: Slot) -> Result<()> {
 }
 
 /// Installs the bundle read from `source` into the slot that is not booted.
+///
+/// What the state file says at each step, and what a crash there leaves
+/// (settled by [`crate::recover`] at the next command):
+/// 1. `installing` (the target's record dropped), then the target is
+///    marked unbootable and its trailer erased: a crash leaves it so;
+/// 2. written, read back, trailer written, expand migrations run;
+/// 3. `flipping`, with the target's record: a crash before or during the
+///    flip is settled from the target's flags;
+/// 4. the flip; 5. `installed`. If only step 5 cannot be saved, the error
+///    says that the flip took effect.
 pub fn install(
     config: &Config,
     source: Box<dyn Read + Send>,
@@ -138,12 +144,38 @@ pub fn install(
 ) -> Result<Installed> {
     // Before any state is read: what is checked below stays true.
     let _lock = bootctl::lock::ensure(&opts.disk, bootctl::lock::DEFAULT_WAIT)?;
+    let mut state = StateFile::load(&config.state_dir());
+    recover(config, &opts.disk, Some(opts.booted), &mut state)?;
     let keyring = Keyring::load_dir(&config.keyring)?;
     let bundle = Envelope::read(source)?.verify(&keyring)?;
     let manifest = bundle.manifest.clone();
-    let state_dir = config.state_dir();
-    let mut state = StateFile::load(&state_dir);
-    check_policy(config, &state, opts.booted, &manifest, opts.allow_downgrade)?;
+    let target = opts.booted.other();
+    let disk_state = Disk::open(&opts.disk, opts.sector_size, false)?.read()?;
+    let (releases, warnings) = evidence::releases(&opts.disk, &disk_state, &keyring);
+    for w in &warnings {
+        log::warn!("{w}");
+    }
+    let floor = state
+        .state
+        .security_floor
+        .max(evidence::floor(disk_state.attrs(), &releases));
+    let from_version = state
+        .state
+        .slots
+        .get(opts.booted.name())
+        .map(|r| r.version.clone())
+        .or_else(|| {
+            releases[opts.booted.index()]
+                .as_ref()
+                .map(|m| m.version.clone())
+        });
+    check_policy(
+        config,
+        floor,
+        from_version.as_deref(),
+        &manifest,
+        opts.allow_downgrade,
+    )?;
     let image = manifest.image(ROOTFS)?.clone();
     let schema = state.state.data_schema.unwrap_or(migrate::INITIAL_SCHEMA);
     let chain = migrate::expand_chain(&manifest, schema)?;
@@ -153,30 +185,22 @@ pub fn install(
         None => None,
     };
 
-    let target = opts.booted.other();
-    let area = {
-        let mut disk = Disk::open(&opts.disk, opts.sector_size, true)?;
-        let st = disk.read()?;
-        check_target(st.attrs(), opts.booted)?;
-        let entry = st.table.entry(target);
-        let ss = st.gpt.sector_size;
-        let area = SlotArea {
-            slot: target,
-            offset: entry.first_lba * ss,
-            size: (entry.last_lba + 1 - entry.first_lba) * ss,
-        };
-        if image.size > area.size {
-            return Err(UpdateError::TooLarge {
-                image: image.target.clone(),
-                size: image.size,
-                slot: target.name(),
-                slot_size: area.size,
-            }
-            .into());
+    check_target(disk_state.attrs(), opts.booted)?;
+    let area = SlotArea::of(&disk_state, target);
+    let room = area
+        .size
+        .saturating_sub(image_tools::bundle::trailer::reserved(
+            bundle.head.len() as u64
+        ));
+    if image.size > room {
+        return Err(UpdateError::TooLarge {
+            image: image.target.clone(),
+            size: image.size,
+            slot: target.name(),
+            slot_size: room,
         }
-        disk.mark_bad(target)?;
-        area
-    };
+        .into());
+    }
     observer.event(&Event::Verified {
         compatible: manifest.compatible.clone(),
         version: manifest.version.clone(),
@@ -185,11 +209,6 @@ pub fn install(
         bytes: image.size,
     });
 
-    let from_version = state
-        .state
-        .slots
-        .get(opts.booted.name())
-        .map(|r| r.version.clone());
     state.state.last_install = Some(InstallRecord {
         slot: target.name().into(),
         version: manifest.version.clone(),
@@ -202,7 +221,7 @@ pub fn install(
     state.state.slots.remove(target.name());
     save(&mut state)?;
 
-    let result = write_and_flip(
+    let written = write_slot(
         config,
         bundle,
         &image,
@@ -212,70 +231,83 @@ pub fn install(
         &chain,
         &mut state,
         observer,
-    );
-    let record = state
-        .state
-        .last_install
-        .as_mut()
-        .context("install record vanished")?;
-    record.finished_at = Some(now());
-    match &result {
-        Ok(()) => {
-            record.outcome = Outcome::Installed;
-            state.state.slots.insert(
-                target.name().into(),
-                SlotRecord {
-                    version: manifest.version.clone(),
-                    compatible: manifest.compatible.clone(),
-                    digest: image.digest().to_string(),
-                    security_version: manifest.security_version,
-                    data_schema: manifest.data_schema,
-                    installed_at: now(),
-                },
-            );
-            state.record(
-                "install",
-                target.name(),
-                Some(&manifest.version),
-                from_version.as_deref(),
-                None,
-            );
-        }
-        Err(e) => {
-            let reason = format!("{e:#}");
-            record.outcome = Outcome::Failed;
-            record.reason = Some(reason.clone());
-            state.record(
-                "install-failed",
-                target.name(),
-                Some(&manifest.version),
-                from_version.as_deref(),
-                Some(&reason),
-            );
-        }
+    )
+    .and_then(|()| {
+        let record = SlotRecord {
+            version: manifest.version.clone(),
+            compatible: manifest.compatible.clone(),
+            digest: image.digest().to_string(),
+            security_version: manifest.security_version,
+            data_schema: manifest.data_schema,
+            installed_at: now(),
+        };
+        state.state.slots.insert(target.name().into(), record);
+        set_outcome(&mut state, Outcome::Flipping, None);
+        save(&mut state)
+    });
+    if let Err(e) = written {
+        let reason = format!("{e:#}");
+        state.state.slots.remove(target.name());
+        set_outcome(&mut state, Outcome::Failed, Some(reason.clone()));
+        state.record(
+            "install-failed",
+            target.name(),
+            Some(&manifest.version),
+            from_version.as_deref(),
+            Some(&reason),
+        );
+        // The install's own error matters more than a failure to record it.
+        let _ = save(&mut state);
+        return Err(e);
     }
-    // The install's own error matters more than a failure to record it.
-    let saved = save(&mut state);
-    result?;
-    saved?;
+
+    let flipped = Disk::open(&opts.disk, opts.sector_size, true)
+        .and_then(|mut d| d.set_active(target, config.boot_tries));
+    if let Err(e) = flipped {
+        // A flip cut short may or may not have taken effect: the disk says.
+        let attrs = Disk::open(&opts.disk, opts.sector_size, false)?
+            .read()?
+            .attrs();
+        settle_install(&mut state, attrs);
+        let _ = save(&mut state);
+        return Err(e.into());
+    }
+    observer.event(&Event::Flipped {
+        slot: target.name().into(),
+        tries: config.boot_tries,
+    });
+    set_outcome(&mut state, Outcome::Installed, None);
+    state.record(
+        "install",
+        target.name(),
+        Some(&manifest.version),
+        from_version.as_deref(),
+        None,
+    );
+    save(&mut state).map_err(|e| UpdateError::FlippedNotRecorded {
+        slot: target.name(),
+        version: manifest.version.clone(),
+        reason: format!("{e:#}"),
+    })?;
     Ok(Installed {
         slot: target,
         manifest,
     })
 }
 
-fn save(state: &mut StateFile) -> Result<()> {
-    state.save().map_err(|source| {
-        UpdateError::State {
-            path: state.path.clone(),
-            source,
+fn set_outcome(state: &mut StateFile, outcome: Outcome, reason: Option<String>) {
+    if let Some(r) = state.state.last_install.as_mut() {
+        r.outcome = outcome;
+        r.reason = reason;
+        if outcome != Outcome::Flipping {
+            r.finished_at = Some(now());
         }
-        .into()
-    })
+    }
 }
 
+/// Steps 1 (after the record) and 2 of [`install`]: everything up to the flip.
 #[allow(clippy::too_many_arguments)]
-fn write_and_flip(
+fn write_slot(
     config: &Config,
     bundle: image_tools::bundle::VerifiedBundle<Box<dyn Read + Send>>,
     image: &ImageSpec,
@@ -287,6 +319,7 @@ fn write_and_flip(
     observer: &mut dyn Observer,
 ) -> Result<()> {
     let manifest = bundle.manifest.clone();
+    let head = bundle.head.clone();
     let slot = area.slot.name();
     let write_err = |offset: u64| {
         move |source| UpdateError::Write {
@@ -296,11 +329,14 @@ fn write_and_flip(
             source,
         }
     };
+    Disk::open(&opts.disk, opts.sector_size, true)?.mark_bad(area.slot)?;
     let dev = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&opts.disk)
         .map_err(write_err(area.offset))?;
+    // A half-written slot must not claim a release.
+    evidence::erase(&dev, area).map_err(write_err(area.offset + area.size))?;
     let mut done = 0u64;
     let mut writer = SlotWriter::new(&dev, WRITEBACK_WINDOW);
     let mut executables: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -333,30 +369,23 @@ fn write_and_flip(
         slot: slot.into(),
         digest: image.digest().to_string(),
     });
+    evidence::write(&dev, area, &head).map_err(write_err(area.offset + area.size))?;
 
     if !manifest.migrations.is_empty() {
         let dir = migrate::release_dir(config, &manifest.version);
-        migrate::store(&dir, &manifest, &executables)?;
+        migrate::store(&dir, &head, &executables)?;
         let env = migrate::MigrationEnv {
             data_dir: config.data_dir.clone(),
             disk: opts.disk.clone(),
             new_slot: slot.into(),
             new_slot_offset: area.offset,
         };
-        migrate::expand(config, &dir, chain, &env)?;
-        if let Some(to) = chain.last().map(|g| g.to) {
-            // Recorded as soon as the data has it, before the flip.
+        // Recorded as soon as the data has it, before the flip.
+        migrate::expand(config, &dir, chain, &env, |to| {
             state.state.data_schema = Some(to);
-            save(state)?;
-        }
+            save(state)
+        })?;
     }
-
-    let mut disk = Disk::open(&opts.disk, opts.sector_size, true)?;
-    disk.set_active(area.slot, config.boot_tries)?;
-    observer.event(&Event::Flipped {
-        slot: slot.into(),
-        tries: config.boot_tries,
-    });
     Ok(())
 }
 

@@ -4,11 +4,14 @@
 //! configuration.
 
 pub mod config;
+pub mod confine;
 pub mod error;
 pub mod events;
+pub mod evidence;
 pub mod health;
 pub mod install;
 pub mod migrate;
+pub mod recover;
 pub mod rollback;
 pub mod runner;
 pub mod slot_writer;

@@ -15,20 +15,25 @@
 //! `SWITCHBACK_NEW_SLOT_OFFSET` (bytes into the disk).
 
 use crate::config::Config;
+use crate::confine::Confinement;
 use crate::error::UpdateError;
 use crate::runner::run_command;
 use anyhow::{bail, Context, Result};
-use image_tools::bundle::{Manifest, MigrationSpec, Phase};
+use image_tools::bundle::{Envelope, Keyring, Manifest, MigrationSpec, Phase};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The schema of a device that never recorded one: the first.
 pub const INITIAL_SCHEMA: u32 = 1;
 const SNAPSHOT_DIR: &str = ".switchback-snapshot";
-const SPECS_FILE: &str = "migrations.json";
+const SNAPSHOT_RECORD: &str = "snapshot.json";
+/// The release's signed head, kept with its migrations.
+const HEAD_FILE: &str = "release.swb-head";
 
 /// Where a release's migrations wait for its finalize phase.
 pub fn release_dir(config: &Config, version: &str) -> PathBuf {
@@ -67,23 +72,45 @@ pub fn expand_chain(m: &Manifest, current: u32) -> Result<Vec<MigrationSpec>, Up
     Ok(chain)
 }
 
-/// Keeps a release's migration executables (and their specs) until its
-/// finalize phase, replacing what an earlier attempt left.
-pub fn store(dir: &Path, m: &Manifest, executables: &BTreeMap<String, Vec<u8>>) -> Result<()> {
+/// Keeps a release's migration executables, with the release's signed head
+/// ([`image_tools::bundle::VerifiedBundle::head`]), until its finalize
+/// phase, replacing what an earlier attempt left. Synced: a power cut
+/// after the flip must not lose the finalize migrations.
+pub fn store(dir: &Path, head: &[u8], executables: &BTreeMap<String, Vec<u8>>) -> Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (name, bytes) in executables {
-        let path = dir.join(name);
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    let mut files: Vec<(PathBuf, &[u8])> = executables
+        .iter()
+        .map(|(name, bytes)| (dir.join(name), bytes.as_slice()))
+        .collect();
+    files.push((dir.join(HEAD_FILE), head));
+    for (path, bytes) in files {
+        let mut f =
+            std::fs::File::create(&path).with_context(|| format!("writing {}", path.display()))?;
+        f.write_all(bytes)
+            .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(0o755)))
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
-    std::fs::write(
-        dir.join(SPECS_FILE),
-        serde_json::to_vec_pretty(&m.migrations)?,
-    )?;
+    sync_dir(dir)?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
     Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Makes everything written under `dir`'s file system durable.
+fn syncfs(dir: &Path) -> Result<()> {
+    let d = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    nix::unistd::syncfs(&d).with_context(|| format!("syncing the file system of {}", dir.display()))
 }
 
 /// What a migration is told about the install.
@@ -94,21 +121,60 @@ pub struct MigrationEnv {
     pub new_slot_offset: u64,
 }
 
-/// Copies of the data directories a chain of migrations declares.
-struct Snapshot {
-    root: PathBuf,
+/// Written into the snapshot once it is complete: which directories it
+/// holds, and the schema the migrations lead to.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotRecord {
     /// Relative directory, and whether it existed before.
     entries: Vec<(String, bool)>,
+    phase: Phase,
+    to: u32,
+}
+
+/// Copies of the data directories a chain of migrations declares.
+///
+/// Write order, and what a cut leaves ([`recover_snapshot`] acts on it):
+/// 1. copy the directories into `.switchback-snapshot/`, `syncfs`; cut here:
+///    no record, the live data untouched: the partial copy is removed;
+/// 2. write `snapshot.json` (temporary file, fsync, rename, fsync); from
+///    here on a cut restores the data from the snapshot;
+/// 3. the migrations run, `syncfs`; the state records the new schema;
+/// 4. `snapshot.json` removed, then the copy: a cut between 3 and 4 finds
+///    the schema recorded, and removes the snapshot.
+struct Snapshot {
+    root: PathBuf,
+    record: SnapshotRecord,
 }
 
 impl Snapshot {
-    fn take(data_dir: &Path, dirs: &[String]) -> Result<Snapshot> {
+    fn take(data_dir: &Path, dirs: &[String], phase: Phase, to: u32) -> Result<Snapshot> {
         let root = data_dir.join(SNAPSHOT_DIR);
         if root.exists() {
-            std::fs::remove_dir_all(&root)
-                .with_context(|| format!("removing a stale {}", root.display()))?;
+            bail!(
+                "{} is left from an interrupted migration and was not recovered",
+                root.display()
+            );
         }
-        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let taken = Snapshot::copy(data_dir, &root, dirs, phase, to);
+        if taken.is_err() {
+            // Nothing has changed yet: leave no partial copy filling the disk.
+            let _ = std::fs::remove_dir_all(&root);
+        }
+        taken
+    }
+
+    fn copy(
+        data_dir: &Path,
+        root: &Path,
+        dirs: &[String],
+        phase: Phase,
+        to: u32,
+    ) -> Result<Snapshot> {
+        let failed = |dir: &Path, reason: String| UpdateError::Snapshot {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(root).map_err(|e| failed(root, e.to_string()))?;
         let mut entries = Vec::new();
         for rel in dirs {
             let src = data_dir.join(rel);
@@ -116,27 +182,44 @@ impl Snapshot {
             if existed {
                 let dst = root.join(rel);
                 if let Some(parent) = dst.parent() {
-                    std::fs::create_dir_all(parent)?;
+                    std::fs::create_dir_all(parent).map_err(|e| failed(&src, e.to_string()))?;
                 }
                 // cp picks reflinks where the file system has them.
-                let status = Command::new("cp")
+                let out = Command::new("cp")
                     .arg("-a")
                     .arg("--reflink=auto")
                     .arg(&src)
                     .arg(&dst)
-                    .status()
-                    .context("running cp for the data snapshot")?;
-                if !status.success() {
-                    bail!("snapshot of {} failed ({status})", src.display());
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .map_err(|e| failed(&src, format!("running cp: {e}")))?;
+                if !out.status.success() {
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    let last = err.lines().last().unwrap_or("").to_string();
+                    return Err(failed(&src, format!("cp {}: {last}", out.status)).into());
                 }
             }
             entries.push((rel.clone(), existed));
         }
-        Ok(Snapshot { root, entries })
+        syncfs(root)?;
+        let record = SnapshotRecord { entries, phase, to };
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(root).map_err(|e| failed(root, e.to_string()))?;
+        serde_json::to_writer(&mut tmp, &record)?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| failed(root, e.to_string()))?;
+        tmp.persist(root.join(SNAPSHOT_RECORD))
+            .map_err(|e| failed(root, e.error.to_string()))?;
+        sync_dir(root)?;
+        Ok(Snapshot {
+            root: root.to_path_buf(),
+            record,
+        })
     }
 
     fn restore(self, data_dir: &Path) -> Result<()> {
-        for (rel, existed) in &self.entries {
+        for (rel, existed) in &self.record.entries {
             let live = data_dir.join(rel);
             if live.is_dir() {
                 std::fs::remove_dir_all(&live)?;
@@ -148,13 +231,80 @@ impl Snapshot {
                     .with_context(|| format!("restoring {} from its snapshot", live.display()))?;
             }
         }
+        syncfs(data_dir)?;
         self.discard()
     }
 
     fn discard(self) -> Result<()> {
+        let record = self.root.join(SNAPSHOT_RECORD);
+        if record.exists() {
+            std::fs::remove_file(&record)
+                .with_context(|| format!("removing {}", record.display()))?;
+            sync_dir(&self.root)?;
+        }
         std::fs::remove_dir_all(&self.root)
             .with_context(|| format!("removing {}", self.root.display()))
     }
+}
+
+/// Finishes what an interrupted migration left in `data_dir` (see
+/// [`Snapshot`]), before anything else touches the data: a complete
+/// snapshot is restored unless its migrations were recorded as done (the
+/// expand's schema is in `schema`, or no finalize is `finalize_pending`);
+/// a recorded one, and a partial copy, are removed. Says what it did.
+pub fn recover_snapshot(
+    data_dir: &Path,
+    schema: u32,
+    finalize_pending: bool,
+) -> Result<Option<String>> {
+    let root = data_dir.join(SNAPSHOT_DIR);
+    if !root.exists() {
+        return Ok(None);
+    }
+    let record_path = root.join(SNAPSHOT_RECORD);
+    let record: Option<SnapshotRecord> = match std::fs::read(&record_path) {
+        Ok(bytes) => Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is damaged: the data may need restoring by hand",
+                record_path.display()
+            )
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", record_path.display())),
+    };
+    let snapshot = |record| Snapshot {
+        root: root.clone(),
+        record,
+    };
+    Ok(Some(match record {
+        None => {
+            std::fs::remove_dir_all(&root)
+                .with_context(|| format!("removing {}", root.display()))?;
+            format!(
+                "removed {}, a snapshot cut short before any migration ran",
+                root.display()
+            )
+        }
+        Some(r)
+            if match r.phase {
+                Phase::Expand => schema >= r.to,
+                Phase::Finalize => !finalize_pending,
+            } =>
+        {
+            snapshot(r).discard()?;
+            format!(
+                "removed the snapshot of a completed migration in {}",
+                data_dir.display()
+            )
+        }
+        Some(r) => {
+            snapshot(r).restore(data_dir)?;
+            format!(
+                "restored the data in {} from the snapshot of an interrupted migration",
+                data_dir.display()
+            )
+        }
+    }))
 }
 
 fn run_one(
@@ -162,7 +312,6 @@ fn run_one(
     dir: &Path,
     g: &MigrationSpec,
     env: &MigrationEnv,
-    deadline: Instant,
 ) -> Result<(), String> {
     let phase = match g.phase {
         Phase::Expand => "expand",
@@ -181,13 +330,23 @@ fn run_one(
         ),
     ]
     .map(|(k, v)| (k.to_string(), v));
+    // It may change the directories it declared, nothing else.
+    let mut writable = Vec::new();
+    for rel in &g.snapshot {
+        let d = env.data_dir.join(rel);
+        std::fs::create_dir_all(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        writable.push(d);
+    }
+    let confinement =
+        Confinement::new(&writable).map_err(|e| format!("cannot prepare its confinement: {e}"))?;
     let argv = [dir.join(&g.image).display().to_string()];
     let r = run_command(
         &g.image,
         &argv,
         &vars,
         Duration::from_secs(config.migration_timeout_s),
-        deadline,
+        None,
+        Some(&confinement),
     );
     if r.passed {
         log::info!("{phase} migration {}->{} ({}) done", g.from, g.to, g.image);
@@ -198,32 +357,27 @@ fn run_one(
 }
 
 /// Runs the expand chain; on any failure restores the data and fails.
+/// `record` saves the new schema once the data has it, before the snapshot
+/// is dropped (see [`Snapshot`] for why in that order).
 pub fn expand(
     config: &Config,
     dir: &Path,
     chain: &[MigrationSpec],
     env: &MigrationEnv,
+    record: impl FnOnce(u32) -> Result<()>,
 ) -> Result<()> {
-    if chain.is_empty() {
+    let Some(to) = chain.last().map(|g| g.to) else {
         return Ok(());
-    }
+    };
     let mut dirs: Vec<String> = chain
         .iter()
         .flat_map(|g| g.snapshot.iter().cloned())
         .collect();
     dirs.sort();
     dirs.dedup();
-    std::fs::create_dir_all(&env.data_dir)
-        .with_context(|| format!("creating {}", env.data_dir.display()))?;
-    let snapshot = Snapshot::take(&env.data_dir, &dirs)?;
-    let deadline = Instant::now()
-        + Duration::from_secs(
-            config
-                .migration_timeout_s
-                .saturating_mul(chain.len() as u64),
-        );
+    let snapshot = Snapshot::take(&env.data_dir, &dirs, Phase::Expand, to)?;
     for g in chain {
-        if let Err(detail) = run_one(config, dir, g, env, deadline) {
+        if let Err(detail) = run_one(config, dir, g, env) {
             let aftermath = match snapshot.restore(&env.data_dir) {
                 Ok(()) => {
                     "the data is restored from its snapshot and nothing was flipped".to_string()
@@ -241,39 +395,84 @@ pub fn expand(
             .into());
         }
     }
+    syncfs(&env.data_dir)?;
+    record(to)?;
     snapshot.discard()
 }
 
-/// Runs the finalize migrations kept for `version`, if any; the release
-/// stays committed whatever they do. Returns how many ran.
-pub fn finalize(config: &Config, version: &str, env: &MigrationEnv) -> Result<usize> {
+/// Runs the finalize migrations kept for `version`, if any, after checking
+/// the kept executables against the release's signed manifest again. Their
+/// declared directories are snapshotted as for expand: a failure, or a cut,
+/// restores them, so that `record` (called once they are done and synced)
+/// marks the one time they took effect. The release stays committed
+/// whatever they do. Returns how many ran.
+pub fn finalize(
+    config: &Config,
+    version: &str,
+    env: &MigrationEnv,
+    record: impl FnOnce() -> Result<()>,
+) -> Result<usize> {
     let dir = release_dir(config, version);
-    let specs_path = dir.join(SPECS_FILE);
-    if !specs_path.exists() {
+    let head_path = dir.join(HEAD_FILE);
+    if !head_path.exists() {
+        record()?;
         return Ok(0);
     }
-    let specs: Vec<MigrationSpec> = serde_json::from_slice(&std::fs::read(&specs_path)?)
-        .with_context(|| format!("reading {}", specs_path.display()))?;
-    let finals: Vec<&MigrationSpec> = specs
-        .iter()
-        .filter(|g| g.phase == Phase::Finalize)
-        .collect();
-    let deadline = Instant::now()
-        + Duration::from_secs(
-            config
-                .migration_timeout_s
-                .saturating_mul(finals.len() as u64),
-        );
-    for g in &finals {
-        run_one(config, &dir, g, env, deadline).map_err(|detail| UpdateError::MigrationFailed {
+    let failed =
+        |g: &MigrationSpec, detail: String, aftermath: &str| UpdateError::MigrationFailed {
             phase: "finalize",
             image: g.image.clone(),
             from: g.from,
             to: g.to,
             detail,
-            aftermath: "the release stays committed".into(),
-        })?;
+            aftermath: aftermath.into(),
+        };
+    let head =
+        std::fs::read(&head_path).with_context(|| format!("reading {}", head_path.display()))?;
+    let keyring = Keyring::load_dir(&config.keyring)?;
+    let manifest = Envelope::read(head.as_slice())?
+        .verify(&keyring)
+        .with_context(|| format!("checking {}", head_path.display()))?
+        .manifest;
+    let finals: Vec<&MigrationSpec> = manifest
+        .migrations
+        .iter()
+        .filter(|g| g.phase == Phase::Finalize)
+        .collect();
+    for g in &finals {
+        let path = dir.join(&g.image);
+        let image = manifest.image(&g.image)?;
+        let bytes = std::fs::read(&path)
+            .map_err(|e| failed(g, format!("reading {}: {e}", path.display()), "not run"))?;
+        if bytes.len() as u64 != image.size
+            || image_tools::bundle::delta::base_digest(&bytes, image.chunk_size, 1)
+                != image.digest()
+        {
+            let why = format!("{} differs from the signed release", path.display());
+            return Err(failed(g, why, "not run; the release stays committed").into());
+        }
     }
+    let mut dirs: Vec<String> = finals
+        .iter()
+        .flat_map(|g| g.snapshot.iter().cloned())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let to = finals.iter().map(|g| g.to).max().unwrap_or(0);
+    let snapshot = Snapshot::take(&env.data_dir, &dirs, Phase::Finalize, to)?;
+    for g in &finals {
+        if let Err(detail) = run_one(config, &dir, g, env) {
+            let aftermath = match snapshot.restore(&env.data_dir) {
+                Ok(()) => "the data is restored from its snapshot; the release stays committed"
+                    .to_string(),
+                Err(e) => format!("RESTORING THE DATA FAILED ({e:#}); the release stays committed"),
+            };
+            return Err(failed(g, detail, &aftermath).into());
+        }
+    }
+    syncfs(&env.data_dir)?;
+    record()?;
+    snapshot.discard()?;
     std::fs::remove_dir_all(&dir).ok();
     Ok(finals.len())
 }

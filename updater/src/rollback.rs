@@ -16,6 +16,7 @@ pub fn rollback(
 ) -> Result<Slot> {
     let _lock = bootctl::lock::ensure(disk_path, bootctl::lock::DEFAULT_WAIT)?;
     let mut state = StateFile::load(&config.state_dir());
+    crate::recover::recover(config, disk_path, Some(booted), &mut state)?;
     let (target, _) = Disk::open(disk_path, sector_size, true)?.rollback(Some(booted))?;
     let version = |s: Slot| state.state.slots.get(s.name()).map(|r| r.version.clone());
     let (to, from) = (version(target), version(booted));
@@ -26,9 +27,6 @@ pub fn rollback(
         from.as_deref(),
         Some("requested by a technician"),
     );
-    state.save().map_err(|source| crate::UpdateError::State {
-        path: state.path.clone(),
-        source,
-    })?;
+    crate::recover::save(&mut state)?;
     Ok(target)
 }

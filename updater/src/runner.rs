@@ -1,11 +1,25 @@
-//! Runs a program with a timeout and keeps the end of its output: what a
-//! health check and a data migration both are.
+//! Runs a program the way a health check and a data migration must run:
+//! in its own process group (a timeout, or its end, kills everything it
+//! started), with a clean environment (a fixed `PATH` plus the documented
+//! variables), `/` as its working directory, no standard input, and only
+//! the last few KiB of its output kept. Output is read through a pipe, so a
+//! chatty program fills neither memory nor a disk. A migration also runs
+//! confined ([`crate::confine`]).
 
-use std::io::{Read, Seek};
+use crate::confine::Confinement;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Lines of a failed program's output kept for the record.
+/// The `PATH` a check or migration gets, whatever the caller's was.
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Bytes of output kept for the record (state file, history, messages).
+pub const OUTPUT_TAIL: usize = 4096;
+/// Lines of that tail shown in a one-line message.
 const OUTPUT_LINES: usize = 10;
 
 #[derive(Debug)]
@@ -16,15 +30,34 @@ pub struct CheckResult {
     pub detail: String,
 }
 
-/// Runs `argv` with `env` added, until it exits, `timeout` passes or
-/// `deadline` comes. Output goes to a temporary file, not a pipe, so a
-/// chatty program cannot block on a full pipe.
+/// Keeps the last [`OUTPUT_TAIL`] bytes of a stream.
+fn keep_tail(mut from: std::fs::File, tail: Arc<Mutex<Vec<u8>>>) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let Ok(mut t) = tail.lock() else { return };
+                t.extend_from_slice(&buf[..n]);
+                if t.len() > OUTPUT_TAIL {
+                    let cut = t.len() - OUTPUT_TAIL;
+                    t.drain(..cut);
+                }
+            }
+        }
+    }
+}
+
+/// Runs `argv` with `env` as its whole environment besides `PATH`, until
+/// it exits or `timeout` passes (or `deadline`, when one is given, comes
+/// first). With `confine`, it runs in that confinement.
 pub fn run_command(
     name: &str,
     argv: &[String],
     env: &[(String, String)],
     timeout: Duration,
-    deadline: Instant,
+    deadline: Option<Instant>,
+    confine: Option<&Confinement>,
 ) -> CheckResult {
     let fail = |detail: String| CheckResult {
         name: name.to_string(),
@@ -34,58 +67,136 @@ pub fn run_command(
     let Some(program) = argv.first() else {
         return fail("no program to run".into());
     };
-    let mut out = match tempfile::tempfile() {
+    let (read_end, write_end) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot create an output pipe: {e}")),
+    };
+    let stderr_end = match write_end.try_clone() {
         Ok(f) => f,
-        Err(e) => return fail(format!("cannot create an output file: {e}")),
+        Err(e) => return fail(format!("cannot share the output pipe: {e}")),
     };
-    let (stdout, stderr) = match (out.try_clone(), out.try_clone()) {
-        (Ok(a), Ok(b)) => (a, b),
-        _ => return fail("cannot share the output file".into()),
+    let spawned = {
+        let mut cmd = Command::new(program);
+        cmd.args(&argv[1..])
+            .env_clear()
+            .env("PATH", PATH)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(write_end))
+            .stderr(Stdio::from(stderr_end))
+            .process_group(0);
+        if let Some(c) = confine {
+            let c = c.clone();
+            // SAFETY: the closure runs between fork and exec; it only makes
+            // system calls on data prepared before the fork (no allocation).
+            unsafe {
+                cmd.pre_exec(move || c.enter());
+            }
+        }
+        cmd.spawn()
+        // The command, and with it our copies of the pipe's write end, is
+        // dropped here: the reader sees the end when the program's group is gone.
     };
-    let mut child = match Command::new(program)
-        .args(&argv[1..])
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-    {
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot run {program:?}: {e}")),
     };
+    let group = Pid::from_raw(child.id() as i32);
+    let tail = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let tail = tail.clone();
+        let file = std::fs::File::from(read_end);
+        std::thread::spawn(move || keep_tail(file, tail))
+    };
     let own_limit = Instant::now() + timeout;
-    let limit = own_limit.min(deadline);
+    let limit = deadline.map_or(own_limit, |d| own_limit.min(d));
     let status = loop {
         match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= limit => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
+            Ok(Some(status)) => break Ok(Some(status)),
+            Ok(None) if Instant::now() >= limit => break Ok(None),
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return fail(format!("waiting for it: {e}")),
+            Err(e) => break Err(e),
         }
     };
-    let mut text = String::new();
-    let _ = out.rewind().and_then(|()| out.read_to_string(&mut text));
+    // Whatever it left behind goes with it: a timed-out program's children,
+    // and background processes of one that exited.
+    let _ = killpg(group, Signal::SIGKILL);
+    let _ = child.wait();
+    // A process that left the group may hold the pipe open: wait a little,
+    // then take what has been read.
+    let waited = Instant::now();
+    while !reader.is_finished() && waited.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let text = tail
+        .lock()
+        .map(|t| String::from_utf8_lossy(&t).into_owned())
+        .unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    let tail = &lines[lines.len().saturating_sub(OUTPUT_LINES)..];
-    let output = if tail.is_empty() {
+    let shown = &lines[lines.len().saturating_sub(OUTPUT_LINES)..];
+    let output = if shown.is_empty() {
         String::new()
     } else {
-        format!("; output: {}", tail.join(" | "))
+        format!("; output: {}", shown.join(" | "))
     };
     match status {
-        Some(s) if s.success() => CheckResult {
+        Err(e) => fail(format!("waiting for it: {e}")),
+        Ok(Some(s)) if s.success() => CheckResult {
             name: name.to_string(),
             passed: true,
             detail: String::new(),
         },
-        Some(s) => fail(format!("{s}{output}")),
-        None if own_limit <= deadline => {
+        Ok(Some(s)) => fail(format!("{s}{output}")),
+        Ok(None) if limit == own_limit => {
             fail(format!("timed out after {} s{output}", timeout.as_secs()))
         }
-        None => fail(format!("cut off by the overall deadline{output}")),
+        Ok(None) => fail(format!("cut off by the overall deadline{output}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, timeout_s: u64) -> CheckResult {
+        run_command(
+            "t",
+            &["/bin/sh".into(), "-c".into(), script.into()],
+            &[("ONLY".into(), "this".into())],
+            Duration::from_secs(timeout_s),
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn a_timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survivor");
+        let r = sh(
+            &format!("(sleep 2; touch {}) & sleep 60", marker.display()),
+            1,
+        );
+        assert!(
+            !r.passed && r.detail.contains("timed out after 1 s"),
+            "{r:?}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(!marker.exists(), "a child of the timed-out check survived");
+    }
+
+    #[test]
+    fn output_is_bounded_and_the_environment_clean() {
+        let r = sh(
+            "head -c 50000000 /dev/zero | tr '\\0' x; echo; env | sort; pwd; exit 3",
+            60,
+        );
+        assert!(!r.passed, "{r:?}");
+        assert!(r.detail.len() < OUTPUT_TAIL + 200, "{}", r.detail.len());
+        assert!(r.detail.contains("exit status: 3"), "{}", r.detail);
+        assert!(r.detail.contains("ONLY=this") && r.detail.contains(&format!("PATH={PATH}")));
+        assert!(!r.detail.contains("CARGO"), "{}", r.detail);
+        assert!(r.detail.ends_with("| /"), "{}", r.detail);
     }
 }

@@ -34,6 +34,9 @@ pub struct SlotRecord {
 pub enum Outcome {
     /// Writing; a crash leaves this, and the slot unbootable.
     Installing,
+    /// Written, checked and recorded; the flip comes next. A crash leaves
+    /// this, and the disk's flags tell whether the flip happened.
+    Flipping,
     /// Written and flipped; waits for a reboot and the health check.
     Installed,
     /// Writing or checking the slot failed; it never booted.
@@ -85,6 +88,14 @@ pub struct State {
     pub last_install: Option<InstallRecord>,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// A commit under way: this slot is being marked good. Recorded first,
+    /// so a crash between the flag and the rest of the commit is finished
+    /// by the next command (see `recover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committing: Option<String>,
+    /// The committed release whose finalize migrations have yet to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalize_pending: Option<String>,
 }
 
 impl Default for State {
@@ -96,6 +107,8 @@ impl Default for State {
             slots: BTreeMap::new(),
             last_install: None,
             history: Vec::new(),
+            committing: None,
+            finalize_pending: None,
         }
     }
 }
@@ -104,6 +117,45 @@ pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// On a real disk the state must live on its `data` partition: anywhere
+/// else (a tmpfs, the root file system while `data` is not mounted) it
+/// would be lost or start afresh, taking the security floor with it.
+/// `data_devnum` is that partition's device number, `None` when the disk
+/// is an image file (tests, factory tooling), where nothing is checked.
+pub fn check_location(
+    dir: &Path,
+    disk: &Path,
+    data_devnum: Option<Option<u64>>,
+) -> Result<(), String> {
+    let Some(expected) = data_devnum else {
+        return Ok(());
+    };
+    let Some(expected) = expected else {
+        return Err(format!(
+            "cannot find the data partition of {} in /sys/class/block; the state directory {} must be on it",
+            disk.display(),
+            dir.display()
+        ));
+    };
+    // The directory may not exist yet: its nearest existing parent decides.
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let st = nix::sys::stat::stat(existing).map_err(|e| format!("{}: {e}", existing.display()))?;
+    if st.st_dev != expected {
+        let show = |d: u64| format!("{}:{}", nix::sys::stat::major(d), nix::sys::stat::minor(d));
+        return Err(format!(
+            "the state directory {} is on device {}, not on {}'s data partition ({}): is the data partition mounted?",
+            dir.display(),
+            show(st.st_dev),
+            disk.display(),
+            show(expected)
+        ));
+    }
+    Ok(())
 }
 
 /// The state file of one device, and what loading it found.

@@ -1,8 +1,10 @@
 //! `updater status`: the boot flags, what each slot holds, the last install.
 
+use crate::install::ROOTFS;
 use crate::state::{InstallRecord, StateFile};
 use bootctl::report::{slot_marks, StatusReport};
 use bootctl::{Slot, State};
+use image_tools::bundle::Manifest;
 use serde::Serialize;
 use std::fmt;
 
@@ -29,20 +31,35 @@ pub struct UpdaterStatus {
 }
 
 impl UpdaterStatus {
-    pub fn new(disk: &str, boot: &State, booted: Option<Slot>, state: &StateFile) -> UpdaterStatus {
+    /// `on_disk` is each slot's release as its signed trailer shows it
+    /// ([`crate::evidence`]): what status shows when the state file has
+    /// no record, and what the floor is at least.
+    pub fn new(
+        disk: &str,
+        boot: &State,
+        booted: Option<Slot>,
+        state: &StateFile,
+        on_disk: &[Option<Manifest>; 2],
+    ) -> UpdaterStatus {
         let flags = StatusReport::new(disk, boot, booted);
         let slots = flags
             .slots
             .iter()
             .map(|s| {
                 let rec = state.state.slots.get(s.name.name());
+                let disk = on_disk[s.name.index()].as_ref();
                 SlotStatus {
                     name: s.name,
                     priority: s.priority,
                     tries: s.tries,
                     successful: s.successful,
-                    version: rec.map(|r| r.version.clone()),
-                    digest: rec.map(|r| r.digest.clone()),
+                    version: rec
+                        .map(|r| r.version.clone())
+                        .or_else(|| disk.map(|m| m.version.clone())),
+                    digest: rec.map(|r| r.digest.clone()).or_else(|| {
+                        disk.and_then(|m| m.image(ROOTFS).ok())
+                            .map(|i| i.digest().to_string())
+                    }),
                 }
             })
             .collect();
@@ -53,7 +70,10 @@ impl UpdaterStatus {
             booted,
             next: flags.next,
             slots,
-            security_floor: state.state.security_floor,
+            security_floor: state
+                .state
+                .security_floor
+                .max(crate::evidence::floor(boot.attrs(), on_disk)),
             data_schema: state.state.data_schema,
             last_install: state.state.last_install.clone(),
             warnings,

@@ -47,7 +47,7 @@ fn install_commit_health_failure_and_exhausted_tries_roll_back() {
                 from: 1,
                 to: 2,
                 phase: Phase::Finalize,
-                snapshot: vec![],
+                snapshot: vec!["app".into()],
             },
         ],
         ..release("2.0.0")

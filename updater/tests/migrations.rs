@@ -35,20 +35,20 @@ fn expand_runs_before_the_flip_and_finalize_at_commit() {
         "expand.sh",
         r#"set -e
 echo "the new release reads this" > "$SWITCHBACK_DATA_DIR/app/v2.txt"
-echo "$SWITCHBACK_PHASE $SWITCHBACK_FROM->$SWITCHBACK_TO into $SWITCHBACK_NEW_SLOT" >> "$SWITCHBACK_DATA_DIR/migrations.log""#,
+echo "$SWITCHBACK_PHASE $SWITCHBACK_FROM->$SWITCHBACK_TO into $SWITCHBACK_NEW_SLOT" >> "$SWITCHBACK_DATA_DIR/app/migrations.log""#,
     );
     let finalize = script(
         dev.dir.path(),
         "finalize.sh",
         r#"set -e
 rm "$SWITCHBACK_DATA_DIR/app/v1.txt"
-echo "$SWITCHBACK_PHASE $SWITCHBACK_FROM->$SWITCHBACK_TO" >> "$SWITCHBACK_DATA_DIR/migrations.log""#,
+echo "$SWITCHBACK_PHASE $SWITCHBACK_FROM->$SWITCHBACK_TO" >> "$SWITCHBACK_DATA_DIR/app/migrations.log""#,
     );
     let v2 = Release {
         data_schema: Some(2),
         migrations: vec![
             migration(expand, 1, 2, Phase::Expand, &["app"]),
-            migration(finalize, 1, 2, Phase::Finalize, &[]),
+            migration(finalize, 1, 2, Phase::Finalize, &["app"]),
         ],
         ..release("2.0.0")
     };
@@ -59,7 +59,7 @@ echo "$SWITCHBACK_PHASE $SWITCHBACK_FROM->$SWITCHBACK_TO" >> "$SWITCHBACK_DATA_D
         .success();
     // Before the reboot: the expanded schema is there, the old data too.
     assert_eq!(
-        std::fs::read_to_string(data.join("migrations.log")).unwrap(),
+        std::fs::read_to_string(data.join("app/migrations.log")).unwrap(),
         "expand 1->2 into slot_b\n"
     );
     assert!(data.join("app/v1.txt").exists() && data.join("app/v2.txt").exists());
@@ -75,7 +75,7 @@ echo "$SWITCHBACK_PHASE $SWITCHBACK_FROM->$SWITCHBACK_TO" >> "$SWITCHBACK_DATA_D
         .assert()
         .success();
     assert_eq!(
-        std::fs::read_to_string(data.join("migrations.log")).unwrap(),
+        std::fs::read_to_string(data.join("app/migrations.log")).unwrap(),
         "expand 1->2 into slot_b\nfinalize 1->2\n"
     );
     assert!(!data.join("app/v1.txt").exists() && data.join("app/v2.txt").exists());

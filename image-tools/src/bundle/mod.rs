@@ -26,6 +26,7 @@ pub mod keys;
 pub mod manifest;
 pub mod pipeline;
 pub mod reader;
+pub mod trailer;
 pub mod writer;
 
 pub use error::BundleError;

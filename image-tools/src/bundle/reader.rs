@@ -28,6 +28,7 @@ pub struct Envelope<R> {
     pub header: Header,
     pub manifest_bytes: Vec<u8>,
     pub signatures: Vec<SignatureEntry>,
+    signature_block: Vec<u8>,
     reader: R,
 }
 
@@ -45,6 +46,7 @@ impl<R: Read> Envelope<R> {
             header,
             manifest_bytes,
             signatures: decode_signatures(&sig_block),
+            signature_block: sig_block,
             reader,
         })
     }
@@ -88,9 +90,16 @@ impl<R: Read> Envelope<R> {
             }
         };
         let manifest = Manifest::parse(&self.manifest_bytes, self.header.payload_len)?;
+        let head = [
+            &self.header.encode()[..],
+            &self.manifest_bytes,
+            &self.signature_block,
+        ]
+        .concat();
         Ok(VerifiedBundle {
             manifest,
             signer,
+            head,
             reader: self.reader,
         })
     }
@@ -113,6 +122,10 @@ pub struct VerifiedBundle<R> {
     pub manifest: Manifest,
     /// Id of the key whose signature verified.
     pub signer: [u8; 32],
+    /// The bundle's header, manifest and signatures as read: signed
+    /// evidence of the release that [`Envelope::read`] and
+    /// [`Envelope::verify`] check again later, without the payload.
+    pub head: Vec<u8>,
     reader: R,
 }
 

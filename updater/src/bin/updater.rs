@@ -3,6 +3,8 @@
 use anyhow::{Context, Result};
 use bootctl::{host, Disk, Error as BootError};
 use clap::{Parser, Subcommand};
+use image_tools::bundle::Keyring;
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use updater::config::{Config, DEFAULT_PATH};
 use updater::events::{Event, JsonLines, Observer, Terminal};
@@ -128,6 +130,18 @@ fn run(cli: Cli) -> Result<()> {
     };
     let boot_state = Disk::open(&disk_path, sector_size, false)?.read()?;
     let booted = cli.target.booted(&cmdline, &boot_state.table)?;
+    let data_devnum = std::fs::metadata(&disk_path)
+        .is_ok_and(|m| m.file_type().is_block_device())
+        .then(|| {
+            let data = boot_state.table.data.as_ref()?;
+            host::partition_devnum(&disk_path, data.index + 1)
+        });
+    updater::state::check_location(&config.state_dir(), &disk_path, data_devnum).map_err(
+        |reason| UpdateError::Config {
+            path: cli.config.clone(),
+            reason,
+        },
+    )?;
 
     match cli.command {
         Command::Install {
@@ -255,12 +269,18 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Status => {
             let state = StateFile::load(&config.state_dir());
-            let status = UpdaterStatus::new(
+            let (on_disk, disk_warnings) = match Keyring::load_dir(&config.keyring) {
+                Ok(k) => updater::evidence::releases(&disk_path, &boot_state, &k),
+                Err(e) => ([None, None], vec![format!("{e:#}")]),
+            };
+            let mut status = UpdaterStatus::new(
                 &disk_path.display().to_string(),
                 &boot_state,
                 booted,
                 &state,
+                &on_disk,
             );
+            status.warnings.extend(disk_warnings);
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

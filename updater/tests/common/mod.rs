@@ -72,6 +72,8 @@ pub fn device_in(dir: tempfile::TempDir, slot_mib: u64) -> Device {
     .unwrap();
     let config = dir.path().join("config.json");
     let state_dir = dir.path().join("state");
+    // The mounted data partition.
+    std::fs::create_dir(dir.path().join("data")).unwrap();
     std::fs::write(
         &config,
         serde_json::json!({

@@ -1,0 +1,117 @@
+//! What each slot holds, read from the disk alone: the signed head that an
+//! install leaves at the end of the slot ([`image_tools::bundle::trailer`]).
+//! The state file says the same faster; this is what remains when the state
+//! file is lost, truncated or replaced, so that the security floor (the
+//! highest security version of a committed slot) and each slot's release
+//! cannot be reset by deleting a file.
+
+use bootctl::{BootAttrs, Slot};
+use image_tools::bundle::trailer::{self, TRAILER_SECTOR};
+use image_tools::bundle::{BundleError, Keyring, Manifest};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Where a slot is on the disk.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotArea {
+    pub slot: Slot,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl SlotArea {
+    pub fn of(state: &bootctl::State, slot: Slot) -> SlotArea {
+        let entry = state.table.entry(slot);
+        let ss = state.gpt.sector_size;
+        SlotArea {
+            slot,
+            offset: entry.first_lba * ss,
+            size: (entry.last_lba + 1 - entry.first_lba) * ss,
+        }
+    }
+
+    fn footer_at(&self) -> u64 {
+        self.offset + self.size - TRAILER_SECTOR
+    }
+}
+
+/// Removes the slot's evidence (its footer), durably: done before a slot
+/// is rewritten, so a half-written slot never claims a release.
+pub fn erase(dev: &File, area: &SlotArea) -> std::io::Result<()> {
+    dev.write_all_at(&[0u8; TRAILER_SECTOR as usize], area.footer_at())?;
+    dev.sync_data()
+}
+
+/// Writes `head` as the slot's evidence: the head, then the footer that
+/// makes it count, then a sync.
+pub fn write(dev: &File, area: &SlotArea, head: &[u8]) -> std::io::Result<()> {
+    let at = area.offset + area.size - trailer::reserved(head.len() as u64);
+    dev.write_all_at(head, at)?;
+    dev.write_all_at(&trailer::footer(head), area.footer_at())?;
+    dev.sync_data()
+}
+
+/// The release whose signed head is at the end of the slot: `None` when
+/// there is none; an error when one is there but does not verify.
+pub fn read(
+    dev: &File,
+    area: &SlotArea,
+    keyring: &Keyring,
+) -> Result<Option<Manifest>, BundleError> {
+    let io = |what: &str| BundleError::io(format!("reading {} of {}'s trailer", what, area.slot));
+    if area.size < TRAILER_SECTOR {
+        return Ok(None);
+    }
+    let mut footer = vec![0u8; TRAILER_SECTOR as usize];
+    dev.read_exact_at(&mut footer, area.footer_at())
+        .map_err(io("the footer"))?;
+    let Some((len, crc)) = trailer::parse_footer(&footer, area.size)? else {
+        return Ok(None);
+    };
+    let mut head = vec![0u8; len as usize];
+    dev.read_exact_at(&mut head, area.offset + area.size - trailer::reserved(len))
+        .map_err(io("the head"))?;
+    trailer::verify_head(&head, crc, keyring).map(Some)
+}
+
+/// Both slots' releases as the disk shows them, with a warning for each
+/// trailer that is there but does not verify (taken as no evidence).
+pub fn releases(
+    disk: &Path,
+    state: &bootctl::State,
+    keyring: &Keyring,
+) -> ([Option<Manifest>; 2], Vec<String>) {
+    let mut warnings = Vec::new();
+    let dev = match File::open(disk) {
+        Ok(f) => f,
+        Err(e) => {
+            warnings.push(format!(
+                "{}: cannot read slot trailers: {e}",
+                disk.display()
+            ));
+            return ([None, None], warnings);
+        }
+    };
+    let found = Slot::ALL.map(
+        |slot| match read(&dev, &SlotArea::of(state, slot), keyring) {
+            Ok(m) => m,
+            Err(e) => {
+                warnings.push(format!("{slot}: its release record does not verify: {e}"));
+                None
+            }
+        },
+    );
+    (found, warnings)
+}
+
+/// The floor the disk proves: the highest security version of a slot that
+/// has passed its health check.
+pub fn floor(attrs: [BootAttrs; 2], releases: &[Option<Manifest>; 2]) -> u64 {
+    Slot::ALL
+        .into_iter()
+        .filter(|s| attrs[s.index()].successful)
+        .filter_map(|s| releases[s.index()].as_ref().map(|m| m.security_version))
+        .max()
+        .unwrap_or(0)
+}

@@ -1,0 +1,403 @@
+//! A bad day: the updater killed mid-step, the state file lost, a migration
+//! that overreaches, a data partition that is full or not mounted (and,
+//! mounted, an install onto the block device itself). Each
+//! time the next command finishes or undoes the interrupted step, and no
+//! committed release, data or security floor is lost.
+
+mod common;
+
+use bootctl::{BootAttrs, Slot};
+use common::*;
+use image_tools::bundle::{MigrationSource, Phase};
+use predicates::str::contains;
+use serde_json::json;
+use std::path::Path;
+
+fn expand(path: std::path::PathBuf, dirs: &[&str]) -> MigrationSource {
+    MigrationSource {
+        path,
+        from: 1,
+        to: 2,
+        phase: Phase::Expand,
+        snapshot: dirs.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn edit_state(dev: &Device, change: impl FnOnce(&mut serde_json::Value)) {
+    let mut s = dev.state();
+    change(&mut s);
+    std::fs::write(dev.dir.path().join("state/state.json"), s.to_string()).unwrap();
+}
+
+fn needs_root() -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !root {
+        eprintln!("SKIPPED: needs root (mount namespaces, tmpfs, loop devices)");
+    }
+    root
+}
+
+#[test]
+fn an_updater_killed_during_an_expand_migration_gets_the_data_restored_next_time() {
+    if !needs_root() {
+        return;
+    }
+    let dev = device();
+    let data = dev.dir.path().join("data");
+    std::fs::create_dir_all(data.join("app")).unwrap();
+    std::fs::write(data.join("app/table"), pattern(100_000, 3)).unwrap();
+    let before = tree(&data);
+    // Half-way through, the updater dies (as by a power cut or the OOM killer).
+    let killer = script(
+        dev.dir.path(),
+        "expand.sh",
+        r#"echo half > "$SWITCHBACK_DATA_DIR/app/table"; kill -9 $PPID; sleep 5"#,
+    );
+    let v2 = Release {
+        data_schema: Some(2),
+        migrations: vec![expand(killer, &["app"])],
+        ..release("2.0.0")
+    };
+    let out = dev
+        .updater("a")
+        .arg("install")
+        .arg(dev.bundle(&v2))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "the updater was to be killed");
+    assert!(data.join(".switchback-snapshot").exists());
+    assert_eq!(dev.state()["last_install"]["outcome"], "installing");
+
+    // The next command restores the data before anything else, and settles
+    // the install as failed; the flags were never flipped.
+    dev.updater("a")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success();
+    assert!(tree(&data) == before, "data not restored");
+    assert!(!data.join(".switchback-snapshot").exists());
+    assert_eq!(dev.state()["last_install"]["outcome"], "failed");
+    assert!(dev.state()["last_install"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("interrupted while writing"));
+    assert_eq!(dev.attrs()[1], BootAttrs::UNBOOTABLE);
+}
+
+#[test]
+fn a_crash_between_the_flip_and_the_record_is_settled_from_the_flags() {
+    let dev = device();
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&release("2.0.0")))
+        .assert()
+        .success();
+    // As if killed after the flip, before `installed` was saved.
+    edit_state(&dev, |s| s["last_install"]["outcome"] = json!("flipping"));
+    assert_eq!(dev.boot(), Slot::B);
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success()
+        .stdout(contains("slot_b (2.0.0) passed its health check"));
+    assert_eq!(dev.state()["last_install"]["outcome"], "committed");
+    assert!(dev.history().contains(&("install".into(), "slot_b".into())));
+
+    // Killed before the flip: the slot stays unbootable, the install failed.
+    dev.updater("b")
+        .arg("install")
+        .arg(dev.bundle(&release("3.0.0")))
+        .assert()
+        .success();
+    bootctl::Disk::open(&dev.disk, None, true)
+        .unwrap()
+        .mark_bad(Slot::A)
+        .unwrap();
+    edit_state(&dev, |s| s["last_install"]["outcome"] = json!("flipping"));
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success();
+    assert_eq!(dev.state()["last_install"]["outcome"], "failed");
+    assert!(dev.state()["slots"].get("slot_a").is_none());
+}
+
+#[test]
+fn a_commit_cut_after_the_flag_is_finished_once_at_the_next_boot() {
+    let dev = device();
+    let data = dev.dir.path().join("data");
+    std::fs::create_dir_all(data.join("app")).unwrap();
+    let finalize = script(
+        dev.dir.path(),
+        "finalize.sh",
+        r#"echo finalized >> "$SWITCHBACK_DATA_DIR/app/finalize.log""#,
+    );
+    let v2 = Release {
+        security_version: 5,
+        data_schema: Some(2),
+        migrations: vec![
+            expand(script(dev.dir.path(), "noop.sh", "true"), &["app"]),
+            MigrationSource {
+                phase: Phase::Finalize,
+                ..expand(finalize, &["app"])
+            },
+        ],
+        ..release("2.0.0")
+    };
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&v2))
+        .assert()
+        .success();
+    assert_eq!(dev.boot(), Slot::B);
+    // The health check passed and marked slot_b good, then the power went:
+    // the intent is recorded, the floor not raised, finalize not run.
+    edit_state(&dev, |s| s["committing"] = json!("slot_b"));
+    bootctl::Disk::open(&dev.disk, None, true)
+        .unwrap()
+        .mark_good(Slot::B)
+        .unwrap();
+    assert_eq!(dev.state()["security_floor"], 0);
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success();
+    assert_eq!(dev.state()["security_floor"], 5);
+    assert_eq!(dev.state()["last_install"]["outcome"], "committed");
+    assert!(dev.state().get("committing").is_none());
+    assert!(dev.state().get("finalize_pending").is_none());
+    // Once, also after more health checks.
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(data.join("app/finalize.log")).unwrap(),
+        "finalized\n"
+    );
+}
+
+#[test]
+fn a_lost_state_file_keeps_the_floor_and_the_releases_from_the_disk() {
+    let dev = device();
+    let v2 = Release {
+        security_version: 7,
+        ..release("2.0.0")
+    };
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&v2))
+        .assert()
+        .success();
+    assert_eq!(dev.boot(), Slot::B);
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success();
+    let old = dev.bundle(&Release {
+        security_version: 3,
+        ..release("1.5.0")
+    });
+    for loss in ["deleted", "truncated", "replaced"] {
+        let path = dev.dir.path().join("state/state.json");
+        match loss {
+            "deleted" => std::fs::remove_file(&path).unwrap(),
+            "truncated" => std::fs::write(&path, b"").unwrap(),
+            _ => std::fs::write(&path, json!({"format": 1, "security_floor": 0}).to_string())
+                .unwrap(),
+        }
+        let out = dev
+            .updater("b")
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["slots"][1]["version"], "2.0.0", "{loss}");
+        assert_eq!(status["security_floor"], 7, "{loss}");
+        dev.updater("b")
+            .args(["install", "--allow-downgrade"])
+            .arg(&old)
+            .assert()
+            .code(42)
+            .stderr(contains("below this device's floor 7"));
+        // Without --allow-downgrade the running 2.0.0 (from its trailer) counts.
+        dev.updater("b")
+            .arg("install")
+            .arg(dev.bundle(&Release {
+                security_version: 7,
+                ..release("1.9.0")
+            }))
+            .assert()
+            .code(43)
+            .stderr(contains("older than the running 2.0.0"));
+    }
+}
+
+#[test]
+fn a_migration_that_writes_outside_its_directories_fails_and_changes_nothing() {
+    if !needs_root() {
+        return;
+    }
+    let dev = device();
+    let data = dev.dir.path().join("data");
+    std::fs::create_dir_all(data.join("app")).unwrap();
+    std::fs::create_dir_all(data.join("other")).unwrap();
+    std::fs::write(data.join("other/keep"), "not declared").unwrap();
+    let before = tree(&data);
+    let rogue = script(
+        dev.dir.path(),
+        "rogue.sh",
+        r#"set -e; echo new > "$SWITCHBACK_DATA_DIR/app/ok"; echo gone > "$SWITCHBACK_DATA_DIR/other/keep""#,
+    );
+    let v2 = Release {
+        data_schema: Some(2),
+        migrations: vec![expand(rogue, &["app"])],
+        ..release("2.0.0")
+    };
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&v2))
+        .assert()
+        .code(55)
+        .stderr(contains("Read-only file system"))
+        .stderr(contains(
+            "the data is restored from its snapshot and nothing was flipped",
+        ));
+    assert!(tree(&data) == before, "data changed");
+}
+
+/// A small tmpfs mounted over `dir`, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_snapshot_that_does_not_fit_leaves_no_partial_copy_and_changes_nothing() {
+    if !needs_root() {
+        return;
+    }
+    let dev = device();
+    let data = dev.dir.path().join("data");
+    let _mnt = Tmpfs::mount(&data, "1m");
+    std::fs::create_dir_all(data.join("app")).unwrap();
+    std::fs::write(data.join("app/big"), pattern(600_000, 1)).unwrap();
+    let before = tree(&data);
+    let v2 = Release {
+        data_schema: Some(2),
+        migrations: vec![expand(script(dev.dir.path(), "m.sh", "true"), &["app"])],
+        ..release("2.0.0")
+    };
+    let flags = dev.attrs();
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&v2))
+        .assert()
+        .code(58)
+        .stderr(contains("data snapshot of"))
+        .stderr(contains("No space left on device"))
+        .stderr(contains("the partial copy is removed and nothing changed"));
+    assert!(tree(&data) == before, "data changed");
+    assert!(!data.join(".switchback-snapshot").exists());
+    assert_eq!(dev.attrs()[0], flags[0]);
+}
+
+#[test]
+fn on_a_real_disk_the_state_must_be_on_its_mounted_data_partition() {
+    if !needs_root() {
+        return;
+    }
+    let dev = device();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let lo = run(&["losetup", "-f", "--show", dev.disk.to_str().unwrap()]);
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            // The kernel may hold a just-unmounted partition a moment longer.
+            for _ in 0..20 {
+                let done = std::process::Command::new("partx")
+                    .args(["-d", &self.0])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                if done.is_ok_and(|s| s.success()) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+    let _lo = Detach(lo.clone());
+    run(&["partx", "-a", &lo]);
+    let updater = |config: &Path| {
+        let mut c = assert_cmd::Command::cargo_bin("updater").unwrap();
+        c.arg("--config")
+            .arg(config)
+            .args(["--disk", &lo, "--booted-slot", "a", "status"]);
+        c
+    };
+    // The configured data directory is on the test's file system, not the disk's.
+    updater(&dev.config)
+        .assert()
+        .code(40)
+        .stderr(contains("is the data partition mounted?"));
+    let mnt = dev.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run(&["mkfs.ext4", "-q", &format!("{lo}p3")]);
+    run(&["mount", &format!("{lo}p3"), mnt.to_str().unwrap()]);
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _m = Unmount(mnt.clone());
+    let config = dev.dir.path().join("on-data.json");
+    let keys = dev.dir.path().join("keys");
+    std::fs::write(
+        &config,
+        json!({"compatible": "acme-gw", "keyring": keys, "data_dir": mnt}).to_string(),
+    )
+    .unwrap();
+    updater(&config).assert().success();
+    // And so an install onto the block device goes through.
+    let r = release("2.0.0");
+    let b = dev.bundle(&r);
+    assert_cmd::Command::cargo_bin("updater")
+        .unwrap()
+        .arg("--config")
+        .arg(&config)
+        .args(["--disk", &lo, "--booted-slot", "a", "install"])
+        .arg(&b)
+        .assert()
+        .success();
+    assert_eq!(&dev.slot(Slot::B)[..r.image.len()], &r.image[..]);
+    assert_eq!(dev.attrs()[1].priority, 2);
+    assert!(mnt.join("switchback/state.json").exists());
+}
