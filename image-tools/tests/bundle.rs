@@ -271,6 +271,22 @@ fn trust_failures() {
         read_all(&moved, &ring),
         Err(BundleError::BadSignature { .. })
     ));
+
+    // A damaged manifest_len shifts the signature block onto other bytes:
+    // the header is blamed, not an "unknown signer" made of garbage.
+    for delta in [-7i64, 13] {
+        let mut damaged = bytes.clone();
+        let len = u32::from_le_bytes(damaged[12..16].try_into().unwrap());
+        let len = (i64::from(len) + delta) as u32;
+        damaged[12..16].copy_from_slice(&len.to_le_bytes());
+        match read_all(&damaged, &ring) {
+            Err(e @ BundleError::ManifestLenDamaged(_)) => {
+                assert!(e.to_string().contains("manifest_len"), "{e}");
+                assert_eq!(e.exit_code(), 36);
+            }
+            other => panic!("manifest_len {delta:+}: {other:?}"),
+        }
+    }
 }
 
 #[test]

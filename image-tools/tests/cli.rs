@@ -360,3 +360,50 @@ fn delta_bundles_need_and_check_their_base() {
             < std::fs::metadata(d.join("r.swb")).unwrap().len() / 5
     );
 }
+
+#[test]
+fn keygen_keys_are_read_by_openssl_and_openssl_keys_by_us() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    it().current_dir(d)
+        .args(["keygen", "--private", "k.pem", "--public", "k.pub"])
+        .assert()
+        .success();
+    let out = std::process::Command::new("openssl")
+        .args(["pkey", "-in", "k.pem", "-pubout"])
+        .current_dir(d)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, std::fs::read(d.join("k.pub")).unwrap());
+    // And a key made by OpenSSL signs a bundle we verify with its public key.
+    let gen = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out", "o.pem"])
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(gen.success());
+    let pubout = std::process::Command::new("openssl")
+        .args(["pkey", "-in", "o.pem", "-pubout", "-out", "ring/o.pem"])
+        .current_dir({
+            std::fs::create_dir(d.join("ring")).unwrap();
+            d
+        })
+        .status()
+        .unwrap();
+    assert!(pubout.success());
+    std::fs::write(d.join("rootfs.img"), vec![3u8; 100_000]).unwrap();
+    it().current_dir(d)
+        .args(["build", "--key", "o.pem", "--image", "rootfs=rootfs.img"])
+        .args(["--compatible", "x", "--version", "1.0.0", "--out", "o.swb"])
+        .assert()
+        .success();
+    it().current_dir(d)
+        .args(["verify", "o.swb", "--keyring", "ring"])
+        .assert()
+        .success();
+}

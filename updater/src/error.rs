@@ -53,6 +53,9 @@ pub enum UpdateError {
         reason: String,
     },
 
+    #[error("the running {slot} changed during the install: it no longer matches the delta's base, so its chunks cannot be decoded; nothing was flipped (is something writing to the running slot?)")]
+    BaseChanged { slot: &'static str },
+
     #[error("refusing to overwrite {target}, the only committed release: {why}")]
     LastGoodSlot { target: &'static str, why: String },
 
@@ -125,6 +128,7 @@ impl UpdateError {
             UpdateError::LastGoodSlot { .. } => 57,
             UpdateError::Snapshot { .. } => 58,
             UpdateError::FlippedNotRecorded { .. } => 59,
+            UpdateError::BaseChanged { .. } => 60,
         }
     }
 }

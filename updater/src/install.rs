@@ -28,7 +28,9 @@ use bootctl::{BootAttrs, Disk, Slot};
 use image_tools::bundle::keys::short_id;
 use image_tools::bundle::manifest::BaseSpec;
 use image_tools::bundle::pipeline::ordered_map;
-use image_tools::bundle::{Digest, Envelope, ImageSpec, Keyring, Manifest, MigrationSpec};
+use image_tools::bundle::{
+    BundleError, Digest, Envelope, ImageSpec, Keyring, Manifest, MigrationSpec,
+};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -246,6 +248,7 @@ pub fn install(
         save(&mut state)
     });
     if let Err(e) = written {
+        let e = blame_the_base(e, base.as_deref(), &manifest, opts);
         let reason = format!("{e:#}");
         state.state.slots.remove(target.name());
         set_outcome(&mut state, Outcome::Failed, Some(reason.clone()));
@@ -293,6 +296,35 @@ pub fn install(
         slot: target,
         manifest,
     })
+}
+
+/// A delta chunk that fails its check after the base was checked: either
+/// the bundle is damaged or the running slot changed under the install.
+/// Checking the base again tells which, so the message blames the right one.
+fn blame_the_base(
+    e: anyhow::Error,
+    base: Option<&[u8]>,
+    manifest: &Manifest,
+    opts: &InstallOptions,
+) -> anyhow::Error {
+    let chunk_failed = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<BundleError>(),
+            Some(BundleError::ChunkHash { .. } | BundleError::ChunkDecode { .. })
+        )
+    });
+    match base {
+        Some(map)
+            if chunk_failed
+                && image_tools::bundle::delta::check_base(manifest, map, opts.threads).is_err() =>
+        {
+            UpdateError::BaseChanged {
+                slot: opts.booted.name(),
+            }
+            .into()
+        }
+        _ => e,
+    }
 }
 
 fn set_outcome(state: &mut StateFile, outcome: Outcome, reason: Option<String>) {

@@ -5,7 +5,16 @@
 //! signed chunk hashes, so resuming mid-chunk is as safe as at a chunk
 //! boundary and wastes nothing). A server that answers a range request with
 //! 200 and the whole body is detected, and the bytes already consumed are
-//! skipped, so no byte is ever delivered twice or out of place.
+//! skipped, so no byte is ever delivered twice or out of place. A resume
+//! carries `If-Range` with the first response's validator (a strong ETag,
+//! else Last-Modified): if the file on the server changed meanwhile, the
+//! server sends it whole and the download stops instead of splicing two
+//! files.
+//!
+//! A server that stops answering is dropped after `idle_timeout` without a
+//! byte (connecting, waiting for the response, or any read of the body),
+//! and resumed. Every failure spends one unit of one retry budget for the
+//! whole download; TLS failures and redirect loops are not retried.
 
 use crate::error::UpdateError;
 use std::fs::File;
@@ -45,17 +54,21 @@ impl std::fmt::Display for Source {
 
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
-    /// Consecutive failed attempts before giving up.
+    /// Failed attempts (connections refused, dropped or stalled) allowed
+    /// over the whole download.
     pub max_retries: u32,
     /// First wait between attempts; doubles each time, up to 30 s.
     pub backoff: Duration,
+    /// Longest wait for any progress: connecting, the response, each read.
+    pub idle_timeout: Duration,
 }
 
 impl Default for HttpOptions {
     fn default() -> HttpOptions {
         HttpOptions {
-            max_retries: 5,
+            max_retries: 10,
             backoff: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -84,6 +97,10 @@ pub struct HttpReader {
     /// Total length, once a response told us.
     total: Option<u64>,
     body: Option<Box<dyn Read + Send>>,
+    /// The first response's ETag or Last-Modified, sent as `If-Range`.
+    validator: Option<String>,
+    /// Failures left in the retry budget.
+    retries_left: u32,
     /// How many times the server ignored Range (for tests and logs).
     pub range_ignored: u32,
     /// How many times the stream was resumed.
@@ -97,14 +114,83 @@ fn http_err(url: &str, reason: impl Into<String>) -> io::Error {
     })
 }
 
+/// rustls says what is wrong with a certificate as a Debug dump such as
+/// `invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))`; this
+/// turns the innermost name into words a technician can act on.
+fn certificate_problem(text: &str) -> String {
+    let detail = text
+        .rsplit("certificate: ")
+        .next()
+        .unwrap_or(text)
+        .trim_start_matches("Other(")
+        .trim_start_matches("OtherError(")
+        .trim_end_matches(')');
+    let known = match detail {
+        "UnknownIssuer" => "it is issued by an authority this device does not trust",
+        "CaUsedAsEndEntity" => "the server presents a CA (self-signed) certificate as its own",
+        "Expired" => "it has expired",
+        "NotValidYet" => "it is not valid yet (is the device's clock right?)",
+        "NotValidForName" => "it is not valid for this host name",
+        "Revoked" => "it is revoked",
+        "BadSignature" => "its signature does not verify",
+        _ => "",
+    };
+    if known.is_empty() {
+        // CamelCase into words, whatever rustls adds next.
+        let mut words = String::new();
+        for c in detail.chars() {
+            if c.is_uppercase() && !words.is_empty() {
+                words.push(' ');
+            }
+            words.extend(c.to_lowercase());
+        }
+        words
+    } else {
+        format!("{known} ({detail})")
+    }
+}
+
+/// A one-line reason for a failed request, and whether trying again can help.
+fn describe(e: &ureq::Error, idle: Duration) -> (bool, String) {
+    // TLS errors reach us directly or inside an io::Error; their text is
+    // rustls's, the first cause that says what is wrong.
+    let mut text = e.to_string();
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text = c.to_string();
+        cause = c.source();
+    }
+    let lower = text.to_lowercase();
+    match e {
+        ureq::Error::Timeout(_) => (true, format!("no answer for {} s ({e})", idle.as_secs())),
+        ureq::Error::TooManyRedirects | ureq::Error::RedirectFailed => {
+            (false, format!("redirect loop or broken redirect: {e}"))
+        }
+        ureq::Error::HostNotFound => (true, format!("host not found: {e}")),
+        _ if lower.contains("certificate") => (
+            false,
+            format!("certificate not trusted: {}", certificate_problem(&text)),
+        ),
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => (false, format!("TLS failed: {text}")),
+        _ if lower.contains("tls") || lower.contains("handshake") => {
+            (false, format!("TLS failed: {text}"))
+        }
+        _ => (true, text),
+    }
+}
+
 impl HttpReader {
     pub fn new(url: &str, opts: HttpOptions) -> anyhow::Result<HttpReader> {
+        let idle = Some(opts.idle_timeout);
         let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_connect(idle)
+            .timeout_send_request(idle)
+            .timeout_recv_response(idle)
+            .timeout_per_read(idle)
             .timeout_recv_body(None)
             .build()
             .into();
+        let retries = opts.max_retries;
         let mut r = HttpReader {
             agent,
             url: url.into(),
@@ -112,6 +198,8 @@ impl HttpReader {
             pos: 0,
             total: None,
             body: None,
+            validator: None,
+            retries_left: retries,
             range_ignored: 0,
             resumes: 0,
         };
@@ -124,6 +212,9 @@ impl HttpReader {
         let mut req = self.agent.get(&self.url);
         if self.pos > 0 {
             req = req.header("Range", format!("bytes={}-", self.pos));
+            if let Some(v) = &self.validator {
+                req = req.header("If-Range", v.as_str());
+            }
         }
         let resp = match req.call() {
             Ok(r) => r,
@@ -135,7 +226,10 @@ impl HttpReader {
                     http_err(&self.url, format!("server answered {code}")),
                 ));
             }
-            Err(e) => return Err((true, http_err(&self.url, e.to_string()))),
+            Err(e) => {
+                let (retry, reason) = describe(&e, self.opts.idle_timeout);
+                return Err((retry, http_err(&self.url, reason)));
+            }
         };
         let status = resp.status().as_u16();
         let header = |name: &str| {
@@ -144,6 +238,12 @@ impl HttpReader {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
+        if self.pos == 0 {
+            // Only a strong ETag may guard a range (RFC 9110 13.1.5).
+            self.validator = header("etag")
+                .filter(|t| !t.starts_with("W/"))
+                .or_else(|| header("last-modified"));
+        }
         let mut skip = 0u64;
         match status {
             206 => {
@@ -168,6 +268,18 @@ impl HttpReader {
             200 => {
                 if let Some(len) = header("content-length").and_then(|l| l.parse().ok()) {
                     self.total = Some(len);
+                }
+                if self.pos > 0 && self.validator.is_some() {
+                    return Err((
+                        false,
+                        http_err(
+                            &self.url,
+                            format!(
+                                "the file on the server changed during the download (it no longer matches {}); start the install again",
+                                self.validator.as_deref().unwrap_or_default()
+                            ),
+                        ),
+                    ));
                 }
                 if self.pos > 0 {
                     log::warn!(
@@ -201,24 +313,37 @@ impl HttpReader {
         Ok(())
     }
 
+    /// Spends one unit of the retry budget, waiting before the next try;
+    /// fails when the budget is gone.
+    fn spend_retry(&mut self, e: io::Error) -> io::Result<()> {
+        if self.retries_left == 0 {
+            return Err(http_err(
+                &self.url,
+                format!(
+                    "gave up after {} failed attempts; the last: {}",
+                    self.opts.max_retries + 1,
+                    e.get_ref().map_or(e.to_string(), |inner| inner.to_string())
+                ),
+            ));
+        }
+        let spent = self.opts.max_retries - self.retries_left;
+        let wait =
+            (self.opts.backoff * 2u32.saturating_pow(spent.min(16))).min(Duration::from_secs(30));
+        self.retries_left -= 1;
+        log::warn!(
+            "{e}; retrying in {wait:?} ({} retries left)",
+            self.retries_left
+        );
+        std::thread::sleep(wait);
+        Ok(())
+    }
+
     fn connect_with_retries(&mut self) -> io::Result<()> {
-        let mut wait = self.opts.backoff;
-        let mut attempt = 0;
         loop {
             match self.connect_once() {
                 Ok(()) => return Ok(()),
-                Err((retry, e)) => {
-                    attempt += 1;
-                    if !retry || attempt > self.opts.max_retries {
-                        return Err(e);
-                    }
-                    log::warn!(
-                        "{e}; retrying in {wait:?} ({attempt}/{})",
-                        self.opts.max_retries
-                    );
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(Duration::from_secs(30));
-                }
+                Err((false, e)) => return Err(e),
+                Err((true, e)) => self.spend_retry(e)?,
             }
         }
     }
@@ -226,7 +351,6 @@ impl HttpReader {
 
 impl Read for HttpReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut failures = 0;
         loop {
             if self.body.is_none() {
                 self.resumes += 1;
@@ -241,28 +365,30 @@ impl Read for HttpReader {
                 Ok(0) if buf.is_empty() => return Ok(0),
                 Ok(0) if self.total.is_none_or(|t| self.pos >= t) => return Ok(0),
                 Ok(0) => {
-                    log::warn!(
-                        "{}: connection closed at byte {} of {:?}",
-                        self.url,
-                        self.pos,
-                        self.total
-                    );
+                    self.body = None;
+                    let why = format!("connection closed at byte {} of {:?}", self.pos, self.total);
+                    self.spend_retry(http_err(&self.url, why))?;
                 }
                 Ok(n) => {
                     self.pos += n as u64;
                     return Ok(n);
                 }
-                Err(e) => log::warn!("{}: {e} at byte {}", self.url, self.pos),
+                Err(e) => {
+                    self.body = None;
+                    let stalled = e.kind() == io::ErrorKind::TimedOut
+                        || e.to_string().to_lowercase().contains("timeout");
+                    let why = if stalled {
+                        format!(
+                            "no data for {} s at byte {}",
+                            self.opts.idle_timeout.as_secs(),
+                            self.pos
+                        )
+                    } else {
+                        format!("{e} at byte {}", self.pos)
+                    };
+                    self.spend_retry(http_err(&self.url, why))?;
+                }
             }
-            self.body = None;
-            failures += 1;
-            if failures > self.opts.max_retries {
-                return Err(http_err(
-                    &self.url,
-                    format!("gave up after {failures} dropped connections"),
-                ));
-            }
-            std::thread::sleep(self.opts.backoff);
         }
     }
 }

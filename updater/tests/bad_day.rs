@@ -401,3 +401,37 @@ fn on_a_real_disk_the_state_must_be_on_its_mounted_data_partition() {
     assert_eq!(dev.attrs()[1].priority, 2);
     assert!(mnt.join("switchback/state.json").exists());
 }
+
+#[test]
+fn a_migration_that_hangs_is_timed_out_with_its_children_and_the_data_restored() {
+    if !needs_root() {
+        return;
+    }
+    let dev = device();
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dev.config).unwrap()).unwrap();
+    c["migration_timeout_s"] = json!(1);
+    std::fs::write(&dev.config, c.to_string()).unwrap();
+    let data = dev.dir.path().join("data");
+    std::fs::create_dir_all(data.join("app")).unwrap();
+    let before = tree(&data);
+    let hang = script(
+        dev.dir.path(),
+        "hang.sh",
+        r#"(sleep 3; echo late > "$SWITCHBACK_DATA_DIR/app/late") & echo started; sleep 60"#,
+    );
+    let v2 = Release {
+        data_schema: Some(2),
+        migrations: vec![expand(hang, &["app"])],
+        ..release("2.0.0")
+    };
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&v2))
+        .assert()
+        .code(55)
+        .stderr(contains("timed out after 1 s; output: started"))
+        .stderr(contains("the data is restored"));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(tree(&data) == before, "a child outlived its migration");
+}

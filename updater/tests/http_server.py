@@ -4,18 +4,27 @@
 Serves one file with byte-range support (206 + Content-Range). Faults on
 request: --drop-after N closes the connection after N body bytes, for the
 first --drops responses; --ignore-range answers every request with 200 and
-the whole file. Prints the port, then serves until killed.
+the whole file; --stall-after N sends N body bytes and then nothing, for
+the first --drops responses; --silent accepts and never answers; --etag V
+sends an ETag and honours If-Range, and --changed-etag W makes every
+response after the first carry W instead (the file was replaced); --tls
+CERT KEY serves HTTPS. Prints the port, then serves until killed.
 Every request is logged to stderr as: RANGE <header or ->  STATUS <code>."""
-import argparse, http.server, os, socketserver, sys
+import argparse, http.server, os, socketserver, ssl, sys, time
 
 p = argparse.ArgumentParser()
 p.add_argument("file")
 p.add_argument("--drop-after", type=int, default=0)
 p.add_argument("--drops", type=int, default=1)
 p.add_argument("--ignore-range", action="store_true")
+p.add_argument("--stall-after", type=int, default=0)
+p.add_argument("--silent", action="store_true")
+p.add_argument("--etag")
+p.add_argument("--changed-etag")
+p.add_argument("--tls", nargs=2)
 args = p.parse_args()
 data = open(args.file, "rb").read()
-state = {"drops": args.drops}
+state = {"drops": args.drops, "served": 0}
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -25,7 +34,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
+        if args.silent:
+            time.sleep(3600)
+            return
+        etag = args.etag
+        if etag and args.changed_etag and state["served"] > 0:
+            etag = args.changed_etag
+        state["served"] += 1
         rng = self.headers.get("Range")
+        if rng and etag and self.headers.get("If-Range") not in (None, etag):
+            rng = None  # RFC 9110: a stale validator gets the whole, new file
         start = 0
         if rng and not args.ignore_range:
             start = int(rng.split("=")[1].split("-")[0])
@@ -37,10 +55,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Content-Type", "application/octet-stream")
+        if etag:
+            self.send_header("ETag", etag)
         self.end_headers()
         status = 206 if (rng and not args.ignore_range) else 200
         sys.stderr.write(f"RANGE {rng or '-'} STATUS {status}\n")
         sys.stderr.flush()
+        if args.stall_after and state["drops"] > 0:
+            state["drops"] -= 1
+            self.wfile.write(body[: args.stall_after])
+            self.wfile.flush()
+            time.sleep(3600)
+            return
         if args.drop_after and state["drops"] > 0:
             state["drops"] -= 1
             self.wfile.write(body[: args.drop_after])
@@ -57,5 +83,9 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 srv = Server(("127.0.0.1", 0), Handler)
+if args.tls:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(args.tls[0], args.tls[1])
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 print(srv.server_address[1], flush=True)
 srv.serve_forever()

@@ -508,3 +508,124 @@ fn http_errors_are_reported() {
         .stderr(contains(format!("download {url}")));
     assert_eq!(dev.attrs()[1], BootAttrs::UNBOOTABLE);
 }
+
+#[test]
+fn a_server_that_stops_answering_is_dropped_and_resumed_or_given_up_on() {
+    let dev = device();
+    let r = release("2.0.0");
+    let b = dev.bundle(&r);
+    // Stalls mid-body once: dropped after the idle timeout, resumed.
+    let server = Server::start(&b, &["--stall-after", "1000000", "--drops", "1"]);
+    let start = std::time::Instant::now();
+    dev.updater("a")
+        .args(["install", "--idle-timeout", "1"])
+        .arg(&server.url)
+        .assert()
+        .success()
+        .stderr(contains("no data for 1 s at byte"));
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    assert!(server.log().contains("RANGE bytes=1000000- STATUS 206"));
+    assert_eq!(&dev.slot(Slot::B)[..r.image.len()], &r.image[..]);
+
+    // Accepts and never answers: the retry budget runs out, and the lock
+    // is let go with a clear error.
+    let dev = device();
+    let server = Server::start(&b, &["--silent"]);
+    let start = std::time::Instant::now();
+    dev.updater("a")
+        .args(["install", "--idle-timeout", "1", "--retries", "2"])
+        .arg(&server.url)
+        .assert()
+        .code(48)
+        .stderr(contains("gave up after 3 failed attempts"))
+        .stderr(contains("no answer for 1 s"));
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    drop(server.log());
+    assert_eq!(dev.attrs()[1], BootAttrs::UNBOOTABLE);
+}
+
+#[test]
+fn a_bundle_replaced_on_the_server_mid_download_is_not_spliced() {
+    let dev = device();
+    let b = dev.bundle(&release("2.0.0"));
+    let server = Server::start(
+        &b,
+        &[
+            "--drop-after",
+            "1000000",
+            "--etag",
+            "\"v1\"",
+            "--changed-etag",
+            "\"v2\"",
+        ],
+    );
+    dev.updater("a")
+        .arg("install")
+        .arg(&server.url)
+        .assert()
+        .code(48)
+        .stderr(contains(
+            "the file on the server changed during the download",
+        ));
+    let log = server.log();
+    assert_eq!(
+        log.matches("STATUS").count(),
+        2,
+        "resumed once, then stopped: {log}"
+    );
+    assert_eq!(dev.attrs()[1], BootAttrs::UNBOOTABLE);
+}
+
+#[test]
+fn an_untrusted_certificate_is_named_and_not_retried() {
+    let dev = device();
+    let b = dev.bundle(&release("2.0.0"));
+    let (cert, key) = (
+        dev.dir.path().join("cert.pem"),
+        dev.dir.path().join("key.pem"),
+    );
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let server = Server::start(
+        &b,
+        &["--tls", cert.to_str().unwrap(), key.to_str().unwrap()],
+    );
+    let url = server.url.replace("http://", "https://");
+    let out = dev.updater("a").arg("install").arg(&url).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(48), "{err}");
+    assert!(
+        err.contains("certificate not trusted: the server presents a CA (self-signed) certificate"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("OtherError") && !err.contains("retrying"),
+        "{err}"
+    );
+    drop(server.log());
+}

@@ -27,6 +27,12 @@ pub enum BundleError {
         limit: u64,
     },
 
+    #[error("bundle header: signatures_len = {0} is not a whole number of 96-byte signatures: the header is damaged")]
+    SignaturesLen(u32),
+
+    #[error("bundle is damaged: its manifest is not JSON, so the header's manifest_len ({0}) is likely wrong, and no trusted signature was found")]
+    ManifestLenDamaged(u32),
+
     #[error("bundle is signed by no trusted key (signers: {signers})")]
     UntrustedSigner { signers: String },
 
@@ -82,7 +88,8 @@ impl BundleError {
             BundleError::Truncated { .. } => 21,
             BundleError::BadMagic => 22,
             BundleError::UnsupportedVersion(_) => 23,
-            BundleError::BadLength { .. } => 24,
+            BundleError::BadLength { .. } | BundleError::SignaturesLen(_) => 24,
+            BundleError::ManifestLenDamaged(_) => 36,
             BundleError::UntrustedSigner { .. } => 25,
             BundleError::BadSignature { .. } => 26,
             BundleError::BadManifest(_) => 27,

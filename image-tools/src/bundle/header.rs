@@ -45,10 +45,10 @@ impl Header {
         }
         let signatures_len = u32_at(16);
         let max_sig = (MAX_SIGNATURES * SIGNATURE_ENTRY_LEN) as u32;
-        if signatures_len == 0
-            || signatures_len > max_sig
-            || signatures_len as usize % SIGNATURE_ENTRY_LEN != 0
-        {
+        if signatures_len as usize % SIGNATURE_ENTRY_LEN != 0 {
+            return Err(BundleError::SignaturesLen(signatures_len));
+        }
+        if signatures_len == 0 || signatures_len > max_sig {
             return Err(BundleError::BadLength {
                 field: "signatures_len",
                 value: signatures_len.into(),
@@ -133,6 +133,14 @@ mod tests {
         ));
         let mut b = bytes;
         b[16] = 95;
+        let e = Header::decode(&b).unwrap_err();
+        assert!(matches!(e, BundleError::SignaturesLen(95)), "{e}");
+        assert!(e
+            .to_string()
+            .contains("not a whole number of 96-byte signatures"));
+        assert_eq!(e.exit_code(), 24);
+        let mut b = bytes;
+        b[16..20].copy_from_slice(&(96u32 * 17).to_le_bytes());
         assert!(matches!(
             Header::decode(&b),
             Err(BundleError::BadLength {

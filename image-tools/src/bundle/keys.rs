@@ -32,9 +32,14 @@ fn key_err(path: &Path, reason: impl Into<String>) -> BundleError {
 /// Creates a key pair; the private key file is readable by its owner only.
 pub fn keygen(private: &Path, public: &Path) -> Result<VerifyingKey> {
     let key = SigningKey::generate(&mut rand_core::OsRng);
-    let pem = key
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| key_err(private, e.to_string()))?;
+    // PKCS#8 v1 (RFC 8410: the seed alone): OpenSSL 3 refuses the v2 form
+    // with the public key that `SigningKey::to_pkcs8_pem` writes.
+    let pem = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
+    .map_err(|e| key_err(private, e.to_string()))?;
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -80,6 +80,12 @@ impl<R: Read> Envelope<R> {
                 })
             }
             (None, None) => {
+                // With a wrong manifest_len the "signatures" are bytes from
+                // the middle of the manifest or payload: say that, not
+                // "unknown signer <garbage>".
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&self.manifest_bytes).is_err() {
+                    return Err(BundleError::ManifestLenDamaged(self.header.manifest_len));
+                }
                 let signers = self
                     .signatures
                     .iter()

@@ -60,9 +60,13 @@ enum Command {
         reboot: bool,
         #[arg(long, default_value_t = image_tools::bundle::default_threads())]
         threads: usize,
-        /// Over HTTP: attempts after a failed connection, with doubling waits.
+        /// Over HTTP: failed attempts allowed over the whole download, with doubling waits.
         #[arg(long, default_value_t = HttpOptions::default().max_retries)]
         retries: u32,
+        /// Over HTTP: seconds without progress before a connection is dropped and resumed.
+        #[arg(long, default_value_t = HttpOptions::default().idle_timeout.as_secs(),
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
+        idle_timeout: u64,
     },
     /// The slots, their releases and boot flags, and the last install.
     Status,
@@ -150,6 +154,7 @@ fn run(cli: Cli) -> Result<()> {
             reboot,
             threads,
             retries,
+            idle_timeout,
         } => {
             let booted = booted.ok_or(BootError::BootedUnknown)?;
             let opts = InstallOptions {
@@ -163,6 +168,7 @@ fn run(cli: Cli) -> Result<()> {
                 &source,
                 &HttpOptions {
                     max_retries: retries,
+                    idle_timeout: std::time::Duration::from_secs(idle_timeout),
                     ..HttpOptions::default()
                 },
             )?;
