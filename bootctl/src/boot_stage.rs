@@ -183,8 +183,21 @@ impl BootStage {
             .join(" ");
         load_modules(Path::new("/lib/modules"));
         wait_for(&self.disk, Duration::from_secs(30))?;
+        say(&format!(
+            "reading the boot flags of {}",
+            self.disk.display()
+        ));
         let mut disk = Disk::open(&self.disk, None, true)?;
-        let chosen = disk.select()?;
+        let chosen = match disk.select() {
+            Ok(c) => c,
+            // Never a brick: boot what the flags say, without the spent try.
+            Err(e) => {
+                say(&format!(
+                    "cannot record this boot's try ({e:#}); booting without recording it"
+                ));
+                disk.read_unchecked()?.next()
+            }
+        };
         let show = |a: BootAttrs| {
             format!(
                 "priority {}, tries {}, successful {}",
@@ -205,7 +218,7 @@ impl BootStage {
         if let Err(e) = arm_watchdog(watchdog_timeout_s) {
             say(&format!("no watchdog ({e:#}); a hang will not be reset"));
         }
-        let state = disk.read()?;
+        let state = disk.read_unchecked()?;
         drop(disk);
         for slot in [chosen.slot, chosen.slot.other()] {
             let entry = state.table.entry(slot);

@@ -134,8 +134,24 @@ impl Disk {
         self.dev.as_mut()
     }
 
-    /// Reads both GPT copies and finds the slots.
+    /// Reads both GPT copies, checks the partitions' layout, finds the slots.
     pub fn read(&mut self) -> Result<State> {
+        let state = self.read_unchecked()?;
+        state
+            .gpt
+            .current()
+            .check_layout()
+            .map_err(|reason| Error::BadTable {
+                path: self.path.clone(),
+                reason,
+            })?;
+        Ok(state)
+    }
+
+    /// [`Disk::read`] without the layout check: for the boot stage, which
+    /// only reads a kernel from a slot and must boot what it can rather
+    /// than loop on a table it would refuse to write.
+    pub fn read_unchecked(&mut self) -> Result<State> {
         let sector_size = self.sector_size();
         let gpt = Gpt::read(self.dev.as_mut(), sector_size).map_err(|(primary, backup)| {
             Error::NoGpt {
@@ -144,12 +160,6 @@ impl Disk {
                 backup,
             }
         })?;
-        gpt.current()
-            .check_layout()
-            .map_err(|reason| Error::BadTable {
-                path: self.path.clone(),
-                reason,
-            })?;
         let table = SlotTable::find(gpt.current(), &self.path)?;
         Ok(State { gpt, table })
     }

@@ -35,10 +35,13 @@ impl DiskArgs {
         crate::lock::lock(disk, std::time::Duration::from_secs(self.lock_wait))
     }
 
-    /// The booted slot: the kernel command line's when it names one (a
-    /// `--booted-slot` that disagrees is refused), else `--booted-slot`.
+    /// The booted slot: the kernel command line's when it names one of
+    /// this disk's slots (a `--booted-slot` that disagrees is refused),
+    /// else `--booted-slot`. Another disk or an image file is not the one
+    /// booted from: there only `--booted-slot` counts.
     pub fn booted(&self, cmdline: &str, table: &SlotTable) -> crate::Result<Option<Slot>> {
-        match (booted_slot(cmdline, table), self.booted_slot) {
+        let running = booted_slot(cmdline, table).filter(|_| is_booted_disk(cmdline, table));
+        match (running, self.booted_slot) {
             (Some(running), Some(given)) if running != given => Err(crate::Error::BootedMismatch {
                 booted: running.name(),
                 given: given.name(),
@@ -57,6 +60,20 @@ pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
 
 pub fn read_cmdline() -> String {
     std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
+}
+
+/// Whether `table` is the disk the running system booted from: its
+/// `root=PARTUUID=` is one of the slots.
+pub fn is_booted_disk(cmdline: &str, table: &SlotTable) -> bool {
+    let Some(root) = cmdline_value(cmdline, "root") else {
+        return false;
+    };
+    let Some(partuuid) = root.strip_prefix("PARTUUID=") else {
+        return false;
+    };
+    Slot::ALL
+        .into_iter()
+        .any(|s| table.entry(s).unique_guid.to_string() == partuuid.to_ascii_lowercase())
 }
 
 /// The slot the running system booted from, if the command line says.
@@ -158,14 +175,22 @@ mod tests {
             booted_slot: booted,
             lock_wait: 1,
         };
-        let on_b = "root=/dev/vda3 switchback.slot=slot_b";
-        assert_eq!(args(None).booted(on_b, &table).unwrap(), Some(Slot::B));
+        let b_uuid = table.entry(Slot::B).unique_guid;
+        let on_b = format!("root=PARTUUID={b_uuid} switchback.slot=slot_b");
+        assert_eq!(args(None).booted(&on_b, &table).unwrap(), Some(Slot::B));
         assert_eq!(
-            args(Some(Slot::B)).booted(on_b, &table).unwrap(),
+            args(Some(Slot::B)).booted(&on_b, &table).unwrap(),
             Some(Slot::B)
         );
-        let err = args(Some(Slot::A)).booted(on_b, &table).unwrap_err();
+        let err = args(Some(Slot::A)).booted(&on_b, &table).unwrap_err();
         assert_eq!(err.exit_code(), 39, "{err}");
+        // Booted from another disk: this one's slots are named by hand.
+        let elsewhere = "root=PARTUUID=00000000-0000-0000-0000-000000000001 switchback.slot=slot_b";
+        assert_eq!(
+            args(Some(Slot::A)).booted(elsewhere, &table).unwrap(),
+            Some(Slot::A)
+        );
+        assert_eq!(args(None).booted(elsewhere, &table).unwrap(), None);
         assert_eq!(
             args(Some(Slot::A)).booted("quiet", &table).unwrap(),
             Some(Slot::A)

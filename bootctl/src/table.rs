@@ -280,6 +280,13 @@ fn read_copy(
     Ok(Copy { header, entries })
 }
 
+/// The primary header alone, valid or not its array.
+fn primary_header(dev: &mut dyn BlockDevice, sector: u64, last_lba: u64) -> Option<Header> {
+    let mut buf = vec![0u8; sector as usize];
+    dev.read_at(&mut buf, sector).ok()?;
+    Header::parse(&buf, 1, last_lba).ok()
+}
+
 /// Finds the logical sector size of an image file from where its GPT
 /// signature sits: after a 512- or a 4096-byte protective MBR, or, when the
 /// primary is gone, in the disk's last sector.
@@ -310,18 +317,21 @@ impl Gpt {
         }
         let last_lba = sectors - 1;
         let primary = read_copy(dev, sector_size, 1, last_lba);
-        // The backup sits where the primary says, or, if the primary is
-        // unreadable, in the last sector as the specification places it.
-        let backup_lba = match &primary {
-            Ok(p)
-                if p.header.alternate_lba > p.header.last_usable_lba
-                    && p.header.alternate_lba <= last_lba =>
-            {
-                p.header.alternate_lba
+        // The backup sits where the primary's header says (also when only
+        // the primary's array is damaged, as a cut leaves it: an image
+        // flashed onto a larger disk has its backup before the disk's end),
+        // else in the last sector as the specification places it.
+        let said = primary_header(dev, sector_size, last_lba)
+            .filter(|h| h.alternate_lba > h.last_usable_lba && h.alternate_lba <= last_lba)
+            .map(|h| h.alternate_lba);
+        let mut backup_lba = said.unwrap_or(last_lba);
+        let mut backup = read_copy(dev, sector_size, backup_lba, last_lba);
+        if backup.is_err() && backup_lba != last_lba {
+            if let Ok(b) = read_copy(dev, sector_size, last_lba, last_lba) {
+                backup_lba = last_lba;
+                backup = Ok(b);
             }
-            _ => last_lba,
-        };
-        let backup = read_copy(dev, sector_size, backup_lba, last_lba);
+        }
         match (&primary, &backup) {
             (Err(p), Err(b)) => Err((p.clone(), b.clone())),
             _ => Ok(Gpt {

@@ -292,3 +292,21 @@ fn foreign_attribute_bits_survive_flips() {
         );
     }
 }
+
+#[test]
+fn on_a_larger_disk_a_damaged_primary_array_still_finds_the_backup_it_names() {
+    // A factory image flashed onto a larger disk: the backup is where the
+    // primary's header says, not in the disk's last sector.
+    let mut bytes = factory_disk(512);
+    bytes.extend(vec![0u8; 1 << 20]);
+    corrupt(&mut bytes, 1024 + 130);
+    let shared = Rc::new(RefCell::new(bytes));
+    let state = mem_disk(&shared, 512, 0)
+        .read()
+        .expect("the backup is found");
+    assert!(state.gpt.primary.is_err());
+    let after = mem_disk(&shared, 512, usize::MAX)
+        .set_active(Slot::B, 3)
+        .unwrap();
+    assert!(after.gpt.is_consistent(), "not repaired");
+}

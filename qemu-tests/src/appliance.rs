@@ -117,20 +117,38 @@ impl Appliance {
         out
     }
 
-    pub fn boot(&self, disk: &Path, stick: &Path) -> Machine {
+    fn boot_stage(&self) -> PathBuf {
         let initrd = self.dir.path().join("boot-stage.cpio");
         if !initrd.exists() {
             boot_stage_initramfs(&self.kernel, &initrd).unwrap();
         }
+        initrd
+    }
+
+    pub fn boot(&self, disk: &Path, stick: &Path) -> Machine {
         Machine::boot_rebooting(
             &self.kernel.vmlinuz,
-            &initrd,
+            &self.boot_stage(),
             &[disk, stick],
-            "console=ttyS0 panic=-1 quiet",
+            CMDLINE,
+        )
+        .unwrap()
+    }
+
+    /// `boot`, with writes to `disk` slowed to `write_iops` requests a second.
+    pub fn boot_throttled(&self, disk: &Path, stick: &Path, write_iops: u32) -> Machine {
+        Machine::boot_throttled(
+            &self.kernel.vmlinuz,
+            &self.boot_stage(),
+            &[disk, stick],
+            CMDLINE,
+            write_iops,
         )
         .unwrap()
     }
 }
+
+const CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
 
 /// Boots the factory machine (v1 on slot_a) with `stick`, to its shell.
 pub fn factory(app: &Appliance, stick: &Path) -> (Machine, PathBuf) {

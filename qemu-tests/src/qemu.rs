@@ -25,7 +25,7 @@ impl Machine {
     /// i6300esb watchdog that resets the machine when it fires. QEMU ends
     /// when the guest reboots.
     pub fn boot(kernel: &Path, initrd: &Path, disks: &[&Path], cmdline: &str) -> Result<Machine> {
-        Machine::start(kernel, initrd, disks, cmdline, false)
+        Machine::start(kernel, initrd, disks, cmdline, false, None)
     }
 
     /// Like `boot`, but a reboot or a watchdog reset restarts the machine
@@ -36,7 +36,20 @@ impl Machine {
         disks: &[&Path],
         cmdline: &str,
     ) -> Result<Machine> {
-        Machine::start(kernel, initrd, disks, cmdline, true)
+        Machine::start(kernel, initrd, disks, cmdline, true, None)
+    }
+
+    /// Like `boot_rebooting`, with the first disk taking at most
+    /// `write_iops` write requests a second: slow enough that a power cut
+    /// can be aimed into the middle of a multi-sector write.
+    pub fn boot_throttled(
+        kernel: &Path,
+        initrd: &Path,
+        disks: &[&Path],
+        cmdline: &str,
+        write_iops: u32,
+    ) -> Result<Machine> {
+        Machine::start(kernel, initrd, disks, cmdline, true, Some(write_iops))
     }
 
     fn start(
@@ -45,6 +58,7 @@ impl Machine {
         disks: &[&Path],
         cmdline: &str,
         reboots: bool,
+        write_iops: Option<u32>,
     ) -> Result<Machine> {
         let mut cmd = Command::new("qemu-system-x86_64");
         // Name TCG explicitly: "kvm:tcg" picks a broken KVM here and stalls.
@@ -68,9 +82,17 @@ impl Machine {
             .arg("-initrd")
             .arg(initrd)
             .args(["-append", cmdline]);
-        for d in disks {
-            cmd.arg("-drive")
-                .arg(format!("file={},format=raw,if=virtio", d.display()));
+        for (i, d) in disks.iter().enumerate() {
+            let throttle = match write_iops {
+                Some(n) if i == 0 => {
+                    format!(",throttling.iops-write={n},throttling.iops-write-max={n}")
+                }
+                _ => String::new(),
+            };
+            cmd.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio{throttle}",
+                d.display()
+            ));
         }
         let mut child = cmd
             .stdin(Stdio::piped())

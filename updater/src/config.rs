@@ -88,8 +88,17 @@ impl Config {
             reason,
         };
         let text = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        Config::parse(&text, path)
+    }
+
+    /// A config from the bytes of the file at `path` (named in errors).
+    pub fn parse(text: &[u8], path: &Path) -> Result<Config, UpdateError> {
+        let err = |reason: String| UpdateError::Config {
+            path: path.to_path_buf(),
+            reason,
+        };
         let value: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| err(format!("not JSON: {e}")))?;
+            serde_json::from_slice(text).map_err(|e| err(format!("not JSON: {e}")))?;
         if !value.is_object() {
             return Err(err(
                 "must be a JSON object ({\"compatible\": ..., \"keyring\": ...})".into(),

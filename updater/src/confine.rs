@@ -9,6 +9,7 @@
 //! fork and exec in a threaded process. Needs root (CAP_SYS_ADMIN), as the
 //! updater has on a device.
 
+use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use std::ffi::CString;
@@ -104,11 +105,11 @@ impl Confinement {
         }
         let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         for (point, keep) in &self.mounts {
-            let r = mount(none, point.as_c_str(), none, ro | *keep, none);
-            // A mount hidden under another cannot be reached, and then
-            // cannot be written either; the root must turn read-only.
-            if r.is_err() && point.as_bytes() == b"/" {
-                r?;
+            match mount(none, point.as_c_str(), none, ro | *keep, none) {
+                // A mount hidden under another (or gone since) cannot be
+                // reached by path, and then cannot be written either.
+                Err(Errno::EINVAL | Errno::ENOENT) if point.as_bytes() != b"/" => {}
+                r => r?,
             }
         }
         Ok(())

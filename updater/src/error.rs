@@ -46,12 +46,8 @@ pub enum UpdateError {
     )]
     Snapshot { dir: PathBuf, reason: String },
 
-    #[error("{version} is installed in {slot} and boots next on trial, but recording that failed ({reason}); the next updater command completes the record")]
-    FlippedNotRecorded {
-        slot: &'static str,
-        version: String,
-        reason: String,
-    },
+    #[error("{done}; but {failed}")]
+    PartlyDone { done: String, failed: String },
 
     #[error("the running {slot} changed during the install: it no longer matches the delta's base, so its chunks cannot be decoded; nothing was flipped (is something writing to the running slot?)")]
     BaseChanged { slot: &'static str },
@@ -127,7 +123,7 @@ impl UpdateError {
             UpdateError::DeltaBase { .. } => 56,
             UpdateError::LastGoodSlot { .. } => 57,
             UpdateError::Snapshot { .. } => 58,
-            UpdateError::FlippedNotRecorded { .. } => 59,
+            UpdateError::PartlyDone { .. } => 59,
             UpdateError::BaseChanged { .. } => 60,
         }
     }

@@ -8,7 +8,7 @@
 //! the one running) and reports that once, with the reason.
 
 use crate::config::{Check, Config};
-use crate::recover::{finish_commit, recover, save, security_version_of};
+use crate::recover::{finish_commit, recover, run_finalize, save, security_version_of};
 use crate::runner::{run_command, CheckResult};
 use crate::state::{Outcome, StateFile};
 use anyhow::{Context, Result};
@@ -75,7 +75,7 @@ pub fn health(
 ) -> Result<HealthOutcome> {
     let _lock = bootctl::lock::ensure(disk_path, bootctl::lock::DEFAULT_WAIT)?;
     let mut state = StateFile::load(&config.state_dir());
-    recover(config, disk_path, Some(booted), &mut state)?;
+    recover(config, disk_path, &mut state)?;
     let mut disk = Disk::open(disk_path, sector_size, true)?;
     let attrs = disk.read()?.attrs();
 
@@ -122,6 +122,8 @@ pub fn health(
     }
 
     if attrs[booted.index()].successful {
+        // A finalize that a power cut interrupted, or whose commit it cut.
+        run_finalize(config, disk_path, booted, &mut state)?;
         return Ok(HealthOutcome::AlreadyGood);
     }
     let version = state

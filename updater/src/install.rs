@@ -147,7 +147,7 @@ pub fn install(
     // Before any state is read: what is checked below stays true.
     let _lock = bootctl::lock::ensure(&opts.disk, bootctl::lock::DEFAULT_WAIT)?;
     let mut state = StateFile::load(&config.state_dir());
-    recover(config, &opts.disk, Some(opts.booted), &mut state)?;
+    recover(config, &opts.disk, &mut state)?;
     let keyring = Keyring::load_dir(&config.keyring)?;
     let bundle = Envelope::read(source)?.verify(&keyring)?;
     let manifest = bundle.manifest.clone();
@@ -179,7 +179,17 @@ pub fn install(
         opts.allow_downgrade,
     )?;
     let image = manifest.image(ROOTFS)?.clone();
-    let schema = state.state.data_schema.unwrap_or(migrate::INITIAL_SCHEMA);
+    // A lost state file must not make expand migrations run twice: the
+    // running release's signed schema says where the data is at least.
+    let schema = state
+        .state
+        .data_schema
+        .or_else(|| {
+            releases[opts.booted.index()]
+                .as_ref()
+                .and_then(|m| m.data_schema)
+        })
+        .unwrap_or(migrate::INITIAL_SCHEMA);
     let chain = migrate::expand_chain(&manifest, schema)?;
     // A delta's base is checked before anything is written.
     let base = match &image.base {
@@ -273,6 +283,16 @@ pub fn install(
             .attrs();
         settle_install(&mut state, attrs);
         let _ = save(&mut state);
+        if attrs[target.index()].priority > 0 {
+            return Err(UpdateError::PartlyDone {
+                done: format!(
+                    "{} is installed in {target} and boots next on trial",
+                    manifest.version
+                ),
+                failed: format!("the flip reported an error: {e:#}"),
+            }
+            .into());
+        }
         return Err(e.into());
     }
     observer.event(&Event::Flipped {
@@ -287,10 +307,14 @@ pub fn install(
         from_version.as_deref(),
         None,
     );
-    save(&mut state).map_err(|e| UpdateError::FlippedNotRecorded {
-        slot: target.name(),
-        version: manifest.version.clone(),
-        reason: format!("{e:#}"),
+    save(&mut state).map_err(|e| UpdateError::PartlyDone {
+        done: format!(
+            "{} is installed in {target} and boots next on trial",
+            manifest.version
+        ),
+        failed: format!(
+            "recording that failed ({e:#}); the next updater command completes the record"
+        ),
     })?;
     Ok(Installed {
         slot: target,
@@ -407,6 +431,7 @@ fn write_slot(
         let dir = migrate::release_dir(config, &manifest.version);
         migrate::store(&dir, &head, &executables)?;
         let env = migrate::MigrationEnv {
+            release: manifest.version.clone(),
             data_dir: config.data_dir.clone(),
             disk: opts.disk.clone(),
             new_slot: slot.into(),

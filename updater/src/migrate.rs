@@ -115,6 +115,8 @@ fn syncfs(dir: &Path) -> Result<()> {
 
 /// What a migration is told about the install.
 pub struct MigrationEnv {
+    /// The release the migrations belong to.
+    pub release: String,
     pub data_dir: PathBuf,
     pub disk: PathBuf,
     pub new_slot: String,
@@ -129,6 +131,8 @@ struct SnapshotRecord {
     entries: Vec<(String, bool)>,
     phase: Phase,
     to: u32,
+    /// The release whose migrations these are.
+    release: String,
 }
 
 /// Copies of the data directories a chain of migrations declares.
@@ -147,7 +151,13 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn take(data_dir: &Path, dirs: &[String], phase: Phase, to: u32) -> Result<Snapshot> {
+    fn take(
+        data_dir: &Path,
+        dirs: &[String],
+        phase: Phase,
+        to: u32,
+        release: &str,
+    ) -> Result<Snapshot> {
         let root = data_dir.join(SNAPSHOT_DIR);
         if root.exists() {
             bail!(
@@ -155,7 +165,7 @@ impl Snapshot {
                 root.display()
             );
         }
-        let taken = Snapshot::copy(data_dir, &root, dirs, phase, to);
+        let taken = Snapshot::copy(data_dir, &root, dirs, (phase, to, release));
         if taken.is_err() {
             // Nothing has changed yet: leave no partial copy filling the disk.
             let _ = std::fs::remove_dir_all(&root);
@@ -167,8 +177,7 @@ impl Snapshot {
         data_dir: &Path,
         root: &Path,
         dirs: &[String],
-        phase: Phase,
-        to: u32,
+        (phase, to, release): (Phase, u32, &str),
     ) -> Result<Snapshot> {
         let failed = |dir: &Path, reason: String| UpdateError::Snapshot {
             dir: dir.to_path_buf(),
@@ -202,7 +211,12 @@ impl Snapshot {
             entries.push((rel.clone(), existed));
         }
         syncfs(root)?;
-        let record = SnapshotRecord { entries, phase, to };
+        let record = SnapshotRecord {
+            entries,
+            phase,
+            to,
+            release: release.to_string(),
+        };
         let mut tmp =
             tempfile::NamedTempFile::new_in(root).map_err(|e| failed(root, e.to_string()))?;
         serde_json::to_writer(&mut tmp, &record)?;
@@ -218,16 +232,27 @@ impl Snapshot {
         })
     }
 
+    /// Puts every directory back as it was. Safe to run again after a cut
+    /// anywhere in it: an entry whose copy is gone was renamed back already.
     fn restore(self, data_dir: &Path) -> Result<()> {
+        let remove = |live: &Path| -> Result<()> {
+            if live.is_dir() && !live.is_symlink() {
+                std::fs::remove_dir_all(live)
+            } else if live.symlink_metadata().is_ok() {
+                std::fs::remove_file(live)
+            } else {
+                Ok(())
+            }
+            .with_context(|| format!("removing {} to restore it", live.display()))
+        };
         for (rel, existed) in &self.record.entries {
             let live = data_dir.join(rel);
-            if live.is_dir() {
-                std::fs::remove_dir_all(&live)?;
-            } else if live.exists() {
-                std::fs::remove_file(&live)?;
-            }
-            if *existed {
-                std::fs::rename(self.root.join(rel), &live)
+            let copy = self.root.join(rel);
+            if !existed {
+                remove(&live)?;
+            } else if copy.symlink_metadata().is_ok() {
+                remove(&live)?;
+                std::fs::rename(&copy, &live)
                     .with_context(|| format!("restoring {} from its snapshot", live.display()))?;
             }
         }
@@ -250,12 +275,12 @@ impl Snapshot {
 /// Finishes what an interrupted migration left in `data_dir` (see
 /// [`Snapshot`]), before anything else touches the data: a complete
 /// snapshot is restored unless its migrations were recorded as done (the
-/// expand's schema is in `schema`, or no finalize is `finalize_pending`);
-/// a recorded one, and a partial copy, are removed. Says what it did.
+/// expand's schema is `schema`, or its release is `finalized`); a recorded
+/// one, and a partial copy, are removed. Says what it did.
 pub fn recover_snapshot(
     data_dir: &Path,
     schema: u32,
-    finalize_pending: bool,
+    finalized: Option<&str>,
 ) -> Result<Option<String>> {
     let root = data_dir.join(SNAPSHOT_DIR);
     if !root.exists() {
@@ -288,7 +313,7 @@ pub fn recover_snapshot(
         Some(r)
             if match r.phase {
                 Phase::Expand => schema >= r.to,
-                Phase::Finalize => !finalize_pending,
+                Phase::Finalize => finalized == Some(r.release.as_str()),
             } =>
         {
             snapshot(r).discard()?;
@@ -305,6 +330,34 @@ pub fn recover_snapshot(
             )
         }
     }))
+}
+
+/// A directory a migration declared, made if missing, and refused when it
+/// is reached through a symbolic link (the snapshot would copy the link,
+/// not what it points to) or holds the updater's own state or snapshot.
+fn declared_dir(config: &Config, data_dir: &Path, rel: &str) -> Result<PathBuf, String> {
+    let d = data_dir.join(rel);
+    std::fs::create_dir_all(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    let canon = |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
+    let (real, data) = (canon(&d)?, canon(data_dir)?);
+    if real != data.join(rel) {
+        return Err(format!(
+            "declared directory {} is reached through a symbolic link ({}): refused",
+            d.display(),
+            real.display()
+        ));
+    }
+    for own in [config.state_dir(), data_dir.join(SNAPSHOT_DIR)] {
+        let own = std::fs::canonicalize(&own).unwrap_or(own);
+        if own.starts_with(&real) || real.starts_with(&own) {
+            return Err(format!(
+                "declared directory {} holds the updater's own {}: refused",
+                d.display(),
+                own.display()
+            ));
+        }
+    }
+    Ok(d)
 }
 
 fn run_one(
@@ -333,9 +386,7 @@ fn run_one(
     // It may change the directories it declared, nothing else.
     let mut writable = Vec::new();
     for rel in &g.snapshot {
-        let d = env.data_dir.join(rel);
-        std::fs::create_dir_all(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
-        writable.push(d);
+        writable.push(declared_dir(config, &env.data_dir, rel)?);
     }
     let confinement =
         Confinement::new(&writable).map_err(|e| format!("cannot prepare its confinement: {e}"))?;
@@ -375,7 +426,7 @@ pub fn expand(
         .collect();
     dirs.sort();
     dirs.dedup();
-    let snapshot = Snapshot::take(&env.data_dir, &dirs, Phase::Expand, to)?;
+    let snapshot = Snapshot::take(&env.data_dir, &dirs, Phase::Expand, to, &env.release)?;
     for g in chain {
         if let Err(detail) = run_one(config, dir, g, env) {
             let aftermath = match snapshot.restore(&env.data_dir) {
@@ -459,7 +510,7 @@ pub fn finalize(
     dirs.sort();
     dirs.dedup();
     let to = finals.iter().map(|g| g.to).max().unwrap_or(0);
-    let snapshot = Snapshot::take(&env.data_dir, &dirs, Phase::Finalize, to)?;
+    let snapshot = Snapshot::take(&env.data_dir, &dirs, Phase::Finalize, to, version)?;
     for g in &finals {
         if let Err(detail) = run_one(config, &dir, g, env) {
             let aftermath = match snapshot.restore(&env.data_dir) {

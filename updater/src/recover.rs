@@ -12,7 +12,7 @@
 //! | install `flipping`            | the slot unbootable           | failed     |
 //! | `committing` slot             | the slot successful           | commit finished (floor, finalize) |
 //! | `committing` slot             | not successful                | intent dropped; the next health check decides |
-//! | `finalize_pending` release    | it is the running release     | finalize runs |
+//! | `finalize_pending` release    | health of that release        | finalize runs (twice at most) |
 
 use crate::config::Config;
 use crate::evidence;
@@ -43,28 +43,25 @@ fn slot_named(name: &str) -> Option<Slot> {
 pub fn settle_install(state: &mut StateFile, attrs: [BootAttrs; 2]) -> Option<String> {
     let rec = state.state.last_install.clone()?;
     let target = slot_named(&rec.slot)?;
-    let flipped = attrs[target.index()].priority > 0;
+    let bootable = attrs[target.index()].priority > 0;
+    let failed = |why: String| (Outcome::Failed, Some(why), "install-failed");
     let (outcome, reason, event) = match rec.outcome {
-        Outcome::Installing => (
-            Outcome::Failed,
-            Some(format!(
-                "interrupted while writing {}; it stays unbootable",
-                rec.slot
-            )),
-            "install-failed",
-        ),
-        Outcome::Flipping if flipped => (Outcome::Installed, None, "install"),
-        Outcome::Flipping => (
-            Outcome::Failed,
-            Some(format!(
-                "interrupted before the flip; {} stays unbootable",
-                rec.slot
-            )),
-            "install-failed",
-        ),
+        // Marking the slot unbootable is the first thing done to it.
+        Outcome::Installing if bootable => {
+            failed(format!("interrupted before {} was touched", rec.slot))
+        }
+        Outcome::Installing => failed(format!(
+            "interrupted while writing {}; it stays unbootable",
+            rec.slot
+        )),
+        Outcome::Flipping if bootable => (Outcome::Installed, None, "install"),
+        Outcome::Flipping => failed(format!(
+            "interrupted before the flip; {} stays unbootable",
+            rec.slot
+        )),
         _ => return None,
     };
-    if outcome == Outcome::Failed {
+    if outcome == Outcome::Failed && !bootable {
         state.state.slots.remove(&rec.slot);
     }
     if let Some(r) = state.state.last_install.as_mut() {
@@ -118,21 +115,52 @@ pub fn finish_commit(
     state.record("commit", slot.name(), version.as_deref(), None, None);
     state.state.committing = None;
     state.state.finalize_pending = version;
-    save(state)?;
+    state.state.finalize_attempts = 0;
+    save(state).map_err(|e| UpdateError::PartlyDone {
+        done: format!("{slot} is committed (marked good on the disk)"),
+        failed: format!(
+            "recording the commit failed ({e:#}); the next updater command completes it"
+        ),
+    })?;
     run_finalize(config, disk, slot, state)
 }
 
 /// Runs the pending finalize migrations if the release they belong to is
-/// the one in `slot`; a failure is recorded, the release stays committed.
-fn run_finalize(config: &Config, disk: &Path, slot: Slot, state: &mut StateFile) -> Result<()> {
+/// the one in `slot`: only from the health check of that release, never
+/// before a rollback to the release they would break. A failure is
+/// recorded and the release stays committed; an interrupted run (a power
+/// cut: its snapshot is restored first) is tried once more, then given up.
+pub fn run_finalize(config: &Config, disk: &Path, slot: Slot, state: &mut StateFile) -> Result<()> {
     let Some(version) = state.state.finalize_pending.clone() else {
         return Ok(());
     };
     if state.state.slots.get(slot.name()).map(|r| &r.version) != Some(&version) {
         return Ok(());
     }
+    let give_up = |state: &mut StateFile, why: String| -> Result<()> {
+        log::warn!("{why}");
+        state.state.finalize_pending = None;
+        state.state.finalize_attempts = 0;
+        state.record(
+            "finalize-failed",
+            slot.name(),
+            Some(&version),
+            None,
+            Some(&why),
+        );
+        save(state)
+    };
+    if state.state.finalize_attempts >= 2 {
+        return give_up(
+            state,
+            "finalize was interrupted twice (a crash or power cut while it ran); given up, the data is as before it".into(),
+        );
+    }
+    state.state.finalize_attempts += 1;
+    save(state)?;
     let d = Disk::open(disk, None, false)?.read()?;
     let env = migrate::MigrationEnv {
+        release: version.clone(),
         data_dir: config.data_dir.clone(),
         disk: disk.to_path_buf(),
         new_slot: slot.name().into(),
@@ -140,39 +168,25 @@ fn run_finalize(config: &Config, disk: &Path, slot: Slot, state: &mut StateFile)
     };
     let result = migrate::finalize(config, &version, &env, || {
         state.state.finalize_pending = None;
+        state.state.finalize_attempts = 0;
+        state.state.finalized = Some(version.clone());
         save(state)
     });
-    if let Err(e) = result {
-        log::warn!("{e:#}");
-        state.state.finalize_pending = None;
-        state.record(
-            "finalize-failed",
-            slot.name(),
-            Some(&version),
-            None,
-            Some(&format!("{e:#}")),
-        );
-        save(state)?;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => give_up(state, format!("{e:#}")),
     }
-    Ok(())
 }
 
-/// Finishes or undoes every interrupted step (module docs), before the
-/// caller reads anything else. `booted` is the running slot, when known.
-/// Returns what was done, for the log.
-pub fn recover(
-    config: &Config,
-    disk: &Path,
-    booted: Option<Slot>,
-    state: &mut StateFile,
-) -> Result<Vec<String>> {
+/// Finishes or undoes every interrupted step (module docs) but a pending
+/// finalize (the health check runs that, [`run_finalize`]), before the
+/// caller reads anything else. Returns what was done, for the log.
+pub fn recover(config: &Config, disk: &Path, state: &mut StateFile) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let schema = state.state.data_schema.unwrap_or(migrate::INITIAL_SCHEMA);
-    if let Some(what) = migrate::recover_snapshot(
-        &config.data_dir,
-        schema,
-        state.state.finalize_pending.is_some(),
-    )? {
+    if let Some(what) =
+        migrate::recover_snapshot(&config.data_dir, schema, state.state.finalized.as_deref())?
+    {
         done.push(what);
     }
     let d = Disk::open(disk, None, false)?.read()?;
@@ -197,11 +211,6 @@ pub fn recover(
         } else {
             state.state.committing = None;
             save(state)?;
-        }
-    }
-    if let (Some(slot), Some(_)) = (booted, &state.state.finalize_pending) {
-        if attrs[slot.index()].successful {
-            run_finalize(config, disk, slot, state)?;
         }
     }
     for w in &done {

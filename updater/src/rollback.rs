@@ -16,7 +16,7 @@ pub fn rollback(
 ) -> Result<Slot> {
     let _lock = bootctl::lock::ensure(disk_path, bootctl::lock::DEFAULT_WAIT)?;
     let mut state = StateFile::load(&config.state_dir());
-    crate::recover::recover(config, disk_path, Some(booted), &mut state)?;
+    crate::recover::recover(config, disk_path, &mut state)?;
     let (target, _) = Disk::open(disk_path, sector_size, true)?.rollback(Some(booted))?;
     let version = |s: Slot| state.state.slots.get(s.name()).map(|r| r.version.clone());
     let (to, from) = (version(target), version(booted));

@@ -8,6 +8,7 @@
 
 use crate::confine::Confinement;
 use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -111,18 +112,28 @@ pub fn run_command(
     };
     let own_limit = Instant::now() + timeout;
     let limit = deadline.map_or(own_limit, |d| own_limit.min(d));
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(Some(status)),
-            Ok(None) if Instant::now() >= limit => break Ok(None),
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+    // Watch for the exit without reaping it: until it is reaped, the
+    // program's process ID (and so its group's) cannot be given to
+    // another process, so the kill below cannot hit a stranger.
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    let exited = loop {
+        match waitid(Id::Pid(group), flags) {
+            Ok(WaitStatus::StillAlive) if Instant::now() >= limit => break Ok(false),
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(_) => break Ok(true),
             Err(e) => break Err(e),
         }
     };
     // Whatever it left behind goes with it: a timed-out program's children,
     // and background processes of one that exited.
     let _ = killpg(group, Signal::SIGKILL);
-    let _ = child.wait();
+    let reaped = child.wait();
+    let status = match (exited, reaped) {
+        (Ok(true), Ok(s)) => Ok(Some(s)),
+        (Ok(false), _) => Ok(None),
+        (Err(e), _) => Err(std::io::Error::from(e)),
+        (_, Err(e)) => Err(e),
+    };
     // A process that left the group may hold the pipe open: wait a little,
     // then take what has been read.
     let waited = Instant::now();

@@ -269,7 +269,13 @@ impl HttpReader {
                 if let Some(len) = header("content-length").and_then(|l| l.parse().ok()) {
                     self.total = Some(len);
                 }
-                if self.pos > 0 && self.validator.is_some() {
+                // A server that ignores Range sends the whole file: the same
+                // one (its validator unchanged) is skipped into, another is not.
+                let same = header("etag")
+                    .filter(|t| !t.starts_with("W/"))
+                    .or_else(|| header("last-modified"))
+                    == self.validator;
+                if self.pos > 0 && self.validator.is_some() && !same {
                     return Err((
                         false,
                         http_err(

@@ -96,6 +96,17 @@ pub struct State {
     /// The committed release whose finalize migrations have yet to run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finalize_pending: Option<String>,
+    /// Times that finalize was started without ending (a power cut or a
+    /// crash in it); after two it is given up rather than crash each boot.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub finalize_attempts: u32,
+    /// The last release whose finalize migrations took effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalized: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Default for State {
@@ -109,6 +120,8 @@ impl Default for State {
             history: Vec::new(),
             committing: None,
             finalize_pending: None,
+            finalize_attempts: 0,
+            finalized: None,
         }
     }
 }
@@ -166,27 +179,38 @@ pub struct StateFile {
     /// Set when the file was missing or damaged and defaults are in use.
     pub warning: Option<String>,
     damaged: bool,
+    /// The file is there but could not be read (I/O error, permissions):
+    /// saving defaults over it would lose it, so saving is refused.
+    unreadable: bool,
 }
 
 impl StateFile {
     pub fn load(dir: &Path) -> StateFile {
         let path = dir.join(FILE_NAME);
-        let (state, warning, damaged) = match std::fs::read(&path) {
+        let read = std::fs::read(&path);
+        StateFile::from_read(path, read)
+    }
+
+    /// What [`StateFile::load`] makes of what reading `path` gave.
+    pub fn from_read(path: PathBuf, read: std::io::Result<Vec<u8>>) -> StateFile {
+        let (state, warning, damaged, unreadable) = match read {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                (State::default(), Some(format!("{}: no state file yet (factory state)", path.display())), false)
+                (State::default(), Some(format!("{}: no state file yet (factory state)", path.display())), false, false)
             }
-            Err(e) => (State::default(), Some(format!("{}: cannot read ({e}); using defaults", path.display())), false),
+            Err(e) => (State::default(), Some(format!("{}: cannot read ({e}); using defaults and not overwriting it", path.display())), false, true),
             Ok(bytes) => match serde_json::from_slice::<State>(&bytes) {
-                Ok(s) if s.format == FORMAT => (s, None, false),
+                Ok(s) if s.format == FORMAT => (s, None, false, false),
                 Ok(s) => (
                     State::default(),
                     Some(format!("{}: state format {} is not {FORMAT}; using defaults", path.display(), s.format)),
                     true,
+                    false,
                 ),
                 Err(e) => (
                     State::default(),
                     Some(format!("{}: damaged ({e}); using defaults, the file is kept as {FILE_NAME}.damaged", path.display())),
                     true,
+                    false,
                 ),
             },
         };
@@ -198,11 +222,17 @@ impl StateFile {
             state,
             warning,
             damaged,
+            unreadable,
         }
     }
 
     /// Writes the state atomically, creating the directory if needed.
     pub fn save(&mut self) -> std::io::Result<()> {
+        if self.unreadable {
+            return Err(std::io::Error::other(
+                "it could not be read when loaded; not replacing it with defaults",
+            ));
+        }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
         if self.damaged {

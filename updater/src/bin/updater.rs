@@ -124,9 +124,10 @@ fn run(cli: Cli) -> Result<()> {
     let sector_size = cli.target.sector_size();
     let changes_state = matches!(
         cli.command,
-        Command::Install { .. } | Command::Health { .. } | Command::Rollback { .. }
+        Command::Install { .. } | Command::Health { .. }
     );
-    // Taken before anything is read, so the state acted on is current.
+    // Taken before anything is read, so the state acted on is current
+    // (rollback takes it after its question).
     let _lock = if changes_state {
         Some(cli.target.lock(&disk_path)?)
     } else {
@@ -242,6 +243,8 @@ fn run(cli: Cli) -> Result<()> {
             {
                 return Err(UpdateError::NotConfirmed.into());
             }
+            // Only now: nobody waits on a technician's answer.
+            let _lock = cli.target.lock(&disk_path)?;
             let target = rollback(&config, &disk_path, sector_size, booted)?;
             println!("{target} boots next");
             if !no_reboot {

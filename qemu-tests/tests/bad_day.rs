@@ -1,0 +1,181 @@
+//! Power cuts on a whole machine while something is half done: the boot
+//! stage's flag write while one GPT copy is already damaged, an expand
+//! migration, a commit. The machine boots every time, and the next boot
+//! finishes or undoes the step.
+
+use image_tools::bundle::{MigrationSource, Phase};
+use qemu_tests::appliance::{factory, Appliance, BOOT, STEP};
+use qemu_tests::guest::Release;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+fn flags(disk: &Path) -> bootctl::State {
+    bootctl::Disk::open(disk, None, false)
+        .unwrap()
+        .read()
+        .expect("after a power cut some GPT copy must be valid")
+}
+
+fn damage_primary_header(disk: &Path) {
+    let f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    f.write_all_at(&[0xA5; 8], 512 + 32).unwrap();
+}
+
+#[test]
+fn power_cuts_during_the_boot_stages_flag_write_with_one_copy_damaged_still_boot() {
+    let app = Appliance::new();
+    let v2 = app.image(&Release {
+        version: "2.0.0",
+        ..Release::default()
+    });
+    let stick = app.media("2.0.0", &v2);
+    let v1 = app.image(&Release::default());
+    let disk = app.factory_disk(&v1);
+    // slot_b holds 2.0.0 on trial, as after an install.
+    let state = flags(&disk);
+    let b = state.table.entry(bootctl::Slot::B).first_lba * 512;
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.write_all_at(&std::fs::read(&v2).unwrap(), b).unwrap();
+    drop(f);
+    bootctl::Disk::open(&disk, None, true)
+        .unwrap()
+        .set_active(bootctl::Slot::B, 15)
+        .unwrap();
+
+    // One write request a second: the selection's four writes (array and
+    // header of each copy) take seconds, and the cuts land inside them.
+    let mut mid_write = 0;
+    for delay_ms in [500u64, 1500, 2500, 3500] {
+        damage_primary_header(&disk);
+        let before = flags(&disk).attrs()[1];
+        let mut vm = app.boot_throttled(&disk, &stick, 1);
+        vm.expect("reading the boot flags of", BOOT).unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        vm.kill();
+        let after = flags(&disk);
+        let b = after.attrs()[1];
+        assert!(
+            b == before || b.tries + 1 == before.tries,
+            "cut at {delay_ms} ms: slot_b {b:?}, was {before:?}"
+        );
+        if after.gpt.primary.is_ok() && !after.gpt.is_consistent() {
+            mid_write += 1;
+        }
+        eprintln!(
+            "cut {delay_ms} ms after the boot stage started: primary {}, backup {}, slot_b tries {}",
+            if after.gpt.primary.is_ok() { "valid" } else { "damaged" },
+            if after.gpt.backup.is_ok() { "valid" } else { "damaged" },
+            b.tries
+        );
+    }
+    eprintln!("{mid_write} of 4 cuts fell between the two copies' writes");
+    let mut vm = app.boot(&disk, &stick);
+    vm.expect("RELEASE 2.0.0 RUNNING ON slot_b", BOOT).unwrap();
+    vm.expect("READY 2.0.0", STEP).unwrap();
+    assert!(flags(&disk).gpt.is_consistent(), "not repaired by the boot");
+}
+
+#[test]
+fn a_power_cut_during_an_expand_migration_is_restored_at_the_next_boot() {
+    let app = Appliance::new();
+    let expand = app.dir.path().join("expand.sh");
+    std::fs::write(
+        &expand,
+        "#!/bin/sh\necho clobbered > \"$SWITCHBACK_DATA_DIR/app/v1-notes\"\nsync\necho MIGRATION RUNNING > /dev/console\nsleep 120\n",
+    )
+    .unwrap();
+    let v2 = app.image(&Release {
+        version: "2.0.0",
+        ..Release::default()
+    });
+    let migration = MigrationSource {
+        path: expand,
+        from: 1,
+        to: 2,
+        phase: Phase::Expand,
+        snapshot: vec!["app".into()],
+    };
+    let b = app.bundle("2.0.0", "2.0.0", "switchback-qemu", &v2, vec![migration]);
+    let stick = app.stick(&[&b]);
+    let (mut vm, disk) = factory(&app, &stick);
+    vm.send("echo 'written by 1.0.0' > /data/app/v1-notes; sync")
+        .unwrap();
+    vm.send("updater install /media/2.0.0.swb").unwrap();
+    vm.expect("MIGRATION RUNNING", STEP).unwrap();
+    vm.kill();
+    assert!(!flags(&disk).attrs()[1].is_bootable());
+
+    let mut vm = app.boot(&disk, &stick);
+    vm.expect("RELEASE 1.0.0 RUNNING ON slot_a", BOOT).unwrap();
+    vm.expect("recovered: restored the data in /data", STEP)
+        .unwrap();
+    vm.expect("READY 1.0.0", STEP).unwrap();
+    vm.send("echo NOTES $(cat /data/app/v1-notes); ls /data/.switchback-snapshot 2>&1 | head -1; updater status | grep 'last install'")
+        .unwrap();
+    vm.expect("NOTES written by 1.0.0", STEP).unwrap();
+    vm.expect("No such file or directory", STEP).unwrap();
+    vm.expect("interrupted while writing slot_b", STEP).unwrap();
+}
+
+#[test]
+fn a_power_cut_in_the_middle_of_a_commit_completes_at_the_next_boot() {
+    let app = Appliance::new();
+    let noop = app.dir.path().join("expand.sh");
+    std::fs::write(&noop, "#!/bin/sh\ntrue\n").unwrap();
+    let finalize = app.dir.path().join("finalize.sh");
+    std::fs::write(
+        &finalize,
+        "#!/bin/sh\necho finalized >> \"$SWITCHBACK_DATA_DIR/app/finalize.log\"\n",
+    )
+    .unwrap();
+    let v2 = app.image(&Release {
+        version: "2.0.0",
+        boot_tries: 5,
+        health_checks: r#"[{"name": "mark", "command": ["sh", "-c", "echo HEALTH CHECKED > /dev/console"], "timeout_s": 10}]"#,
+        ..Release::default()
+    });
+    let migrations = vec![
+        MigrationSource {
+            path: noop,
+            from: 1,
+            to: 2,
+            phase: Phase::Expand,
+            snapshot: vec!["app".into()],
+        },
+        MigrationSource {
+            path: finalize,
+            from: 1,
+            to: 2,
+            phase: Phase::Finalize,
+            snapshot: vec!["app".into()],
+        },
+    ];
+    let b = app.bundle("2.0.0", "2.0.0", "switchback-qemu", &v2, migrations);
+    let stick = app.stick(&[&b]);
+    let (mut vm, disk) = factory(&app, &stick);
+    vm.send("updater install /media/2.0.0.swb; echo INSTALL EXIT $?")
+        .unwrap();
+    vm.expect("INSTALL EXIT 0", STEP).unwrap();
+    vm.send("sync").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    vm.kill();
+
+    // The trial boot, slowed so that the cut lands inside the commit that
+    // follows the passed check (intent, flag, floor, finalize).
+    let mut vm = app.boot_throttled(&disk, &stick, 5);
+    vm.expect("RELEASE 2.0.0 RUNNING ON slot_b", BOOT).unwrap();
+    vm.expect("HEALTH CHECKED", STEP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    vm.kill();
+    eprintln!("after the cut: slot_b {:?}", flags(&disk).attrs()[1]);
+
+    let mut vm = app.boot(&disk, &stick);
+    vm.expect("RELEASE 2.0.0 RUNNING ON slot_b", BOOT).unwrap();
+    vm.expect("READY 2.0.0", STEP).unwrap();
+    vm.send("updater status | grep 'last install'; echo FINALIZED $(wc -l < /data/app/finalize.log) TIMES")
+        .unwrap();
+    vm.expect("Committed", STEP).unwrap();
+    vm.expect("FINALIZED 1 TIMES", STEP).unwrap();
+    assert!(flags(&disk).attrs()[1].successful);
+}
