@@ -135,14 +135,14 @@ impl Appliance {
         .unwrap()
     }
 
-    /// `boot`, with writes to `disk` slowed to `write_iops` requests a second.
-    pub fn boot_throttled(&self, disk: &Path, stick: &Path, write_iops: u32) -> Machine {
+    /// `boot`, with writes to `disk` slowed to `write_bps` bytes a second.
+    pub fn boot_throttled(&self, disk: &Path, stick: &Path, write_bps: u32) -> Machine {
         Machine::boot_throttled(
             &self.kernel.vmlinuz,
             &self.boot_stage(),
             &[disk, stick],
             CMDLINE,
-            write_iops,
+            write_bps,
         )
         .unwrap()
     }

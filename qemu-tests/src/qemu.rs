@@ -39,17 +39,17 @@ impl Machine {
         Machine::start(kernel, initrd, disks, cmdline, true, None)
     }
 
-    /// Like `boot_rebooting`, with the first disk taking at most
-    /// `write_iops` write requests a second: slow enough that a power cut
-    /// can be aimed into the middle of a multi-sector write.
+    /// Like `boot_rebooting`, with writes to the first disk slowed to
+    /// `write_bps` bytes a second: slow enough that a power cut can be
+    /// aimed into the middle of a multi-sector write.
     pub fn boot_throttled(
         kernel: &Path,
         initrd: &Path,
         disks: &[&Path],
         cmdline: &str,
-        write_iops: u32,
+        write_bps: u32,
     ) -> Result<Machine> {
-        Machine::start(kernel, initrd, disks, cmdline, true, Some(write_iops))
+        Machine::start(kernel, initrd, disks, cmdline, true, Some(write_bps))
     }
 
     fn start(
@@ -58,7 +58,7 @@ impl Machine {
         disks: &[&Path],
         cmdline: &str,
         reboots: bool,
-        write_iops: Option<u32>,
+        write_bps: Option<u32>,
     ) -> Result<Machine> {
         let mut cmd = Command::new("qemu-system-x86_64");
         // Name TCG explicitly: "kvm:tcg" picks a broken KVM here and stalls.
@@ -83,9 +83,9 @@ impl Machine {
             .arg(initrd)
             .args(["-append", cmdline]);
         for (i, d) in disks.iter().enumerate() {
-            let throttle = match write_iops {
+            let throttle = match write_bps {
                 Some(n) if i == 0 => {
-                    format!(",throttling.iops-write={n},throttling.iops-write-max={n}")
+                    format!(",throttling.bps-write={n},throttling.bps-write-max={n}")
                 }
                 _ => String::new(),
             };

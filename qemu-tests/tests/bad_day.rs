@@ -43,13 +43,13 @@ fn power_cuts_during_the_boot_stages_flag_write_with_one_copy_damaged_still_boot
         .set_active(bootctl::Slot::B, 15)
         .unwrap();
 
-    // One write request a second: the selection's four writes (array and
-    // header of each copy) take seconds, and the cuts land inside them.
-    let mut mid_write = 0;
-    for delay_ms in [500u64, 1500, 2500, 3500] {
+    // 8 KiB a second: each copy's array and header (17 KiB) take two
+    // seconds to write, and the cuts land before, inside and between them.
+    let (mut untouched, mut mid_write, mut whole) = (0, 0, 0);
+    for delay_ms in [300u64, 1200, 2200, 3000, 3800, 5500] {
         damage_primary_header(&disk);
         let before = flags(&disk).attrs()[1];
-        let mut vm = app.boot_throttled(&disk, &stick, 1);
+        let mut vm = app.boot_throttled(&disk, &stick, 8192);
         vm.expect("reading the boot flags of", BOOT).unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         vm.kill();
@@ -59,8 +59,10 @@ fn power_cuts_during_the_boot_stages_flag_write_with_one_copy_damaged_still_boot
             b == before || b.tries + 1 == before.tries,
             "cut at {delay_ms} ms: slot_b {b:?}, was {before:?}"
         );
-        if after.gpt.primary.is_ok() && !after.gpt.is_consistent() {
-            mid_write += 1;
+        match (after.gpt.primary.is_ok(), after.gpt.is_consistent()) {
+            (false, _) => untouched += 1,
+            (true, false) => mid_write += 1,
+            (true, true) => whole += 1,
         }
         eprintln!(
             "cut {delay_ms} ms after the boot stage started: primary {}, backup {}, slot_b tries {}",
@@ -69,7 +71,9 @@ fn power_cuts_during_the_boot_stages_flag_write_with_one_copy_damaged_still_boot
             b.tries
         );
     }
-    eprintln!("{mid_write} of 4 cuts fell between the two copies' writes");
+    eprintln!(
+        "cuts: {untouched} before or inside the primary's write, {mid_write} after it and before the backup was whole, {whole} after both"
+    );
     let mut vm = app.boot(&disk, &stick);
     vm.expect("RELEASE 2.0.0 RUNNING ON slot_b", BOOT).unwrap();
     vm.expect("READY 2.0.0", STEP).unwrap();
@@ -163,7 +167,7 @@ fn a_power_cut_in_the_middle_of_a_commit_completes_at_the_next_boot() {
 
     // The trial boot, slowed so that the cut lands inside the commit that
     // follows the passed check (intent, flag, floor, finalize).
-    let mut vm = app.boot_throttled(&disk, &stick, 5);
+    let mut vm = app.boot_throttled(&disk, &stick, 64 << 10);
     vm.expect("RELEASE 2.0.0 RUNNING ON slot_b", BOOT).unwrap();
     vm.expect("HEALTH CHECKED", STEP).unwrap();
     std::thread::sleep(Duration::from_millis(300));
