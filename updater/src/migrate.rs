@@ -407,36 +407,42 @@ fn run_one(
     }
 }
 
-/// Runs the expand chain; on any failure restores the data and fails.
-/// `record` saves the new schema once the data has it, before the snapshot
-/// is dropped (see [`Snapshot`] for why in that order).
-pub fn expand(
+/// The one way migrations run, expand and finalize alike: snapshot the
+/// directories they declare, run them in order, restore on the first
+/// failure; on success sync, `record` (the state says they took effect),
+/// then drop the snapshot (see [`Snapshot`] for why in that order).
+/// `unchanged` says, in a failure's message, what else stayed as it was.
+fn run_snapshotted(
     config: &Config,
     dir: &Path,
-    chain: &[MigrationSpec],
+    migrations: &[&MigrationSpec],
     env: &MigrationEnv,
-    record: impl FnOnce(u32) -> Result<()>,
+    unchanged: &str,
+    record: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
-    let Some(to) = chain.last().map(|g| g.to) else {
-        return Ok(());
+    let Some(first) = migrations.first() else {
+        return record();
     };
-    let mut dirs: Vec<String> = chain
+    let phase = first.phase;
+    let mut dirs: Vec<String> = migrations
         .iter()
         .flat_map(|g| g.snapshot.iter().cloned())
         .collect();
     dirs.sort();
     dirs.dedup();
-    let snapshot = Snapshot::take(&env.data_dir, &dirs, Phase::Expand, to, &env.release)?;
-    for g in chain {
+    let to = migrations.iter().map(|g| g.to).max().unwrap_or(0);
+    let snapshot = Snapshot::take(&env.data_dir, &dirs, phase, to, &env.release)?;
+    for g in migrations {
         if let Err(detail) = run_one(config, dir, g, env) {
             let aftermath = match snapshot.restore(&env.data_dir) {
-                Ok(()) => {
-                    "the data is restored from its snapshot and nothing was flipped".to_string()
-                }
-                Err(e) => format!("RESTORING THE DATA FAILED ({e:#}); nothing was flipped"),
+                Ok(()) => format!("the data is restored from its snapshot and {unchanged}"),
+                Err(e) => format!("RESTORING THE DATA FAILED ({e:#}); {unchanged}"),
             };
             return Err(UpdateError::MigrationFailed {
-                phase: "expand",
+                phase: match phase {
+                    Phase::Expand => "expand",
+                    Phase::Finalize => "finalize",
+                },
                 image: g.image.clone(),
                 from: g.from,
                 to: g.to,
@@ -447,8 +453,26 @@ pub fn expand(
         }
     }
     syncfs(&env.data_dir)?;
-    record(to)?;
+    record()?;
     snapshot.discard()
+}
+
+/// Runs the expand chain; on any failure restores the data and fails.
+/// `record` saves the new schema once the data has it.
+pub fn expand(
+    config: &Config,
+    dir: &Path,
+    chain: &[MigrationSpec],
+    env: &MigrationEnv,
+    record: impl FnOnce(u32) -> Result<()>,
+) -> Result<()> {
+    let Some(to) = chain.last().map(|g| g.to) else {
+        return Ok(());
+    };
+    let chain: Vec<&MigrationSpec> = chain.iter().collect();
+    run_snapshotted(config, dir, &chain, env, "nothing was flipped", || {
+        record(to)
+    })
 }
 
 /// Runs the finalize migrations kept for `version`, if any, after checking
@@ -503,27 +527,14 @@ pub fn finalize(
             return Err(failed(g, why, "not run; the release stays committed").into());
         }
     }
-    let mut dirs: Vec<String> = finals
-        .iter()
-        .flat_map(|g| g.snapshot.iter().cloned())
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    let to = finals.iter().map(|g| g.to).max().unwrap_or(0);
-    let snapshot = Snapshot::take(&env.data_dir, &dirs, Phase::Finalize, to, version)?;
-    for g in &finals {
-        if let Err(detail) = run_one(config, &dir, g, env) {
-            let aftermath = match snapshot.restore(&env.data_dir) {
-                Ok(()) => "the data is restored from its snapshot; the release stays committed"
-                    .to_string(),
-                Err(e) => format!("RESTORING THE DATA FAILED ({e:#}); the release stays committed"),
-            };
-            return Err(failed(g, detail, &aftermath).into());
-        }
-    }
-    syncfs(&env.data_dir)?;
-    record()?;
-    snapshot.discard()?;
+    run_snapshotted(
+        config,
+        &dir,
+        &finals,
+        env,
+        "the release stays committed",
+        record,
+    )?;
     std::fs::remove_dir_all(&dir).ok();
     Ok(finals.len())
 }
