@@ -538,3 +538,56 @@ pub fn finalize(
     std::fs::remove_dir_all(&dir).ok();
     Ok(finals.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.ends_with(SNAPSHOT_DIR) {
+                    continue;
+                }
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push((p.clone(), std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_restore_cut_half_way_is_finished_by_the_next_one_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        for d in ["a", "b"] {
+            std::fs::create_dir_all(data.join(d)).unwrap();
+            std::fs::write(data.join(d).join("f"), d).unwrap();
+        }
+        let before = tree(data);
+        let dirs = ["a".to_string(), "b".to_string(), "new".to_string()];
+        let snap = Snapshot::take(data, &dirs, Phase::Expand, 2, "2.0.0").unwrap();
+        // The migrations change all three, then fail.
+        for d in ["a", "b", "new"] {
+            std::fs::create_dir_all(data.join(d)).unwrap();
+            std::fs::write(data.join(d).join("f"), "changed").unwrap();
+        }
+        // A restore cut after its first rename: "a" is back, "b" not yet.
+        std::fs::remove_dir_all(data.join("a")).unwrap();
+        std::fs::rename(snap.root.join("a"), data.join("a")).unwrap();
+        drop(snap);
+        for _ in 0..2 {
+            let done = recover_snapshot(data, 1, None).unwrap();
+            assert!(done.is_none_or(|d| d.contains("restored")));
+        }
+        assert_eq!(tree(data), before);
+        assert!(!data.join(SNAPSHOT_DIR).exists());
+    }
+}

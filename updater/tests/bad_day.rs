@@ -435,3 +435,87 @@ fn a_migration_that_hangs_is_timed_out_with_its_children_and_the_data_restored()
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert!(tree(&data) == before, "a child outlived its migration");
 }
+
+#[test]
+fn a_finalize_interrupted_twice_is_given_up_not_run_each_boot() {
+    let dev = device();
+    let data = dev.dir.path().join("data");
+    std::fs::create_dir_all(data.join("app")).unwrap();
+    let finalize = script(
+        dev.dir.path(),
+        "finalize.sh",
+        r#"echo finalized >> "$SWITCHBACK_DATA_DIR/app/finalize.log""#,
+    );
+    let v2 = Release {
+        data_schema: Some(2),
+        migrations: vec![
+            expand(script(dev.dir.path(), "noop.sh", "true"), &["app"]),
+            MigrationSource {
+                phase: Phase::Finalize,
+                ..expand(finalize, &["app"])
+            },
+        ],
+        ..release("2.0.0")
+    };
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&v2))
+        .assert()
+        .success();
+    assert_eq!(dev.boot(), Slot::B);
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(data.join("app/finalize.log")).unwrap(),
+        "finalized\n"
+    );
+    // As if a finalize had crashed the machine twice since.
+    edit_state(&dev, |s| {
+        s["finalize_pending"] = json!("2.0.0");
+        s["finalize_attempts"] = json!(2);
+        s["finalized"] = serde_json::Value::Null;
+    });
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success();
+    assert!(dev
+        .history()
+        .contains(&("finalize-failed".into(), "slot_b".into())));
+    assert!(dev.state().get("finalize_pending").is_none());
+    assert_eq!(
+        std::fs::read_to_string(data.join("app/finalize.log")).unwrap(),
+        "finalized\n"
+    );
+}
+
+#[test]
+fn a_declared_directory_behind_a_symlink_is_refused() {
+    if !needs_root() {
+        return;
+    }
+    let dev = device();
+    let data = dev.dir.path().join("data");
+    let outside = dev.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, data.join("app")).unwrap();
+    let m = script(
+        dev.dir.path(),
+        "m.sh",
+        r#"echo x > "$SWITCHBACK_DATA_DIR/app/x""#,
+    );
+    let v2 = Release {
+        data_schema: Some(2),
+        migrations: vec![expand(m, &["app"])],
+        ..release("2.0.0")
+    };
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&v2))
+        .assert()
+        .code(55)
+        .stderr(contains("is reached through a symbolic link"));
+    assert!(!outside.join("x").exists());
+}
