@@ -15,6 +15,7 @@
 use crate::attr::BootAttrs;
 use crate::control::Disk;
 use crate::slots::Slot;
+use crate::sysfs::SysBlock;
 use anyhow::{bail, Context, Result};
 use std::ffi::CString;
 use std::fs::File;
@@ -24,8 +25,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct BootStage {
-    /// The disk holding the slots.
-    pub disk: PathBuf,
+    /// The disk holding the slots; found from sysfs by the slots' GPT
+    /// partition names when not given.
+    pub disk: Option<PathBuf>,
     /// Seconds the watchdog gives the booted release before it resets.
     pub watchdog_timeout_s: u32,
 }
@@ -81,6 +83,32 @@ fn load_modules(dir: &Path) {
     }
 }
 
+/// The disk holding `slot_a` and `slot_b`, once its driver has shown it.
+fn find_slot_disk(timeout: Duration) -> Result<PathBuf> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let disks = SysBlock::system().slot_disks();
+        if let Some(first) = disks.first() {
+            if disks.len() > 1 {
+                say(&format!(
+                    "WARNING: several disks hold slot_a and slot_b ({}); using {}",
+                    disks
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    first.display()
+                ));
+            }
+            return Ok(first.clone());
+        }
+        if Instant::now() > deadline {
+            bail!("no disk with partitions named slot_a and slot_b appeared within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_for(path: &Path, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !path.exists() {
@@ -112,9 +140,10 @@ fn arm_watchdog(timeout_s: u32) -> Result<()> {
 }
 
 /// The kernel command line for `slot`.
-pub fn slot_cmdline(partuuid: &str, partition: usize, slot: Slot, append: &str) -> String {
+pub fn slot_cmdline(partuuid: &str, partition: &Path, slot: Slot, append: &str) -> String {
     format!(
-        "root=PARTUUID={partuuid} switchback.root=/dev/vda{partition} switchback.slot={} panic=5 {append}",
+        "root=PARTUUID={partuuid} switchback.root={} switchback.slot={} panic=5 {append}",
+        partition.display(),
         slot.name()
     )
     .trim()
@@ -182,12 +211,15 @@ impl BootStage {
             .collect::<Vec<_>>()
             .join(" ");
         load_modules(Path::new("/lib/modules"));
-        wait_for(&self.disk, Duration::from_secs(30))?;
-        say(&format!(
-            "reading the boot flags of {}",
-            self.disk.display()
-        ));
-        let mut disk = Disk::open(&self.disk, None, true)?;
+        let path = match &self.disk {
+            Some(d) => {
+                wait_for(d, Duration::from_secs(30))?;
+                d.clone()
+            }
+            None => find_slot_disk(Duration::from_secs(30))?,
+        };
+        say(&format!("reading the boot flags of {}", path.display()));
+        let mut disk = Disk::open(&path, None, true)?;
         let chosen = match disk.select() {
             Ok(c) => c,
             // Never a brick: boot what the flags say, without the spent try.
@@ -222,14 +254,16 @@ impl BootStage {
         drop(disk);
         for slot in [chosen.slot, chosen.slot.other()] {
             let entry = state.table.entry(slot);
-            let dev = format!("{}{}", self.disk.display(), entry.index + 1);
-            let cmdline = slot_cmdline(
-                &entry.unique_guid.to_string(),
-                entry.index + 1,
-                slot,
-                &append,
-            );
-            match load_slot_kernel(&dev, &cmdline) {
+            let Some(dev) = SysBlock::system().partition_path(&path, entry.index + 1) else {
+                say(&format!(
+                    "cannot boot {slot}: the kernel shows no partition {} on {}; trying the other slot",
+                    entry.index + 1,
+                    path.display()
+                ));
+                continue;
+            };
+            let cmdline = slot_cmdline(&entry.unique_guid.to_string(), &dev, slot, &append);
+            match load_slot_kernel(&dev.display().to_string(), &cmdline) {
                 Ok(()) => {
                     say(&format!("booting {slot}: {cmdline}"));
                     nix::unistd::sync();

@@ -109,35 +109,6 @@ pub fn root_disk(cmdline: &str) -> Option<PathBuf> {
     Some(Path::new("/dev").join(parent))
 }
 
-/// The device number (`st_rdev`) of partition `number` (1-based) of the
-/// whole disk at `disk`, from sysfs: `/sys/class/block/<disk>/<part>/dev`
-/// of the subdirectory whose `partition` file says `number`, whatever the
-/// kernel's naming (`vda3`, `nvme0n1p3`, `mmcblk0p3`).
-pub fn partition_devnum(disk: &Path, number: usize) -> Option<u64> {
-    let name = std::fs::canonicalize(disk)
-        .ok()?
-        .file_name()?
-        .to_str()?
-        .to_string();
-    let dir = Path::new("/sys/class/block").join(name);
-    let part = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            std::fs::read_to_string(p.join("partition"))
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                == Some(number)
-        })?;
-    let dev = std::fs::read_to_string(part.join("dev")).ok()?;
-    let (major, minor) = dev.trim().split_once(':')?;
-    Some(nix::sys::stat::makedev(
-        major.parse().ok()?,
-        minor.parse().ok()?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

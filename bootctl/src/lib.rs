@@ -17,6 +17,7 @@ pub mod provision;
 pub mod report;
 pub mod select;
 pub mod slots;
+pub mod sysfs;
 pub mod table;
 
 pub use attr::BootAttrs;

@@ -44,9 +44,10 @@ enum Command {
     /// Run as the boot stage (PID 1 of an initramfs): select, arm the
     /// watchdog, kexec the chosen slot's kernel. Started by default as PID 1.
     BootStage {
-        /// The disk holding the slots.
-        #[arg(long = "slots-disk", default_value = "/dev/vda")]
-        slots_disk: PathBuf,
+        /// The disk holding the slots (default: the one whose partitions are
+        /// named slot_a and slot_b).
+        #[arg(long = "slots-disk")]
+        slots_disk: Option<PathBuf>,
         #[arg(long, default_value_t = 60)]
         watchdog_timeout: u32,
     },
@@ -59,7 +60,7 @@ enum Command {
 
 /// As PID 1 there is nobody to return to: report, wait, reboot (the next
 /// boot sees one try fewer and falls back in the end).
-fn boot_stage(slots_disk: PathBuf, watchdog_timeout: u32) -> ! {
+fn boot_stage(slots_disk: Option<PathBuf>, watchdog_timeout: u32) -> ! {
     let stage = bootctl::boot_stage::BootStage {
         disk: slots_disk,
         watchdog_timeout_s: watchdog_timeout,
@@ -76,7 +77,7 @@ fn boot_stage(slots_disk: PathBuf, watchdog_timeout: u32) -> ! {
 
 fn main() {
     if std::process::id() == 1 {
-        boot_stage(PathBuf::from("/dev/vda"), 60);
+        boot_stage(None, 60);
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     if let Err(e) = run(Cli::parse()) {

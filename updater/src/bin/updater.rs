@@ -139,7 +139,7 @@ fn run(cli: Cli) -> Result<()> {
         .is_ok_and(|m| m.file_type().is_block_device())
         .then(|| {
             let data = boot_state.table.data.as_ref()?;
-            host::partition_devnum(&disk_path, data.index + 1)
+            bootctl::sysfs::SysBlock::system().partition_devnum(&disk_path, data.index + 1)
         });
     updater::state::check_location(&config.state_dir(), &disk_path, data_devnum).map_err(
         |reason| UpdateError::Config {
