@@ -244,6 +244,15 @@ fn flips_on_block_devices_with_512_and_4096_byte_sectors() {
         )
         .unwrap();
         let dev = Loop::attach(&image, sector);
+        // An image's --sector-size that contradicts the device is refused.
+        let other = if sector == 512 { "4096" } else { "512" };
+        bootctl(Path::new(&dev.0))
+            .args(["--sector-size", other, "status"])
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains(
+                "disagrees with the block device's own",
+            ));
         let v = status_json(Path::new(&dev.0));
         // The kernel's sector size (BLKSSZGET), not a guess from the content.
         assert_eq!(v["sector_size"], sector, "{}", dev.0);

@@ -519,3 +519,59 @@ fn a_declared_directory_behind_a_symlink_is_refused() {
         .stderr(contains("is reached through a symbolic link"));
     assert!(!outside.join("x").exists());
 }
+
+#[test]
+fn a_kept_finalize_executable_that_was_altered_is_not_run() {
+    let dev = device();
+    let data = dev.dir.path().join("data");
+    std::fs::create_dir_all(data.join("app")).unwrap();
+    let finalize = script(
+        dev.dir.path(),
+        "finalize.sh",
+        r#"echo finalized >> "$SWITCHBACK_DATA_DIR/app/finalize.log""#,
+    );
+    let v2 = Release {
+        data_schema: Some(2),
+        migrations: vec![
+            expand(script(dev.dir.path(), "noop.sh", "true"), &["app"]),
+            MigrationSource {
+                phase: Phase::Finalize,
+                ..expand(finalize, &["app"])
+            },
+        ],
+        ..release("2.0.0")
+    };
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&v2))
+        .assert()
+        .success();
+    // Between the install and the commit, someone swaps the kept program.
+    let kept = dev.dir.path().join("state/migrations/2.0.0/migration-2");
+    assert!(kept.exists(), "{}", kept.display());
+    std::fs::write(
+        &kept,
+        "#!/bin/sh\necho evil >> \"$SWITCHBACK_DATA_DIR/app/finalize.log\"\n",
+    )
+    .unwrap();
+    assert_eq!(dev.boot(), Slot::B);
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success();
+    assert!(
+        !data.join("app/finalize.log").exists(),
+        "an altered program ran"
+    );
+    let failed = dev.state()["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["event"] == "finalize-failed")
+        .cloned()
+        .unwrap();
+    assert!(failed["reason"]
+        .as_str()
+        .unwrap()
+        .contains("differs from the signed release"));
+}
