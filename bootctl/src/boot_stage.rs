@@ -83,11 +83,26 @@ fn load_modules(dir: &Path) {
     }
 }
 
-/// The disk holding `slot_a` and `slot_b`, once its driver has shown it.
+/// The disk holding `slot_a` and `slot_b`, once its driver has shown it:
+/// by the partition names the kernel parsed, or, when it parsed none (it
+/// ignores a GPT whose primary copy is damaged unless booted with `gpt`),
+/// by reading each disk's table ourselves, backup copy included.
 fn find_slot_disk(timeout: Duration) -> Result<PathBuf> {
     let deadline = Instant::now() + timeout;
     loop {
-        let disks = SysBlock::system().slot_disks();
+        let sys = SysBlock::system();
+        let mut disks = sys.slot_disks();
+        if disks.is_empty() {
+            disks = sys
+                .disks()
+                .into_iter()
+                .filter(|d| {
+                    Disk::open(d, None, false)
+                        .and_then(|mut d| d.read_unchecked())
+                        .is_ok()
+                })
+                .collect();
+        }
         if let Some(first) = disks.first() {
             if disks.len() > 1 {
                 say(&format!(
@@ -104,6 +119,37 @@ fn find_slot_disk(timeout: Duration) -> Result<PathBuf> {
         }
         if Instant::now() > deadline {
             bail!("no disk with partitions named slot_a and slot_b appeared within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+nix::ioctl_none!(blkrrpart, 0x12, 95);
+
+/// The device node of the slot's partition. When the kernel found no
+/// partitions at boot (a damaged primary GPT, repaired by the selection's
+/// write since), it is asked to read the table again first.
+fn slot_partition(disk: &Path, number: usize) -> Option<PathBuf> {
+    let sys = SysBlock::system();
+    if let Some(p) = sys.partition_path(disk, number) {
+        return Some(p);
+    }
+    if let Ok(f) = std::fs::File::open(disk) {
+        // SAFETY: BLKRRPART takes no argument.
+        if let Err(e) = unsafe { blkrrpart(std::os::fd::AsRawFd::as_raw_fd(&f)) } {
+            say(&format!(
+                "re-reading the partition table of {}: {e}",
+                disk.display()
+            ));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(p) = sys.partition_path(disk, number).filter(|p| p.exists()) {
+            return Some(p);
+        }
+        if Instant::now() > deadline {
+            return None;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -254,7 +300,7 @@ impl BootStage {
         drop(disk);
         for slot in [chosen.slot, chosen.slot.other()] {
             let entry = state.table.entry(slot);
-            let Some(dev) = SysBlock::system().partition_path(&path, entry.index + 1) else {
+            let Some(dev) = slot_partition(&path, entry.index + 1) else {
                 say(&format!(
                     "cannot boot {slot}: the kernel shows no partition {} on {}; trying the other slot",
                     entry.index + 1,

@@ -101,8 +101,25 @@ impl SysBlock {
         ))
     }
 
+    /// Every whole disk the kernel shows, as `/dev` paths.
+    pub fn disks(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.class_block) else {
+            return Vec::new();
+        };
+        let mut out: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("uevent"))
+                    .is_ok_and(|u| uevent_value(&u, "DEVTYPE").as_deref() == Some("disk"))
+            })
+            .filter_map(|e| Some(self.dev.join(e.file_name().to_str()?)))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The disks that hold both `slot_a` and `slot_b` (by GPT partition
-    /// name), as `/dev` paths.
+    /// name, as the kernel parsed them), as `/dev` paths.
     pub fn slot_disks(&self) -> Vec<PathBuf> {
         let parts = self.partitions();
         let mut disks: Vec<String> = parts.iter().map(|p| p.disk.clone()).collect();
@@ -173,6 +190,12 @@ mod tests {
             let sys = SysBlock::at(&dir.path().join("class/block"), Path::new("/dev"));
             let disks = sys.slot_disks();
             assert_eq!(disks, vec![PathBuf::from(format!("/dev/{disk}"))], "{disk}");
+            let mut all = vec![
+                PathBuf::from(format!("/dev/{disk}")),
+                PathBuf::from("/dev/sdz"),
+            ];
+            all.sort();
+            assert_eq!(sys.disks(), all);
             assert_eq!(
                 sys.partition_path(&disks[0], 3),
                 Some(PathBuf::from(format!("/dev/{disk}{p}3"))),

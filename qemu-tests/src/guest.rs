@@ -363,14 +363,15 @@ echo "SLOT INITRAMFS: cannot mount $root""#,
         slot_ir.pack(&root.join("boot/initrd.img"))?;
     }
     // busybox and its applets as links, made here: the root is read-only.
-    std::fs::copy(
-        ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .context("busybox")?,
-        root.join("bin/busybox"),
-    )?;
-    for applet in run(Command::new(root.join("bin/busybox")).arg("--list"))?.lines() {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("busybox")?;
+    std::fs::copy(busybox, root.join("bin/busybox"))?;
+    // Asked of the installed one: a file just written can still be open
+    // for writing in a child another test thread forked meanwhile, and
+    // executing it then fails with "Text file busy".
+    for applet in run(Command::new(busybox).arg("--list"))?.lines() {
         if applet != "busybox" {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }
