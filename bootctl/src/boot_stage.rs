@@ -186,9 +186,12 @@ fn arm_watchdog(timeout_s: u32) -> Result<()> {
 }
 
 /// The kernel command line for `slot`.
+/// `gpt`: without it Linux ignores a GPT whose primary copy is damaged (and
+/// with it every partition, the slot's root included); with it, it reads
+/// the backup, as the boot stage does.
 pub fn slot_cmdline(partuuid: &str, partition: &Path, slot: Slot, append: &str) -> String {
     format!(
-        "root=PARTUUID={partuuid} switchback.root={} switchback.slot={} panic=5 {append}",
+        "root=PARTUUID={partuuid} switchback.root={} switchback.slot={} panic=5 gpt {append}",
         partition.display(),
         slot.name()
     )

@@ -19,8 +19,7 @@ use std::collections::HashMap;
 pub const BLOCK: usize = 4096;
 /// Bytes two matched runs may be apart and still merge into one range.
 const MERGE_GAP: u64 = 64 << 10;
-/// Largest reference a reader accepts; bounds its memory per chunk.
-pub const MAX_REF_LEN: u64 = 64 << 20;
+use super::MAX_REF_LEN;
 
 /// Where each distinct 4 KiB block of the base first appears.
 pub struct BaseIndex<'a> {

@@ -3,7 +3,7 @@
 //! format's rules before any payload byte is read.
 
 use super::error::{BundleError, Result};
-use super::{FORMAT_VERSION, MAX_CHUNK_SIZE, MAX_IMAGES, MIN_CHUNK_SIZE};
+use super::{FORMAT_VERSION, MAX_CHUNK_SIZE, MAX_IMAGES, MAX_REF_LEN, MIN_CHUNK_SIZE};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
@@ -262,10 +262,10 @@ impl Manifest {
                             b.size
                         )));
                     }
-                    _ if ref_len > super::delta::MAX_REF_LEN => {
+                    _ if ref_len > MAX_REF_LEN => {
                         return Err(bad(format!(
                             "image {t} chunk {i}: reference of {ref_len} bytes exceeds {}",
-                            super::delta::MAX_REF_LEN
+                            MAX_REF_LEN
                         )));
                     }
                     _ => {}

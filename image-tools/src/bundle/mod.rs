@@ -45,6 +45,8 @@ pub const MAX_IMAGES: usize = 8;
 pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
 /// Bounds the memory a reader spends per chunk in flight.
 pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
+/// Largest delta reference a reader accepts; bounds its memory per chunk.
+pub const MAX_REF_LEN: u64 = 64 << 20;
 
 /// Worker threads to use by default: every core.
 pub fn default_threads() -> usize {
