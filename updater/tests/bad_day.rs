@@ -575,3 +575,42 @@ fn a_kept_finalize_executable_that_was_altered_is_not_run() {
         .unwrap()
         .contains("differs from the signed release"));
 }
+
+#[test]
+fn a_record_that_cannot_be_saved_after_the_flip_says_the_flip_took_effect() {
+    use updater::events::{Event, Observer};
+    /// Takes the state directory away right after the flip (as a full or
+    /// failed data partition would), before the last save.
+    struct Vanish(std::path::PathBuf);
+    impl Observer for Vanish {
+        fn event(&mut self, e: &Event) {
+            if let Event::Flipped { .. } = e {
+                std::fs::rename(&self.0, self.0.with_extension("away")).unwrap();
+                std::fs::write(&self.0, "not a directory").unwrap();
+            }
+        }
+    }
+    let dev = device();
+    let state_dir = dev.dir.path().join("state");
+    let b = dev.bundle(&release("2.0.0"));
+    let err = install_with(&dev, &b, &mut Vanish(state_dir.clone())).unwrap_err();
+    assert_eq!(updater::exit_code(&err), 59, "{err:#}");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains(
+            "2.0.0 is installed in slot_b and boots next on trial; but recording that failed"
+        ),
+        "{msg}"
+    );
+    assert_eq!(dev.attrs()[1].priority, 2, "the flip took effect");
+    // The partition comes back: the next command completes the record.
+    std::fs::remove_file(&state_dir).unwrap();
+    std::fs::rename(state_dir.with_extension("away"), &state_dir).unwrap();
+    assert_eq!(dev.state()["last_install"]["outcome"], "flipping");
+    assert_eq!(dev.boot(), Slot::B);
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .success();
+    assert_eq!(dev.state()["last_install"]["outcome"], "committed");
+}
