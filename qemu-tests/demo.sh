@@ -69,8 +69,16 @@ sha256sum -c --quiet before.sum && echo "disk.img unchanged"
 
 say "A corrupted payload is caught at the first bad chunk: running slot and data untouched, the half-written inactive slot left unbootable"
 cp release-2.0.swb corrupt.swb
-printf 'X' | dd of=corrupt.swb bs=1 seek=$(( $(stat -c %s corrupt.swb) - 100000 )) conv=notrunc status=none
-"$bin/updater" --config config.json --disk disk.img --booted-slot b install --allow-downgrade corrupt.swb || echo "(exit code $?)"
+# Inverted, not overwritten: a byte that already held the new value would
+# leave the bundle intact.
+pos=$(( $(stat -c %s corrupt.swb) - 100000 ))
+byte=$(od -An -tu1 -j "$pos" -N1 corrupt.swb)
+printf "$(printf '\\%03o' $(( byte ^ 255 )))" | dd of=corrupt.swb bs=1 seek="$pos" conv=notrunc status=none
+if "$bin/updater" --config config.json --disk disk.img --booted-slot b install --allow-downgrade corrupt.swb; then
+  echo "corrupted bundle accepted!" >&2; exit 1
+else
+  echo "(exit code $?)"
+fi
 run "$bin/bootctl" --disk disk.img status
 
 say "Standard tools agree with what Switchback wrote"
