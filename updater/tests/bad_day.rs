@@ -23,6 +23,28 @@ fn expand(path: std::path::PathBuf, dirs: &[&str]) -> MigrationSource {
     }
 }
 
+/// `r` at data schema 2, with a no-op expand and a finalize that appends a
+/// line to `app/finalize.log` (so a test can count how often it ran).
+fn with_finalize<'a>(dev: &Device, r: Release<'a>) -> Release<'a> {
+    std::fs::create_dir_all(dev.dir.path().join("data/app")).unwrap();
+    let finalize = script(
+        dev.dir.path(),
+        "finalize.sh",
+        r#"echo finalized >> "$SWITCHBACK_DATA_DIR/app/finalize.log""#,
+    );
+    Release {
+        data_schema: Some(2),
+        migrations: vec![
+            expand(script(dev.dir.path(), "noop.sh", "true"), &["app"]),
+            MigrationSource {
+                phase: Phase::Finalize,
+                ..expand(finalize, &["app"])
+            },
+        ],
+        ..r
+    }
+}
+
 fn edit_state(dev: &Device, change: impl FnOnce(&mut serde_json::Value)) {
     let mut s = dev.state();
     change(&mut s);
@@ -126,24 +148,13 @@ fn a_crash_between_the_flip_and_the_record_is_settled_from_the_flags() {
 fn a_commit_cut_after_the_flag_is_finished_once_at_the_next_boot() {
     let dev = device();
     let data = dev.dir.path().join("data");
-    std::fs::create_dir_all(data.join("app")).unwrap();
-    let finalize = script(
-        dev.dir.path(),
-        "finalize.sh",
-        r#"echo finalized >> "$SWITCHBACK_DATA_DIR/app/finalize.log""#,
+    let v2 = with_finalize(
+        &dev,
+        Release {
+            security_version: 5,
+            ..release("2.0.0")
+        },
     );
-    let v2 = Release {
-        security_version: 5,
-        data_schema: Some(2),
-        migrations: vec![
-            expand(script(dev.dir.path(), "noop.sh", "true"), &["app"]),
-            MigrationSource {
-                phase: Phase::Finalize,
-                ..expand(finalize, &["app"])
-            },
-        ],
-        ..release("2.0.0")
-    };
     dev.updater("a")
         .arg("install")
         .arg(dev.bundle(&v2))
@@ -440,23 +451,7 @@ fn a_migration_that_hangs_is_timed_out_with_its_children_and_the_data_restored()
 fn a_finalize_interrupted_twice_is_given_up_not_run_each_boot() {
     let dev = device();
     let data = dev.dir.path().join("data");
-    std::fs::create_dir_all(data.join("app")).unwrap();
-    let finalize = script(
-        dev.dir.path(),
-        "finalize.sh",
-        r#"echo finalized >> "$SWITCHBACK_DATA_DIR/app/finalize.log""#,
-    );
-    let v2 = Release {
-        data_schema: Some(2),
-        migrations: vec![
-            expand(script(dev.dir.path(), "noop.sh", "true"), &["app"]),
-            MigrationSource {
-                phase: Phase::Finalize,
-                ..expand(finalize, &["app"])
-            },
-        ],
-        ..release("2.0.0")
-    };
+    let v2 = with_finalize(&dev, release("2.0.0"));
     dev.updater("a")
         .arg("install")
         .arg(dev.bundle(&v2))
@@ -524,23 +519,7 @@ fn a_declared_directory_behind_a_symlink_is_refused() {
 fn a_kept_finalize_executable_that_was_altered_is_not_run() {
     let dev = device();
     let data = dev.dir.path().join("data");
-    std::fs::create_dir_all(data.join("app")).unwrap();
-    let finalize = script(
-        dev.dir.path(),
-        "finalize.sh",
-        r#"echo finalized >> "$SWITCHBACK_DATA_DIR/app/finalize.log""#,
-    );
-    let v2 = Release {
-        data_schema: Some(2),
-        migrations: vec![
-            expand(script(dev.dir.path(), "noop.sh", "true"), &["app"]),
-            MigrationSource {
-                phase: Phase::Finalize,
-                ..expand(finalize, &["app"])
-            },
-        ],
-        ..release("2.0.0")
-    };
+    let v2 = with_finalize(&dev, release("2.0.0"));
     dev.updater("a")
         .arg("install")
         .arg(dev.bundle(&v2))
