@@ -23,6 +23,16 @@ fn expand(path: std::path::PathBuf, dirs: &[&str]) -> MigrationSource {
     }
 }
 
+/// 2.0.0 at data schema 2 with one expand migration, the script `body`
+/// (named `name`), that declares `app`.
+fn with_expand(dev: &Device, name: &str, body: &str) -> Release<'static> {
+    Release {
+        data_schema: Some(2),
+        migrations: vec![expand(script(dev.dir.path(), name, body), &["app"])],
+        ..release("2.0.0")
+    }
+}
+
 /// `r` at data schema 2, with a no-op expand and a finalize that appends a
 /// line to `app/finalize.log` (so a test can count how often it ran).
 fn with_finalize<'a>(dev: &Device, r: Release<'a>) -> Release<'a> {
@@ -70,16 +80,11 @@ fn an_updater_killed_during_an_expand_migration_gets_the_data_restored_next_time
     std::fs::write(data.join("app/table"), pattern(100_000, 3)).unwrap();
     let before = tree(&data);
     // Half-way through, the updater dies (as by a power cut or the OOM killer).
-    let killer = script(
-        dev.dir.path(),
+    let v2 = with_expand(
+        &dev,
         "expand.sh",
         r#"echo half > "$SWITCHBACK_DATA_DIR/app/table"; kill -9 $PPID; sleep 5"#,
     );
-    let v2 = Release {
-        data_schema: Some(2),
-        migrations: vec![expand(killer, &["app"])],
-        ..release("2.0.0")
-    };
     let out = dev
         .updater("a")
         .arg("install")
@@ -255,16 +260,11 @@ fn a_migration_that_writes_outside_its_directories_fails_and_changes_nothing() {
     std::fs::create_dir_all(data.join("other")).unwrap();
     std::fs::write(data.join("other/keep"), "not declared").unwrap();
     let before = tree(&data);
-    let rogue = script(
-        dev.dir.path(),
+    let v2 = with_expand(
+        &dev,
         "rogue.sh",
         r#"set -e; echo new > "$SWITCHBACK_DATA_DIR/app/ok"; echo gone > "$SWITCHBACK_DATA_DIR/other/keep""#,
     );
-    let v2 = Release {
-        data_schema: Some(2),
-        migrations: vec![expand(rogue, &["app"])],
-        ..release("2.0.0")
-    };
     dev.updater("a")
         .arg("install")
         .arg(dev.bundle(&v2))
@@ -307,11 +307,7 @@ fn a_snapshot_that_does_not_fit_leaves_no_partial_copy_and_changes_nothing() {
     std::fs::create_dir_all(data.join("app")).unwrap();
     std::fs::write(data.join("app/big"), pattern(600_000, 1)).unwrap();
     let before = tree(&data);
-    let v2 = Release {
-        data_schema: Some(2),
-        migrations: vec![expand(script(dev.dir.path(), "m.sh", "true"), &["app"])],
-        ..release("2.0.0")
-    };
+    let v2 = with_expand(&dev, "m.sh", "true");
     let flags = dev.attrs();
     dev.updater("a")
         .arg("install")
@@ -426,16 +422,11 @@ fn a_migration_that_hangs_is_timed_out_with_its_children_and_the_data_restored()
     let data = dev.dir.path().join("data");
     std::fs::create_dir_all(data.join("app")).unwrap();
     let before = tree(&data);
-    let hang = script(
-        dev.dir.path(),
+    let v2 = with_expand(
+        &dev,
         "hang.sh",
         r#"(sleep 3; echo late > "$SWITCHBACK_DATA_DIR/app/late") & echo started; sleep 60"#,
     );
-    let v2 = Release {
-        data_schema: Some(2),
-        migrations: vec![expand(hang, &["app"])],
-        ..release("2.0.0")
-    };
     dev.updater("a")
         .arg("install")
         .arg(dev.bundle(&v2))
@@ -496,16 +487,7 @@ fn a_declared_directory_behind_a_symlink_is_refused() {
     let outside = dev.dir.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, data.join("app")).unwrap();
-    let m = script(
-        dev.dir.path(),
-        "m.sh",
-        r#"echo x > "$SWITCHBACK_DATA_DIR/app/x""#,
-    );
-    let v2 = Release {
-        data_schema: Some(2),
-        migrations: vec![expand(m, &["app"])],
-        ..release("2.0.0")
-    };
+    let v2 = with_expand(&dev, "m.sh", r#"echo x > "$SWITCHBACK_DATA_DIR/app/x""#);
     dev.updater("a")
         .arg("install")
         .arg(dev.bundle(&v2))
