@@ -91,14 +91,22 @@ pub fn booted_slot(cmdline: &str, table: &SlotTable) -> Option<Slot> {
 }
 
 /// The whole disk that holds the running root partition: resolves `root=`
-/// to a partition device node, then its parent in sysfs.
+/// to a partition device node, then its parent in sysfs. A system without
+/// udev has no `/dev/disk/by-partuuid`; there the device node the boot
+/// stage booted (`switchback.root=`) is used. Callers still check that the
+/// disk's table holds the `root=PARTUUID` ([`is_booted_disk`]).
 pub fn root_disk(cmdline: &str) -> Option<PathBuf> {
     let root = cmdline_value(cmdline, "root")?;
-    let part = if let Some(uuid) = root.strip_prefix("PARTUUID=") {
+    let by_uuid = root.strip_prefix("PARTUUID=").and_then(|uuid| {
         std::fs::canonicalize(Path::new("/dev/disk/by-partuuid").join(uuid.to_ascii_lowercase()))
-            .ok()?
-    } else {
-        std::fs::canonicalize(&root).ok()?
+            .ok()
+    });
+    let part = match by_uuid {
+        Some(p) => p,
+        None if root.starts_with("PARTUUID=") => {
+            std::fs::canonicalize(cmdline_value(cmdline, "switchback.root")?).ok()?
+        }
+        None => std::fs::canonicalize(&root).ok()?,
     };
     let name = part.file_name()?.to_str()?.to_string();
     let sys = std::fs::canonicalize(Path::new("/sys/class/block").join(&name)).ok()?;
@@ -130,6 +138,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         let layout = crate::provision::Layout {
+            esp_size: 0,
             slot_size: 1 << 20,
             data_size: 1 << 20,
             sector_size: 512,

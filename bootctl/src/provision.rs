@@ -1,10 +1,12 @@
-//! Lays out a fresh Switchback disk: protective MBR, GPT with `slot_a`,
-//! `slot_b` and `data`, each 1 MiB aligned. Provisioning is the one place
-//! the `gpt` crate writes: there is no previous state to protect.
+//! Lays out a fresh Switchback disk: protective MBR, GPT with the EFI
+//! system partition (`esp`, where the firmware finds the boot stage) first,
+//! then `slot_a`, `slot_b` and `data`, each 1 MiB aligned. Provisioning is
+//! the one place the `gpt` crate writes: there is no previous state to
+//! protect.
 
 use crate::attr::BootAttrs;
 use crate::error::{Error, Result};
-use crate::slots::{Slot, DATA_NAME, ROOT_X86_64_TYPE, VAR_TYPE};
+use crate::slots::{Slot, DATA_NAME, ESP_NAME, ESP_TYPE, ROOT_X86_64_TYPE, VAR_TYPE};
 use gpt::disk::LogicalBlockSize;
 use gpt::partition_types::Type;
 use std::fs::OpenOptions;
@@ -15,6 +17,9 @@ pub const ALIGN: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Layout {
+    /// The EFI system partition; 0 leaves it out (the boot stage then
+    /// comes from elsewhere, e.g. the board's flash).
+    pub esp_size: u64,
     pub slot_size: u64,
     pub data_size: u64,
     pub sector_size: u64,
@@ -27,9 +32,10 @@ pub struct Region {
     pub size: u64,
 }
 
-/// The regions of `slot_a`, `slot_b` and `data`.
+/// The regions of `esp` (when laid out), `slot_a`, `slot_b` and `data`.
 #[derive(Debug, Clone, Copy)]
 pub struct Provisioned {
+    pub esp: Option<Region>,
     pub slots: [Region; 2],
     pub data: Region,
 }
@@ -56,10 +62,12 @@ pub fn create(path: &Path, layout: Layout) -> Result<Provisioned> {
             "slot and data sizes must be above zero".into(),
         ));
     }
+    let esp = align_up(layout.esp_size);
     let slot = align_up(layout.slot_size);
     let data = align_up(layout.data_size);
     // 1 MiB in front for MBR, GPT and alignment; 1 MiB behind for the backup.
-    let total = ALIGN + 2 * slot + data + ALIGN;
+    let first = ALIGN + esp;
+    let total = first + 2 * slot + data + ALIGN;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -89,17 +97,22 @@ pub fn create(path: &Path, layout: Layout) -> Result<Provisioned> {
     .encode(0);
     let root = Type::from_str(ROOT_X86_64_TYPE).map_err(|e| gpt_err(&e))?;
     let var = Type::from_str(VAR_TYPE).map_err(|e| gpt_err(&e))?;
-    let parts = [
-        (Slot::A.name(), ALIGN, slot, root.clone(), factory),
+    let esp_type = Type::from_str(ESP_TYPE).map_err(|e| gpt_err(&e))?;
+    let mut parts = Vec::new();
+    if esp > 0 {
+        parts.push((ESP_NAME, ALIGN, esp, esp_type, 0));
+    }
+    parts.extend([
+        (Slot::A.name(), first, slot, root.clone(), factory),
         (
             Slot::B.name(),
-            ALIGN + slot,
+            first + slot,
             slot,
             root,
             BootAttrs::UNBOOTABLE.encode(0),
         ),
-        (DATA_NAME, ALIGN + 2 * slot, data, var, 0),
-    ];
+        (DATA_NAME, first + 2 * slot, data, var, 0),
+    ]);
     for (id, (name, offset, size, ty, flags)) in parts.iter().enumerate() {
         disk.add_partition_at(
             name,
@@ -114,18 +127,22 @@ pub fn create(path: &Path, layout: Layout) -> Result<Provisioned> {
     let file = disk.write().map_err(|e| gpt_err(&e))?;
     file.sync_all().map_err(Error::io(path, "sync"))?;
     Ok(Provisioned {
+        esp: (esp > 0).then_some(Region {
+            offset: ALIGN,
+            size: esp,
+        }),
         slots: [
             Region {
-                offset: ALIGN,
+                offset: first,
                 size: slot,
             },
             Region {
-                offset: ALIGN + slot,
+                offset: first + slot,
                 size: slot,
             },
         ],
         data: Region {
-            offset: ALIGN + 2 * slot,
+            offset: first + 2 * slot,
             size: data,
         },
     })

@@ -15,6 +15,10 @@ pub const ROOT_X86_64_TYPE: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
 /// DPS: /var, where an appliance's persistent state lives.
 pub const VAR_TYPE: &str = "4d21b016-b534-45c2-a9fb-5c16e091fd2d";
 pub const DATA_NAME: &str = "data";
+/// The EFI system partition (UEFI spec), where the firmware finds the boot
+/// stage as its default loader.
+pub const ESP_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+pub const ESP_NAME: &str = "esp";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Slot {

@@ -9,6 +9,7 @@ fn disk(dir: &Path) -> PathBuf {
     provision::create(
         &path,
         Layout {
+            esp_size: 0,
             slot_size: 2 << 20,
             data_size: 1 << 20,
             sector_size: 512,
@@ -237,6 +238,7 @@ fn flips_on_block_devices_with_512_and_4096_byte_sectors() {
         provision::create(
             &image,
             Layout {
+                esp_size: 0,
                 slot_size: 2 << 20,
                 data_size: 1 << 20,
                 sector_size: sector,

@@ -27,6 +27,7 @@ impl Ends {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         let layout = Layout {
+            esp_size: 0,
             slot_size: 1 << 20,
             data_size: 1 << 20,
             sector_size: sector,

@@ -53,6 +53,7 @@ fn factory_disk(sector_size: u64) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.img");
     let layout = Layout {
+        esp_size: 0,
         slot_size: 1 << 20,
         data_size: 1 << 20,
         sector_size,

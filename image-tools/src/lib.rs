@@ -1,12 +1,15 @@
 //! Switchback's vendor-side tools: the signed release bundle format shared
-//! with the updater ([`bundle`]), the verbs of `image-tools` ([`ops`]), and
-//! the factory disk ([`mkdisk`]).
+//! with the updater ([`bundle`]), the verbs of `image-tools` ([`ops`]), the
+//! factory disk ([`mkdisk`]) with its EFI system partition ([`esp`]), and
+//! the boot stage as an EFI program ([`uki`]).
 
 pub mod bundle;
+pub mod esp;
 pub mod mkdisk;
 pub mod ops;
 pub mod progress;
 pub mod size;
+pub mod uki;
 
 /// The process exit code for an error: the code of the typed error inside
 /// it when there is one, 1 otherwise.

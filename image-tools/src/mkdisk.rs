@@ -1,6 +1,8 @@
-//! The factory disk image: GPT with `slot_a` holding the first release,
+//! The factory disk image: GPT with the EFI system partition holding the
+//! boot stage ([`crate::esp`]), `slot_a` holding the first release,
 //! `slot_b` empty and unbootable, and an ext4 `data` partition.
 
+use crate::size::parse_size;
 use anyhow::{bail, Context, Result};
 use bootctl::provision::{self, Layout, Provisioned};
 use std::fs::File;
@@ -9,13 +11,64 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct MkdiskOptions {
+    /// The disk image to write (replaced).
+    #[arg(long)]
     pub out: PathBuf,
+    /// Size of the EFI system partition; 0 leaves it out (the boot stage
+    /// then comes from elsewhere, e.g. the board's flash).
+    #[arg(long, value_parser = parse_size, default_value = "32M")]
+    pub esp_size: u64,
+    /// The boot stage as an EFI program (`image-tools uki`), installed as
+    /// the firmware's default loader \EFI\BOOT\BOOTX64.EFI.
+    #[arg(long)]
+    pub boot_efi: Option<PathBuf>,
+    #[arg(long, value_parser = parse_size)]
     pub slot_size: u64,
+    #[arg(long, value_parser = parse_size)]
     pub data_size: u64,
+    /// Root filesystem image for slot_a.
+    #[arg(long)]
     pub slot_a: Option<PathBuf>,
+    /// Logical sector size of the disk the image is for.
+    #[arg(long, default_value_t = 512, value_parser = parse_sector_size)]
     pub sector_size: u64,
+}
+
+fn parse_sector_size(text: &str) -> Result<u64, String> {
+    match text {
+        "512" => Ok(512),
+        "4096" => Ok(4096),
+        _ => Err(format!("{text:?}: a sector is 512 or 4096 bytes")),
+    }
+}
+
+/// One line on where everything landed.
+pub fn summary(opts: &MkdiskOptions, disk: &Provisioned) -> String {
+    let esp = match (disk.esp, &opts.boot_efi) {
+        (Some(esp), Some(_)) => format!(
+            "ESP {} MiB at {} with the boot stage, ",
+            esp.size >> 20,
+            esp.offset
+        ),
+        (Some(esp), None) => format!(
+            "ESP {} MiB at {} (empty: no --boot-efi, the disk will not boot on its own), ",
+            esp.size >> 20,
+            esp.offset
+        ),
+        (None, _) => String::new(),
+    };
+    format!(
+        "{}: {esp}slot_a {} MiB at {}, slot_b {} MiB at {}, data {} MiB at {}",
+        opts.out.display(),
+        disk.slots[0].size >> 20,
+        disk.slots[0].offset,
+        disk.slots[1].size >> 20,
+        disk.slots[1].offset,
+        disk.data.size >> 20,
+        disk.data.offset
+    )
 }
 
 /// Finds a program the way a shell would, plus the sbin directories that a
@@ -48,7 +101,15 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
         }
         None => None,
     };
+    if let Some(loader) = &opts.boot_efi {
+        if opts.esp_size == 0 {
+            bail!("--boot-efi needs an ESP to go on: give --esp-size above 0");
+        }
+        File::open(loader)
+            .with_context(|| format!("opening the boot loader {}", loader.display()))?;
+    }
     let layout = Layout {
+        esp_size: opts.esp_size,
         slot_size: opts.slot_size,
         data_size: opts.data_size,
         sector_size: opts.sector_size,
@@ -64,6 +125,17 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
                 opts.out.display()
             )
         })?;
+        out.sync_all()?;
+    }
+    if let Some(esp) = disk.esp {
+        let out = File::options().write(true).open(&opts.out)?;
+        crate::esp::write(
+            &out,
+            &opts.out,
+            esp,
+            opts.sector_size,
+            opts.boot_efi.as_deref(),
+        )?;
         out.sync_all()?;
     }
     format_ext4(&mkfs, &opts.out, disk.data.offset, disk.data.size)?;

@@ -2,8 +2,8 @@
 //! signed bundles on a virtio "USB stick", the factory disk, and a machine
 //! that boots through the boot stage.
 
-use crate::guest::{boot_stage_initramfs, ext4_image, release_image, Kernel, Release};
-use crate::qemu::Machine;
+use crate::guest::{boot_stage_efi, ext4_image, release_image, Kernel, Release};
+use crate::qemu::{Machine, Options};
 use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
 use ed25519_dalek::SigningKey;
 use image_tools::bundle::{self, BuildOptions, ImageSource, MigrationSource};
@@ -94,7 +94,7 @@ impl Appliance {
             std::fs::copy(f, dir.join(f.file_name().unwrap())).unwrap();
         }
         let out = self.dir.path().join("stick.ext4");
-        ext4_image(&dir, &out, "160M").unwrap();
+        ext4_image(&dir, &out, "160M", "stick").unwrap();
         out
     }
 
@@ -104,10 +104,13 @@ impl Appliance {
         self.stick(&[&b])
     }
 
+    /// The factory disk: the boot stage on its ESP, `v1` in slot_a.
     pub fn factory_disk(&self, v1: &Path) -> PathBuf {
         let out = self.dir.path().join("disk.img");
         let opts = MkdiskOptions {
             out: out.clone(),
+            esp_size: 32 << 20,
+            boot_efi: Some(self.boot_stage()),
             slot_size: 72 << 20,
             data_size: 16 << 20,
             slot_a: Some(v1.to_path_buf()),
@@ -117,44 +120,56 @@ impl Appliance {
         out
     }
 
+    /// The boot stage's EFI program, built once per appliance.
     fn boot_stage(&self) -> PathBuf {
-        let initrd = self.dir.path().join("boot-stage.cpio");
-        if !initrd.exists() {
-            boot_stage_initramfs(&self.kernel, &initrd).unwrap();
+        let efi = self.dir.path().join("BOOTX64.EFI");
+        if !efi.exists() {
+            boot_stage_efi(&self.kernel, self.dir.path(), &efi).unwrap();
         }
-        initrd
+        efi
     }
 
+    /// Powers on the machine with `disk` (booted by the firmware) and the
+    /// `stick`; a reboot or a watchdog reset starts it again.
     pub fn boot(&self, disk: &Path, stick: &Path) -> Machine {
-        Machine::boot_rebooting(
-            &self.kernel.vmlinuz,
-            &self.boot_stage(),
-            &[disk, stick],
-            CMDLINE,
-        )
-        .unwrap()
+        self.boot_with(disk, stick, Options::default())
     }
 
     /// `boot`, with writes to `disk` slowed to `write_bps` bytes a second.
     pub fn boot_throttled(&self, disk: &Path, stick: &Path, write_bps: u32) -> Machine {
-        Machine::boot_throttled(
-            &self.kernel.vmlinuz,
-            &self.boot_stage(),
+        self.boot_with(
+            disk,
+            stick,
+            Options {
+                write_bps: Some(write_bps),
+                ..Options::default()
+            },
+        )
+    }
+
+    /// `boot` with other `opts` (the boot disk's bus, write throttling).
+    pub fn boot_with(&self, disk: &Path, stick: &Path, opts: Options) -> Machine {
+        Machine::start(
             &[disk, stick],
-            CMDLINE,
-            write_bps,
+            Options {
+                reboots: true,
+                ..opts
+            },
         )
         .unwrap()
     }
 }
 
-const CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
-
 /// Boots the factory machine (v1 on slot_a) with `stick`, to its shell.
 pub fn factory(app: &Appliance, stick: &Path) -> (Machine, PathBuf) {
+    factory_with(app, stick, Options::default())
+}
+
+/// `factory` with the machine started with `opts`.
+pub fn factory_with(app: &Appliance, stick: &Path, opts: Options) -> (Machine, PathBuf) {
     let v1 = app.image(&Release::default());
     let disk = app.factory_disk(&v1);
-    let mut vm = app.boot(&disk, stick);
+    let mut vm = app.boot_with(&disk, stick, opts);
     vm.expect("RELEASE 1.0.0 RUNNING ON slot_a", BOOT).unwrap();
     vm.expect("READY 1.0.0", STEP).unwrap();
     (vm, disk)

@@ -284,10 +284,12 @@ impl Initramfs {
     }
 }
 
-/// An ext4 image of `size` built from `dir` (`mkfs.ext4 -d`).
-pub fn ext4_image(dir: &Path, out: &Path, size: &str) -> Result<()> {
+/// An ext4 image of `size` built from `dir` (`mkfs.ext4 -d`), with the
+/// file system label `label` (how the guest finds it, whatever the bus
+/// names the disk).
+pub fn ext4_image(dir: &Path, out: &Path, size: &str, label: &str) -> Result<()> {
     run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
+        .args(["-q", "-F", "-L", label, "-d"])
         .arg(dir)
         .arg(out)
         .arg(size))?;
@@ -319,8 +321,12 @@ impl Default for Release<'_> {
     }
 }
 
-/// The modules a slot's own initramfs loads to mount its root.
-pub const SLOT_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "ext4", "crc32c_generic"];
+/// The modules a slot's own initramfs loads to mount its root, from a
+/// virtio or an NVMe disk.
+pub const SLOT_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "nvme", "ext4", "crc32c_generic"];
+
+/// The boot stage kernel's command line, inside its EFI program.
+pub const BOOT_STAGE_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
 
 /// A release's root file system image: the kernel, an initramfs that mounts
 /// the slot read-only and switches to it, busybox, the static Switchback
@@ -396,7 +402,7 @@ echo "SLOT INITRAMFS: cannot mount $root""#,
     std::fs::write(
         root.join("etc/switchback/config.json"),
         format!(
-            r#"{{"compatible": "switchback-qemu", "keyring": "/etc/switchback/keys", "disk": "/dev/vda", "data_dir": "/data", "boot_tries": {}, "health": {{"deadline_s": 60, "checks": {}}}}}"#,
+            r#"{{"compatible": "switchback-qemu", "keyring": "/etc/switchback/keys", "data_dir": "/data", "boot_tries": {}, "health": {{"deadline_s": 60, "checks": {}}}}}"#,
             release.boot_tries, release.health_checks
         ),
     )?;
@@ -405,8 +411,8 @@ export PATH=/bin:/usr/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null; mount -t tmpfs tmp /tmp
 exec >/dev/ttyS0 2>&1 </dev/ttyS0
 echo "RELEASE $(cat /etc/release) RUNNING ON $(sed -n 's/.*switchback.slot=\([^ ]*\).*/\1/p' /proc/cmdline)"
-mount -t ext4 /dev/vda3 /data || echo "INIT: cannot mount /data"
-mount -o ro /dev/vdb /media 2>/dev/null
+mount -t ext4 "$(findfs LABEL=data)" /data || echo "INIT: cannot mount /data"
+stick=$(findfs LABEL=stick 2>/dev/null) && mount -o ro "$stick" /media
 mkdir -p /data/app; (while true; do echo "$(cat /etc/release) alive" > /data/app/heartbeat; sleep 1; done) &
 BEFORE_HEALTH
 updater health; echo "HEALTH EXIT $?"
@@ -424,15 +430,16 @@ exec sh
         root.join("sbin/init"),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    ext4_image(&root, out, "64M")
+    ext4_image(&root, out, "64M", "rootfs")
 }
 
-/// The boot stage's initramfs: the modules for the disk, the watchdog and
-/// ext4, and the static `bootctl` as /init.
+/// The boot stage's initramfs: the modules for the disk (virtio or NVMe),
+/// the watchdog and ext4, and the static `bootctl` as /init.
 pub fn boot_stage_initramfs(kernel: &Kernel, out: &Path) -> Result<()> {
     let modules = kernel.modules_for(&[
         "virtio_pci",
         "virtio_blk",
+        "nvme",
         "i6300esb",
         "ext4",
         "crc32c_generic",
@@ -442,4 +449,45 @@ pub fn boot_stage_initramfs(kernel: &Kernel, out: &Path) -> Result<()> {
     ir.modules(&modules, &[("watchdog", "stop_on_reboot=0")])?;
     ir.init_program(&static_binary("bootctl", "bootctl")?)?;
     ir.pack(out)
+}
+
+/// `kernel` with `initrd` and [`BOOT_STAGE_CMDLINE`] as one EFI program
+/// (`image-tools uki`), for a disk's ESP.
+pub fn efi_program(kernel: &Kernel, initrd: &Path, out: &Path) -> Result<()> {
+    image_tools::uki::build(&image_tools::uki::UkiOptions {
+        stub: image_tools::uki::DEFAULT_STUB.into(),
+        kernel: kernel.vmlinuz.clone(),
+        initrd: initrd.to_path_buf(),
+        cmdline: BOOT_STAGE_CMDLINE.into(),
+        out: out.to_path_buf(),
+    })
+}
+
+/// A disk at `out` whose ESP boots `kernel` with `initrd` (slots of
+/// `slot_size` left empty, an empty data partition): for tests of a boot
+/// stage of their own.
+pub fn disk_booting(
+    kernel: &Kernel,
+    initrd: &Path,
+    slot_size: u64,
+    out: &Path,
+) -> Result<bootctl::provision::Provisioned> {
+    let efi = out.with_extension("efi");
+    efi_program(kernel, initrd, &efi)?;
+    image_tools::mkdisk::mkdisk(&image_tools::mkdisk::MkdiskOptions {
+        out: out.to_path_buf(),
+        esp_size: 32 << 20,
+        boot_efi: Some(efi),
+        slot_size,
+        data_size: 4 << 20,
+        slot_a: None,
+        sector_size: 512,
+    })
+}
+
+/// The boot stage as the EFI program the factory disk boots.
+pub fn boot_stage_efi(kernel: &Kernel, dir: &Path, out: &Path) -> Result<()> {
+    let initrd = dir.join("boot-stage.cpio");
+    boot_stage_initramfs(kernel, &initrd)?;
+    efi_program(kernel, &initrd, out)
 }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 const KEEP_LINES: usize = 30;
 
 pub struct Machine {
+    /// The machine's own copy of the firmware's variable store.
+    _firmware: tempfile::TempDir,
     child: Child,
     console_in: Option<std::process::ChildStdin>,
     lines: Receiver<String>,
@@ -20,51 +22,65 @@ pub struct Machine {
     pub echo: bool,
 }
 
+/// Debian's `ovmf`: the firmware's code, read-only, and the template of
+/// its variable store, copied for each machine.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// How the boot disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bus {
+    #[default]
+    Virtio,
+    Nvme,
+}
+
+/// How a machine is started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// A reboot or a watchdog reset restarts the machine (through the
+    /// firmware and the boot stage again) instead of ending QEMU.
+    pub reboots: bool,
+    /// Writes to the boot disk slowed to this many bytes a second: slow
+    /// enough that a power cut can be aimed into a multi-sector write.
+    pub write_bps: Option<u32>,
+    /// The boot disk's bus; other disks are virtio.
+    pub bus: Bus,
+}
+
 impl Machine {
-    /// Boots `kernel` with `initrd` and the disks as virtio drives, with an
-    /// i6300esb watchdog that resets the machine when it fires. QEMU ends
+    /// Powers on a q35 machine with UEFI firmware (OVMF) that boots from
+    /// the first of `disks` by itself: no kernel handed in from outside.
+    /// An i6300esb watchdog resets the machine when it fires. QEMU ends
     /// when the guest reboots.
-    pub fn boot(kernel: &Path, initrd: &Path, disks: &[&Path], cmdline: &str) -> Result<Machine> {
-        Machine::start(kernel, initrd, disks, cmdline, false, None)
+    pub fn boot(disks: &[&Path]) -> Result<Machine> {
+        Machine::start(disks, Options::default())
     }
 
-    /// Like `boot`, but a reboot or a watchdog reset restarts the machine
-    /// (through the boot stage again) instead of ending QEMU.
-    pub fn boot_rebooting(
-        kernel: &Path,
-        initrd: &Path,
-        disks: &[&Path],
-        cmdline: &str,
-    ) -> Result<Machine> {
-        Machine::start(kernel, initrd, disks, cmdline, true, None)
+    /// Like `boot`, but a reboot or a watchdog reset restarts the machine.
+    pub fn boot_rebooting(disks: &[&Path]) -> Result<Machine> {
+        Machine::start(
+            disks,
+            Options {
+                reboots: true,
+                ..Options::default()
+            },
+        )
     }
 
-    /// Like `boot_rebooting`, with writes to the first disk slowed to
-    /// `write_bps` bytes a second: slow enough that a power cut can be
-    /// aimed into the middle of a multi-sector write.
-    pub fn boot_throttled(
-        kernel: &Path,
-        initrd: &Path,
-        disks: &[&Path],
-        cmdline: &str,
-        write_bps: u32,
-    ) -> Result<Machine> {
-        Machine::start(kernel, initrd, disks, cmdline, true, Some(write_bps))
-    }
-
-    fn start(
-        kernel: &Path,
-        initrd: &Path,
-        disks: &[&Path],
-        cmdline: &str,
-        reboots: bool,
-        write_bps: Option<u32>,
-    ) -> Result<Machine> {
+    pub fn start(disks: &[&Path], opts: Options) -> Result<Machine> {
+        let firmware = tempfile::tempdir()?;
+        let vars = firmware.path().join("OVMF_VARS.fd");
+        std::fs::copy(OVMF_VARS, &vars)
+            .with_context(|| format!("copying {OVMF_VARS} (apt-get install ovmf)"))?;
         let mut cmd = Command::new("qemu-system-x86_64");
         // Name TCG explicitly: "kvm:tcg" picks a broken KVM here and stalls.
+        // No network card: the firmware would try to boot from it.
         cmd.args([
             "-accel",
             "tcg",
+            "-machine",
+            "q35",
             "-m",
             "512",
             "-nographic",
@@ -72,27 +88,40 @@ impl Machine {
             "none",
             "-serial",
             "stdio",
+            "-nic",
+            "none",
         ]);
-        if !reboots {
+        cmd.arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+        if !opts.reboots {
             cmd.arg("-no-reboot");
         }
-        cmd.args(["-device", "i6300esb", "-action", "watchdog=reset"])
-            .arg("-kernel")
-            .arg(kernel)
-            .arg("-initrd")
-            .arg(initrd)
-            .args(["-append", cmdline]);
+        cmd.args(["-device", "i6300esb", "-action", "watchdog=reset"]);
         for (i, d) in disks.iter().enumerate() {
-            let throttle = match write_bps {
+            let throttle = match opts.write_bps {
                 Some(n) if i == 0 => {
                     format!(",throttling.bps-write={n},throttling.bps-write-max={n}")
                 }
                 _ => String::new(),
             };
             cmd.arg("-drive").arg(format!(
-                "file={},format=raw,if=virtio{throttle}",
+                "file={},format=raw,if=none,id=disk{i}{throttle}",
                 d.display()
             ));
+            // The first disk is the one the firmware boots.
+            let boot = if i == 0 { ",bootindex=1" } else { "" };
+            let device = match (i, opts.bus) {
+                (0, Bus::Nvme) => format!("nvme,drive=disk{i},serial=switchback{i}{boot}"),
+                _ => format!("virtio-blk-pci,drive=disk{i}{boot}"),
+            };
+            cmd.arg("-device").arg(device);
         }
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -114,6 +143,7 @@ impl Machine {
             }
         });
         Ok(Machine {
+            _firmware: firmware,
             child,
             console_in,
             lines,

@@ -1,9 +1,8 @@
 //! The boot stage as PID 1: it selects a slot, persists the spent try, and
 //! kexecs the slot's own kernel; a slot it cannot boot falls back.
 
-use bootctl::provision::{self, Layout};
 use bootctl::{BootAttrs, Disk, Slot};
-use qemu_tests::guest::{boot_stage_initramfs, ext4_image, Initramfs, Kernel};
+use qemu_tests::guest::{boot_stage_initramfs, disk_booting, ext4_image, Initramfs, Kernel};
 use qemu_tests::qemu::Machine;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -25,21 +24,16 @@ fn slot_image(dir: &Path, kernel: &Kernel, name: &str, with_kernel: bool) -> Pat
         ir.pack(&root.join("boot/initrd.img")).unwrap();
     }
     let img = dir.join(format!("{name}.ext4"));
-    ext4_image(&root, &img, "24M").unwrap();
+    ext4_image(&root, &img, "24M", name).unwrap();
     img
 }
 
+/// The boot stage on the ESP, slot_a and slot_b filled, slot_b on trial.
 fn machine_disk(dir: &Path, kernel: &Kernel, b_has_kernel: bool) -> PathBuf {
     let disk = dir.join("disk.img");
-    let p = provision::create(
-        &disk,
-        Layout {
-            slot_size: 24 << 20,
-            data_size: 4 << 20,
-            sector_size: 512,
-        },
-    )
-    .unwrap();
+    let initrd = dir.join("boot-stage.cpio");
+    boot_stage_initramfs(kernel, &initrd).unwrap();
+    let p = disk_booting(kernel, &initrd, 24 << 20, &disk).unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
     for (slot, name, with_kernel) in [(0, "A", true), (1, "B", b_has_kernel)] {
         let img = std::fs::read(slot_image(dir, kernel, name, with_kernel)).unwrap();
@@ -52,25 +46,12 @@ fn machine_disk(dir: &Path, kernel: &Kernel, b_has_kernel: bool) -> PathBuf {
     disk
 }
 
-fn boot_stage_initrd(dir: &Path, kernel: &Kernel) -> PathBuf {
-    let out = dir.join("boot-stage.cpio");
-    boot_stage_initramfs(kernel, &out).unwrap();
-    out
-}
-
 #[test]
 fn boots_the_slot_on_trial_through_kexec() {
     let kernel = Kernel::debian().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let disk = machine_disk(dir.path(), &kernel, true);
-    let initrd = boot_stage_initrd(dir.path(), &kernel);
-    let mut vm = Machine::boot(
-        &kernel.vmlinuz,
-        &initrd,
-        &[&disk],
-        "console=ttyS0 panic=-1 quiet",
-    )
-    .unwrap();
+    let mut vm = Machine::boot(&[&disk]).unwrap();
     vm.expect(
         "switchback boot stage: selected slot_b",
         Duration::from_secs(120),
@@ -114,14 +95,7 @@ fn a_slot_without_a_kernel_falls_back_to_the_other() {
     let kernel = Kernel::debian().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let disk = machine_disk(dir.path(), &kernel, false);
-    let initrd = boot_stage_initrd(dir.path(), &kernel);
-    let mut vm = Machine::boot(
-        &kernel.vmlinuz,
-        &initrd,
-        &[&disk],
-        "console=ttyS0 panic=-1 quiet",
-    )
-    .unwrap();
+    let mut vm = Machine::boot(&[&disk]).unwrap();
     vm.expect(
         "switchback boot stage: selected slot_b",
         Duration::from_secs(120),

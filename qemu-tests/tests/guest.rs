@@ -1,9 +1,8 @@
-//! The guest boots Debian's kernel under QEMU and runs Switchback's static
-//! binaries on a real virtio disk.
+//! The guest boots Debian's kernel from its own disk's ESP through the
+//! firmware and runs Switchback's static binaries on a real virtio disk.
 
-use bootctl::provision::{self, Layout};
 use bootctl::{BootAttrs, Disk, Slot};
-use qemu_tests::guest::{static_binary, Initramfs, Kernel};
+use qemu_tests::guest::{disk_booting, static_binary, Initramfs, Kernel};
 use qemu_tests::qemu::Machine;
 use std::time::Duration;
 
@@ -17,20 +16,6 @@ fn the_guest_selects_the_slot_on_trial_and_persists_the_spent_try() {
 
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
-    provision::create(
-        &disk,
-        Layout {
-            slot_size: 8 << 20,
-            data_size: 4 << 20,
-            sector_size: 512,
-        },
-    )
-    .unwrap();
-    Disk::open(&disk, None, true)
-        .unwrap()
-        .set_active(Slot::B, 3)
-        .unwrap();
-
     let initrd = dir.path().join("initrd.cpio");
     let ir = Initramfs::new().unwrap();
     ir.add(&bootctl_bin, "bin/bootctl").unwrap();
@@ -43,14 +28,13 @@ bootctl --disk /dev/vda status"#,
     )
     .unwrap();
     ir.pack(&initrd).unwrap();
+    disk_booting(&kernel, &initrd, 8 << 20, &disk).unwrap();
+    Disk::open(&disk, None, true)
+        .unwrap()
+        .set_active(Slot::B, 3)
+        .unwrap();
 
-    let mut vm = Machine::boot(
-        &kernel.vmlinuz,
-        &initrd,
-        &[&disk],
-        "console=ttyS0 panic=-1 quiet",
-    )
-    .unwrap();
+    let mut vm = Machine::boot(&[&disk]).unwrap();
     vm.expect("GUEST: disk ready", Duration::from_secs(120))
         .unwrap();
     let chosen = vm.expect("slot_", Duration::from_secs(60)).unwrap();

@@ -2,8 +2,11 @@
 //! kernels, the updater inside the guest, reboots through QEMU.
 
 use image_tools::bundle::{MigrationSource, Phase};
-use qemu_tests::appliance::{back_on_a, factory, Appliance, BOOT, HEARTBEAT_CHECK, STEP};
+use qemu_tests::appliance::{
+    back_on_a, factory, factory_with, Appliance, BOOT, HEARTBEAT_CHECK, STEP,
+};
 use qemu_tests::guest::Release;
+use qemu_tests::qemu::{Bus, Options};
 use std::time::Duration;
 
 #[test]
@@ -43,6 +46,50 @@ fn update_a_to_b_reboot_health_passes_committed() {
         status.contains(r#""booted":"slot_b""#) || status.contains(r#""next":"slot_b""#),
         "{status}"
     );
+}
+
+/// The same factory disk on NVMe: the boot stage finds its slots as
+/// `nvme0n1p2`/`nvme0n1p3` by their names, the release finds its data
+/// partition by label, and the tools find the disk from the command line.
+#[test]
+fn on_nvme_the_factory_disk_boots_and_updates() {
+    let app = Appliance::new();
+    let v2 = app.image(&Release {
+        version: "2.0.0",
+        health_checks: HEARTBEAT_CHECK,
+        ..Release::default()
+    });
+    let nvme = Options {
+        bus: Bus::Nvme,
+        ..Options::default()
+    };
+    let (mut vm, _disk) = factory_with(&app, &app.media("2.0.0", &v2), nvme);
+    vm.send("updater install /media/2.0.0.swb --reboot")
+        .unwrap();
+    let booting = vm
+        .expect("switchback boot stage: booting slot_b", BOOT)
+        .unwrap();
+    assert!(
+        booting.contains("switchback.root=/dev/nvme0n1p3"),
+        "{booting}"
+    );
+    vm.expect("RELEASE 2.0.0 RUNNING ON slot_b", BOOT).unwrap();
+    vm.expect(
+        "slot_b (2.0.0) passed its health check and is committed",
+        STEP,
+    )
+    .unwrap();
+    vm.expect("READY 2.0.0", STEP).unwrap();
+    vm.send("bootctl status --json | tr -d ' \\n'; echo; grep ' /data ' /proc/mounts")
+        .unwrap();
+    let status = vm.expect("\"slots\":", STEP).unwrap();
+    assert!(
+        status.contains(r#""disk":"/dev/nvme0n1""#)
+            && status.contains(r#"{"name":"slot_b","priority":2,"tries":0,"successful":true"#),
+        "{status}"
+    );
+    let data = vm.expect(" /data ", STEP).unwrap();
+    assert!(data.starts_with("/dev/nvme0n1p4 "), "{data}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use image_tools::mkdisk::{mkdisk, MkdiskOptions};
 use image_tools::ops;
 use image_tools::progress::byte_bar;
 use image_tools::size::parse_size;
+use image_tools::uki::{self, UkiOptions};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -150,20 +151,10 @@ enum Command {
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
     },
-    /// Make a factory disk image: GPT, slot_a with the first release, empty slot_b, ext4 data.
-    Mkdisk {
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, value_parser = parse_size)]
-        slot_size: u64,
-        #[arg(long, value_parser = parse_size)]
-        data_size: u64,
-        /// Root filesystem image for slot_a.
-        #[arg(long)]
-        slot_a: Option<PathBuf>,
-        #[arg(long, default_value = "512", value_parser = ["512", "4096"])]
-        sector_size: String,
-    },
+    /// Make a factory disk image: GPT, the ESP with the boot stage, slot_a with the first release, empty slot_b, ext4 data.
+    Mkdisk(MkdiskOptions),
+    /// Make the boot stage's EFI program: systemd's EFI stub with a kernel, an initramfs and a command line (a UKI).
+    Uki(UkiOptions),
 }
 
 fn main() {
@@ -252,31 +243,13 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
                 m.version
             );
         }
-        Command::Mkdisk {
-            out,
-            slot_size,
-            data_size,
-            slot_a,
-            sector_size,
-        } => {
-            let opts = MkdiskOptions {
-                out,
-                slot_size,
-                data_size,
-                slot_a,
-                sector_size: sector_size.parse()?,
-            };
+        Command::Mkdisk(opts) => {
             let disk = mkdisk(&opts)?;
-            println!(
-                "{}: slot_a {} MiB at {}, slot_b {} MiB at {}, data {} MiB at {}",
-                opts.out.display(),
-                disk.slots[0].size >> 20,
-                disk.slots[0].offset,
-                disk.slots[1].size >> 20,
-                disk.slots[1].offset,
-                disk.data.size >> 20,
-                disk.data.offset
-            );
+            println!("{}", image_tools::mkdisk::summary(&opts, &disk));
+        }
+        Command::Uki(opts) => {
+            uki::build(&opts)?;
+            println!("{}: the boot stage as an EFI program", opts.out.display());
         }
     }
     Ok(())

@@ -46,6 +46,7 @@ pub fn device_in(dir: tempfile::TempDir, slot_mib: u64) -> Device {
     let layout = provision::create(
         &disk,
         Layout {
+            esp_size: 1 << 20,
             slot_size: slot_mib << 20,
             data_size: 2 << 20,
             sector_size: 512,

@@ -1,0 +1,152 @@
+//! The boot stage as one EFI program: a unified kernel image (UKI) made of
+//! systemd's EFI stub (`linuxx64.efi.stub`, Debian's `systemd-boot-efi`)
+//! with the kernel, the boot stage's initramfs and its command line added
+//! as PE sections (`.linux`, `.initrd`, `.cmdline`, `.osrel`). The stub
+//! finds them by name and boots the kernel with that initramfs and command
+//! line. One file is what a vendor signs for Secure Boot, so the initramfs
+//! and command line are covered by the same signature as the kernel
+//! (docs/boot-flow.md). Debian 12 has no `ukify`: the sections are added
+//! with binutils' `objcopy`, placed after the stub's own as `ukify` does.
+
+use crate::mkdisk::find_program;
+use anyhow::{bail, Context, Result};
+use object::read::pe::PeFile64;
+use object::{Object, ObjectSection};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where Debian's `systemd-boot-efi` puts the stub.
+pub const DEFAULT_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+/// Sections start on page boundaries, as the firmware maps them.
+const PAGE: u64 = 4096;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UkiOptions {
+    /// The kernel (a bzImage with its EFI stub, e.g. Debian's vmlinuz).
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// The boot stage's initramfs (`bootctl` as /init, the disk's modules).
+    #[arg(long)]
+    pub initrd: PathBuf,
+    /// The boot stage kernel's command line.
+    #[arg(long, default_value = "console=ttyS0 quiet")]
+    pub cmdline: String,
+    /// systemd's EFI stub.
+    #[arg(long, default_value = DEFAULT_STUB)]
+    pub stub: PathBuf,
+    /// The EFI program to write (replaced).
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+/// The end of the last section of the PE image `data`, relative to its
+/// image base: where added sections may start.
+fn image_end(data: &[u8], what: &Path) -> Result<u64> {
+    let pe = PeFile64::parse(data)
+        .with_context(|| format!("{} is not a 64-bit EFI program", what.display()))?;
+    let base = pe.relative_address_base();
+    let mut end = 0;
+    let mut systemd_stub = false;
+    for s in pe.sections() {
+        systemd_stub |= s.name() == Ok(".sdmagic");
+        end = end.max(s.address().saturating_sub(base) + s.size());
+    }
+    if !systemd_stub {
+        bail!(
+            "{} is not systemd's EFI stub (it has no .sdmagic section): use {DEFAULT_STUB} from systemd-boot-efi",
+            what.display()
+        );
+    }
+    Ok(end)
+}
+
+/// Builds the UKI at `opts.out` (replaced whole: written beside it, then
+/// renamed).
+pub fn build(opts: &UkiOptions) -> Result<()> {
+    let objcopy = find_program("objcopy")
+        .context("objcopy not found: install binutils to build the boot stage's EFI program")?;
+    let stub = std::fs::read(&opts.stub).with_context(|| {
+        format!(
+            "reading the EFI stub {} (apt-get install systemd-boot-efi)",
+            opts.stub.display()
+        )
+    })?;
+    let mut at = image_end(&stub, &opts.stub)?;
+    let kernel = std::fs::read(&opts.kernel)
+        .with_context(|| format!("reading the kernel {}", opts.kernel.display()))?;
+    // The stub hands over to the kernel's own EFI entry: a kernel without
+    // one would only fail at boot, on the device.
+    if PeFile64::parse(&*kernel).is_err() {
+        bail!(
+            "{} is not an EFI-bootable kernel (a bzImage built with CONFIG_EFI_STUB)",
+            opts.kernel.display()
+        );
+    }
+    if opts.cmdline.contains('\0') || opts.cmdline.contains('\n') {
+        bail!("the boot stage's command line must be one line without NUL bytes");
+    }
+    std::fs::metadata(&opts.initrd)
+        .with_context(|| format!("reading the initramfs {}", opts.initrd.display()))?;
+    let out_dir = match opts.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let work = tempfile::tempdir_in(out_dir)
+        .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
+    let osrel = work.path().join("osrel");
+    std::fs::write(
+        &osrel,
+        format!(
+            "ID=switchback\nNAME=\"Switchback boot stage\"\nVERSION_ID={}\n",
+            env!("CARGO_PKG_VERSION")
+        ),
+    )?;
+    let cmdline = work.path().join("cmdline");
+    std::fs::write(&cmdline, &opts.cmdline)?;
+
+    let mut cmd = Command::new(&objcopy);
+    for (name, path) in [
+        (".osrel", osrel.as_path()),
+        (".cmdline", cmdline.as_path()),
+        (".linux", opts.kernel.as_path()),
+        (".initrd", opts.initrd.as_path()),
+    ] {
+        let len = std::fs::metadata(path)?.len();
+        at = at.div_ceil(PAGE) * PAGE;
+        cmd.arg("--add-section")
+            .arg(format!("{name}={}", path.display()))
+            .arg("--change-section-vma")
+            .arg(format!("{name}={at:#x}"));
+        at += len;
+    }
+    let tmp = work.path().join("uki.efi");
+    let output = cmd
+        .arg(&opts.stub)
+        .arg(&tmp)
+        .output()
+        .with_context(|| format!("running {}", objcopy.display()))?;
+    if !output.status.success() {
+        bail!(
+            "objcopy failed building {}: {}",
+            opts.out.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    std::fs::rename(&tmp, &opts.out).with_context(|| format!("writing {}", opts.out.display()))?;
+    Ok(())
+}
+
+/// The named section's bytes in the UKI at `path` (for checks and tests).
+pub fn section(path: &Path, name: &str) -> Result<Vec<u8>> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let pe = PeFile64::parse(&*data)
+        .with_context(|| format!("{} is not a 64-bit EFI program", path.display()))?;
+    let s = pe
+        .section_by_name(name)
+        .with_context(|| format!("{} has no {name} section", path.display()))?;
+    let bytes = s.data()?;
+    // The file holds the section rounded up to the file alignment.
+    let len = usize::try_from(s.size())?.min(bytes.len());
+    Ok(bytes[..len].to_vec())
+}
