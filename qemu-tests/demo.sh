@@ -4,7 +4,8 @@
 #    appliance installs it into the inactive slot, `bootctl select` plays the
 #    boot stage, the health check commits it, a technician rolls back, and
 #    tampered bundles are refused;
-# 2. the whole machine in QEMU: the appliance boots through the boot stage,
+# 2. the whole machine in QEMU: the factory disk boots by itself through UEFI
+#    firmware (OVMF) and the boot stage on its ESP,
 #    installs an update from a USB stick, commits it, then rolls a release
 #    whose health check fails back by itself.
 set -euo pipefail
@@ -25,7 +26,7 @@ say "The vendor creates a signing key; devices trust its public half"
 mkdir -p keyring data
 run "$bin/image-tools" keygen --private vendor.pem --public keyring/vendor.pem
 
-say "Release 1.0 is an ext4 root filesystem; the factory writes it to slot_a"
+say "Release 1.0 is an ext4 root filesystem; the factory writes it to slot_a (part 2 puts the boot stage on the ESP too)"
 mkdir -p root/etc && echo "1.0.0" > root/etc/release
 mkfs.ext4 -q -F -L rootfs -d root rootfs-1.0.img 48M
 run "$bin/image-tools" mkdisk --out disk.img --slot-size 64M --data-size 32M --slot-a rootfs-1.0.img

@@ -101,6 +101,11 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
         }
         None => None,
     };
+    let esp_tools = if opts.esp_size > 0 {
+        Some(crate::esp::Tools::find()?)
+    } else {
+        None
+    };
     if let Some(loader) = &opts.boot_efi {
         if opts.esp_size == 0 {
             bail!("--boot-efi needs an ESP to go on: give --esp-size above 0");
@@ -127,9 +132,10 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
         })?;
         out.sync_all()?;
     }
-    if let Some(esp) = disk.esp {
+    if let (Some(esp), Some(tools)) = (disk.esp, &esp_tools) {
         let out = File::options().write(true).open(&opts.out)?;
         crate::esp::write(
+            tools,
             &out,
             &opts.out,
             esp,

@@ -49,12 +49,17 @@ fn image_end(data: &[u8], what: &Path) -> Result<u64> {
     let mut end = 0;
     let mut systemd_stub = false;
     for s in pe.sections() {
-        systemd_stub |= s.name() == Ok(".sdmagic");
+        // systemd's EFI programs say what they are here; systemd-boot has
+        // one too, and is not a stub.
+        if s.name() == Ok(".sdmagic") {
+            let magic = s.data().unwrap_or_default();
+            systemd_stub |= magic.windows(12).any(|w| w == b"systemd-stub");
+        }
         end = end.max(s.address().saturating_sub(base) + s.size());
     }
     if !systemd_stub {
         bail!(
-            "{} is not systemd's EFI stub (it has no .sdmagic section): use {DEFAULT_STUB} from systemd-boot-efi",
+            "{} is not systemd's EFI stub (no \"systemd-stub\" in its .sdmagic section): use {DEFAULT_STUB} from systemd-boot-efi",
             what.display()
         );
     }

@@ -1,5 +1,6 @@
-//! The factory disk: partitions where the tools expect them, slot_a holding
-//! the image, data a clean ext4.
+//! The factory disk: the ESP with the boot stage where the firmware looks,
+//! partitions where the tools expect them, slot_a holding the image, data a
+//! clean ext4.
 
 use assert_cmd::Command;
 use std::io::Read;
@@ -20,11 +21,16 @@ fn factory_disk_holds_image_and_clean_ext4_data() {
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         std::fs::write(&image, &content).unwrap();
+        let loader = dir.path().join("BOOTX64.EFI");
+        let loader_bytes: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&loader, &loader_bytes).unwrap();
         let disk = dir.path().join("disk.img");
         Command::cargo_bin("image-tools")
             .unwrap()
             .args([
                 "mkdisk",
+                "--esp-size",
+                "32M",
                 "--slot-size",
                 "8M",
                 "--data-size",
@@ -36,31 +42,77 @@ fn factory_disk_holds_image_and_clean_ext4_data() {
             .arg(&disk)
             .arg("--slot-a")
             .arg(&image)
+            .arg("--boot-efi")
+            .arg(&loader)
             .assert()
-            .success();
+            .success()
+            .stdout(predicates::str::contains(
+                "ESP 32 MiB at 1048576 with the boot stage",
+            ));
 
         let mut bytes = Vec::new();
         std::fs::File::open(&disk)
             .unwrap()
             .read_to_end(&mut bytes)
             .unwrap();
-        assert_eq!(bytes.len(), (1 + 8 + 8 + 16 + 1) << 20);
+        assert_eq!(bytes.len(), (1 + 32 + 8 + 8 + 16 + 1) << 20);
+        const SLOT_A: usize = 33 << 20;
         assert_eq!(
-            &bytes[1 << 20..(1 << 20) + content.len()],
+            &bytes[SLOT_A..SLOT_A + content.len()],
             &content[..],
             "slot_a content"
         );
 
         let mut bc = bootctl::Disk::open(&disk, None, false).unwrap();
         let state = bc.read().unwrap();
-        assert_eq!(state.gpt.sector_size.to_string(), sector);
+        let lb = state.gpt.sector_size;
+        assert_eq!(lb.to_string(), sector);
         assert!(state.gpt.is_consistent());
         assert_eq!(state.next().slot, bootctl::Slot::A);
+        assert_eq!(
+            state.table.entry(bootctl::Slot::A).first_lba * lb,
+            SLOT_A as u64
+        );
         let data = state.table.data.clone().expect("data partition");
-        assert_eq!(data.first_lba * state.gpt.sector_size, 17 << 20);
+        assert_eq!(data.first_lba * lb, 49 << 20);
+
+        // The ESP: first entry, the ESP type, FAT with the loader where
+        // the firmware looks for it.
+        let entries = state.gpt.current().entries();
+        let esp = entries
+            .iter()
+            .find(|e| e.name == "esp")
+            .expect("an ESP entry");
+        assert_eq!(esp.index, 0);
+        assert_eq!(
+            esp.type_guid.to_string(),
+            "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+        );
+        assert_eq!(esp.first_lba * lb, 1 << 20);
+        assert_eq!((esp.last_lba + 1 - esp.first_lba) * lb, 32 << 20);
+        let fat = dir.path().join("esp.fat");
+        std::fs::write(&fat, &bytes[1 << 20..33 << 20]).unwrap();
+        let copied = run(&[
+            "mcopy",
+            "-i",
+            fat.to_str().unwrap(),
+            "::/EFI/BOOT/BOOTX64.EFI",
+            "-",
+        ]);
+        assert!(
+            copied.stdout == loader_bytes,
+            "{}",
+            String::from_utf8_lossy(&copied.stderr)
+        );
+        let fsck = run(&["fsck.vfat", "-n", fat.to_str().unwrap()]);
+        assert!(
+            fsck.status.success(),
+            "the ESP is not a clean FAT: {}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
 
         let fs = dir.path().join("data.ext4");
-        std::fs::write(&fs, &bytes[17 << 20..33 << 20]).unwrap();
+        std::fs::write(&fs, &bytes[49 << 20..65 << 20]).unwrap();
         let fsck = run(&["e2fsck", "-fn", fs.to_str().unwrap()]);
         assert!(
             fsck.status.success(),
@@ -68,10 +120,9 @@ fn factory_disk_holds_image_and_clean_ext4_data() {
             String::from_utf8_lossy(&fsck.stdout)
         );
         if sector == "512" {
-            assert!(String::from_utf8_lossy(
-                &run(&["sgdisk", "-v", disk.to_str().unwrap()]).stdout
-            )
-            .contains("No problems found"));
+            let verify = run(&["sgdisk", "-v", disk.to_str().unwrap()]);
+            let said = String::from_utf8_lossy(&verify.stdout);
+            assert!(said.contains("No problems found"), "{said}");
         }
     }
 }
@@ -99,4 +150,41 @@ fn image_larger_than_slot_is_refused_before_anything_is_written() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains("unknown unit"));
+}
+
+#[test]
+fn a_boot_loader_that_cannot_go_on_the_disk_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    let mkdisk = |extra: &[&str]| {
+        let mut cmd = Command::cargo_bin("image-tools").unwrap();
+        cmd.args(["mkdisk", "--slot-size", "2M", "--data-size", "4M", "--out"])
+            .arg(&disk)
+            .args(extra);
+        cmd.assert()
+    };
+    mkdisk(&["--boot-efi", "/nonexistent/BOOTX64.EFI"])
+        .failure()
+        .stderr(predicates::str::contains(
+            "opening the boot loader /nonexistent/BOOTX64.EFI",
+        ));
+    assert!(!disk.exists());
+    let loader = dir.path().join("big.efi");
+    std::fs::write(&loader, vec![7u8; 3 << 20]).unwrap();
+    mkdisk(&["--esp-size", "0", "--boot-efi", loader.to_str().unwrap()])
+        .failure()
+        .stderr(predicates::str::contains("--boot-efi needs an ESP"));
+    assert!(!disk.exists());
+    mkdisk(&["--esp-size", "2M", "--boot-efi", loader.to_str().unwrap()])
+        .failure()
+        .stderr(predicates::str::contains(
+            "onto the 2 MiB ESP (a larger --esp-size?)",
+        ));
+    // Without an ESP the slots start right after the GPT, as before.
+    mkdisk(&["--esp-size", "0"]).success();
+    let state = bootctl::Disk::open(&disk, None, false)
+        .unwrap()
+        .read()
+        .unwrap();
+    assert_eq!(state.table.entry(bootctl::Slot::A).first_lba * 512, 1 << 20);
 }

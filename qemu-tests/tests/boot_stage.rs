@@ -51,12 +51,18 @@ fn boots_the_slot_on_trial_through_kexec() {
     let kernel = Kernel::debian().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let disk = machine_disk(dir.path(), &kernel, true);
+    let start = std::time::Instant::now();
     let mut vm = Machine::boot(&[&disk]).unwrap();
+    // OVMF says on the console when it starts the disk's loader.
+    vm.expect("BdsDxe: starting", Duration::from_secs(120))
+        .unwrap();
+    let firmware = start.elapsed();
     vm.expect(
         "switchback boot stage: selected slot_b",
         Duration::from_secs(120),
     )
     .unwrap();
+    let boot_stage = start.elapsed();
     vm.expect(
         "switchback boot stage: watchdog armed",
         Duration::from_secs(30),
@@ -70,6 +76,14 @@ fn boots_the_slot_on_trial_through_kexec() {
     let running = vm
         .expect("SLOT B RUNNING:", Duration::from_secs(120))
         .unwrap();
+    let slot = start.elapsed();
+    println!(
+        "power-on to: the firmware starting the ESP's loader {:.1} s, the boot stage's selection {:.1} s, the slot's userspace {:.1} s (firmware share {:.0}%)",
+        firmware.as_secs_f64(),
+        boot_stage.as_secs_f64(),
+        slot.as_secs_f64(),
+        100.0 * firmware.as_secs_f64() / slot.as_secs_f64()
+    );
     assert!(
         running.contains("switchback.slot=slot_b") && running.contains("root=PARTUUID="),
         "{running}"

@@ -376,8 +376,17 @@ fn on_a_real_disk_the_state_must_be_on_its_mounted_data_partition() {
         .stderr(contains("is the data partition mounted?"));
     let mnt = dev.dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    run(&["mkfs.ext4", "-q", &format!("{lo}p3")]);
-    run(&["mount", &format!("{lo}p3"), mnt.to_str().unwrap()]);
+    // The data partition's device, by its entry (the ESP comes first).
+    let data = bootctl::Disk::open(&dev.disk, None, false)
+        .unwrap()
+        .read()
+        .unwrap()
+        .table
+        .data
+        .unwrap();
+    let data_dev = format!("{lo}p{}", data.index + 1);
+    run(&["mkfs.ext4", "-q", &data_dev]);
+    run(&["mount", &data_dev, mnt.to_str().unwrap()]);
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {

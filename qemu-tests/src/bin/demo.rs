@@ -16,6 +16,19 @@ fn step(vm: &mut Machine, needle: &str, timeout: std::time::Duration) -> Result<
     vm.expect(needle, timeout).map(|_| ())
 }
 
+/// The partition list as `sgdisk -p` shows it.
+fn print_partitions(disk: &std::path::Path) -> Result<()> {
+    let out = std::process::Command::new("sgdisk")
+        .arg("-p")
+        .arg(disk)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines().skip_while(|l| !l.starts_with("Number")) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     say("Building the appliance: Debian's kernel, busybox, static Switchback binaries, three releases");
     let app = Appliance::new();
@@ -36,7 +49,10 @@ fn main() -> Result<()> {
     let stick = app.stick(&[&b2, &b3]);
     let disk = app.factory_disk(&v1);
 
-    say("Booting the factory appliance in QEMU: the boot stage selects slot_a and kexecs its kernel");
+    say("The factory disk: the boot stage as one EFI program on its ESP, release 1.0.0 in slot_a");
+    print_partitions(&disk)?;
+
+    say("Powering on the appliance in QEMU: UEFI firmware (OVMF) boots the ESP's boot stage, which selects slot_a and kexecs its kernel");
     let mut vm = app.boot(&disk, &stick);
     vm.echo = true;
     step(&mut vm, "READY 1.0.0", BOOT)?;
