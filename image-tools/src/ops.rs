@@ -1,13 +1,14 @@
 //! What the `image-tools` verbs do, on bundle files.
 
 use crate::bundle::keys::short_id;
-use crate::bundle::{delta, BundleError, Envelope, Keyring, Manifest};
+use crate::bundle::{delta, BundleError, Envelope, Keyring, Manifest, ReadOptions};
 use crate::progress::byte_bar;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::BufReader;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 pub fn open(path: &Path) -> Result<Envelope<BufReader<File>>> {
@@ -44,8 +45,12 @@ pub fn verify(
     let manifest = bundle.manifest.clone();
     let signer = short_id(&bundle.signer);
     let bar = byte_bar(total_size(&manifest), "verify");
-    bundle.read_chunks(threads, base.as_deref(), |_, chunk| -> Result<()> {
-        bar.inc(chunk.data.len() as u64);
+    let read = ReadOptions {
+        base: base.as_deref(),
+        ..ReadOptions::checked(threads)
+    };
+    bundle.read_chunks(read, |_, chunk| -> Result<()> {
+        bar.inc(chunk.len);
         Ok(())
     })?;
     bar.finish_and_clear();
@@ -71,18 +76,26 @@ pub fn extract(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     let bar = byte_bar(total_size(&manifest), "extract");
-    bundle.read_chunks(threads, base.as_deref(), |image, chunk| -> Result<()> {
-        bar.inc(chunk.data.len() as u64);
-        if image.target == target {
-            tmp.write_all(&chunk.data)
+    let read = ReadOptions {
+        base: base.as_deref(),
+        ..ReadOptions::checked(threads)
+    };
+    let file = tmp.as_file();
+    bundle.read_chunks(read, |image, chunk| -> Result<()> {
+        bar.inc(chunk.len);
+        // A zero chunk stays a hole: the file reads zeros there.
+        if image.target == target && !chunk.zero {
+            file.write_all_at(&chunk.data, chunk.offset)
                 .with_context(|| format!("writing {}", out.display()))?;
         }
         Ok(())
     })?;
     bar.finish_and_clear();
+    file.set_len(manifest.image(target)?.size)
+        .with_context(|| format!("writing {}", out.display()))?;
     let mut perms = tmp.as_file().metadata()?.permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
     tmp.as_file()

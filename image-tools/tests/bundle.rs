@@ -5,7 +5,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use image_tools::bundle::header::{encode_signatures, Header, SignatureEntry};
 use image_tools::bundle::keys::key_id;
 use image_tools::bundle::{
-    self, BuildOptions, BundleError, Envelope, ImageSource, Keyring, Manifest,
+    self, BuildOptions, BundleError, Envelope, ImageSource, Keyring, Manifest, ReadOptions,
 };
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -78,13 +78,16 @@ fn build_file(dir: &Path, images: &[(&str, Vec<u8>)], keys: &[SigningKey]) -> Pa
 fn read_all(bytes: &[u8], ring: &Keyring) -> Result<Vec<(String, Vec<u8>)>, BundleError> {
     let verified = Envelope::read(Cursor::new(bytes))?.verify(ring)?;
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-    verified.read_chunks(2, None, |image, chunk| -> Result<(), BundleError> {
-        if chunk.index == 0 {
-            out.push((image.target.clone(), Vec::new()));
-        }
-        out.last_mut().unwrap().1.extend_from_slice(&chunk.data);
-        Ok(())
-    })?;
+    verified.read_chunks(
+        ReadOptions::checked(2),
+        |image, chunk| -> Result<(), BundleError> {
+            if chunk.index == 0 {
+                out.push((image.target.clone(), Vec::new()));
+            }
+            chunk.append_to(&mut out.last_mut().unwrap().1);
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
@@ -361,12 +364,96 @@ fn signed_but_malformed_manifests_are_refused() {
             ..
         })
     ));
-    let mut v2 = good.clone();
-    v2[8] = 2;
-    assert!(matches!(
-        read_all(&v2, &ring),
-        Err(BundleError::UnsupportedVersion(2))
-    ));
+    for other in [1u8, 3] {
+        let mut v = good.clone();
+        v[8] = other;
+        assert!(matches!(
+            read_all(&v, &ring),
+            Err(BundleError::UnsupportedVersion(n)) if n == u32::from(other)
+        ));
+    }
+
+    // Format 2's chunk rules: a frame has its digest, a zero chunk has no
+    // frame.
+    let mut no_frame_digest = m.clone();
+    no_frame_digest["images"][0]["chunks"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("frame_sha256");
+    expect_manifest_error(
+        &serde_json::to_vec(&no_frame_digest).unwrap(),
+        payload,
+        "no frame_sha256",
+    );
+    let mut zero_with_frame = m.clone();
+    zero_with_frame["images"][0]["chunks"][0]["zero"] = true.into();
+    expect_manifest_error(
+        &serde_json::to_vec(&zero_with_frame).unwrap(),
+        payload,
+        "a zero chunk has no frame",
+    );
+    // A signed frame digest that the frame does not match: refused before
+    // the frame is decoded, naming the chunk.
+    let mut wrong_frame = m.clone();
+    wrong_frame["images"][0]["chunks"][1]["frame_sha256"] = serde_json::json!("00".repeat(32));
+    match read_all(
+        &craft(&serde_json::to_vec(&wrong_frame).unwrap(), &[&k], payload),
+        &ring,
+    ) {
+        Err(e @ BundleError::ChunkHash { index: 1, .. }) => assert_eq!(e.exit_code(), 28, "{e}"),
+        other => panic!("expected chunk 1's hash to fail, got {other:?}"),
+    }
+}
+
+#[test]
+fn zero_chunks_travel_without_payload_and_are_checked_like_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(9);
+    let (_d, ring) = keyring(&[&k]);
+    // Free space: three whole chunks and the tail of a fourth are zero.
+    let mut image = image_bytes(64 << 10, 3);
+    image.extend(vec![0u8; 3 * (64 << 10)]);
+    image.extend(image_bytes(1000, 4));
+    image.extend(vec![0u8; 5000]);
+    let good = std::fs::read(build_file(
+        dir.path(),
+        &[("rootfs", image.clone())],
+        std::slice::from_ref(&k),
+    ))
+    .unwrap();
+    let r = regions(&good);
+    let m: serde_json::Value = serde_json::from_slice(&good[r.manifest.clone()]).unwrap();
+    let chunks = m["images"][0]["chunks"].as_array().unwrap();
+    let zero: Vec<bool> = chunks.iter().map(|c| c["zero"] == true).collect();
+    assert_eq!(zero, [false, true, true, true, false]);
+    assert!(chunks[1..4]
+        .iter()
+        .all(|c| c["length"] == 0 && c.get("frame_sha256").is_none()));
+    // Only the two chunks with data are in the payload.
+    let stored: u64 = [&chunks[0], &chunks[4]]
+        .iter()
+        .map(|c| c["length"].as_u64().unwrap())
+        .sum();
+    assert_eq!(r.payload.len() as u64, stored);
+    assert_eq!(
+        read_all(&good, &ring).unwrap(),
+        vec![("rootfs".to_string(), image)]
+    );
+
+    // A zero chunk whose signed plaintext digest is not that of zeros.
+    let mut lying = m.clone();
+    lying["images"][0]["chunks"][2]["sha256"] = serde_json::json!("11".repeat(32));
+    match read_all(
+        &craft(
+            &serde_json::to_vec(&lying).unwrap(),
+            &[&k],
+            &good[r.payload.clone()],
+        ),
+        &ring,
+    ) {
+        Err(BundleError::ChunkHash { index: 2, .. }) => {}
+        other => panic!("expected chunk 2's hash to fail, got {other:?}"),
+    }
 }
 
 #[test]

@@ -122,10 +122,18 @@ pub struct BaseSpec {
 pub struct ChunkSpec {
     /// Offset of the compressed chunk from the start of the payload region.
     pub offset: u64,
-    /// Compressed length.
+    /// Compressed length; 0 for a zero chunk.
     pub length: u64,
     /// SHA-256 of the chunk's uncompressed bytes.
     pub sha256: Digest,
+    /// SHA-256 of the stored zstd frame, checked before the frame reaches
+    /// the decoder; absent for a zero chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_sha256: Option<Digest>,
+    /// The chunk is all zeros: no frame in the payload, nothing to
+    /// decompress or hash; written as the medium likes zeros best.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zero: bool,
     /// Delta chunks: `[offset, length]` ranges of the base image whose
     /// concatenation is the zstd reference prefix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -149,6 +157,14 @@ impl ImageSpec {
     /// Compressed size of all chunks.
     pub fn compressed_size(&self) -> u64 {
         self.chunks.iter().map(|c| c.length).sum()
+    }
+
+    /// Uncompressed bytes carried as zero chunks.
+    pub fn zero_bytes(&self) -> u64 {
+        (0..self.chunks.len())
+            .filter(|&i| self.chunks[i].zero)
+            .map(|i| self.chunk_len(i))
+            .sum()
     }
 }
 
@@ -276,11 +292,22 @@ impl Manifest {
                         c.offset
                     )));
                 }
-                if c.length == 0 || c.length > max_len {
-                    return Err(bad(format!(
-                        "image {t} chunk {i}: length {} outside 1..={max_len}",
-                        c.length
-                    )));
+                if c.zero {
+                    if c.length != 0 || c.frame_sha256.is_some() || !c.base_ranges.is_empty() {
+                        return Err(bad(format!(
+                            "image {t} chunk {i}: a zero chunk has no frame, frame digest or base ranges"
+                        )));
+                    }
+                } else {
+                    if c.length == 0 || c.length > max_len {
+                        return Err(bad(format!(
+                            "image {t} chunk {i}: length {} outside 1..={max_len}",
+                            c.length
+                        )));
+                    }
+                    if c.frame_sha256.is_none() {
+                        return Err(bad(format!("image {t} chunk {i}: no frame_sha256")));
+                    }
                 }
                 next_offset += c.length;
             }

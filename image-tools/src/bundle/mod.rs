@@ -10,14 +10,16 @@
 //!                          reserved (u32, zero), payload_len (u64 LE)
 //! 32      manifest_len     manifest: UTF-8 JSON, the exact bytes signed
 //! …       signatures_len   signatures: n × (key id [32] ‖ ed25519 signature [64])
-//! …       payload_len      payload: every image's chunks, each one zstd frame,
-//!                          back to back in manifest order
+//! …       payload_len      payload: every image's chunks but its zero chunks,
+//!                          each one zstd frame, back to back in manifest order
 //! ```
 //!
 //! A reader trusts nothing past the header until a signature by a trusted
 //! key verifies over the manifest bytes; the manifest then carries the
-//! SHA-256 of every chunk's uncompressed bytes, so each chunk is checked
-//! before anyone sees it. Everything is readable front to back from a pipe.
+//! SHA-256 of every chunk's stored zstd frame, checked before the frame
+//! reaches the decoder, and of its uncompressed bytes, so each chunk is
+//! checked before anyone sees it. Everything is readable front to back from
+//! a pipe.
 
 pub mod delta;
 pub mod error;
@@ -32,11 +34,11 @@ pub mod writer;
 pub use error::BundleError;
 pub use keys::Keyring;
 pub use manifest::{ChunkSpec, Digest, ImageSpec, Manifest, MigrationSpec, Phase};
-pub use reader::{Chunk, Envelope, VerifiedBundle};
+pub use reader::{Chunk, Envelope, ReadOptions, VerifiedBundle};
 pub use writer::{build, BuildOptions, ImageSource, MigrationSource};
 
 pub const MAGIC: &[u8; 8] = b"SWBUNDLE";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Manifests of real bundles are a few hundred KiB at most (a 16 GiB image
 /// in 4 MiB chunks lists 4096 chunks, ~600 KiB of JSON).
 pub const MAX_MANIFEST_LEN: u32 = 16 << 20;

@@ -111,7 +111,7 @@ impl<R: Read> Envelope<R> {
     }
 }
 
-/// A decompressed chunk whose hash matched the signed manifest.
+/// A decompressed chunk whose hashes matched the signed manifest.
 #[derive(Debug)]
 pub struct Chunk {
     /// Index into `manifest.images`.
@@ -120,7 +120,54 @@ pub struct Chunk {
     pub index: usize,
     /// Byte offset of this chunk within the uncompressed image.
     pub offset: u64,
+    /// Uncompressed length.
+    pub len: u64,
+    /// A zero chunk: `data` is empty, the chunk is `len` zero bytes.
+    pub zero: bool,
     pub data: Vec<u8>,
+    /// XXH3-128 of `data`, when asked for ([`ReadOptions::fast_digest`]).
+    pub fast_digest: Option<u128>,
+}
+
+impl Chunk {
+    /// Appends the chunk's bytes to `out` (zeros for a zero chunk).
+    pub fn append_to(&self, out: &mut Vec<u8>) {
+        if self.zero {
+            out.resize(out.len() + self.len as usize, 0);
+        } else {
+            out.extend_from_slice(&self.data);
+        }
+    }
+}
+
+/// How [`VerifiedBundle::read_chunks`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOptions<'a> {
+    pub threads: usize,
+    /// The image a delta image is decoded against (the caller checks that
+    /// it is the one the manifest names).
+    pub base: Option<&'a [u8]>,
+    /// Also check each chunk's decoded bytes against its signed SHA-256.
+    /// The signed frame digest alone proves them for a full image: zstd
+    /// decodes a frame one way. A delta chunk's bytes also depend on the
+    /// base, outside the frame, so delta images are always checked.
+    pub plaintext_sha256: bool,
+    /// Compute XXH3-128 of each decoded chunk (a reader's read-back
+    /// compares the medium with it: fast, and the bytes are already
+    /// proven).
+    pub fast_digest: bool,
+}
+
+impl ReadOptions<'_> {
+    /// Everything checked, nothing extra computed: `verify`, `extract`.
+    pub fn checked(threads: usize) -> ReadOptions<'static> {
+        ReadOptions {
+            threads,
+            base: None,
+            plaintext_sha256: true,
+            fast_digest: false,
+        }
+    }
 }
 
 /// A bundle whose manifest is signed by a trusted key.
@@ -139,23 +186,44 @@ struct Job {
     image: usize,
     index: usize,
     bundle_offset: u64,
+    /// Empty for a zero chunk.
     compressed: Vec<u8>,
+}
+
+/// SHA-256 of `len` zero bytes, without a buffer of that size.
+fn zero_digest(len: u64) -> Digest {
+    use sha2::Digest as _;
+    static ZEROS: [u8; 65536] = [0; 65536];
+    let mut h = sha2::Sha256::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(ZEROS.len() as u64);
+        h.update(&ZEROS[..n as usize]);
+        left -= n;
+    }
+    Digest(h.finalize().into())
 }
 
 impl<R: Read + Send> VerifiedBundle<R> {
     /// Streams every chunk of every image, in order, to `sink`, each already
-    /// decompressed and checked, using `threads` workers. Checks that the
-    /// bundle ends where the manifest says. A delta image is decoded against
-    /// `base`, the image its manifest names (the caller checks its digest).
+    /// checked and decompressed, using `opts.threads` workers. Each frame's
+    /// SHA-256 is checked before it is decompressed, so nothing unsigned
+    /// reaches the decoder. Checks that the bundle ends where the manifest
+    /// says.
     pub fn read_chunks<E>(
         self,
-        threads: usize,
-        base: Option<&[u8]>,
+        opts: ReadOptions<'_>,
         mut sink: impl FnMut(&ImageSpec, &Chunk) -> Result<(), E>,
     ) -> Result<(), E>
     where
         E: From<BundleError> + Send,
     {
+        let ReadOptions {
+            threads,
+            base,
+            plaintext_sha256,
+            fast_digest,
+        } = opts;
         let VerifiedBundle {
             manifest,
             mut reader,
@@ -165,7 +233,7 @@ impl<R: Read + Send> VerifiedBundle<R> {
             img.chunks
                 .iter()
                 .enumerate()
-                .map(move |(c, spec)| (i, c, spec.offset, spec.length))
+                .map(move |(c, spec)| (i, c, spec.offset, spec.length, spec.zero))
         });
         let images = &manifest.images;
         for image in images {
@@ -189,7 +257,7 @@ impl<R: Read + Send> VerifiedBundle<R> {
         ordered_map(
             threads,
             move || -> Result<Option<Job>, E> {
-                let Some((image, index, bundle_offset, length)) = order.next() else {
+                let Some((image, index, bundle_offset, length, zero)) = order.next() else {
                     let mut extra = [0u8; 1];
                     return match reader.read(&mut extra) {
                         Ok(0) => Ok(None),
@@ -197,10 +265,13 @@ impl<R: Read + Send> VerifiedBundle<R> {
                         Err(e) => Err(BundleError::io("reading the end of the bundle")(e).into()),
                     };
                 };
-                let mut compressed = vec![0u8; length as usize];
-                read_region(&mut reader, &mut compressed, || {
-                    format!("payload (image {} chunk {index})", images[image].target)
-                })?;
+                let mut compressed = Vec::new();
+                if !zero {
+                    compressed.resize(length as usize, 0);
+                    read_region(&mut reader, &mut compressed, || {
+                        format!("payload (image {} chunk {index})", images[image].target)
+                    })?;
+                }
                 Ok(Some(Job {
                     image,
                     index,
@@ -218,13 +289,38 @@ impl<R: Read + Send> VerifiedBundle<R> {
                     offset: job.bundle_offset,
                     reason,
                 };
+                let chunk_spec = &spec.chunks[job.index];
+                let hash_err = || BundleError::ChunkHash {
+                    image: spec.target.clone(),
+                    index: job.index,
+                    offset: job.bundle_offset,
+                };
+                let check_plaintext = plaintext_sha256 || spec.base.is_some();
+                let mut chunk = Chunk {
+                    image: job.image,
+                    index: job.index,
+                    offset: job.index as u64 * spec.chunk_size,
+                    len: expected as u64,
+                    zero: chunk_spec.zero,
+                    data: Vec::new(),
+                    fast_digest: None,
+                };
+                if chunk_spec.zero {
+                    if check_plaintext && zero_digest(expected as u64) != chunk_spec.sha256 {
+                        return Err(hash_err().into());
+                    }
+                    return Ok(chunk);
+                }
+                // The frame is signed: check it before the decoder sees it.
+                if Some(Digest::of(&job.compressed)) != chunk_spec.frame_sha256 {
+                    return Err(hash_err().into());
+                }
                 let mut data = pool_rx.try_recv().unwrap_or_default();
                 data.clear();
                 data.reserve_exact(expected);
-                let ranges = &spec.chunks[job.index].base_ranges;
                 match base.filter(|_| spec.base.is_some()) {
                     Some(base) => {
-                        super::delta::assemble(base, ranges, reference);
+                        super::delta::assemble(base, &chunk_spec.base_ranges, reference);
                         super::delta::decompress(&job.compressed, reference, &mut data)
                             .map_err(decode_err)?;
                     }
@@ -239,20 +335,14 @@ impl<R: Read + Send> VerifiedBundle<R> {
                         decode_err(format!("{} bytes, expected {expected}", data.len())).into(),
                     );
                 }
-                if Digest::of(&data) != spec.chunks[job.index].sha256 {
-                    return Err(BundleError::ChunkHash {
-                        image: spec.target.clone(),
-                        index: job.index,
-                        offset: job.bundle_offset,
-                    }
-                    .into());
+                if check_plaintext && Digest::of(&data) != chunk_spec.sha256 {
+                    return Err(hash_err().into());
                 }
-                Ok(Chunk {
-                    image: job.image,
-                    index: job.index,
-                    offset: job.index as u64 * spec.chunk_size,
-                    data,
-                })
+                if fast_digest {
+                    chunk.fast_digest = Some(xxhash_rust::xxh3::xxh3_128(&data));
+                }
+                chunk.data = data;
+                Ok(chunk)
             },
             |chunk| {
                 sink(&images[chunk.image], &chunk)?;

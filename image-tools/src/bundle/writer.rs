@@ -68,8 +68,10 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// One chunk as a worker leaves it.
 struct Compressed {
+    /// The zstd frame; empty for a zero chunk.
     bytes: Vec<u8>,
     sha256: Digest,
+    zero: bool,
     raw_len: usize,
     base_ranges: Vec<[u64; 2]>,
 }
@@ -114,6 +116,16 @@ fn write_image(
         || (zstd::bulk::Compressor::new(opts.level), Vec::new()),
         |(cctx, reference), (offset, raw)| -> Result<Compressed> {
             let sha256 = Digest::of(&raw);
+            // Free space in a file system image: nothing to store.
+            if raw.iter().all(|&b| b == 0) {
+                return Ok(Compressed {
+                    bytes: Vec::new(),
+                    sha256,
+                    zero: true,
+                    raw_len: raw.len(),
+                    base_ranges: Vec::new(),
+                });
+            }
             if let Some(index) = base {
                 let base_ranges = index.ranges_for(&raw, offset, 4 * opts.chunk_size);
                 delta::assemble(index.base(), &base_ranges, reference);
@@ -121,6 +133,7 @@ fn write_image(
                 return Ok(Compressed {
                     bytes,
                     sha256,
+                    zero: false,
                     raw_len: raw.len(),
                     base_ranges,
                 });
@@ -132,6 +145,7 @@ fn write_image(
             Ok(Compressed {
                 bytes,
                 sha256,
+                zero: false,
                 raw_len: raw.len(),
                 base_ranges: Vec::new(),
             })
@@ -139,6 +153,7 @@ fn write_image(
         |Compressed {
              bytes: compressed,
              sha256,
+             zero,
              raw_len,
              base_ranges,
          }| {
@@ -149,6 +164,8 @@ fn write_image(
                 offset: *payload_offset,
                 length: compressed.len() as u64,
                 sha256,
+                frame_sha256: (!zero).then(|| Digest::of(&compressed)),
+                zero,
                 base_ranges,
             });
             *payload_offset += compressed.len() as u64;
