@@ -333,17 +333,47 @@ fn read_back_mismatch_is_caught_before_the_flip() {
             }
         }
     }
+    // A chunk of data, and a zero chunk (free space, written as a zero
+    // range): either one altered is caught.
+    for chunk in [5u64, 3] {
+        let dev = device();
+        let mut r = release("2.0.0");
+        r.image[3 * (256 << 10)..4 * (256 << 10)].fill(0);
+        let b = dev.bundle(&r);
+        dev.make_b_good();
+        let offset = dev.layout.slots[1].offset + chunk * (256 << 10) + 17;
+        let err = install_with(&dev, &b, &mut Saboteur(dev.disk.clone(), offset)).unwrap_err();
+        assert_eq!(updater::exit_code(&err), 46);
+        assert!(
+            format!("{err:#}").contains(&format!("read-back of slot_b: chunk {chunk}")),
+            "{err:#}"
+        );
+        assert_eq!(dev.attrs()[1], BootAttrs::UNBOOTABLE);
+    }
+}
+
+#[test]
+fn zero_chunks_overwrite_what_the_slot_held_before() {
     let dev = device();
-    let b = dev.bundle(&release("2.0.0"));
+    // The slot held data where the new image has free space.
+    let stale = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&dev.disk)
+        .unwrap();
+    stale
+        .write_all_at(&vec![0xEE; 2 << 20], dev.layout.slots[1].offset)
+        .unwrap();
+    let mut r = release("2.0.0");
+    r.image[256 << 10..(3 << 20)].fill(0);
+    let b = dev.bundle(&r);
     dev.make_b_good();
-    let offset = dev.layout.slots[1].offset + 5 * (256 << 10) + 17;
-    let err = install_with(&dev, &b, &mut Saboteur(dev.disk.clone(), offset)).unwrap_err();
-    assert_eq!(updater::exit_code(&err), 46);
+    let out = dev.updater("a").arg("install").arg(&b).output().unwrap();
     assert!(
-        format!("{err:#}").contains("read-back of slot_b: chunk 5"),
-        "{err:#}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(dev.attrs()[1], BootAttrs::UNBOOTABLE);
+    assert!(dev.slot(Slot::B)[..r.image.len()] == r.image[..]);
 }
 
 #[test]
