@@ -115,6 +115,8 @@ pub struct ImageReport {
     pub size: u64,
     pub compressed: u64,
     pub ratio: f64,
+    /// Bytes carried as zero chunks (no payload).
+    pub zero: u64,
     pub chunks: usize,
     pub chunk_size: u64,
     pub digest: String,
@@ -164,6 +166,7 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
                 size: i.size,
                 compressed: i.compressed_size(),
                 ratio: i.compressed_size() as f64 / i.size as f64,
+                zero: i.zero_bytes(),
                 chunks: i.chunks.len(),
                 chunk_size: i.chunk_size,
                 digest: i.digest().to_string(),
@@ -199,11 +202,12 @@ impl fmt::Display for InspectReport {
         for i in &self.images {
             writeln!(
                 f,
-                "image       {}: {} bytes, {} compressed ({:.1}%), {} chunks of {} KiB, digest {}",
+                "image       {}: {} bytes, {} compressed ({:.1}%), {} of them zero chunks, {} chunks of {} KiB, digest {}",
                 i.target,
                 i.size,
                 i.compressed,
                 i.ratio * 100.0,
+                i.zero,
                 i.chunks,
                 i.chunk_size >> 10,
                 i.digest
