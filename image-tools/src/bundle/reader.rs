@@ -253,7 +253,10 @@ impl<R: Read + Send> VerifiedBundle<R> {
         // Decompressed buffers go back to the workers once the sink is done
         // with them: a fresh 4 MiB buffer per chunk costs a thousand page
         // faults, a reused one none.
-        let (pool_tx, pool_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+        // Bounded, and only buffers that hold memory go back: a zero chunk's
+        // empty buffer in the pool would make the next worker allocate
+        // anew while the real buffers pile up behind it.
+        let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Vec<u8>>(3 * threads.max(1));
         ordered_map(
             threads,
             move || -> Result<Option<Job>, E> {
@@ -346,7 +349,9 @@ impl<R: Read + Send> VerifiedBundle<R> {
             },
             |chunk| {
                 sink(&images[chunk.image], &chunk)?;
-                let _ = pool_tx.send(chunk.data);
+                if chunk.data.capacity() > 0 {
+                    let _ = pool_tx.try_send(chunk.data);
+                }
                 Ok(())
             },
         )
