@@ -60,7 +60,10 @@ best() { local b=999999 t; for _ in 1 2 3; do t=$(secs "$@"); b=$(echo "if ($t <
 inst() { "$B/updater" --config config.json --disk "$1" --booted-slot a install "$2"; }
 t_full=$(best inst disk.img full.swb)
 t_delta=$(best inst disk.img delta.swb)
-cmp -n "$(stat -c %s v2.img)" <(dd if=disk.img bs=1M skip=521 count=512 status=none) v2.img
+slot_b_mib=$(sfdisk --json disk.img | python3 -c 'import json, sys
+t = json.load(sys.stdin)["partitiontable"]
+print(next(p["start"] for p in t["partitions"] if p.get("name") == "slot_b") * t.get("sectorsize", 512) >> 20)')
+cmp -n "$(stat -c %s v2.img)" <(dd if=disk.img bs=1M skip="$slot_b_mib" count=512 status=none) v2.img
 
 # 1 GiB: each image twice over (raw images; the updater does not care).
 cat v1.img v1.img > v1g.img && cat v2.img v2.img > v2g.img && rm v1.img v2.img

@@ -21,20 +21,18 @@ use crate::events::{Event, Observer};
 use crate::evidence::{self, SlotArea};
 use crate::migrate;
 use crate::recover::{recover, save, settle_install};
-use crate::slot_writer::SlotWriter;
+use crate::slot_writer::{SlotError, SlotWriter};
 use crate::state::{now, InstallRecord, Outcome, SlotRecord, StateFile};
 use anyhow::{Context, Result};
 use bootctl::{BootAttrs, Disk, Slot};
 use image_tools::bundle::keys::short_id;
 use image_tools::bundle::manifest::BaseSpec;
-use image_tools::bundle::pipeline::ordered_map;
 use image_tools::bundle::{
     BundleError, Envelope, ImageSpec, Keyring, Manifest, MigrationSpec, ReadOptions,
 };
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 pub const ROOTFS: &str = "rootfs";
@@ -393,12 +391,22 @@ fn write_slot(
         .map_err(write_err(area.offset))?;
     // A half-written slot must not claim a release.
     evidence::erase(&dev, area).map_err(write_err(area.offset + area.size))?;
+    // A chunk that reads back different is the medium's fault, named by
+    // its index; any other failure is a write error at its offset.
+    let slot_err = |e: SlotError| -> anyhow::Error {
+        match e {
+            SlotError::Io { offset, source } => write_err(offset)(source).into(),
+            SlotError::Differs { tag, offset } => UpdateError::ReadBack {
+                slot,
+                index: tag,
+                offset: offset - area.offset,
+            }
+            .into(),
+        }
+    };
     let mut done = 0u64;
-    let mut writer = SlotWriter::new(&dev, WRITEBACK_WINDOW);
+    let mut writer = SlotWriter::new(&dev, &opts.disk, WRITEBACK_WINDOW);
     let mut executables: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    // What read-back compares the medium with, chunk by chunk: XXH3-128 of
-    // what was decoded (None: a zero chunk).
-    let mut written: Vec<Option<u128>> = Vec::with_capacity(image.chunks.len());
     let read = ReadOptions {
         threads: opts.threads,
         base,
@@ -413,12 +421,15 @@ fn write_slot(
             return Ok(());
         }
         let at = area.offset + chunk.offset;
-        if chunk.zero {
-            writer.zero_at(chunk.len, at).map_err(write_err(at))?;
-        } else {
-            writer.write_at(&chunk.data, at).map_err(write_err(at))?;
+        match chunk.fast_digest {
+            _ if chunk.zero => writer.zero_at(chunk.len, at, chunk.index),
+            Some(digest) => writer.write_at(&chunk.data, at, chunk.index, digest),
+            None => {
+                let digest = xxhash_rust::xxh3::xxh3_128(&chunk.data);
+                writer.write_at(&chunk.data, at, chunk.index, digest)
+            }
         }
-        written.push(chunk.fast_digest);
+        .map_err(slot_err)?;
         done += chunk.len;
         observer.event(&Event::Progress {
             done,
@@ -426,13 +437,12 @@ fn write_slot(
         });
         Ok(())
     })?;
-    writer.finish().map_err(write_err(area.offset))?;
+    // Flushed, and every chunk read back from the medium.
+    writer.finish().map_err(slot_err)?;
     observer.event(&Event::Written {
         slot: slot.into(),
         bytes: image.size,
     });
-
-    read_back(&dev, image, &written, area, opts.threads)?;
     observer.event(&Event::ReadBack {
         slot: slot.into(),
         digest: image.digest().to_string(),
@@ -499,58 +509,4 @@ fn map_base(
         digest: base.digest.to_string(),
     });
     Ok(map)
-}
-
-/// Reads the written image back from the medium (not the page cache) and
-/// compares each chunk with what was decoded for it: its XXH3-128 from the
-/// decode (`written`, in chunk order), or zeros for a zero chunk. The bytes
-/// themselves were proven by the signed digests; this proves the medium
-/// holds them, at a fraction of SHA-256's cost. Each of `threads` workers
-/// reads and hashes its own chunks, so reads overlap each other and the
-/// hashing.
-fn read_back(
-    dev: &File,
-    image: &ImageSpec,
-    written: &[Option<u128>],
-    area: &SlotArea,
-    threads: usize,
-) -> Result<()> {
-    let slot = area.slot.name();
-    // Best effort: on a block device or file this makes the reads below hit
-    // the medium; where it is not supported the comparison still holds.
-    let _ = nix::fcntl::posix_fadvise(
-        dev,
-        area.offset as i64,
-        image.size as i64,
-        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-    );
-    let mut chunks = 0..image.chunks.len();
-    ordered_map(
-        threads,
-        || -> Result<Option<usize>> { Ok(chunks.next()) },
-        Vec::new,
-        |buf: &mut Vec<u8>, i| -> Result<(usize, bool)> {
-            buf.resize(image.chunk_len(i) as usize, 0);
-            let at = area.offset + i as u64 * image.chunk_size;
-            dev.read_exact_at(buf, at)
-                .with_context(|| format!("reading {slot} back at byte {at}"))?;
-            let same = match written.get(i) {
-                Some(Some(digest)) => xxhash_rust::xxh3::xxh3_128(buf) == *digest,
-                Some(None) => buf.iter().all(|&b| b == 0),
-                None => false,
-            };
-            Ok((i, same))
-        },
-        |(i, same)| {
-            if !same {
-                return Err(UpdateError::ReadBack {
-                    slot,
-                    index: i,
-                    offset: i as u64 * image.chunk_size,
-                }
-                .into());
-            }
-            Ok(())
-        },
-    )
 }

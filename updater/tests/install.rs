@@ -319,17 +319,21 @@ fn write_error_on_the_target_is_reported_and_leaves_it_unbootable() {
 #[test]
 fn read_back_mismatch_is_caught_before_the_flip() {
     use updater::events::{Event, Observer};
-    struct Saboteur(PathBuf, u64);
+    /// Alters the slot at byte `at` (from the slot's start) as soon as the
+    /// chunk there is written: between its write and its read-back.
+    struct Saboteur(PathBuf, u64, u64, bool);
     impl Observer for Saboteur {
         fn event(&mut self, e: &Event) {
-            if let Event::Written { .. } = e {
-                // Something alters the slot between write and read-back.
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&self.0)
-                    .unwrap();
-                f.write_all_at(b"X", self.1).unwrap();
-                f.sync_all().unwrap();
+            if let Event::Progress { done, .. } = e {
+                if *done > self.2 && !self.3 {
+                    self.3 = true;
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&self.0)
+                        .unwrap();
+                    f.write_all_at(b"X", self.1 + self.2).unwrap();
+                    f.sync_all().unwrap();
+                }
             }
         }
     }
@@ -341,8 +345,9 @@ fn read_back_mismatch_is_caught_before_the_flip() {
         r.image[3 * (256 << 10)..4 * (256 << 10)].fill(0);
         let b = dev.bundle(&r);
         dev.make_b_good();
-        let offset = dev.layout.slots[1].offset + chunk * (256 << 10) + 17;
-        let err = install_with(&dev, &b, &mut Saboteur(dev.disk.clone(), offset)).unwrap_err();
+        let at = chunk * (256 << 10) + 17;
+        let mut saboteur = Saboteur(dev.disk.clone(), dev.layout.slots[1].offset, at, false);
+        let err = install_with(&dev, &b, &mut saboteur).unwrap_err();
         assert_eq!(updater::exit_code(&err), 46);
         assert!(
             format!("{err:#}").contains(&format!("read-back of slot_b: chunk {chunk}")),
