@@ -4,6 +4,7 @@
 //! the boot stage as an EFI program ([`uki`]).
 
 pub mod bundle;
+pub mod cli;
 pub mod esp;
 pub mod mkdisk;
 pub mod ops;

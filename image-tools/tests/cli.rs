@@ -199,30 +199,8 @@ fn migrations_are_packed_with_their_snapshots_and_listed() {
             "2.1.0",
         ])
         .args(["--data-schema", "3", "--out", "m.swb"])
-        .args([
-            "--migration",
-            "m1.sh",
-            "--from",
-            "1",
-            "--to",
-            "2",
-            "--phase",
-            "expand",
-            "--snapshot",
-            "db",
-            "--snapshot",
-            "cfg",
-        ])
-        .args([
-            "--migration",
-            "m2.sh",
-            "--from",
-            "2",
-            "--to",
-            "3",
-            "--phase",
-            "finalize",
-        ])
+        .args(["--migration", "m1.sh:1:2:expand:db,cfg"])
+        .args(["--migration", "m2.sh:2:3:finalize"])
         .assert()
         .success();
     let out = it()
@@ -275,11 +253,11 @@ fn migrations_are_packed_with_their_snapshots_and_listed() {
             "--out",
             "n.swb",
         ])
-        .args(["--migration", "m1.sh", "--from", "1", "--phase", "expand"])
+        .args(["--migration", "m1.sh:1:expand"])
         .assert()
-        .failure()
+        .code(2)
         .stderr(contains(
-            "each --migration needs its own --from, --to and --phase",
+            "\"m1.sh:1:expand\": write PATH:FROM:TO:PHASE[:DIR,DIR...]",
         ));
 }
 

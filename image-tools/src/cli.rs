@@ -1,0 +1,210 @@
+//! The argument types of `image-tools` and what its `build` and `delta`
+//! verbs do with them; the binary's `main.rs` only parses and prints.
+
+use crate::bundle::writer::{DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL};
+use crate::bundle::{
+    self, default_threads, keys, BuildOptions, ImageSource, Keyring, MigrationSource, Phase,
+};
+use crate::progress::byte_bar;
+use crate::size::parse_size;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+/// Which public keys a check trusts.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct Trust {
+    /// A public key (PEM) to trust.
+    #[arg(long)]
+    pub public: Option<PathBuf>,
+    /// A directory of trusted public keys (*.pem, *.pub).
+    #[arg(long)]
+    pub keyring: Option<PathBuf>,
+}
+
+impl Trust {
+    pub fn load(&self) -> Result<Keyring> {
+        Ok(match (&self.public, &self.keyring) {
+            (Some(p), _) => Keyring::from_key(p)?,
+            (None, Some(d)) => Keyring::load_dir(d)?,
+            (None, None) => bail!("name a trusted key with --public or --keyring"),
+        })
+    }
+}
+
+/// `TARGET=PATH`, e.g. `rootfs=rootfs.img`.
+pub fn parse_image(s: &str) -> Result<ImageSource, String> {
+    let (target, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: write TARGET=PATH, e.g. rootfs=rootfs.img"))?;
+    Ok(ImageSource {
+        target: target.to_string(),
+        path: PathBuf::from(path),
+    })
+}
+
+/// `PATH:FROM:TO:PHASE[:DIR,DIR...]`, e.g. `migrate-db:1:2:expand:db,cfg`:
+/// the executable, the data schemas it leads from and to, `expand` or
+/// `finalize`, and the data directories to snapshot before it runs. Read
+/// from the right, so a path may hold colons.
+pub fn parse_migration(s: &str) -> Result<MigrationSource, String> {
+    let usage =
+        || format!("{s:?}: write PATH:FROM:TO:PHASE[:DIR,DIR...], e.g. migrate-db:1:2:expand:db");
+    let mut parts: Vec<&str> = s.split(':').collect();
+    let snapshot = match parts.last() {
+        Some(&"expand" | &"finalize") => Vec::new(),
+        Some(dirs) if parts.len() >= 5 => {
+            let dirs: Vec<String> = dirs.split(',').map(str::to_string).collect();
+            if dirs.iter().any(String::is_empty) {
+                return Err(format!("{s:?}: an empty snapshot directory"));
+            }
+            parts.pop();
+            dirs
+        }
+        _ => return Err(usage()),
+    };
+    let [path @ .., from, to, phase] = parts.as_slice() else {
+        return Err(usage());
+    };
+    if path.is_empty() || path.concat().is_empty() {
+        return Err(usage());
+    }
+    let schema = |v: &str, what: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("{s:?}: {what} schema {v:?} is not a number"))
+    };
+    Ok(MigrationSource {
+        path: PathBuf::from(path.join(":")),
+        from: schema(from, "from")?,
+        to: schema(to, "to")?,
+        phase: match *phase {
+            "expand" => Phase::Expand,
+            "finalize" => Phase::Finalize,
+            other => return Err(format!("{s:?}: phase {other:?} is expand or finalize")),
+        },
+        snapshot,
+    })
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BuildArgs {
+    /// Private signing key; repeat to add signatures.
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// TARGET=PATH, e.g. rootfs=rootfs.img; repeatable.
+    #[arg(long = "image", required = true, value_parser = parse_image)]
+    pub images: Vec<ImageSource>,
+    #[arg(long)]
+    pub compatible: String,
+    /// Release version (semver).
+    #[arg(long = "version")]
+    pub release_version: String,
+    #[arg(long, default_value_t = 0)]
+    pub security_version: u64,
+    /// The data schema this release expects.
+    #[arg(long)]
+    pub data_schema: Option<u32>,
+    /// zstd level (1-19).
+    #[arg(long, default_value_t = DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub level: i32,
+    #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE, value_parser = parse_size)]
+    pub chunk_size: u64,
+    #[arg(long, default_value_t = default_threads())]
+    pub threads: usize,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A data migration, PATH:FROM:TO:PHASE[:DIR,DIR...] (phase expand or
+    /// finalize; the DIRs, relative to the data directory, are snapshotted
+    /// before it runs); repeatable, in the order they run.
+    #[arg(long = "migration", value_parser = parse_migration)]
+    pub migrations: Vec<MigrationSource>,
+}
+
+/// SOURCE_DATE_EPOCH when set (reproducible builds), else now.
+fn build_time() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number")),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()),
+    }
+}
+
+/// Builds the bundle `args` describe (a delta against `base` when given);
+/// returns the line that says what was built.
+pub fn build(args: BuildArgs, base: Option<PathBuf>) -> Result<String> {
+    let signing = args
+        .keys
+        .iter()
+        .map(|p| keys::load_private(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = BuildOptions {
+        compatible: args.compatible,
+        version: args.release_version,
+        security_version: args.security_version,
+        data_schema: args.data_schema,
+        build_time: build_time()?,
+        level: args.level,
+        chunk_size: args.chunk_size,
+        threads: args.threads,
+        migrations: args.migrations,
+        base,
+    };
+    let total = args
+        .images
+        .iter()
+        .map(|i| std::fs::metadata(&i.path).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let bar = byte_bar(total, "build");
+    let manifest = bundle::build(&opts, &args.images, &signing, &args.out, &mut |n| {
+        bar.inc(n)
+    })?;
+    bar.finish_and_clear();
+    let size = std::fs::metadata(&args.out)?.len();
+    Ok(format!(
+        "{}: {} {} for {}, {} bytes from {} bytes of images, {} signature(s)",
+        args.out.display(),
+        manifest.compatible,
+        manifest.version,
+        manifest
+            .images
+            .iter()
+            .map(|i| i.target.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        size,
+        total,
+        signing.len()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_migration_is_one_value() {
+        let m = parse_migration("migrate-db:1:2:expand:db,cfg").unwrap();
+        assert_eq!(m.path, PathBuf::from("migrate-db"));
+        assert_eq!((m.from, m.to, m.phase), (1, 2, Phase::Expand));
+        assert_eq!(m.snapshot, ["db", "cfg"]);
+        let m = parse_migration("/opt/a:b/drop:2:3:finalize").unwrap();
+        assert_eq!(m.path, PathBuf::from("/opt/a:b/drop"));
+        assert_eq!((m.from, m.to, m.phase), (2, 3, Phase::Finalize));
+        assert!(m.snapshot.is_empty());
+        for bad in [
+            "m.sh",
+            "m.sh:1:2",
+            "m.sh:1:2:sideways",
+            "m.sh:one:2:expand",
+            "m.sh:1:2:expand:",
+            ":1:2:expand",
+            "m.sh:1:2:later:db",
+        ] {
+            let e = parse_migration(bad).map(|_| ()).unwrap_err();
+            assert!(e.starts_with(&format!("{bad:?}")), "{e}");
+        }
+    }
+}
