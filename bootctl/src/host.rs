@@ -90,26 +90,34 @@ pub fn booted_slot(cmdline: &str, table: &SlotTable) -> Option<Slot> {
         .find(|&s| table.entry(s).unique_guid.to_string() == partuuid)
 }
 
-/// The whole disk that holds the running root partition: resolves `root=`
-/// to a partition device node, then its parent in sysfs. A system without
-/// udev has no `/dev/disk/by-partuuid`; there the device node the boot
-/// stage booted (`switchback.root=`) is used. Callers still check that the
-/// disk's table holds the `root=PARTUUID` ([`is_booted_disk`]).
+/// The whole disk that holds the running root partition: the partition
+/// the root file system is mounted from (its device number, looked up in
+/// sysfs: no udev needed, and no device name that another kernel may have
+/// given differently), else `root=PARTUUID=` through
+/// `/dev/disk/by-partuuid`; then the partition's parent in sysfs. Callers
+/// still check that the disk's table holds the `root=PARTUUID`
+/// ([`is_booted_disk`]) before they trust the booted slot.
 pub fn root_disk(cmdline: &str) -> Option<PathBuf> {
-    let root = cmdline_value(cmdline, "root")?;
-    let by_uuid = root.strip_prefix("PARTUUID=").and_then(|uuid| {
-        std::fs::canonicalize(Path::new("/dev/disk/by-partuuid").join(uuid.to_ascii_lowercase()))
-            .ok()
+    let mounted = nix::sys::stat::stat("/").ok().and_then(|st| {
+        let dev = st.st_dev;
+        let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+        std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()
     });
-    let part = match by_uuid {
+    let sys = match mounted.filter(|p| p.join("partition").exists()) {
         Some(p) => p,
-        None if root.starts_with("PARTUUID=") => {
-            std::fs::canonicalize(cmdline_value(cmdline, "switchback.root")?).ok()?
+        None => {
+            let root = cmdline_value(cmdline, "root")?;
+            let part = match root.strip_prefix("PARTUUID=") {
+                Some(uuid) => std::fs::canonicalize(
+                    Path::new("/dev/disk/by-partuuid").join(uuid.to_ascii_lowercase()),
+                )
+                .ok()?,
+                None => std::fs::canonicalize(&root).ok()?,
+            };
+            let name = part.file_name()?.to_str()?.to_string();
+            std::fs::canonicalize(Path::new("/sys/class/block").join(&name)).ok()?
         }
-        None => std::fs::canonicalize(&root).ok()?,
     };
-    let name = part.file_name()?.to_str()?.to_string();
-    let sys = std::fs::canonicalize(Path::new("/sys/class/block").join(&name)).ok()?;
     if !sys.join("partition").exists() {
         return None;
     }

@@ -19,26 +19,10 @@ use std::process::Command;
 /// Where the firmware looks for the loader, in mtools' spelling.
 pub const DEFAULT_LOADER: &str = "::/EFI/BOOT/BOOTX64.EFI";
 
-/// The programs needed, found before anything is written.
-pub struct Tools {
-    mkfs: PathBuf,
-    mmd: PathBuf,
-    mcopy: PathBuf,
-}
-
-impl Tools {
-    pub fn find() -> Result<Tools> {
-        let need = |name: &str, package: &str| {
-            find_program(name).with_context(|| {
-                format!("{name} not found: install {package} to make the EFI system partition")
-            })
-        };
-        Ok(Tools {
-            mkfs: need("mkfs.vfat", "dosfstools")?,
-            mmd: need("mmd", "mtools")?,
-            mcopy: need("mcopy", "mtools")?,
-        })
-    }
+fn need(name: &str, package: &str) -> Result<PathBuf> {
+    find_program(name).with_context(|| {
+        format!("{name} not found: install {package} to make the EFI system partition")
+    })
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
@@ -58,40 +42,35 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Formats `region` of `disk` as FAT and puts `loader` (when given) at
-/// [`DEFAULT_LOADER`].
-pub fn write(
-    tools: &Tools,
-    disk: &File,
-    disk_path: &Path,
-    region: Region,
-    sector_size: u64,
-    loader: Option<&Path>,
-) -> Result<()> {
+/// The ESP's file system, `size` bytes of FAT with `loader` (when given)
+/// at [`DEFAULT_LOADER`]: made before the disk image is touched, so that a
+/// loader that does not fit leaves no half-made disk behind.
+pub fn build(size: u64, sector_size: u64, loader: Option<&Path>) -> Result<Vec<u8>> {
+    let mkfs = need("mkfs.vfat", "dosfstools")?;
     let work = tempfile::tempdir().context("creating a work directory for the ESP")?;
     let fat = work.path().join("esp.fat");
     run(
-        Command::new(&tools.mkfs)
+        Command::new(mkfs)
             .args(["-n", "ESP", "-S"])
             .arg(sector_size.to_string())
             .arg("-C")
             .arg(&fat)
-            .arg((region.size / 1024).to_string()),
+            .arg((size / 1024).to_string()),
         "formatting the ESP",
     )?;
     if let Some(loader) = loader {
+        let len = std::fs::metadata(loader)
+            .with_context(|| format!("opening the boot loader {}", loader.display()))?
+            .len();
         run(
-            Command::new(&tools.mmd)
+            Command::new(need("mmd", "mtools")?)
                 .arg("-i")
                 .arg(&fat)
                 .args(["::/EFI", "::/EFI/BOOT"]),
             "making \\EFI\\BOOT on the ESP",
         )?;
-        let len = std::fs::metadata(loader)
-            .with_context(|| format!("reading the boot loader {}", loader.display()))?
-            .len();
         run(
-            Command::new(&tools.mcopy)
+            Command::new(need("mcopy", "mtools")?)
                 .arg("-i")
                 .arg(&fat)
                 .arg(loader)
@@ -99,15 +78,19 @@ pub fn write(
             &format!(
                 "copying {} ({len} bytes) onto the {} MiB ESP (a larger --esp-size?)",
                 loader.display(),
-                region.size >> 20
+                size >> 20
             ),
         )?;
     }
     let bytes = std::fs::read(&fat).context("reading the formatted ESP")?;
-    if bytes.len() as u64 > region.size {
+    if bytes.len() as u64 > size {
         bail!("mkfs.vfat made a file system larger than the ESP");
     }
-    disk.write_all_at(&bytes, region.offset)
-        .with_context(|| format!("writing the ESP of {}", disk_path.display()))?;
-    Ok(())
+    Ok(bytes)
+}
+
+/// Writes the ESP's file system (from [`build`]) into `region` of `disk`.
+pub fn write(disk: &File, disk_path: &Path, region: Region, fat: &[u8]) -> Result<()> {
+    disk.write_all_at(fat, region.offset)
+        .with_context(|| format!("writing the ESP of {}", disk_path.display()))
 }

@@ -101,18 +101,18 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
         }
         None => None,
     };
-    let esp_tools = if opts.esp_size > 0 {
-        Some(crate::esp::Tools::find()?)
-    } else {
-        None
-    };
-    if let Some(loader) = &opts.boot_efi {
-        if opts.esp_size == 0 {
-            bail!("--boot-efi needs an ESP to go on: give --esp-size above 0");
-        }
-        File::open(loader)
-            .with_context(|| format!("opening the boot loader {}", loader.display()))?;
+    if opts.boot_efi.is_some() && opts.esp_size == 0 {
+        bail!("--boot-efi needs an ESP to go on: give --esp-size above 0");
     }
+    let esp_size = opts.esp_size.div_ceil(provision::ALIGN) * provision::ALIGN;
+    let fat = match esp_size {
+        0 => None,
+        size => Some(crate::esp::build(
+            size,
+            opts.sector_size,
+            opts.boot_efi.as_deref(),
+        )?),
+    };
     let layout = Layout {
         esp_size: opts.esp_size,
         slot_size: opts.slot_size,
@@ -132,16 +132,9 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
         })?;
         out.sync_all()?;
     }
-    if let (Some(esp), Some(tools)) = (disk.esp, &esp_tools) {
+    if let (Some(esp), Some(fat)) = (disk.esp, &fat) {
         let out = File::options().write(true).open(&opts.out)?;
-        crate::esp::write(
-            tools,
-            &out,
-            &opts.out,
-            esp,
-            opts.sector_size,
-            opts.boot_efi.as_deref(),
-        )?;
+        crate::esp::write(&out, &opts.out, esp, fat)?;
         out.sync_all()?;
     }
     format_ext4(&mkfs, &opts.out, disk.data.offset, disk.data.size)?;

@@ -40,9 +40,9 @@ pub struct UkiOptions {
     pub out: PathBuf,
 }
 
-/// The end of the last section of the PE image `data`, relative to its
-/// image base: where added sections may start.
-fn image_end(data: &[u8], what: &Path) -> Result<u64> {
+/// The image base of the PE image `data` and the end of its last section
+/// relative to that base: where added sections may start.
+fn image_end(data: &[u8], what: &Path) -> Result<(u64, u64)> {
     let pe = PeFile64::parse(data)
         .with_context(|| format!("{} is not a 64-bit EFI program", what.display()))?;
     let base = pe.relative_address_base();
@@ -63,7 +63,7 @@ fn image_end(data: &[u8], what: &Path) -> Result<u64> {
             what.display()
         );
     }
-    Ok(end)
+    Ok((base, end))
 }
 
 /// Builds the UKI at `opts.out` (replaced whole: written beside it, then
@@ -77,7 +77,7 @@ pub fn build(opts: &UkiOptions) -> Result<()> {
             opts.stub.display()
         )
     })?;
-    let mut at = image_end(&stub, &opts.stub)?;
+    let (base, mut at) = image_end(&stub, &opts.stub)?;
     let kernel = std::fs::read(&opts.kernel)
         .with_context(|| format!("reading the kernel {}", opts.kernel.display()))?;
     // The stub hands over to the kernel's own EFI entry: a kernel without
@@ -111,18 +111,23 @@ pub fn build(opts: &UkiOptions) -> Result<()> {
     std::fs::write(&cmdline, &opts.cmdline)?;
 
     let mut cmd = Command::new(&objcopy);
+    // `.linux` last, as `ukify` places it: the kernel's EFI stub may
+    // decompress into the room behind it. Addresses are absolute, as
+    // objcopy takes them (the image base plus the offset): stubs from
+    // systemd 254 on have a base far from 0.
     for (name, path) in [
         (".osrel", osrel.as_path()),
         (".cmdline", cmdline.as_path()),
-        (".linux", opts.kernel.as_path()),
         (".initrd", opts.initrd.as_path()),
+        (".linux", opts.kernel.as_path()),
     ] {
         let len = std::fs::metadata(path)?.len();
         at = at.div_ceil(PAGE) * PAGE;
+        let vma = base + at;
         cmd.arg("--add-section")
             .arg(format!("{name}={}", path.display()))
             .arg("--change-section-vma")
-            .arg(format!("{name}={at:#x}"));
+            .arg(format!("{name}={vma:#x}"));
         at += len;
     }
     let tmp = work.path().join("uki.efi");
@@ -138,7 +143,31 @@ pub fn build(opts: &UkiOptions) -> Result<()> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
+    check_layout(&tmp)?;
     std::fs::rename(&tmp, &opts.out).with_context(|| format!("writing {}", opts.out.display()))?;
+    Ok(())
+}
+
+/// Checks what objcopy made: every section starts after the one before it
+/// ends, the added ones page-aligned, `.linux` last.
+fn check_layout(path: &Path) -> Result<()> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let pe = PeFile64::parse(&*data)
+        .with_context(|| format!("objcopy made no EFI program at {}", path.display()))?;
+    let mut sections: Vec<(u64, u64, String)> = pe
+        .sections()
+        .map(|s| (s.address(), s.size(), s.name().unwrap_or("?").to_string()))
+        .collect();
+    sections.sort();
+    for pair in sections.windows(2) {
+        let ((a, a_len, a_name), (b, _, b_name)) = (&pair[0], &pair[1]);
+        if a + a_len > *b {
+            bail!("the EFI program's sections {a_name} and {b_name} overlap");
+        }
+    }
+    if sections.last().map(|s| s.2.as_str()) != Some(".linux") {
+        bail!("the EFI program's .linux section is not its last");
+    }
     Ok(())
 }
 

@@ -440,7 +440,8 @@ fn zero_chunks_travel_without_payload_and_are_checked_like_any_other() {
         vec![("rootfs".to_string(), image)]
     );
 
-    // A zero chunk whose signed plaintext digest is not that of zeros.
+    // A zero chunk whose signed plaintext digest is not that of zeros is
+    // refused with the manifest, before any payload is read.
     let mut lying = m.clone();
     lying["images"][0]["chunks"][2]["sha256"] = serde_json::json!("11".repeat(32));
     match read_all(
@@ -451,8 +452,24 @@ fn zero_chunks_travel_without_payload_and_are_checked_like_any_other() {
         ),
         &ring,
     ) {
-        Err(BundleError::ChunkHash { index: 2, .. }) => {}
-        other => panic!("expected chunk 2's hash to fail, got {other:?}"),
+        Err(BundleError::BadManifest(msg)) => {
+            assert!(msg.contains("chunk 2: a zero chunk's sha256"), "{msg}")
+        }
+        other => panic!("expected the manifest to be refused, got {other:?}"),
+    }
+    // Nor does a chunk size off the 4 KiB grid pass.
+    let mut odd = m.clone();
+    odd["images"][0]["chunk_size"] = serde_json::json!(65_537);
+    match read_all(
+        &craft(
+            &serde_json::to_vec(&odd).unwrap(),
+            &[&k],
+            &good[r.payload.clone()],
+        ),
+        &ring,
+    ) {
+        Err(BundleError::BadManifest(msg)) => assert!(msg.contains("multiple of 4096"), "{msg}"),
+        other => panic!("expected the manifest to be refused, got {other:?}"),
     }
 }
 

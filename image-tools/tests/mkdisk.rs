@@ -180,6 +180,7 @@ fn a_boot_loader_that_cannot_go_on_the_disk_is_refused_before_anything_is_writte
         .stderr(predicates::str::contains(
             "onto the 2 MiB ESP (a larger --esp-size?)",
         ));
+    assert!(!disk.exists(), "a half-made disk was left behind");
     // Without an ESP the slots start right after the GPT, as before.
     mkdisk(&["--esp-size", "0"]).success();
     let state = bootctl::Disk::open(&disk, None, false)

@@ -167,7 +167,14 @@ fn power_cuts_during_an_install_leave_a_bootable_and_a_second_install_succeeds()
         ..Release::default()
     });
     let stick = app.media("2.0.0", &v2);
-    let (mut vm, disk) = factory(&app, &stick);
+    // Writes slowed to 4 MiB/s: the install takes seconds to write the
+    // slot, so the first cut lands inside the write whatever the host's
+    // load (unthrottled, an install here is done in about a second).
+    let slow = Options {
+        write_bps: Some(4 << 20),
+        ..Options::default()
+    };
+    let (mut vm, disk) = factory_with(&app, &stick, slow);
     // Cut while the slot is being written, then between the write and the flip.
     for (moment, pause) in [
         ("installing", Duration::from_millis(1500)),
@@ -186,7 +193,7 @@ fn power_cuts_during_an_install_leave_a_bootable_and_a_second_install_succeeds()
             !attrs[1].is_bootable(),
             "{moment}: slot_b bootable after the cut: {attrs:?}"
         );
-        vm = app.boot(&disk, &stick);
+        vm = app.boot_with(&disk, &stick, slow);
         vm.expect("switchback boot stage: selected slot_a", BOOT)
             .unwrap();
         vm.expect("READY 1.0.0", BOOT).unwrap();

@@ -41,6 +41,14 @@ pub enum UpdateError {
         offset: u64,
     },
 
+    #[error("read-back of {slot}: reading byte {offset} of the image failed")]
+    ReadBackIo {
+        slot: &'static str,
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error(
         "data snapshot of {dir} failed: {reason}; the partial copy is removed and nothing changed"
     )]
@@ -111,7 +119,7 @@ impl UpdateError {
             UpdateError::Downgrade { .. } => 43,
             UpdateError::TooLarge { .. } => 44,
             UpdateError::Write { .. } => 45,
-            UpdateError::ReadBack { .. } => 46,
+            UpdateError::ReadBack { .. } | UpdateError::ReadBackIo { .. } => 46,
             UpdateError::Http { .. } => 48,
             UpdateError::UnsupportedTarget(_) => 49,
             UpdateError::State { .. } => 50,

@@ -395,7 +395,15 @@ fn write_slot(
     // its index; any other failure is a write error at its offset.
     let slot_err = |e: SlotError| -> anyhow::Error {
         match e {
-            SlotError::Io { offset, source } => write_err(offset)(source).into(),
+            SlotError::Io { offset, source } => {
+                write_err(offset.unwrap_or(area.offset))(source).into()
+            }
+            SlotError::Read { offset, source } => UpdateError::ReadBackIo {
+                slot,
+                offset: offset - area.offset,
+                source,
+            }
+            .into(),
             SlotError::Differs { tag, offset } => UpdateError::ReadBack {
                 slot,
                 index: tag,

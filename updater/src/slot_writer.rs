@@ -31,8 +31,15 @@ pub enum Expect {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
-    #[error("at byte {offset}: {source}")]
-    Io { offset: u64, source: io::Error },
+    /// Writing (or flushing: no offset) failed.
+    #[error("writing the slot: {source}")]
+    Io {
+        offset: Option<u64>,
+        source: io::Error,
+    },
+    /// Reading a range back failed.
+    #[error("reading back at byte {offset}: {source}")]
+    Read { offset: u64, source: io::Error },
     /// The range written with this tag (the caller's chunk index) reads
     /// back different.
     #[error("range {tag} at byte {offset} reads back different")]
@@ -78,6 +85,32 @@ nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 
 /// Direct I/O wants buffers, offsets and lengths aligned to the logical
 /// block size; 4096 covers 512- and 4096-byte devices.
 const DIRECT_ALIGN: usize = 4096;
+
+/// The result of a `sync_file_range`: where the file system does not
+/// support it, the final fdatasync still makes everything durable (only
+/// the overlap is lost); any other error is the write's.
+fn started(result: io::Result<()>, offset: u64) -> Result<(), SlotError> {
+    match result {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(
+                    nix::libc::EINVAL
+                        | nix::libc::ENOSYS
+                        | nix::libc::EOPNOTSUPP
+                        | nix::libc::ESPIPE
+                )
+            ) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(SlotError::Io {
+            offset: Some(offset),
+            source,
+        }),
+        Ok(()) => Ok(()),
+    }
+}
 
 fn sync_range(file: &File, offset: u64, len: u64, flags: u32) -> io::Result<()> {
     // SAFETY: plain syscall on a valid descriptor; no memory is passed.
@@ -126,17 +159,15 @@ impl<'a> SlotWriter<'a> {
     fn write_raw(&mut self, data: &[u8], offset: u64) -> Result<(), SlotError> {
         self.file
             .write_all_at(data, offset)
-            .map_err(|source| SlotError::Io { offset, source })?;
-        // Where sync_file_range is unsupported (some file systems), the
-        // final fdatasync still makes everything durable; only the overlap
-        // is lost.
-        let _ = sync_range(
-            self.file,
+            .map_err(|source| SlotError::Io {
+                offset: Some(offset),
+                source,
+            })?;
+        let flags = nix::libc::SYNC_FILE_RANGE_WRITE;
+        started(
+            sync_range(self.file, offset, data.len() as u64, flags),
             offset,
-            data.len() as u64,
-            nix::libc::SYNC_FILE_RANGE_WRITE,
-        );
-        Ok(())
+        )
     }
 
     fn push(&mut self, offset: u64, len: u64, tag: usize, expect: Expect) -> Result<(), SlotError> {
@@ -151,7 +182,9 @@ impl<'a> SlotWriter<'a> {
                 let wait = nix::libc::SYNC_FILE_RANGE_WAIT_BEFORE
                     | nix::libc::SYNC_FILE_RANGE_WRITE
                     | nix::libc::SYNC_FILE_RANGE_WAIT_AFTER;
-                let _ = sync_range(self.file, p.offset, p.len, wait);
+                // A writeback error is reported here, and only once: the
+                // final fdatasync would not see it again.
+                started(sync_range(self.file, p.offset, p.len, wait), p.offset)?;
                 self.check(&p)?;
             }
         }
@@ -161,7 +194,10 @@ impl<'a> SlotWriter<'a> {
     /// Makes `len` bytes at `offset` zero, the cheapest way the medium
     /// offers; plain writes of zeros where it offers none.
     pub fn zero_at(&mut self, len: u64, offset: u64, tag: usize) -> Result<(), SlotError> {
-        let io_err = |source| SlotError::Io { offset, source };
+        let io_err = |source| SlotError::Io {
+            offset: Some(offset),
+            source,
+        };
         if self.zeroing == Zeroing::Unknown {
             self.zeroing = if self
                 .file
@@ -214,7 +250,7 @@ impl<'a> SlotWriter<'a> {
             p.len,
             p.offset,
         )
-        .map_err(|source| SlotError::Io {
+        .map_err(|source| SlotError::Read {
             offset: p.offset,
             source,
         })?;
@@ -236,10 +272,10 @@ impl<'a> SlotWriter<'a> {
     /// the guarantee: it also flushes the device's cache and reports
     /// errors), then reads back the ranges not yet read.
     pub fn finish(mut self) -> Result<(), SlotError> {
-        let offset = self.in_flight.front().map_or(0, |p| p.offset);
-        self.file
-            .sync_data()
-            .map_err(|source| SlotError::Io { offset, source })?;
+        self.file.sync_data().map_err(|source| SlotError::Io {
+            offset: None,
+            source,
+        })?;
         while let Some(p) = self.in_flight.pop_front() {
             self.check(&p)?;
         }
@@ -248,8 +284,9 @@ impl<'a> SlotWriter<'a> {
 }
 
 /// Reads `len` bytes at `at` from the medium into `buf` and returns them:
-/// through `direct` (an `O_DIRECT` descriptor) when it takes the read,
-/// else from `file` after dropping the range from the page cache.
+/// through `direct` (an `O_DIRECT` descriptor), reading the whole aligned
+/// blocks that cover the range, when it takes the read; else from `file`
+/// after dropping the range from the page cache.
 fn read_medium<'b>(
     direct: Option<&File>,
     file: &File,
@@ -257,28 +294,30 @@ fn read_medium<'b>(
     len: u64,
     at: u64,
 ) -> io::Result<&'b [u8]> {
-    let len = len as usize;
-    let align = DIRECT_ALIGN;
-    // Whole blocks: a last chunk's tail is still inside the slot.
-    let whole = len.div_ceil(align) * align;
-    if buf.len() < whole + align {
-        buf.resize(whole + align, 0);
+    let align = DIRECT_ALIGN as u64;
+    let first = at / align * align;
+    let end = (at + len).div_ceil(align) * align;
+    let whole = (end - first) as usize;
+    if buf.len() < whole + DIRECT_ALIGN {
+        buf.resize(whole + DIRECT_ALIGN, 0);
     }
-    let start = buf.as_ptr().align_offset(align).min(align);
-    if let Some(direct) = direct.filter(|_| at % align as u64 == 0) {
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+    if let Some(direct) = direct {
         if direct
-            .read_exact_at(&mut buf[start..start + whole], at)
+            .read_exact_at(&mut buf[start..start + whole], first)
             .is_ok()
         {
-            return Ok(&buf[start..start + len]);
+            let skip = start + (at - first) as usize;
+            return Ok(&buf[skip..skip + len as usize]);
         }
     }
     let _ = nix::fcntl::posix_fadvise(
         file,
-        at as i64,
-        len as i64,
+        first as i64,
+        (end - first) as i64,
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
     );
+    let len = len as usize;
     file.read_exact_at(&mut buf[..len], at)?;
     Ok(&buf[..len])
 }

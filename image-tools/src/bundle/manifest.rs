@@ -3,7 +3,7 @@
 //! format's rules before any payload byte is read.
 
 use super::error::{BundleError, Result};
-use super::{FORMAT_VERSION, MAX_CHUNK_SIZE, MAX_IMAGES, MAX_REF_LEN, MIN_CHUNK_SIZE};
+use super::{CHUNK_ALIGN, FORMAT_VERSION, MAX_CHUNK_SIZE, MAX_IMAGES, MAX_REF_LEN, MIN_CHUNK_SIZE};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
@@ -44,6 +44,20 @@ impl Digest {
     pub fn of(bytes: &[u8]) -> Digest {
         use sha2::Digest as _;
         Digest(sha2::Sha256::digest(bytes).into())
+    }
+
+    /// SHA-256 of `len` zero bytes, without a buffer of that size.
+    pub fn of_zeros(len: u64) -> Digest {
+        use sha2::Digest as _;
+        static ZEROS: [u8; 65536] = [0; 65536];
+        let mut h = sha2::Sha256::new();
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(ZEROS.len() as u64);
+            h.update(&ZEROS[..n as usize]);
+            left -= n;
+        }
+        Digest(h.finalize().into())
     }
 }
 
@@ -242,9 +256,11 @@ impl Manifest {
             if self.images[..n].iter().any(|o| &o.target == t) {
                 return Err(bad(format!("image target {t:?} appears twice")));
             }
-            if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&image.chunk_size) {
+            if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&image.chunk_size)
+                || image.chunk_size % CHUNK_ALIGN != 0
+            {
                 return Err(bad(format!(
-                    "image {t}: chunk_size {} outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+                    "image {t}: chunk_size {} is not a multiple of {CHUNK_ALIGN} in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
                     image.chunk_size
                 )));
             }
@@ -260,6 +276,7 @@ impl Manifest {
                 )));
             }
             let max_len = max_compressed_len(image.chunk_size);
+            let mut zero_digests: Vec<(u64, Digest)> = Vec::new();
             for (i, c) in image.chunks.iter().enumerate() {
                 let ref_len: u64 = c.base_ranges.iter().map(|r| r[1]).sum();
                 match &image.base {
@@ -296,6 +313,23 @@ impl Manifest {
                     if c.length != 0 || c.frame_sha256.is_some() || !c.base_ranges.is_empty() {
                         return Err(bad(format!(
                             "image {t} chunk {i}: a zero chunk has no frame, frame digest or base ranges"
+                        )));
+                    }
+                    // A reader that writes zeros without hashing them still
+                    // records the image digest: it must be that of zeros.
+                    // At most two lengths per image, each hashed once.
+                    let len = image.chunk_len(i);
+                    let want = match zero_digests.iter().find(|(l, _)| *l == len) {
+                        Some((_, d)) => *d,
+                        None => {
+                            let d = Digest::of_zeros(len);
+                            zero_digests.push((len, d));
+                            d
+                        }
+                    };
+                    if c.sha256 != want {
+                        return Err(bad(format!(
+                            "image {t} chunk {i}: a zero chunk's sha256 is not that of {len} zero bytes"
                         )));
                     }
                 } else {

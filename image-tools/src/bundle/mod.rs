@@ -47,6 +47,9 @@ pub const MAX_IMAGES: usize = 8;
 pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
 /// Bounds the memory a reader spends per chunk in flight.
 pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
+/// Chunks start on 4 KiB boundaries of the image, so that a reader can
+/// write and read them back with direct I/O.
+pub const CHUNK_ALIGN: u64 = 4096;
 /// Largest delta reference a reader accepts; bounds its memory per chunk.
 pub const MAX_REF_LEN: u64 = 64 << 20;
 

@@ -190,20 +190,6 @@ struct Job {
     compressed: Vec<u8>,
 }
 
-/// SHA-256 of `len` zero bytes, without a buffer of that size.
-fn zero_digest(len: u64) -> Digest {
-    use sha2::Digest as _;
-    static ZEROS: [u8; 65536] = [0; 65536];
-    let mut h = sha2::Sha256::new();
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(ZEROS.len() as u64);
-        h.update(&ZEROS[..n as usize]);
-        left -= n;
-    }
-    Digest(h.finalize().into())
-}
-
 impl<R: Read + Send> VerifiedBundle<R> {
     /// Streams every chunk of every image, in order, to `sink`, each already
     /// checked and decompressed, using `opts.threads` workers. Each frame's
@@ -309,7 +295,7 @@ impl<R: Read + Send> VerifiedBundle<R> {
                     fast_digest: None,
                 };
                 if chunk_spec.zero {
-                    if check_plaintext && zero_digest(expected as u64) != chunk_spec.sha256 {
+                    if check_plaintext && Digest::of_zeros(expected as u64) != chunk_spec.sha256 {
                         return Err(hash_err().into());
                     }
                     return Ok(chunk);

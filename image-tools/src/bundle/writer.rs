@@ -8,7 +8,7 @@ use super::header::{encode_signatures, Header, SignatureEntry};
 use super::keys::key_id;
 use super::manifest::{BaseSpec, ChunkSpec, Digest, ImageSpec, Manifest, MigrationSpec, Phase};
 use super::pipeline::ordered_map;
-use super::{FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use super::{CHUNK_ALIGN, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use ed25519_dalek::{Signer, SigningKey};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -208,9 +208,11 @@ pub fn build(
             "a bundle needs at least one signing key".into(),
         ));
     }
-    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&opts.chunk_size) {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&opts.chunk_size)
+        || opts.chunk_size % CHUNK_ALIGN != 0
+    {
         return Err(BundleError::BadManifest(format!(
-            "chunk size {} outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+            "chunk size {} is not a multiple of {CHUNK_ALIGN} in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
             opts.chunk_size
         )));
     }
