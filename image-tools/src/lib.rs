@@ -1,9 +1,10 @@
 //! Switchback's vendor-side tools: the signed release bundle format shared
-//! with the updater ([`bundle`]), the verbs of `image-tools` ([`ops`]), the
+//! with the updater ([`bundle`], its own crate), the verbs of `image-tools` ([`ops`]), the
 //! factory disk ([`mkdisk`]) with its EFI system partition ([`esp`]), and
 //! the boot stage as an EFI program ([`uki`]).
 
-pub mod bundle;
+/// The bundle format, its reader and writer (the `switchback-bundle` crate).
+pub use switchback_bundle as bundle;
 pub mod cli;
 pub mod esp;
 pub mod mkdisk;

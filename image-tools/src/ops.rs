@@ -28,7 +28,16 @@ fn total_size(m: &Manifest) -> u64 {
 /// The base image a delta is decoded against, mapped and checked.
 fn load_base(m: &Manifest, base: Option<&Path>, threads: usize) -> Result<Option<memmap2::Mmap>> {
     let Some(path) = base else { return Ok(None) };
-    let map = delta::map_file(path)?;
+    let file = File::open(path).map_err(BundleError::io(format!(
+        "opening base image {}",
+        path.display()
+    )))?;
+    // SAFETY: a read-only map; if the file changes under it, decoded chunks
+    // fail their hash check, nothing worse.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(BundleError::io(format!(
+        "mapping base image {}",
+        path.display()
+    )))?;
     delta::check_base(m, &map, threads)
         .with_context(|| format!("base image {}", path.display()))?;
     Ok(Some(map))

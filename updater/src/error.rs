@@ -158,5 +158,16 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
                 .map(UpdateError::exit_code)
                 .or(busy.then_some(47))
         })
-        .unwrap_or_else(|| image_tools::exit_code(e))
+        .or_else(|| {
+            // A bundle's or the disk's own error keeps its code.
+            e.chain().find_map(|c| {
+                c.downcast_ref::<switchback_bundle::BundleError>()
+                    .map(switchback_bundle::BundleError::exit_code)
+                    .or_else(|| {
+                        c.downcast_ref::<bootctl::Error>()
+                            .map(bootctl::Error::exit_code)
+                    })
+            })
+        })
+        .unwrap_or(1)
 }

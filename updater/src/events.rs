@@ -2,9 +2,9 @@
 //! agents (`--json`), a progress bar on a terminal, log lines otherwise.
 //! An [`Observer`] is also where tests step in between two phases.
 
-use image_tools::progress::byte_bar;
-use indicatif::ProgressBar;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
+use std::io::IsTerminal;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -86,6 +86,20 @@ impl Terminal {
     }
 }
 
+/// The install's progress on a terminal (none in a log or a pipe).
+fn install_bar(total: u64, slot: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template(
+        "installing into {msg} {wide_bar} {percent}% {binary_bytes_per_sec}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    ProgressBar::new(total)
+        .with_style(style)
+        .with_message(slot.to_string())
+}
+
 impl Observer for Terminal {
     fn event(&mut self, event: &Event) {
         match event {
@@ -97,7 +111,7 @@ impl Observer for Terminal {
                 bytes,
             } => {
                 log::info!("{compatible} {version} signed by {signer}: installing {bytes} bytes into {slot}");
-                self.bar = Some(byte_bar(*bytes, "install"));
+                self.bar = Some(install_bar(*bytes, slot));
                 self.lap();
             }
             Event::Progress { done, .. } => {
@@ -119,7 +133,7 @@ impl Observer for Terminal {
                 log::info!("delta base in {slot} verified: digest {digest}")
             }
             Event::ReadBack { slot, digest } => {
-                log::info!("{slot} read back in {:.2} s: digest {digest}", self.lap())
+                log::info!("{slot} read back from the medium as written: image digest {digest}")
             }
             Event::Flipped { slot, tries } => {
                 log::info!("{slot} boots next, on trial with {tries} tries")

@@ -1,16 +1,16 @@
 //! What each slot holds, read from the disk alone: the signed head that an
-//! install leaves at the end of the slot ([`image_tools::bundle::trailer`]).
+//! install leaves at the end of the slot ([`switchback_bundle::trailer`]).
 //! The state file says the same faster; this is what remains when the state
 //! file is lost, truncated or replaced, so that the security floor (the
 //! highest security version of a committed slot) and each slot's release
 //! cannot be reset by deleting a file.
 
 use bootctl::{BootAttrs, Slot};
-use image_tools::bundle::trailer::{self, TRAILER_SECTOR};
-use image_tools::bundle::{BundleError, Keyring, Manifest};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use switchback_bundle::trailer::{self, TRAILER_SECTOR};
+use switchback_bundle::{BundleError, Keyring, Manifest};
 
 /// Where a slot is on the disk.
 #[derive(Debug, Clone, Copy)]

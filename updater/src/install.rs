@@ -25,15 +25,15 @@ use crate::slot_writer::{SlotError, SlotWriter};
 use crate::state::{now, InstallRecord, Outcome, SlotRecord, StateFile};
 use anyhow::{Context, Result};
 use bootctl::{BootAttrs, Disk, Slot};
-use image_tools::bundle::keys::short_id;
-use image_tools::bundle::manifest::BaseSpec;
-use image_tools::bundle::{
-    BundleError, Envelope, ImageSpec, Keyring, Manifest, MigrationSpec, ReadOptions,
-};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::PathBuf;
+use switchback_bundle::keys::short_id;
+use switchback_bundle::manifest::BaseSpec;
+use switchback_bundle::{
+    BundleError, Envelope, ImageSpec, Keyring, Manifest, MigrationSpec, ReadOptions,
+};
 
 pub const ROOTFS: &str = "rootfs";
 /// Chunks whose writeback may be outstanding at once (4 × 4 MiB).
@@ -199,7 +199,7 @@ pub fn install(
     let area = SlotArea::of(&disk_state, target);
     let room = area
         .size
-        .saturating_sub(image_tools::bundle::trailer::reserved(
+        .saturating_sub(switchback_bundle::trailer::reserved(
             bundle.head.len() as u64
         ));
     if image.size > room {
@@ -338,7 +338,7 @@ fn blame_the_base(
     match base {
         Some(map)
             if chunk_failed
-                && image_tools::bundle::delta::check_base(manifest, map, opts.threads).is_err() =>
+                && switchback_bundle::delta::check_base(manifest, map, opts.threads).is_err() =>
         {
             UpdateError::BaseChanged {
                 slot: opts.booted.name(),
@@ -363,7 +363,7 @@ fn set_outcome(state: &mut StateFile, outcome: Outcome, reason: Option<String>) 
 #[allow(clippy::too_many_arguments)]
 fn write_slot(
     config: &Config,
-    bundle: image_tools::bundle::VerifiedBundle<Box<dyn Read + Send>>,
+    bundle: switchback_bundle::VerifiedBundle<Box<dyn Read + Send>>,
     image: &ImageSpec,
     area: &SlotArea,
     base: Option<&[u8]>,
@@ -511,7 +511,7 @@ fn map_base(
             .map(&file)
     }
     .with_context(|| format!("mapping {} of {}", running.name(), opts.disk.display()))?;
-    image_tools::bundle::delta::check_base(manifest, &map, opts.threads).map_err(|_| mismatch())?;
+    switchback_bundle::delta::check_base(manifest, &map, opts.threads).map_err(|_| mismatch())?;
     observer.event(&Event::BaseChecked {
         slot: running.name().into(),
         digest: base.digest.to_string(),

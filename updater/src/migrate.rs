@@ -19,7 +19,6 @@ use crate::confine::Confinement;
 use crate::error::UpdateError;
 use crate::runner::run_command;
 use anyhow::{bail, Context, Result};
-use image_tools::bundle::{Envelope, Keyring, Manifest, MigrationSpec, Phase};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -27,6 +26,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use switchback_bundle::{Envelope, Keyring, Manifest, MigrationSpec, Phase};
 
 /// The schema of a device that never recorded one: the first.
 pub const INITIAL_SCHEMA: u32 = 1;
@@ -73,7 +73,7 @@ pub fn expand_chain(m: &Manifest, current: u32) -> Result<Vec<MigrationSpec>, Up
 }
 
 /// Keeps a release's migration executables, with the release's signed head
-/// ([`image_tools::bundle::VerifiedBundle::head`]), until its finalize
+/// ([`switchback_bundle::VerifiedBundle::head`]), until its finalize
 /// phase, replacing what an earlier attempt left. Synced: a power cut
 /// after the flip must not lose the finalize migrations.
 pub fn store(dir: &Path, head: &[u8], executables: &BTreeMap<String, Vec<u8>>) -> Result<()> {
@@ -520,8 +520,7 @@ pub fn finalize(
         let bytes = std::fs::read(&path)
             .map_err(|e| failed(g, format!("reading {}: {e}", path.display()), "not run"))?;
         if bytes.len() as u64 != image.size
-            || image_tools::bundle::delta::base_digest(&bytes, image.chunk_size, 1)
-                != image.digest()
+            || switchback_bundle::delta::base_digest(&bytes, image.chunk_size, 1) != image.digest()
         {
             let why = format!("{} differs from the signed release", path.display());
             return Err(failed(g, why, "not run; the release stays committed").into());

@@ -21,8 +21,8 @@ use crate::state::{now, Outcome, StateFile};
 use crate::UpdateError;
 use anyhow::Result;
 use bootctl::{BootAttrs, Disk, Slot};
-use image_tools::bundle::Keyring;
 use std::path::Path;
+use switchback_bundle::Keyring;
 
 pub fn save(state: &mut StateFile) -> Result<()> {
     state.save().map_err(|source| {

@@ -77,7 +77,7 @@ pub fn open(source: &Source, http: &HttpOptions) -> anyhow::Result<Box<dyn Read 
     Ok(match source {
         Source::File(p) => Box::new(BufReader::with_capacity(
             1 << 20,
-            File::open(p).map_err(image_tools::bundle::BundleError::io(format!(
+            File::open(p).map_err(switchback_bundle::BundleError::io(format!(
                 "opening bundle {}",
                 p.display()
             )))?,

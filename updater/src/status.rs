@@ -4,9 +4,9 @@ use crate::install::ROOTFS;
 use crate::state::{InstallRecord, StateFile};
 use bootctl::report::{slot_marks, StatusReport};
 use bootctl::{Slot, State};
-use image_tools::bundle::Manifest;
 use serde::Serialize;
 use std::fmt;
+use switchback_bundle::Manifest;
 
 #[derive(Debug, Serialize)]
 pub struct SlotStatus {

@@ -3,9 +3,9 @@
 use anyhow::{Context, Result};
 use bootctl::{host, Disk, Error as BootError};
 use clap::{Parser, Subcommand};
-use image_tools::bundle::Keyring;
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
+use switchback_bundle::Keyring;
 use updater::config::{Config, DEFAULT_PATH};
 use updater::events::{Event, JsonLines, Observer, Terminal};
 use updater::health::{health, HealthOutcome};
@@ -58,7 +58,7 @@ enum Command {
         /// Reboot into the new release when done.
         #[arg(long)]
         reboot: bool,
-        #[arg(long, default_value_t = image_tools::bundle::default_threads())]
+        #[arg(long, default_value_t = switchback_bundle::default_threads())]
         threads: usize,
         /// Over HTTP: failed attempts allowed over the whole download, with doubling waits.
         #[arg(long, default_value_t = HttpOptions::default().max_retries)]

@@ -1,4 +1,7 @@
-//! The Switchback release bundle (`.swb`), reader and writer in one place.
+//! The Switchback release bundle (`.swb`): the format, its reader (what a
+//! device needs), and, with the `writer` feature, its writer (what a
+//! vendor's build pipeline needs). `image-tools` and the updater both use
+//! this crate, so there is one definition of the format.
 //!
 //! The byte-exact specification, with test vectors, is
 //! `docs/bundle-format.md`; this is its summary:
@@ -21,6 +24,8 @@
 //! checked before anyone sees it. Everything is readable front to back from
 //! a pipe.
 
+#![forbid(unsafe_code)]
+
 pub mod delta;
 pub mod error;
 pub mod header;
@@ -29,12 +34,14 @@ pub mod manifest;
 pub mod pipeline;
 pub mod reader;
 pub mod trailer;
+#[cfg(feature = "writer")]
 pub mod writer;
 
 pub use error::BundleError;
 pub use keys::Keyring;
 pub use manifest::{ChunkSpec, Digest, ImageSpec, Manifest, MigrationSpec, Phase};
 pub use reader::{Chunk, Envelope, ReadOptions, VerifiedBundle};
+#[cfg(feature = "writer")]
 pub use writer::{build, BuildOptions, ImageSource, MigrationSource};
 
 pub const MAGIC: &[u8; 8] = b"SWBUNDLE";

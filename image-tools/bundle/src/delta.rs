@@ -14,85 +14,93 @@
 //! A reader needs only the base image and the ranges; a wrong guess costs
 //! compression, never correctness, since every chunk is hash-checked.
 
-use std::collections::HashMap;
-
-pub const BLOCK: usize = 4096;
-/// Bytes two matched runs may be apart and still merge into one range.
-const MERGE_GAP: u64 = 64 << 10;
 use super::MAX_REF_LEN;
+#[cfg(feature = "writer")]
+pub use index::{BaseIndex, BLOCK};
 
-/// Where each distinct 4 KiB block of the base first appears.
-pub struct BaseIndex<'a> {
-    base: &'a [u8],
-    blocks: HashMap<u32, u64>,
-}
+/// The writer's side: which base ranges a chunk is likely made of, and
+/// compressing against them.
+#[cfg(feature = "writer")]
+mod index {
+    use std::collections::HashMap;
 
-impl<'a> BaseIndex<'a> {
-    pub fn build(base: &'a [u8]) -> BaseIndex<'a> {
-        let mut blocks = HashMap::with_capacity(base.len() / BLOCK);
-        for (i, block) in base.chunks_exact(BLOCK).enumerate() {
-            blocks
-                .entry(crc32fast::hash(block))
-                .or_insert((i * BLOCK) as u64);
-        }
-        BaseIndex { base, blocks }
+    pub const BLOCK: usize = 4096;
+    /// Bytes two matched runs may be apart and still merge into one range.
+    const MERGE_GAP: u64 = 64 << 10;
+
+    /// Where each distinct 4 KiB block of the base first appears.
+    pub struct BaseIndex<'a> {
+        base: &'a [u8],
+        blocks: HashMap<u32, u64>,
     }
 
-    pub fn base(&self) -> &'a [u8] {
-        self.base
-    }
+    impl<'a> BaseIndex<'a> {
+        pub fn build(base: &'a [u8]) -> BaseIndex<'a> {
+            let mut blocks = HashMap::with_capacity(base.len() / BLOCK);
+            for (i, block) in base.chunks_exact(BLOCK).enumerate() {
+                blocks
+                    .entry(crc32fast::hash(block))
+                    .or_insert((i * BLOCK) as u64);
+            }
+            BaseIndex { base, blocks }
+        }
 
-    /// The base ranges to use as reference for the new chunk `data`, which
-    /// sits at `offset` in the new image; at most `max_len` bytes in all.
-    pub fn ranges_for(&self, data: &[u8], offset: u64, max_len: u64) -> Vec<[u64; 2]> {
-        let base_len = self.base.len() as u64;
-        let mut hits: Vec<u64> = data
-            .chunks_exact(BLOCK)
-            .filter_map(|b| {
-                let at = *self.blocks.get(&crc32fast::hash(b))?;
-                // Equal CRCs of unequal blocks would only waste reference.
-                (self.base[at as usize..at as usize + BLOCK] == *b).then_some(at)
-            })
-            .collect();
-        // The same region of the base: metadata blocks changed in place.
-        let own_start = offset.min(base_len);
-        let own_end = (offset + data.len() as u64).min(base_len);
-        let mut ranges: Vec<[u64; 2]> = Vec::new();
-        if own_end > own_start {
-            ranges.push([own_start, own_end - own_start]);
+        pub fn base(&self) -> &'a [u8] {
+            self.base
         }
-        hits.sort_unstable();
-        hits.dedup();
-        for at in hits {
-            ranges.push([at, BLOCK as u64]);
-        }
-        ranges.sort_unstable();
-        let mut merged: Vec<[u64; 2]> = Vec::new();
-        for [start, len] in ranges {
-            match merged.last_mut() {
-                Some(last) if start <= last[0] + last[1] + MERGE_GAP => {
-                    let end = (start + len).max(last[0] + last[1]);
-                    last[1] = end - last[0];
-                }
-                _ => merged.push([start, len]),
+
+        /// The base ranges to use as reference for the new chunk `data`, which
+        /// sits at `offset` in the new image; at most `max_len` bytes in all.
+        pub fn ranges_for(&self, data: &[u8], offset: u64, max_len: u64) -> Vec<[u64; 2]> {
+            let base_len = self.base.len() as u64;
+            let mut hits: Vec<u64> = data
+                .chunks_exact(BLOCK)
+                .filter_map(|b| {
+                    let at = *self.blocks.get(&crc32fast::hash(b))?;
+                    // Equal CRCs of unequal blocks would only waste reference.
+                    (self.base[at as usize..at as usize + BLOCK] == *b).then_some(at)
+                })
+                .collect();
+            // The same region of the base: metadata blocks changed in place.
+            let own_start = offset.min(base_len);
+            let own_end = (offset + data.len() as u64).min(base_len);
+            let mut ranges: Vec<[u64; 2]> = Vec::new();
+            if own_end > own_start {
+                ranges.push([own_start, own_end - own_start]);
             }
-        }
-        // Over budget: keep the largest ranges, in base order.
-        if merged.iter().map(|r| r[1]).sum::<u64>() > max_len {
-            let mut by_size = merged.clone();
-            by_size.sort_unstable_by(|a, b| b[1].cmp(&a[1]));
-            let mut kept = Vec::new();
-            let mut total = 0;
-            for r in by_size {
-                if total + r[1] <= max_len {
-                    total += r[1];
-                    kept.push(r);
+            hits.sort_unstable();
+            hits.dedup();
+            for at in hits {
+                ranges.push([at, BLOCK as u64]);
+            }
+            ranges.sort_unstable();
+            let mut merged: Vec<[u64; 2]> = Vec::new();
+            for [start, len] in ranges {
+                match merged.last_mut() {
+                    Some(last) if start <= last[0] + last[1] + MERGE_GAP => {
+                        let end = (start + len).max(last[0] + last[1]);
+                        last[1] = end - last[0];
+                    }
+                    _ => merged.push([start, len]),
                 }
             }
-            kept.sort_unstable();
-            merged = kept;
+            // Over budget: keep the largest ranges, in base order.
+            if merged.iter().map(|r| r[1]).sum::<u64>() > max_len {
+                let mut by_size = merged.clone();
+                by_size.sort_unstable_by(|a, b| b[1].cmp(&a[1]));
+                let mut kept = Vec::new();
+                let mut total = 0;
+                for r in by_size {
+                    if total + r[1] <= max_len {
+                        total += r[1];
+                        kept.push(r);
+                    }
+                }
+                kept.sort_unstable();
+                merged = kept;
+            }
+            merged
         }
-        merged
     }
 }
 
@@ -136,20 +144,6 @@ pub fn check_base(
     Ok(())
 }
 
-/// Maps a base image file read-only.
-pub fn map_file(path: &std::path::Path) -> Result<memmap2::Mmap, super::BundleError> {
-    let f = std::fs::File::open(path).map_err(super::BundleError::io(format!(
-        "opening base image {}",
-        path.display()
-    )))?;
-    // SAFETY: a read-only map; if the file changes under it, decoded chunks
-    // fail their hash check, nothing worse.
-    unsafe { memmap2::Mmap::map(&f) }.map_err(super::BundleError::io(format!(
-        "mapping base image {}",
-        path.display()
-    )))
-}
-
 /// Concatenates the base ranges into `out` (reused between chunks).
 pub fn assemble(base: &[u8], ranges: &[[u64; 2]], out: &mut Vec<u8>) {
     out.clear();
@@ -164,6 +158,7 @@ fn window_log(reference: usize, data: usize) -> u32 {
 }
 
 /// Compresses `data` with `reference` as prefix, one zstd frame.
+#[cfg(feature = "writer")]
 pub fn compress(data: &[u8], reference: &[u8], level: i32) -> Result<Vec<u8>, String> {
     use zstd::zstd_safe::{CCtx, CParameter};
     let err = |c: usize| zstd::zstd_safe::get_error_name(c).to_string();
@@ -202,7 +197,7 @@ pub fn decompress(frame: &[u8], reference: &[u8], out: &mut Vec<u8>) -> Result<(
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "writer"))]
 mod tests {
     use super::*;
 

@@ -17,7 +17,7 @@ pub enum BundleError {
     #[error("not a Switchback bundle (bad magic)")]
     BadMagic,
 
-    #[error("bundle format version {0} is not supported (this build reads version {reads}): rebuild the bundle with a matching image-tools", reads = crate::bundle::FORMAT_VERSION)]
+    #[error("bundle format version {0} is not supported (this build reads version {reads}): rebuild the bundle with a matching image-tools", reads = crate::FORMAT_VERSION)]
     UnsupportedVersion(u32),
 
     #[error("bundle header: {field} = {value} is out of range (limit {limit})")]

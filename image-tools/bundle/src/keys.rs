@@ -5,13 +5,18 @@
 
 use super::error::{BundleError, Result};
 use super::manifest::Digest;
-use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::pkcs8::DecodePublicKey;
+use ed25519_dalek::VerifyingKey;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+#[cfg(feature = "writer")]
+use {
+    ed25519_dalek::pkcs8::spki::der::pem::LineEnding,
+    ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey},
+    ed25519_dalek::SigningKey,
+    std::io::Write,
+    std::os::unix::fs::OpenOptionsExt,
+};
 
 pub fn key_id(key: &VerifyingKey) -> [u8; 32] {
     Digest::of(key.as_bytes()).0
@@ -30,6 +35,7 @@ fn key_err(path: &Path, reason: impl Into<String>) -> BundleError {
 }
 
 /// Creates a key pair; the private key file is readable by its owner only.
+#[cfg(feature = "writer")]
 pub fn keygen(private: &Path, public: &Path) -> Result<VerifyingKey> {
     let key = SigningKey::generate(&mut rand_core::OsRng);
     // PKCS#8 v1 (RFC 8410: the seed alone): OpenSSL 3 refuses the v2 form
@@ -66,6 +72,7 @@ fn load_pem<K, E>(path: &Path, kind: &str, decode: impl Fn(&str) -> Result<K, E>
         .ok_or_else(|| key_err(path, format!("not an ed25519 {kind} (PEM)")))
 }
 
+#[cfg(feature = "writer")]
 pub fn load_private(path: &Path) -> Result<SigningKey> {
     load_pem(path, "private key", SigningKey::from_pkcs8_pem)
 }

@@ -241,11 +241,16 @@ pub fn build(
             snapshot: m.snapshot.clone(),
         });
     }
-    let base_map = match &opts.base {
-        Some(path) => Some(delta::map_file(path)?),
+    // Read whole: a vendor's build machine has the memory, and this crate
+    // maps nothing (it forbids unsafe code).
+    let base_bytes = match &opts.base {
+        Some(path) => Some(std::fs::read(path).map_err(BundleError::io(format!(
+            "reading base image {}",
+            path.display()
+        )))?),
         None => None,
     };
-    let index = base_map.as_deref().map(BaseIndex::build);
+    let index = base_bytes.as_deref().map(BaseIndex::build);
     let specs = sources
         .iter()
         .map(|src| {
