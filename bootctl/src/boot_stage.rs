@@ -244,6 +244,36 @@ fn load_slot_kernel(dev: &str, cmdline: &str) -> Result<()> {
 }
 
 impl BootStage {
+    /// Seconds the booted release has to take the watchdog over.
+    pub const DEFAULT_WATCHDOG_S: u32 = 60;
+}
+
+/// What runs as PID 1 with no arguments: the slots found by name, the
+/// default watchdog timeout.
+impl Default for BootStage {
+    fn default() -> BootStage {
+        BootStage {
+            disk: None,
+            watchdog_timeout_s: BootStage::DEFAULT_WATCHDOG_S,
+        }
+    }
+}
+
+impl BootStage {
+    /// Runs as PID 1, where there is nobody to return to: on failure it
+    /// says why, waits, and reboots (the next boot sees one try fewer and
+    /// falls back in the end).
+    pub fn run_as_init(&self) -> ! {
+        if let Err(e) = self.run() {
+            say(&format!("FAILED: {e:#}; rebooting in 10 s"));
+        }
+        std::thread::sleep(Duration::from_secs(10));
+        let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+
     /// Runs the boot stage; returns only if no slot could be booted.
     pub fn run(&self) -> Result<()> {
         mount_basics();

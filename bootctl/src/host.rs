@@ -13,8 +13,8 @@ pub struct DiskArgs {
     #[arg(long, global = true)]
     pub disk: Option<PathBuf>,
     /// Logical sector size of a disk image (default: detected).
-    #[arg(long, global = true, value_parser = ["512", "4096"])]
-    pub sector_size: Option<String>,
+    #[arg(long, global = true)]
+    pub sector_size: Option<SectorSize>,
     /// The slot the system booted from, for disk images (on a device it
     /// comes from /proc/cmdline, and a different one is refused).
     #[arg(long, global = true)]
@@ -25,9 +25,27 @@ pub struct DiskArgs {
     pub lock_wait: u64,
 }
 
+/// The logical sector sizes a GPT disk comes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SectorSize {
+    #[value(name = "512")]
+    B512,
+    #[value(name = "4096")]
+    B4096,
+}
+
+impl SectorSize {
+    pub fn bytes(self) -> u64 {
+        match self {
+            SectorSize::B512 => 512,
+            SectorSize::B4096 => 4096,
+        }
+    }
+}
+
 impl DiskArgs {
     pub fn sector_size(&self) -> Option<u64> {
-        self.sector_size.as_deref().and_then(|s| s.parse().ok())
+        self.sector_size.map(SectorSize::bytes)
     }
 
     /// Takes the disk's lock ([`crate::lock`]) for a state-changing command.

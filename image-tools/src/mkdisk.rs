@@ -4,6 +4,7 @@
 
 use crate::size::parse_size;
 use anyhow::{bail, Context, Result};
+use bootctl::host::SectorSize;
 use bootctl::provision::{self, Layout, Provisioned};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -32,16 +33,8 @@ pub struct MkdiskOptions {
     #[arg(long)]
     pub slot_a: Option<PathBuf>,
     /// Logical sector size of the disk the image is for.
-    #[arg(long, default_value_t = 512, value_parser = parse_sector_size)]
-    pub sector_size: u64,
-}
-
-fn parse_sector_size(text: &str) -> Result<u64, String> {
-    match text {
-        "512" => Ok(512),
-        "4096" => Ok(4096),
-        _ => Err(format!("{text:?}: a sector is 512 or 4096 bytes")),
-    }
+    #[arg(long, value_enum, default_value = "512")]
+    pub sector_size: SectorSize,
 }
 
 /// One line on where everything landed.
@@ -109,7 +102,7 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
         0 => None,
         size => Some(crate::esp::build(
             size,
-            opts.sector_size,
+            opts.sector_size.bytes(),
             opts.boot_efi.as_deref(),
         )?),
     };
@@ -117,7 +110,7 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
         esp_size: opts.esp_size,
         slot_size: opts.slot_size,
         data_size: opts.data_size,
-        sector_size: opts.sector_size,
+        sector_size: opts.sector_size.bytes(),
     };
     let disk = provision::create(&opts.out, layout)?;
 

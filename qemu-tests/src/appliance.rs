@@ -114,7 +114,7 @@ impl Appliance {
             slot_size: 72 << 20,
             data_size: 16 << 20,
             slot_a: Some(v1.to_path_buf()),
-            sector_size: 512,
+            sector_size: bootctl::host::SectorSize::B512,
         };
         mkdisk(&opts).unwrap();
         out

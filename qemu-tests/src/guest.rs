@@ -481,7 +481,7 @@ pub fn disk_booting(
         slot_size,
         data_size: 4 << 20,
         slot_a: None,
-        sector_size: 512,
+        sector_size: bootctl::host::SectorSize::B512,
     })
 }
 

@@ -52,15 +52,26 @@ impl std::fmt::Display for Source {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct HttpOptions {
-    /// Failed attempts (connections refused, dropped or stalled) allowed
-    /// over the whole download.
+    /// Over HTTP: failed attempts (connections refused, dropped or
+    /// stalled) allowed over the whole download, with doubling waits.
+    #[arg(long = "retries", default_value_t = 10)]
     pub max_retries: u32,
     /// First wait between attempts; doubles each time, up to 30 s.
+    #[arg(skip = Duration::from_millis(500))]
     pub backoff: Duration,
-    /// Longest wait for any progress: connecting, the response, each read.
+    /// Over HTTP: seconds without progress (connecting, the response, each
+    /// read) before a connection is dropped and resumed.
+    #[arg(long = "idle-timeout", default_value = "30", value_parser = parse_idle_timeout)]
     pub idle_timeout: Duration,
+}
+
+fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(s @ 1..=3600) => Ok(Duration::from_secs(s)),
+        _ => Err(format!("{text:?}: give 1 to 3600 seconds")),
+    }
 }
 
 impl Default for HttpOptions {

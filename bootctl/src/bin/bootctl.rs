@@ -1,6 +1,7 @@
 //! `bootctl`: read and change which slot boots.
 
 use anyhow::Result;
+use bootctl::boot_stage::BootStage;
 use bootctl::host;
 use bootctl::report::StatusReport;
 use bootctl::{Disk, Error, Slot, DEFAULT_TRIES};
@@ -48,7 +49,7 @@ enum Command {
         /// named slot_a and slot_b).
         #[arg(long = "slots-disk")]
         slots_disk: Option<PathBuf>,
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = BootStage::DEFAULT_WATCHDOG_S)]
         watchdog_timeout: u32,
     },
     /// Run the boot selection once, persist the spent try, print the slot.
@@ -58,26 +59,9 @@ enum Command {
     },
 }
 
-/// As PID 1 there is nobody to return to: report, wait, reboot (the next
-/// boot sees one try fewer and falls back in the end).
-fn boot_stage(slots_disk: Option<PathBuf>, watchdog_timeout: u32) -> ! {
-    let stage = bootctl::boot_stage::BootStage {
-        disk: slots_disk,
-        watchdog_timeout_s: watchdog_timeout,
-    };
-    if let Err(e) = stage.run() {
-        eprintln!("switchback boot stage: FAILED: {e:#}; rebooting in 10 s");
-    }
-    std::thread::sleep(std::time::Duration::from_secs(10));
-    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(3600));
-    }
-}
-
 fn main() {
     if std::process::id() == 1 {
-        boot_stage(None, 60);
+        BootStage::default().run_as_init();
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     if let Err(e) = run(Cli::parse()) {
@@ -93,7 +77,12 @@ fn run(cli: Cli) -> Result<()> {
         watchdog_timeout,
     } = &cli.command
     {
-        boot_stage(slots_disk.clone(), *watchdog_timeout);
+        let disk = slots_disk.clone();
+        BootStage {
+            disk,
+            watchdog_timeout_s: *watchdog_timeout,
+        }
+        .run_as_init();
     }
     let cmdline = host::read_cmdline();
     let path = match cli.target.disk.clone() {
@@ -121,10 +110,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::BootStage { .. } => unreachable!("handled above: boot_stage never returns"),
         Command::Status { json } => {
             let report = StatusReport::new(&shown, &state, booted);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&report)?),
+                false => print!("{report}"),
             }
             return Ok(());
         }
@@ -133,25 +121,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::MarkBad { slot } => disk.mark_bad(named_or_booted(slot)?)?,
         Command::Rollback { json } => {
             let (target, _) = disk.rollback(booted)?;
-            if json {
-                println!("{}", serde_json::json!({ "next": target }));
-            } else {
-                println!("{target} boots next");
+            match json {
+                true => println!("{}", serde_json::json!({ "next": target })),
+                false => println!("{target} boots next"),
             }
             return Ok(());
         }
         Command::Select { json } => {
             let s = disk.select()?;
-            if json {
-                println!("{}", serde_json::to_string(&s)?);
-            } else {
-                if s.fallback {
-                    eprintln!(
-                        "bootctl: warning: no slot is bootable; trying {} anyway",
-                        s.slot
-                    );
-                }
-                println!("{}", s.slot);
+            if s.fallback {
+                eprintln!(
+                    "bootctl: warning: no slot is bootable; trying {} anyway",
+                    s.slot
+                );
+            }
+            match json {
+                true => println!("{}", serde_json::to_string(&s)?),
+                false => println!("{}", s.slot),
             }
             return Ok(());
         }

@@ -1,0 +1,213 @@
+//! What the `updater` verbs need before and after the library does the
+//! work: the device they act on (config, disk, lock, booted slot, state
+//! location checked) and the lines they print. The binary's `main.rs`
+//! parses arguments and calls these.
+
+use crate::config::Config;
+use crate::health::HealthOutcome;
+use crate::state::{HistoryEntry, StateFile};
+use crate::status::UpdaterStatus;
+use crate::UpdateError;
+use anyhow::Result;
+use bootctl::host::{self, DiskArgs};
+use bootctl::lock::DiskLock;
+use bootctl::{Disk, Error as BootError, Slot};
+use std::fmt::Write as _;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use switchback_bundle::Keyring;
+
+/// The appliance a command acts on.
+pub struct Device {
+    pub config: Config,
+    pub disk: PathBuf,
+    pub sector_size: Option<u64>,
+    pub boot_state: bootctl::State,
+    /// None on a disk image without `--booted-slot`.
+    pub booted: Option<Slot>,
+    /// Held for a state-changing command from before anything was read,
+    /// so the state acted on is current.
+    pub lock: Option<DiskLock>,
+}
+
+impl Device {
+    /// Loads the config at `config_path`, finds the disk (`--disk`, the
+    /// config's `disk`, or the disk of the running root), takes its lock
+    /// when `lock`, reads its boot flags and checks that the state
+    /// directory is where it must be.
+    pub fn open(config_path: &Path, target: &DiskArgs, lock: bool) -> Result<Device> {
+        let config = Config::load(config_path)?;
+        let cmdline = host::read_cmdline();
+        let disk = target
+            .disk
+            .clone()
+            .or_else(|| config.disk.clone())
+            .or_else(|| host::root_disk(&cmdline))
+            .ok_or_else(|| {
+                BootError::Invalid(
+                    "cannot find the disk of the running root: set `disk` in the config or pass --disk"
+                        .into(),
+                )
+            })?;
+        let sector_size = target.sector_size();
+        let lock = if lock {
+            Some(target.lock(&disk)?)
+        } else {
+            None
+        };
+        let boot_state = Disk::open(&disk, sector_size, false)?.read()?;
+        let booted = target.booted(&cmdline, &boot_state.table)?;
+        let data_devnum = std::fs::metadata(&disk)
+            .is_ok_and(|m| m.file_type().is_block_device())
+            .then(|| {
+                let data = boot_state.table.data.as_ref()?;
+                bootctl::sysfs::SysBlock::system().partition_devnum(&disk, data.index + 1)
+            });
+        crate::state::check_location(&config.state_dir(), &disk, data_devnum).map_err(
+            |reason| UpdateError::Config {
+                path: config_path.to_path_buf(),
+                reason,
+            },
+        )?;
+        Ok(Device {
+            config,
+            disk,
+            sector_size,
+            boot_state,
+            booted,
+            lock,
+        })
+    }
+
+    /// The booted slot, which installs, health checks and rollbacks need.
+    pub fn booted(&self) -> Result<Slot> {
+        Ok(self.booted.ok_or(BootError::BootedUnknown)?)
+    }
+
+    /// What `updater status` shows: flags, records and each slot's release
+    /// as its signed trailer on the disk says.
+    pub fn status(&self) -> UpdaterStatus {
+        let state = StateFile::load(&self.config.state_dir());
+        let (on_disk, warnings) = match Keyring::load_dir(&self.config.keyring) {
+            Ok(k) => crate::evidence::releases(&self.disk, &self.boot_state, &k),
+            Err(e) => ([None, None], vec![format!("{e:#}")]),
+        };
+        let mut status = UpdaterStatus::new(
+            &self.disk.display().to_string(),
+            &self.boot_state,
+            self.booted,
+            &state,
+            &on_disk,
+        );
+        status.warnings.extend(warnings);
+        status
+    }
+}
+
+/// Prints `value` as pretty JSON or as text.
+pub fn show<T: serde::Serialize + std::fmt::Display>(json: bool, value: &T) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{value}");
+    }
+    Ok(())
+}
+
+/// A technician's rollback goes ahead only when asked for with `--yes` or
+/// confirmed on the terminal.
+pub fn confirm_rollback(booted: Slot, reboot: bool, yes: bool) -> Result<()> {
+    let then = if reboot { ", and reboot now" } else { "" };
+    let question = format!(
+        "Boot {} next instead of the running {booted}{then}? [y/N] ",
+        booted.other()
+    );
+    if yes || confirm(&question)? {
+        Ok(())
+    } else {
+        Err(UpdateError::NotConfirmed.into())
+    }
+}
+
+/// Asks on the terminal; without one, the answer is no.
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    print!("{question}");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// The line `updater health` prints for a pass, or the error it exits
+/// with (a failed check reboots first unless `no_reboot`).
+pub fn health_result(outcome: HealthOutcome, booted: Slot, no_reboot: bool) -> Result<String> {
+    match outcome {
+        HealthOutcome::AlreadyGood => Ok(format!("{booted} is committed already; nothing to do")),
+        HealthOutcome::Committed { version } => Ok(format!(
+            "{booted} ({}) passed its health check and is committed",
+            version.as_deref().unwrap_or("unknown release")
+        )),
+        HealthOutcome::RolledBack {
+            from,
+            version,
+            reason,
+        } => Err(UpdateError::RolledBack {
+            slot: from,
+            version,
+            reason,
+        }
+        .into()),
+        HealthOutcome::Failed { reason, fallback } => {
+            let err = UpdateError::HealthFailed {
+                slot: booted.name(),
+                fallback: fallback.name(),
+                reason,
+            };
+            if !no_reboot {
+                eprintln!("updater: {err}; rebooting");
+                crate::reboot()?;
+            }
+            Err(err.into())
+        }
+    }
+}
+
+/// `updater history`: as JSON, the list; as text, a line an event, oldest
+/// first.
+#[derive(serde::Serialize)]
+#[serde(transparent)]
+pub struct History(pub Vec<HistoryEntry>);
+
+impl std::fmt::Display for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&history_lines(&self.0))
+    }
+}
+
+fn history_lines(history: &[HistoryEntry]) -> String {
+    let mut out = String::new();
+    for h in history {
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(h.time),
+        );
+        let _ = write!(
+            out,
+            "{when} {:<13} {:<7} {}",
+            h.event,
+            h.slot,
+            h.version.as_deref().unwrap_or("-")
+        );
+        if let Some(f) = &h.from_version {
+            let _ = write!(out, " (from {f})");
+        }
+        if let Some(r) = &h.reason {
+            let _ = write!(out, ": {r}");
+        }
+        out.push('\n');
+    }
+    out
+}
