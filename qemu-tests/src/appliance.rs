@@ -175,6 +175,16 @@ pub fn factory_with(app: &Appliance, stick: &Path, opts: Options) -> (Machine, P
     (vm, disk)
 }
 
+/// `version` boots on trial from `slot`, passes its health check, is
+/// committed and reaches its shell.
+pub fn runs_committed(vm: &mut Machine, version: &str, slot: &str) {
+    vm.expect(&format!("RELEASE {version} RUNNING ON {slot}"), BOOT)
+        .unwrap();
+    let committed = format!("{slot} ({version}) passed its health check and is committed");
+    vm.expect(&committed, STEP).unwrap();
+    vm.expect(&format!("READY {version}"), STEP).unwrap();
+}
+
 /// Back on the factory release after a failed update, told why once.
 pub fn back_on_a(vm: &mut Machine, why: &str) {
     vm.expect("switchback boot stage: selected slot_a", BOOT)

@@ -3,7 +3,7 @@
 
 use image_tools::bundle::{MigrationSource, Phase};
 use qemu_tests::appliance::{
-    back_on_a, factory, factory_with, Appliance, BOOT, HEARTBEAT_CHECK, STEP,
+    back_on_a, factory, factory_with, runs_committed, Appliance, BOOT, HEARTBEAT_CHECK, STEP,
 };
 use qemu_tests::guest::Release;
 use qemu_tests::qemu::{Bus, Options};
@@ -28,13 +28,7 @@ fn update_a_to_b_reboot_health_passes_committed() {
         .unwrap();
     vm.expect("switchback boot stage: selected slot_b", BOOT)
         .unwrap();
-    vm.expect("RELEASE 2.0.0 RUNNING ON slot_b", BOOT).unwrap();
-    vm.expect(
-        "slot_b (2.0.0) passed its health check and is committed",
-        STEP,
-    )
-    .unwrap();
-    vm.expect("READY 2.0.0", STEP).unwrap();
+    runs_committed(&mut vm, "2.0.0", "slot_b");
     vm.send("bootctl --disk /dev/vda status --json | tr -d ' \\n'; echo")
         .unwrap();
     let status = vm.expect("\"slots\":", STEP).unwrap();
@@ -73,13 +67,7 @@ fn on_nvme_the_factory_disk_boots_and_updates() {
         booting.contains("switchback.root=/dev/nvme0n1p3"),
         "{booting}"
     );
-    vm.expect("RELEASE 2.0.0 RUNNING ON slot_b", BOOT).unwrap();
-    vm.expect(
-        "slot_b (2.0.0) passed its health check and is committed",
-        STEP,
-    )
-    .unwrap();
-    vm.expect("READY 2.0.0", STEP).unwrap();
+    runs_committed(&mut vm, "2.0.0", "slot_b");
     vm.send("bootctl status --json | tr -d ' \\n'; echo; grep ' /data ' /proc/mounts")
         .unwrap();
     let status = vm.expect("\"slots\":", STEP).unwrap();
