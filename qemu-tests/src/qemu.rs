@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-const KEEP_LINES: usize = 30;
+const KEEP_LINES: usize = 120;
 
 pub struct Machine {
     /// The machine's own copy of the firmware's variable store.
