@@ -97,10 +97,7 @@ fn an_updater_killed_during_an_expand_migration_gets_the_data_restored_next_time
 
     // The next command restores the data before anything else, and settles
     // the install as failed; the flags were never flipped.
-    dev.updater("a")
-        .args(["health", "--no-reboot"])
-        .assert()
-        .success();
+    dev.health_ok("a");
     assert!(tree(&data) == before, "data not restored");
     assert!(!data.join(".switchback-snapshot").exists());
     assert_eq!(dev.state()["last_install"]["outcome"], "failed");
@@ -141,10 +138,7 @@ fn a_crash_between_the_flip_and_the_record_is_settled_from_the_flags() {
         .mark_bad(Slot::A)
         .unwrap();
     edit_state(&dev, |s| s["last_install"]["outcome"] = json!("flipping"));
-    dev.updater("b")
-        .args(["health", "--no-reboot"])
-        .assert()
-        .success();
+    dev.health_ok("b");
     assert_eq!(dev.state()["last_install"]["outcome"], "failed");
     assert!(dev.state()["slots"].get("slot_a").is_none());
 }
@@ -160,11 +154,7 @@ fn a_commit_cut_after_the_flag_is_finished_once_at_the_next_boot() {
             ..release("2.0.0")
         },
     );
-    dev.updater("a")
-        .arg("install")
-        .arg(dev.bundle(&v2))
-        .assert()
-        .success();
+    dev.install_ok("a", &v2);
     assert_eq!(dev.boot(), Slot::B);
     // The health check passed and marked slot_b good, then the power went:
     // the intent is recorded, the floor not raised, finalize not run.
@@ -174,19 +164,13 @@ fn a_commit_cut_after_the_flag_is_finished_once_at_the_next_boot() {
         .mark_good(Slot::B)
         .unwrap();
     assert_eq!(dev.state()["security_floor"], 0);
-    dev.updater("b")
-        .args(["health", "--no-reboot"])
-        .assert()
-        .success();
+    dev.health_ok("b");
     assert_eq!(dev.state()["security_floor"], 5);
     assert_eq!(dev.state()["last_install"]["outcome"], "committed");
     assert!(dev.state().get("committing").is_none());
     assert!(dev.state().get("finalize_pending").is_none());
     // Once, also after more health checks.
-    dev.updater("b")
-        .args(["health", "--no-reboot"])
-        .assert()
-        .success();
+    dev.health_ok("b");
     assert_eq!(
         std::fs::read_to_string(data.join("app/finalize.log")).unwrap(),
         "finalized\n"
@@ -200,16 +184,9 @@ fn a_lost_state_file_keeps_the_floor_and_the_releases_from_the_disk() {
         security_version: 7,
         ..release("2.0.0")
     };
-    dev.updater("a")
-        .arg("install")
-        .arg(dev.bundle(&v2))
-        .assert()
-        .success();
+    dev.install_ok("a", &v2);
     assert_eq!(dev.boot(), Slot::B);
-    dev.updater("b")
-        .args(["health", "--no-reboot"])
-        .assert()
-        .success();
+    dev.health_ok("b");
     let old = dev.bundle(&Release {
         security_version: 3,
         ..release("1.5.0")
@@ -452,16 +429,9 @@ fn a_finalize_interrupted_twice_is_given_up_not_run_each_boot() {
     let dev = device();
     let data = dev.dir.path().join("data");
     let v2 = with_finalize(&dev, release("2.0.0"));
-    dev.updater("a")
-        .arg("install")
-        .arg(dev.bundle(&v2))
-        .assert()
-        .success();
+    dev.install_ok("a", &v2);
     assert_eq!(dev.boot(), Slot::B);
-    dev.updater("b")
-        .args(["health", "--no-reboot"])
-        .assert()
-        .success();
+    dev.health_ok("b");
     assert_eq!(
         std::fs::read_to_string(data.join("app/finalize.log")).unwrap(),
         "finalized\n"
@@ -472,10 +442,7 @@ fn a_finalize_interrupted_twice_is_given_up_not_run_each_boot() {
         s["finalize_attempts"] = json!(2);
         s["finalized"] = serde_json::Value::Null;
     });
-    dev.updater("b")
-        .args(["health", "--no-reboot"])
-        .assert()
-        .success();
+    dev.health_ok("b");
     assert!(dev
         .history()
         .contains(&("finalize-failed".into(), "slot_b".into())));
@@ -511,11 +478,7 @@ fn a_kept_finalize_executable_that_was_altered_is_not_run() {
     let dev = device();
     let data = dev.dir.path().join("data");
     let v2 = with_finalize(&dev, release("2.0.0"));
-    dev.updater("a")
-        .arg("install")
-        .arg(dev.bundle(&v2))
-        .assert()
-        .success();
+    dev.install_ok("a", &v2);
     // Between the install and the commit, someone swaps the kept program.
     let kept = dev.dir.path().join("state/migrations/2.0.0/migration-2");
     assert!(kept.exists(), "{}", kept.display());
@@ -525,10 +488,7 @@ fn a_kept_finalize_executable_that_was_altered_is_not_run() {
     )
     .unwrap();
     assert_eq!(dev.boot(), Slot::B);
-    dev.updater("b")
-        .args(["health", "--no-reboot"])
-        .assert()
-        .success();
+    dev.health_ok("b");
     assert!(
         !data.join("app/finalize.log").exists(),
         "an altered program ran"
@@ -578,9 +538,6 @@ fn a_record_that_cannot_be_saved_after_the_flip_says_the_flip_took_effect() {
     std::fs::rename(state_dir.with_extension("away"), &state_dir).unwrap();
     assert_eq!(dev.state()["last_install"]["outcome"], "flipping");
     assert_eq!(dev.boot(), Slot::B);
-    dev.updater("b")
-        .args(["health", "--no-reboot"])
-        .assert()
-        .success();
+    dev.health_ok("b");
     assert_eq!(dev.state()["last_install"]["outcome"], "committed");
 }

@@ -52,11 +52,7 @@ fn install_commit_health_failure_and_exhausted_tries_roll_back() {
         ],
         ..release("2.0.0")
     };
-    dev.updater("a")
-        .arg("install")
-        .arg(dev.bundle(&v2))
-        .assert()
-        .success();
+    dev.install_ok("a", &v2);
     assert!(data_dir.join("app/records-v1").exists() && data_dir.join("app/records-v2").exists());
     assert_eq!(dev.state()["data_schema"], 2);
     assert_eq!(dev.boot(), Slot::B);
@@ -97,11 +93,7 @@ fn install_commit_health_failure_and_exhausted_tries_roll_back() {
         security_version: 2,
         ..release("3.0.0")
     };
-    dev.updater("b")
-        .arg("install")
-        .arg(dev.bundle(&v3))
-        .assert()
-        .success();
+    dev.install_ok("b", &v3);
     assert_eq!(dev.boot(), Slot::A);
     dev.updater("a")
         .args(["health", "--no-reboot"])
@@ -123,26 +115,16 @@ fn install_commit_health_failure_and_exhausted_tries_roll_back() {
         .stderr(contains(
             "slot_a (3.0.0) was rolled back: health check \"database\" failed",
         ));
-    dev.updater("b")
-        .args(["health", "--no-reboot"])
-        .assert()
-        .success();
+    dev.health_ok("b");
 
     // v3.0.1 never reaches its health check: every boot of it hangs.
     let v31 = Release {
         security_version: 2,
         ..release("3.0.1")
     };
-    dev.updater("b")
-        .arg("install")
-        .arg(dev.bundle(&v31))
-        .assert()
-        .success();
+    dev.install_ok("b", &v31);
     // Before the reboot, the health check on the old slot reports nothing.
-    dev.updater("b")
-        .args(["health", "--no-reboot"])
-        .assert()
-        .success();
+    dev.health_ok("b");
     for _ in 0..4 {
         assert_eq!(
             dev.boot(),
@@ -204,10 +186,7 @@ fn technician_rolls_back_and_forth_only_to_proven_releases() {
         .assert()
         .success();
     assert_eq!(dev.boot(), Slot::B);
-    dev.updater("b")
-        .args(["health", "--no-reboot"])
-        .assert()
-        .success();
+    dev.health_ok("b");
 
     // Without a terminal to ask on, no --yes means no.
     dev.updater("b")
@@ -318,10 +297,7 @@ fn the_only_committed_release_is_never_overwritten() {
         ));
     assert!(std::fs::read(&dev.disk).unwrap() == before, "disk written");
     // Committed, it may.
-    dev.updater("b")
-        .args(["health", "--no-reboot"])
-        .assert()
-        .success();
+    dev.health_ok("b");
     dev.updater("b").arg("install").arg(&v3).assert().success();
 }
 

@@ -52,11 +52,7 @@ echo "$SWITCHBACK_PHASE $SWITCHBACK_FROM->$SWITCHBACK_TO" >> "$SWITCHBACK_DATA_D
         ],
         ..release("2.0.0")
     };
-    dev.updater("a")
-        .arg("install")
-        .arg(dev.bundle(&v2))
-        .assert()
-        .success();
+    dev.install_ok("a", &v2);
     // Before the reboot: the expanded schema is there, the old data too.
     assert_eq!(
         std::fs::read_to_string(data.join("app/migrations.log")).unwrap(),
@@ -70,10 +66,7 @@ echo "$SWITCHBACK_PHASE $SWITCHBACK_FROM->$SWITCHBACK_TO" >> "$SWITCHBACK_DATA_D
     );
 
     assert_eq!(dev.boot(), Slot::B);
-    dev.updater("b")
-        .args(["health", "--no-reboot"])
-        .assert()
-        .success();
+    dev.health_ok("b");
     assert_eq!(
         std::fs::read_to_string(data.join("app/migrations.log")).unwrap(),
         "expand 1->2 into slot_b\nfinalize 1->2\n"

@@ -173,6 +173,24 @@ impl Device {
         c
     }
 
+    /// `updater install` of `r`'s bundle, booted from `booted`, which must
+    /// succeed.
+    pub fn install_ok(&self, booted: &str, r: &Release) {
+        self.updater(booted)
+            .arg("install")
+            .arg(self.bundle(r))
+            .assert()
+            .success();
+    }
+
+    /// `updater health --no-reboot` on `booted`, which must succeed.
+    pub fn health_ok(&self, booted: &str) {
+        self.updater(booted)
+            .args(["health", "--no-reboot"])
+            .assert()
+            .success();
+    }
+
     pub fn read(&self, offset: u64, len: u64) -> Vec<u8> {
         let mut buf = vec![0u8; len as usize];
         std::fs::File::open(&self.disk)
