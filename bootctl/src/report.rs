@@ -6,6 +6,17 @@ use crate::slots::Slot;
 use serde::Serialize;
 use std::fmt;
 
+/// Prints `value` as pretty JSON or as text: how every Switchback command
+/// shows a report.
+pub fn show<T: Serialize + fmt::Display>(json: bool, value: &T) -> serde_json::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{value}");
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SlotReport {
     pub name: Slot,

@@ -180,6 +180,53 @@ pub fn build(args: BuildArgs, base: Option<PathBuf>) -> Result<String> {
     ))
 }
 
+/// `image-tools swu`: a signed bundle wrapped for fleet servers that
+/// take SWUpdate files (docs/fleet.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SwuArgs {
+    /// The signed bundle (.swb).
+    pub bundle: PathBuf,
+    /// The bundle is checked against these keys before it is wrapped.
+    #[command(flatten)]
+    pub trust: Trust,
+    /// A hardware revision the release fits (what devices report as
+    /// `hw_revision`); repeat for several.
+    #[arg(long = "hw-revision", required = true)]
+    pub hw_revisions: Vec<String>,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = default_threads())]
+    pub threads: usize,
+}
+
+/// Verifies the bundle as `verify` does, then writes the `.swu` next to
+/// its final name and renames it there, so no half-written wrapper is left.
+pub fn swu(args: &SwuArgs) -> Result<String> {
+    let (manifest, signer) =
+        crate::ops::verify(&args.bundle, &args.trust.load()?, args.threads, None)?;
+    let dir = match args.out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    {
+        let mut out = std::io::BufWriter::new(tmp.as_file_mut());
+        bundle::swu::wrap(&args.bundle, &manifest, &args.hw_revisions, &mut out)?;
+        std::io::Write::flush(&mut out)
+            .with_context(|| format!("writing {}", args.out.display()))?;
+    }
+    tmp.persist(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    Ok(format!(
+        "{}: {} {} (signed by {signer}) wrapped for hardware revision(s) {}",
+        args.out.display(),
+        manifest.compatible,
+        manifest.version,
+        args.hw_revisions.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

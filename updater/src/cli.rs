@@ -4,7 +4,10 @@
 //! parses arguments and calls these.
 
 use crate::config::Config;
+use crate::events::{JsonLines, Observer, Terminal};
+use crate::fleet::{Client, FleetOptions};
 use crate::health::HealthOutcome;
+use crate::source::{HttpOptions, Source};
 use crate::state::{HistoryEntry, StateFile};
 use crate::status::UpdaterStatus;
 use crate::UpdateError;
@@ -20,6 +23,7 @@ use switchback_bundle::Keyring;
 /// The appliance a command acts on.
 pub struct Device {
     pub config: Config,
+    pub config_path: PathBuf,
     pub disk: PathBuf,
     pub sector_size: Option<u64>,
     pub boot_state: bootctl::State,
@@ -71,6 +75,7 @@ impl Device {
         )?;
         Ok(Device {
             config,
+            config_path: config_path.to_path_buf(),
             disk,
             sector_size,
             boot_state,
@@ -102,16 +107,6 @@ impl Device {
         status.warnings.extend(warnings);
         status
     }
-}
-
-/// Prints `value` as pretty JSON or as text.
-pub fn show<T: serde::Serialize + std::fmt::Display>(json: bool, value: &T) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    } else {
-        print!("{value}");
-    }
-    Ok(())
 }
 
 /// A technician's rollback goes ahead only when asked for with `--yes` or
@@ -210,4 +205,96 @@ fn history_lines(history: &[HistoryEntry]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstallArgs {
+    pub source: Source,
+    /// Install a lower version than the one running.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Reboot into the new release when done.
+    #[arg(long)]
+    pub reboot: bool,
+    #[arg(long, default_value_t = switchback_bundle::default_threads())]
+    pub threads: usize,
+    #[command(flatten)]
+    pub http: HttpOptions,
+}
+
+/// `updater install`: installs, says what happened, reboots if asked.
+pub fn install(dev: &Device, args: InstallArgs, json: bool) -> Result<()> {
+    use anyhow::Context;
+    let opts = crate::install::InstallOptions {
+        disk: dev.disk.clone(),
+        sector_size: dev.sector_size,
+        booted: dev.booted()?,
+        allow_downgrade: args.allow_downgrade,
+        threads: args.threads,
+    };
+    let input = crate::source::open(&args.source, &args.http)?;
+    let mut observer: Box<dyn Observer> = match json {
+        true => Box::new(JsonLines),
+        false => Box::<Terminal>::default(),
+    };
+    let done = crate::install::install(&dev.config, input, &opts, observer.as_mut())
+        .with_context(|| format!("installing {}", args.source))?;
+    if !json {
+        let (m, slot) = (&done.manifest, done.slot);
+        println!(
+            "{} {} installed into {slot}; it boots on trial at the next reboot",
+            m.compatible, m.version
+        );
+    }
+    if args.reboot {
+        crate::reboot()?;
+    } else if !json {
+        println!("reboot to activate it (or run with --reboot)");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FleetArgs {
+    /// Poll once, act on what the server says, and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Never reboot, whatever the config says (tests, manual runs).
+    #[arg(long)]
+    pub no_reboot: bool,
+    #[arg(long, default_value_t = switchback_bundle::default_threads())]
+    pub threads: usize,
+    #[command(flatten)]
+    pub http: HttpOptions,
+}
+
+/// `updater fleet`: one cycle with `--once` (printing what it did),
+/// otherwise polling until stopped.
+pub fn fleet(dev: &Device, args: FleetArgs) -> Result<()> {
+    let Some(fleet) = &dev.config.fleet else {
+        return Err(UpdateError::Config {
+            path: dev.config_path.clone(),
+            reason: "it has no `fleet` section (url, controller_id, token_file, hw_revision)"
+                .into(),
+        }
+        .into());
+    };
+    let client = Client {
+        config: &dev.config,
+        fleet,
+        disk: dev.disk.clone(),
+        sector_size: dev.sector_size,
+        booted: dev.booted()?,
+        opts: FleetOptions {
+            no_reboot: args.no_reboot,
+            threads: args.threads,
+            http: args.http,
+        },
+    };
+    if !args.once {
+        client.serve();
+    }
+    let (done, _) = client.cycle()?;
+    println!("{done}");
+    Ok(())
 }

@@ -34,6 +34,114 @@ pub struct Config {
     /// Longest a single data migration may run.
     #[serde(default = "default_migration_timeout")]
     pub migration_timeout_s: u64,
+    /// Updates from a hawkBit DDI server (`updater fleet`, docs/fleet.md).
+    #[serde(default)]
+    pub fleet: Option<Fleet>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    /// The server, e.g. `https://updates.example.com` (no tenant, no path).
+    pub url: String,
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// This device's name on the server.
+    pub controller_id: String,
+    /// File holding the device's security token (`TargetToken`).
+    pub token_file: PathBuf,
+    /// Reported as `hw_revision`; the server matches releases to it.
+    pub hw_revision: String,
+    /// PEM CA certificates to trust instead of the built-in roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Reboot into a release as soon as it is installed.
+    #[serde(default = "default_true")]
+    pub reboot: bool,
+    /// Poll at least this often, whatever the server asks (seconds).
+    #[serde(default = "default_max_poll")]
+    pub max_poll_s: u64,
+}
+
+impl Fleet {
+    /// `{url}/{tenant}/controller/v1/{controller_id}`: where DDI lives.
+    pub fn controller_url(&self) -> String {
+        format!(
+            "{}/{}/controller/v1/{}",
+            self.url.trim_end_matches('/'),
+            self.tenant,
+            self.controller_id
+        )
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let url = self.url.trim_end_matches('/');
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or_else(|| {
+                format!("field `fleet.url` ({url}) must start with http:// or https://")
+            })?;
+        if rest.is_empty() || rest.contains(['?', '#', ' ']) {
+            return Err(format!(
+                "field `fleet.url` ({url}) must be the server's address, without query or spaces"
+            ));
+        }
+        // Both become path segments of every request.
+        for (field, value) in [
+            ("tenant", &self.tenant),
+            ("controller_id", &self.controller_id),
+        ] {
+            let ok = !value.is_empty()
+                && value.len() <= 128
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+            if !ok || value.starts_with('.') {
+                return Err(format!(
+                    "field `fleet.{field}` ({value:?}) must be 1 to 128 letters, digits, '-', '_', '.' or ':'"
+                ));
+            }
+        }
+        if self.hw_revision.is_empty() || self.hw_revision.chars().any(char::is_control) {
+            return Err("field `fleet.hw_revision` must be a non-empty line".into());
+        }
+        let mut paths = vec![("fleet.token_file", &self.token_file)];
+        paths.extend(self.ca_file.as_ref().map(|p| ("fleet.ca_file", p)));
+        for (field, p) in paths {
+            if !p.is_absolute() {
+                return Err(format!(
+                    "field `{field}` ({}) must be an absolute path",
+                    p.display()
+                ));
+            }
+        }
+        if !(1..=MAX_SECONDS).contains(&self.max_poll_s) {
+            return Err(format!(
+                "field `fleet.max_poll_s` must be 1 to {MAX_SECONDS} seconds, not {}",
+                self.max_poll_s
+            ));
+        }
+        Ok(())
+    }
+
+    /// The device's token, read when it is needed (it may be rotated).
+    pub fn token(&self) -> Result<String, String> {
+        let text = std::fs::read_to_string(&self.token_file).map_err(|e| {
+            format!(
+                "cannot read the fleet token {}: {e}",
+                self.token_file.display()
+            )
+        })?;
+        let token = text.trim();
+        if token.is_empty() || token.chars().any(|c| !c.is_ascii_graphic()) {
+            return Err(format!(
+                "the fleet token {} must be one line of printable characters",
+                self.token_file.display()
+            ));
+        }
+        Ok(token.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +173,15 @@ pub struct Check {
     pub timeout_s: u64,
 }
 
+fn default_tenant() -> String {
+    "DEFAULT".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_poll() -> u64 {
+    3600
+}
 fn default_tries() -> u8 {
     bootctl::DEFAULT_TRIES
 }
@@ -163,6 +280,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(f) = &self.fleet {
+            f.validate()?;
+        }
         Ok(())
     }
 
@@ -238,6 +358,22 @@ mod tests {
             (
                 r#"{"compatible":"a","keyring":"/","data_dir":"/","health":{"checks":[{"name":"x","command":["true"],"timeout_s":18446744073709551615}]}}"#,
                 "`health.checks[0].timeout_s` must be 1 to 86400",
+            ),
+            (
+                r#"{"compatible":"a","keyring":"/","data_dir":"/","fleet":{"url":"ftp://x","controller_id":"d","token_file":"/t","hw_revision":"1"}}"#,
+                "`fleet.url` (ftp://x) must start with http:// or https://",
+            ),
+            (
+                r#"{"compatible":"a","keyring":"/","data_dir":"/","fleet":{"url":"http://x","controller_id":"../admin","token_file":"/t","hw_revision":"1"}}"#,
+                "`fleet.controller_id` (\"../admin\") must be 1 to 128",
+            ),
+            (
+                r#"{"compatible":"a","keyring":"/","data_dir":"/","fleet":{"url":"http://x","controller_id":"d","token_file":"t","hw_revision":"1"}}"#,
+                "`fleet.token_file` (t) must be an absolute path",
+            ),
+            (
+                r#"{"compatible":"a","keyring":"/","data_dir":"/","fleet":{"url":"http://x","controller_id":"d","token_file":"/t","hw_revision":"1","poll":5}}"#,
+                "unknown field `poll`",
             ),
         ];
         for (text, message) in cases {

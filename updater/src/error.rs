@@ -157,6 +157,10 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
                 .or(wrapped)
                 .map(UpdateError::exit_code)
                 .or(busy.then_some(47))
+                .or_else(|| {
+                    c.downcast_ref::<crate::fleet::ddi::DdiError>()
+                        .map(crate::fleet::ddi::DdiError::exit_code)
+                })
         })
         .or_else(|| {
             // A bundle's or the disk's own error keeps its code.

@@ -9,6 +9,7 @@ pub mod confine;
 pub mod error;
 pub mod events;
 pub mod evidence;
+pub mod fleet;
 pub mod health;
 pub mod install;
 pub mod migrate;

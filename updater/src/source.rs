@@ -84,8 +84,10 @@ impl Default for HttpOptions {
     }
 }
 
+/// Opens `source`. A bundle wrapped for fleet servers (`.swu`) is
+/// unwrapped here, so every way in takes both forms.
 pub fn open(source: &Source, http: &HttpOptions) -> anyhow::Result<Box<dyn Read + Send>> {
-    Ok(match source {
+    let raw: Box<dyn Read + Send> = match source {
         Source::File(p) => Box::new(BufReader::with_capacity(
             1 << 20,
             File::open(p).map_err(switchback_bundle::BundleError::io(format!(
@@ -95,12 +97,27 @@ pub fn open(source: &Source, http: &HttpOptions) -> anyhow::Result<Box<dyn Read 
         )),
         Source::Stdin => Box::new(BufReader::with_capacity(1 << 20, io::stdin())),
         Source::Url(u) => Box::new(HttpReader::new(u, http.clone())?),
-    })
+    };
+    unwrap(raw, &source.to_string())
+}
+
+/// The bundle inside `raw`, which is a bundle or a `.swu` wrapping one.
+pub fn unwrap(raw: Box<dyn Read + Send>, name: &str) -> anyhow::Result<Box<dyn Read + Send>> {
+    let opened = switchback_bundle::swu::open(raw)?;
+    if let switchback_bundle::swu::Opened::Wrapped { member, .. } = &opened {
+        log::info!(
+            "{name}: a .swu wrapper; its bundle {} ({} bytes) is what is checked",
+            member.name,
+            member.size
+        );
+    }
+    Ok(Box::new(opened))
 }
 
 /// A `Read` over an HTTP body that survives dropped connections.
 pub struct HttpReader {
     agent: ureq::Agent,
+    authorization: Option<String>,
     url: String,
     opts: HttpOptions,
     /// Bytes delivered to our reader so far.
@@ -190,20 +207,64 @@ fn describe(e: &ureq::Error, idle: Duration) -> (bool, String) {
     }
 }
 
+/// An HTTP agent that drops a connection after `idle` without progress,
+/// trusting the CA certificates in the PEM file `ca` instead of the
+/// built-in roots when one is given. With `status_as_error`, a 4xx or 5xx
+/// answer is an error; without, the caller reads its status and headers.
+pub fn agent(
+    idle: Duration,
+    ca: Option<&std::path::Path>,
+    status_as_error: bool,
+) -> anyhow::Result<ureq::Agent> {
+    use anyhow::Context;
+    let idle = Some(idle);
+    let mut config = ureq::Agent::config_builder()
+        .timeout_connect(idle)
+        .timeout_send_request(idle)
+        .timeout_recv_response(idle)
+        .timeout_per_read(idle)
+        .timeout_recv_body(None)
+        .http_status_as_error(status_as_error);
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading CA file {}", ca.display()))?;
+        let certs = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("CA file {} is not PEM", ca.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!("CA file {} holds no certificate", ca.display());
+        }
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                .build(),
+        );
+    }
+    Ok(config.build().into())
+}
+
 impl HttpReader {
     pub fn new(url: &str, opts: HttpOptions) -> anyhow::Result<HttpReader> {
-        let idle = Some(opts.idle_timeout);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_connect(idle)
-            .timeout_send_request(idle)
-            .timeout_recv_response(idle)
-            .timeout_per_read(idle)
-            .timeout_recv_body(None)
-            .build()
-            .into();
+        let agent = agent(opts.idle_timeout, None, true)?;
+        HttpReader::with_agent(url, opts, agent, None)
+    }
+
+    /// Over `agent`, sending `authorization` (an `Authorization` header
+    /// value) with every request.
+    pub fn with_agent(
+        url: &str,
+        opts: HttpOptions,
+        agent: ureq::Agent,
+        authorization: Option<String>,
+    ) -> anyhow::Result<HttpReader> {
         let retries = opts.max_retries;
         let mut r = HttpReader {
             agent,
+            authorization,
             url: url.into(),
             opts,
             pos: 0,
@@ -221,6 +282,9 @@ impl HttpReader {
 
     fn connect_once(&mut self) -> Result<(), (bool, io::Error)> {
         let mut req = self.agent.get(&self.url);
+        if let Some(a) = &self.authorization {
+            req = req.header("Authorization", a.as_str());
+        }
         if self.pos > 0 {
             req = req.header("Range", format!("bytes={}-", self.pos));
             if let Some(v) = &self.validator {

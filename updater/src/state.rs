@@ -74,6 +74,42 @@ pub struct HistoryEntry {
     pub reason: Option<String>,
 }
 
+/// Where a fleet server's deployment stands on this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FleetPhase {
+    /// Being downloaded and written (or cut short: tried again when the
+    /// server offers it again).
+    Installing,
+    /// Installed; waits for the reboot and the health check's verdict.
+    Installed,
+    /// Finished; `report` is still to be sent.
+    Done,
+}
+
+/// A deployment from the fleet server, kept so that it survives the reboot
+/// into the new release, a lost connection and a power cut.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetAction {
+    /// The server's action id.
+    pub id: String,
+    /// The artifact's name on the server, for messages.
+    pub artifact: String,
+    pub phase: FleetPhase,
+    pub started_at: u64,
+    /// Installs started for this action; after a third cut short it is
+    /// reported as failed instead of tried again.
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<FleetReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetReport {
+    pub success: bool,
+    pub details: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub format: u32,
@@ -103,6 +139,13 @@ pub struct State {
     /// The last release whose finalize migrations took effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finalized: Option<String>,
+    /// The fleet server's deployment under way, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetAction>,
+    /// The attributes last sent to the fleet server (sent again only when
+    /// they change or the server asks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_attributes: Option<BTreeMap<String, String>>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -122,6 +165,8 @@ impl Default for State {
             finalize_pending: None,
             finalize_attempts: 0,
             finalized: None,
+            fleet: None,
+            fleet_attributes: None,
         }
     }
 }

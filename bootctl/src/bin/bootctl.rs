@@ -109,11 +109,7 @@ fn run(cli: Cli) -> Result<()> {
     let after = match cli.command {
         Command::BootStage { .. } => unreachable!("handled above: boot_stage never returns"),
         Command::Status { json } => {
-            let report = StatusReport::new(&shown, &state, booted);
-            match json {
-                true => println!("{}", serde_json::to_string_pretty(&report)?),
-                false => print!("{report}"),
-            }
+            bootctl::report::show(json, &StatusReport::new(&shown, &state, booted))?;
             return Ok(());
         }
         Command::SetActive { slot, tries } => disk.set_active(slot, tries)?,

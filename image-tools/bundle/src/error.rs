@@ -67,6 +67,9 @@ pub enum BundleError {
     #[error("bundle has data after its last payload chunk")]
     TrailingData,
 
+    #[error("not a Switchback release wrapper (.swu): {0}")]
+    Wrapper(String),
+
     #[error("{path}: {reason}")]
     Key { path: PathBuf, reason: String },
 
@@ -101,6 +104,7 @@ impl BundleError {
             BundleError::NoSuchImage(_) => 33,
             BundleError::NeedsBase { .. } => 34,
             BundleError::WrongBase { .. } => 35,
+            BundleError::Wrapper(_) => 37,
         }
     }
 

@@ -33,6 +33,7 @@ pub mod keys;
 pub mod manifest;
 pub mod pipeline;
 pub mod reader;
+pub mod swu;
 pub mod trailer;
 #[cfg(feature = "writer")]
 pub mod writer;

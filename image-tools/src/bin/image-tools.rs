@@ -75,6 +75,8 @@ enum Command {
     Mkdisk(MkdiskOptions),
     /// Make the boot stage's EFI program: systemd's EFI stub with a kernel, an initramfs and a command line (a UKI).
     Uki(UkiOptions),
+    /// Wrap a signed bundle as a SWUpdate-style .swu for fleet servers.
+    Swu(cli::SwuArgs),
 }
 
 fn main() {
@@ -94,14 +96,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Build(args) => println!("{}", cli::build(args, None)?),
         Command::Delta { base, args } => println!("{}", cli::build(args, Some(base))?),
-        Command::Inspect { bundle, json } => {
-            let report = ops::inspect(&bundle)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
-        }
+        Command::Inspect { bundle, json } => bootctl::report::show(json, &ops::inspect(&bundle)?)?,
         Command::Verify {
             bundle,
             trust,
@@ -143,6 +138,7 @@ fn run(cli: Cli) -> Result<()> {
             uki::build(&opts)?;
             println!("{}: the boot stage as an EFI program", opts.out.display());
         }
+        Command::Swu(args) => println!("{}", cli::swu(&args)?),
     }
     Ok(())
 }

@@ -1,14 +1,15 @@
 //! `updater`: install releases into the inactive slot, report status.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bootctl::host;
+use bootctl::report::show;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use updater::cli::{confirm_rollback, health_result, show, Device, History};
+use updater::cli::{
+    confirm_rollback, fleet, health_result, install, Device, FleetArgs, History, InstallArgs,
+};
 use updater::config::DEFAULT_PATH;
-use updater::events::{Event, JsonLines, Observer, Terminal};
-use updater::install::{install, InstallOptions};
-use updater::source::{self, HttpOptions, Source};
+use updater::events::{Event, JsonLines, Observer};
 use updater::state::StateFile;
 
 #[derive(Parser)]
@@ -31,20 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install a bundle (a file, `-` for standard input, or an http(s) URL) into the inactive slot.
-    Install {
-        source: Source,
-        /// Install a lower version than the one running.
-        #[arg(long)]
-        allow_downgrade: bool,
-        /// Reboot into the new release when done.
-        #[arg(long)]
-        reboot: bool,
-        #[arg(long, default_value_t = switchback_bundle::default_threads())]
-        threads: usize,
-        #[command(flatten)]
-        http: HttpOptions,
-    },
+    /// Install a bundle or a wrapped .swu (a file, `-` for standard input, or an http(s) URL) into the inactive slot.
+    Install(InstallArgs),
     /// The slots, their releases and boot flags, and the last install.
     Status,
     /// Post-boot health check: commit the booted release, or mark it bad and
@@ -64,6 +53,9 @@ enum Command {
     },
     /// Every install, commit and rollback with time, versions and reason.
     History,
+    /// Take updates from the hawkBit DDI server in the config's `fleet`
+    /// section: poll until stopped, or once with --once.
+    Fleet(FleetArgs),
 }
 
 fn main() {
@@ -84,49 +76,15 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     // Rollback takes the lock after its question: nobody waits on a
     // technician's answer.
-    let lock = matches!(
-        cli.command,
-        Command::Install { .. } | Command::Health { .. }
-    );
+    let lock = matches!(cli.command, Command::Install(_) | Command::Health { .. });
     let mut dev = Device::open(&cli.config, &cli.target, lock)?;
     match cli.command {
-        Command::Install {
-            source,
-            allow_downgrade,
-            reboot,
-            threads,
-            http,
-        } => {
-            let opts = InstallOptions {
-                disk: dev.disk.clone(),
-                sector_size: dev.sector_size,
-                booted: dev.booted()?,
-                allow_downgrade,
-                threads,
-            };
-            let input = source::open(&source, &http)?;
-            let mut observer: Box<dyn Observer> = match cli.json {
-                true => Box::new(JsonLines),
-                false => Box::<Terminal>::default(),
-            };
-            let done = install(&dev.config, input, &opts, observer.as_mut())
-                .with_context(|| format!("installing {source}"))?;
-            if !cli.json {
-                let (m, slot) = (&done.manifest, done.slot);
-                println!(
-                    "{} {} installed into {slot}; it boots on trial at the next reboot",
-                    m.compatible, m.version
-                );
-            }
-            if reboot {
-                updater::reboot()?;
-            } else if !cli.json {
-                println!("reboot to activate it (or run with --reboot)");
-            }
-        }
+        Command::Install(args) => install(&dev, args, cli.json)?,
         Command::Health { no_reboot } => {
             let booted = dev.booted()?;
             let outcome = updater::health::health(&dev.config, &dev.disk, dev.sector_size, booted)?;
+            // The fleet server hears the verdict before any reboot.
+            updater::fleet::report_after_health(&dev.config, &dev.disk);
             println!("{}", health_result(outcome, booted, no_reboot)?);
         }
         Command::Rollback { yes, no_reboot } => {
@@ -145,6 +103,7 @@ fn run(cli: Cli) -> Result<()> {
             show(cli.json, &History(history))?;
         }
         Command::Status => show(cli.json, &dev.status())?,
+        Command::Fleet(args) => fleet(&dev, args)?,
     }
     Ok(())
 }

@@ -1,0 +1,597 @@
+//! `updater fleet`: updates from a hawkBit DDI server (docs/fleet.md).
+//!
+//! Each cycle: send what is still to be reported, poll, send the device's
+//! attributes when they changed, then act on a cancel or a deployment. A
+//! deployment streams the artifact (a `.swu` or `.swb`) straight into the
+//! inactive slot through [`crate::install`], and the device reboots into
+//! it on trial. Success is reported only when `updater health` has
+//! committed the release; failure when the install, the check or the boot
+//! failed. The action and its phase live in the state file, so they
+//! survive the reboot, a lost connection and a power cut:
+//!
+//! | phase        | what a crash or reboot there leads to                        |
+//! |--------------|--------------------------------------------------------------|
+//! | `installing` | the slot was never flipped: tried again when offered again,  |
+//! |              | reported failed after [`MAX_ATTEMPTS`] starts                |
+//! | `installed`  | settled from the install record once health has run          |
+//! | `done`       | the report is sent again until the server takes it           |
+
+pub mod ddi;
+
+use crate::config::Config;
+use crate::error::UpdateError;
+use crate::events::{Event, Observer};
+use crate::install::{install, InstallOptions};
+use crate::recover::{recover, save};
+use crate::source::{self, HttpOptions, HttpReader};
+use crate::state::{now, FleetAction, FleetPhase, FleetReport, Outcome, State, StateFile};
+use anyhow::Result;
+use bootctl::{Disk, Slot};
+use ddi::{Ddi, DdiError, Deployment};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Installs started for one action before it is reported as failed.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Wait after the first failed poll; doubles up to `max_poll_s`.
+const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+/// Poll interval when the server names none.
+const DEFAULT_SLEEP: Duration = Duration::from_secs(60);
+
+/// What one cycle did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cycle {
+    /// Nothing to do.
+    Idle,
+    /// The result of an action was reported.
+    Reported { id: String, success: bool },
+    /// A release was installed; the device reboots into it (unless told not to).
+    Installed {
+        id: String,
+        version: String,
+        slot: Slot,
+    },
+    /// The server canceled an action before it was installed.
+    Canceled { id: String },
+    /// The server asked to cancel an action already installed: refused.
+    CancelRefused { id: String },
+    /// There is work, but not now (a trial pending, a maintenance window).
+    Waiting(String),
+}
+
+impl std::fmt::Display for Cycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cycle::Idle => f.write_str("nothing to do"),
+            Cycle::Reported { id, success } => {
+                let what = if *success { "success" } else { "failure" };
+                write!(f, "action {id}: reported {what}")
+            }
+            Cycle::Installed { id, version, slot } => write!(
+                f,
+                "action {id}: {version} installed into {slot}; it boots on trial next, and success is reported once its health check commits it"
+            ),
+            Cycle::Canceled { id } => write!(f, "action {id}: canceled by the server before anything was written"),
+            Cycle::CancelRefused { id } => write!(f, "action {id}: cancel refused, the release is already installed"),
+            Cycle::Waiting(why) => f.write_str(why),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Never reboot (tests, manual runs), whatever the config says.
+    pub no_reboot: bool,
+    pub threads: usize,
+    pub http: HttpOptions,
+}
+
+/// A device as the fleet client sees it.
+pub struct Client<'a> {
+    pub config: &'a Config,
+    pub fleet: &'a crate::config::Fleet,
+    pub disk: PathBuf,
+    pub sector_size: Option<u64>,
+    pub booted: Slot,
+    pub opts: FleetOptions,
+}
+
+/// Turns what the install record says about the action's release into a
+/// report, once there is one to make. Returns whether `state` changed.
+pub fn settle(state: &mut State) -> bool {
+    let Some(action) = state.fleet.as_mut() else {
+        return false;
+    };
+    if action.phase == FleetPhase::Done {
+        return false;
+    }
+    let record = state
+        .last_install
+        .as_ref()
+        .filter(|r| r.started_at >= action.started_at);
+    let reason = |r: &crate::state::InstallRecord| {
+        r.reason
+            .clone()
+            .unwrap_or_else(|| format!("{} did not pass its trial", r.version))
+    };
+    let report = match record.map(|r| (r, r.outcome)) {
+        Some((r, Outcome::Committed)) => FleetReport {
+            success: true,
+            details: vec![format!(
+                "{} committed in {} after its health check",
+                r.version, r.slot
+            )],
+        },
+        Some((r, Outcome::HealthFailed | Outcome::RolledBack)) => FleetReport {
+            success: false,
+            details: vec![format!("{} was rolled back: {}", r.version, reason(r))],
+        },
+        Some((_, Outcome::Installed | Outcome::Flipping)) => {
+            let changed = action.phase != FleetPhase::Installed;
+            action.phase = FleetPhase::Installed;
+            return changed;
+        }
+        // Written part-way and cut short (a power cut, a kill): tried
+        // again when the server offers it again, up to a limit.
+        _ if action.attempts >= MAX_ATTEMPTS => FleetReport {
+            success: false,
+            details: vec![format!(
+                "the install of {} was cut short {} times (power cuts or crashes); giving up",
+                action.artifact, action.attempts
+            )],
+        },
+        _ => return false,
+    };
+    action.phase = FleetPhase::Done;
+    action.report = Some(report);
+    true
+}
+
+/// After `updater health`: settle the action and send its report now, so
+/// the server hears before any reboot. Best effort: what cannot be sent
+/// now, `updater fleet` sends later.
+pub fn report_after_health(config: &Config, disk: &std::path::Path) {
+    let Some(fleet) = &config.fleet else { return };
+    let sent = settle_and_save(config, disk).and_then(|()| {
+        let token = fleet.token().map_err(anyhow::Error::msg)?;
+        let ddi = Ddi::new(fleet, &token, Duration::from_secs(10))?;
+        send_report(config, disk, &ddi)
+    });
+    match sent {
+        Ok(Some(Cycle::Reported { id, success })) => {
+            log::info!(
+                "fleet action {id}: reported {}",
+                if success { "success" } else { "failure" }
+            )
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("fleet: the report waits for `updater fleet`: {e:#}"),
+    }
+}
+
+fn settle_and_save(config: &Config, disk: &std::path::Path) -> Result<()> {
+    let _lock = bootctl::lock::ensure(disk, bootctl::lock::DEFAULT_WAIT)?;
+    let mut state = StateFile::load(&config.state_dir());
+    recover(config, disk, &mut state)?;
+    if settle(&mut state.state) {
+        save(&mut state)?;
+    }
+    Ok(())
+}
+
+/// Changes the state under the disk's lock.
+fn change(config: &Config, disk: &std::path::Path, f: impl FnOnce(&mut State)) -> Result<()> {
+    let _lock = bootctl::lock::ensure(disk, bootctl::lock::DEFAULT_WAIT)?;
+    let mut state = StateFile::load(&config.state_dir());
+    f(&mut state.state);
+    save(&mut state)
+}
+
+/// Sends the finished action's report; forgets the action once the server
+/// has it (or no longer knows the action).
+fn send_report(config: &Config, disk: &std::path::Path, ddi: &Ddi) -> Result<Option<Cycle>> {
+    let state = StateFile::load(&config.state_dir()).state;
+    let Some(action) = state.fleet.filter(|a| a.phase == FleetPhase::Done) else {
+        return Ok(None);
+    };
+    let report = action.report.clone().unwrap_or(FleetReport {
+        success: false,
+        details: vec!["the result was lost".into()],
+    });
+    let finished = if report.success { "success" } else { "failure" };
+    match ddi.feedback(&action.id, "closed", finished, None, &report.details) {
+        Ok(()) => {}
+        Err(DdiError::Gone { .. }) => log::info!("fleet action {}: gone on the server", action.id),
+        Err(e) => return Err(e.into()),
+    }
+    change(config, disk, |s| {
+        if s.fleet.as_ref().is_some_and(|a| a.id == action.id) {
+            s.fleet = None;
+        }
+        // The running version may have changed: tell the server again.
+        s.fleet_attributes = None;
+    })?;
+    Ok(Some(Cycle::Reported {
+        id: action.id,
+        success: report.success,
+    }))
+}
+
+impl Client<'_> {
+    fn ddi(&self) -> Result<Ddi> {
+        let token = self.fleet.token().map_err(|reason| UpdateError::Config {
+            path: self.fleet.token_file.clone(),
+            reason,
+        })?;
+        Ddi::new(self.fleet, &token, self.opts.http.idle_timeout)
+    }
+
+    /// The running release's version: the state's record, else the signed
+    /// trailer at the end of the running slot.
+    fn running_version(&self) -> Option<String> {
+        let state = StateFile::load(&self.config.state_dir()).state;
+        if let Some(r) = state.slots.get(self.booted.name()) {
+            return Some(r.version.clone());
+        }
+        let keyring = switchback_bundle::Keyring::load_dir(&self.config.keyring).ok()?;
+        let disk = Disk::open(&self.disk, self.sector_size, false)
+            .ok()?
+            .read()
+            .ok()?;
+        let (releases, _) = crate::evidence::releases(&self.disk, &disk, &keyring);
+        releases[self.booted.index()]
+            .as_ref()
+            .map(|m| m.version.clone())
+    }
+
+    fn attributes(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("hw_boardname".into(), self.config.compatible.clone()),
+            ("hw_revision".into(), self.fleet.hw_revision.clone()),
+            (
+                "sw_version".into(),
+                self.running_version().unwrap_or_else(|| "unknown".into()),
+            ),
+        ])
+    }
+
+    /// One cycle; returns what it did and how long the server asks to wait.
+    pub fn cycle(&self) -> Result<(Cycle, Duration)> {
+        settle_and_save(self.config, &self.disk)?;
+        let ddi = self.ddi()?;
+        let reported = send_report(self.config, &self.disk, &ddi)?;
+        let polled = ddi.poll()?;
+        let sleep = polled.sleep.unwrap_or(DEFAULT_SLEEP);
+        let attributes = self.attributes();
+        let sent = StateFile::load(&self.config.state_dir())
+            .state
+            .fleet_attributes;
+        if polled.config_data.is_some() || sent.as_ref() != Some(&attributes) {
+            ddi.config_data(polled.config_data.as_deref(), &attributes)?;
+            change(self.config, &self.disk, |s| {
+                s.fleet_attributes = Some(attributes)
+            })?;
+        }
+        let done = if let Some(href) = &polled.cancel {
+            self.cancel(&ddi, href)?
+        } else if let Some(href) = &polled.deployment {
+            self.deploy(&ddi, href)?
+        } else {
+            reported.unwrap_or(Cycle::Idle)
+        };
+        Ok((done, sleep))
+    }
+
+    fn cancel(&self, ddi: &Ddi, href: &str) -> Result<Cycle> {
+        let (cancel_id, stop_id) = ddi.cancel_action(href)?;
+        let state = StateFile::load(&self.config.state_dir()).state;
+        let installed = state
+            .fleet
+            .as_ref()
+            .filter(|a| a.id == stop_id && a.phase == FleetPhase::Installed);
+        if let Some(a) = installed {
+            let why = format!(
+                "{} is already installed and boots on trial; it cannot be canceled, roll it back instead",
+                a.artifact
+            );
+            ddi.cancel_feedback(&cancel_id, false, &[why])?;
+            return Ok(Cycle::CancelRefused { id: stop_id });
+        }
+        ddi.cancel_feedback(
+            &cancel_id,
+            true,
+            &["canceled before anything was installed".into()],
+        )?;
+        change(self.config, &self.disk, |s| {
+            if s.fleet.as_ref().is_some_and(|a| a.id == stop_id) {
+                s.fleet = None;
+            }
+        })?;
+        Ok(Cycle::Canceled { id: stop_id })
+    }
+
+    /// Why a deployment offered now is not started now, if it is not.
+    fn not_now(&self, d: &Deployment, state: &State) -> Result<Option<String>> {
+        if let Some(a) = state.fleet.as_ref() {
+            if a.phase != FleetPhase::Installing {
+                return Ok(Some(format!(
+                    "action {} waits for its reboot and health check; deployment {} waits",
+                    a.id, d.id
+                )));
+            }
+        }
+        let attrs = Disk::open(&self.disk, self.sector_size, false)?
+            .read()?
+            .attrs();
+        let (running, other) = (
+            attrs[self.booted.index()],
+            attrs[self.booted.other().index()],
+        );
+        if !running.successful || (other.priority > 0 && !other.successful) {
+            return Ok(Some(format!(
+                "a release is on trial; deployment {} waits until it is committed or rolled back",
+                d.id
+            )));
+        }
+        if d.download == "skip"
+            || d.update == "skip"
+            || d.maintenance_window.as_deref() == Some("unavailable")
+        {
+            return Ok(Some(format!(
+                "deployment {}: the server says not yet (download {}, update {})",
+                d.id, d.download, d.update
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Reports `success` for `id` at once, with `detail`.
+    fn close(&self, ddi: &Ddi, id: &str, success: bool, detail: String) -> Result<Cycle> {
+        change(self.config, &self.disk, |s| {
+            s.fleet = Some(FleetAction {
+                id: id.into(),
+                artifact: String::new(),
+                phase: FleetPhase::Done,
+                started_at: now(),
+                attempts: 0,
+                report: Some(FleetReport {
+                    success,
+                    details: vec![detail],
+                }),
+            })
+        })?;
+        Ok(send_report(self.config, &self.disk, ddi)?.unwrap_or(Cycle::Idle))
+    }
+
+    fn deploy(&self, ddi: &Ddi, href: &str) -> Result<Cycle> {
+        let d = ddi.deployment(href)?;
+        let state = StateFile::load(&self.config.state_dir()).state;
+        if let Some(why) = self.not_now(&d, &state)? {
+            return Ok(Cycle::Waiting(why));
+        }
+        let running = self.running_version();
+        if d.version.is_some() && d.version == running {
+            // A lost state file, or a server that missed the report.
+            let detail = format!(
+                "{} is running and committed already",
+                d.version.unwrap_or_default()
+            );
+            return self.close(ddi, &d.id, true, detail);
+        }
+        let Some(artifact) = d
+            .artifacts
+            .iter()
+            .find(|a| a.filename.ends_with(".swu") || a.filename.ends_with(".swb"))
+        else {
+            let names: Vec<&str> = d.artifacts.iter().map(|a| a.filename.as_str()).collect();
+            let detail = format!(
+                "no .swu or .swb artifact in deployment {} (it has: {names:?})",
+                d.id
+            );
+            return self.close(ddi, &d.id, false, detail);
+        };
+        let attempts = state
+            .fleet
+            .as_ref()
+            .filter(|a| a.id == d.id)
+            .map_or(0, |a| a.attempts)
+            + 1;
+        change(self.config, &self.disk, |s| {
+            s.fleet = Some(FleetAction {
+                id: d.id.clone(),
+                artifact: artifact.filename.clone(),
+                phase: FleetPhase::Installing,
+                started_at: now(),
+                attempts,
+                report: None,
+            })
+        })?;
+        let size = artifact
+            .size
+            .map_or(String::new(), |s| format!(" ({s} bytes)"));
+        let start = format!(
+            "Downloading {}{size} into {}",
+            artifact.filename,
+            self.booted.other()
+        );
+        if let Err(e) = ddi.feedback(&d.id, "proceeding", "none", None, &[start]) {
+            log::warn!("fleet: {e}");
+        }
+        let installed = self.install(ddi, &d.id, &artifact.href, &artifact.filename);
+        match installed {
+            Ok(done) => {
+                change(self.config, &self.disk, |s| {
+                    if let Some(a) = s.fleet.as_mut().filter(|a| a.id == d.id) {
+                        a.phase = FleetPhase::Installed;
+                    }
+                })?;
+                let reboot = self.fleet.reboot && !self.opts.no_reboot;
+                let next = if reboot {
+                    "rebooting into it on trial"
+                } else {
+                    "it boots on trial at the next reboot"
+                };
+                let line = format!(
+                    "{} installed into {}; {next}",
+                    done.manifest.version, done.slot
+                );
+                if let Err(e) = ddi.feedback(&d.id, "proceeding", "none", Some((100, 100)), &[line])
+                {
+                    log::warn!("fleet: {e}");
+                }
+                if reboot {
+                    crate::reboot()?;
+                }
+                Ok(Cycle::Installed {
+                    id: d.id,
+                    version: done.manifest.version,
+                    slot: done.slot,
+                })
+            }
+            // The server or the network failed, not the release: the next
+            // offer tries again (within MAX_ATTEMPTS).
+            Err(e) if is_download_failure(&e) => Err(e),
+            Err(e) => {
+                let detail = format!("{e:#}");
+                change(self.config, &self.disk, |s| {
+                    if let Some(a) = s.fleet.as_mut().filter(|a| a.id == d.id) {
+                        a.phase = FleetPhase::Done;
+                        a.report = Some(FleetReport {
+                            success: false,
+                            details: vec![detail],
+                        });
+                    }
+                })?;
+                if let Err(report) = send_report(self.config, &self.disk, ddi) {
+                    log::warn!("fleet: the failure report waits for the next cycle: {report:#}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn install(
+        &self,
+        ddi: &Ddi,
+        id: &str,
+        href: &str,
+        name: &str,
+    ) -> Result<crate::install::Installed> {
+        let agent = source::agent(
+            self.opts.http.idle_timeout,
+            self.fleet.ca_file.as_deref(),
+            true,
+        )?;
+        let reader = HttpReader::with_agent(
+            href,
+            self.opts.http.clone(),
+            agent,
+            ddi.authorization_for(href),
+        )?;
+        let input = source::unwrap(Box::new(reader), name)?;
+        let opts = InstallOptions {
+            disk: self.disk.clone(),
+            sector_size: self.sector_size,
+            booted: self.booted,
+            allow_downgrade: false,
+            threads: self.opts.threads,
+        };
+        // Progress goes to the server from a thread of its own, so that a
+        // slow server never holds up the writing.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(1);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for percent in rx {
+                    let line = format!("Downloaded {percent}%");
+                    if let Err(e) =
+                        ddi.feedback(id, "proceeding", "none", Some((percent, 100)), &[line])
+                    {
+                        log::warn!("fleet: {e}");
+                    }
+                }
+            });
+            let mut observer = Progress {
+                inner: crate::events::Terminal::default(),
+                tx,
+                sent: 0,
+            };
+            let config = self.config;
+            install(config, input, &opts, &mut observer)
+        })
+    }
+
+    /// Polls until stopped: waits as the server asks (within
+    /// `max_poll_s`), backs off on errors and on 429.
+    pub fn serve(&self) -> ! {
+        let max = Duration::from_secs(self.fleet.max_poll_s);
+        let mut failures = 0u32;
+        loop {
+            let wait = match self.cycle() {
+                Ok((done, sleep)) => {
+                    failures = 0;
+                    if done != Cycle::Idle {
+                        log::info!("fleet: {done}");
+                    }
+                    sleep.clamp(Duration::from_secs(1), max)
+                }
+                Err(e) => {
+                    failures += 1;
+                    let backoff =
+                        (FIRST_BACKOFF * 2u32.saturating_pow(failures.min(16) - 1)).min(max);
+                    let asked = e.chain().find_map(|c| match c.downcast_ref::<DdiError>() {
+                        Some(DdiError::TooMany { retry_after, .. }) => Some(*retry_after),
+                        _ => None,
+                    });
+                    let wait = match asked {
+                        Some(Some(after)) => after.clamp(Duration::from_secs(1), max),
+                        _ => backoff,
+                    };
+                    log::warn!("fleet: {e:#}; next poll in {} s", wait.as_secs());
+                    wait
+                }
+            };
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// Whether the install failed for want of the download (the server or
+/// the network), rather than because of what was downloaded.
+fn is_download_failure(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<UpdateError>(),
+            Some(UpdateError::Http { .. })
+        ) || c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<UpdateError>())
+            .is_some_and(|u| matches!(u, UpdateError::Http { .. }))
+    })
+}
+
+/// The install's progress on the terminal, and every tenth to the server.
+struct Progress<O: Observer> {
+    inner: O,
+    tx: std::sync::mpsc::SyncSender<u64>,
+    sent: u64,
+}
+
+impl<O: Observer> Observer for Progress<O> {
+    fn event(&mut self, event: &Event) {
+        self.inner.event(event);
+        if let Event::Progress { done, total } = event {
+            let percent = (done.saturating_mul(100) / (*total).max(1)).min(100) / 10 * 10;
+            if percent > self.sent {
+                self.sent = percent;
+                // A full channel means the server is slow: skip this step,
+                // but not the last one.
+                let _ = match percent {
+                    100 => self.tx.send(percent).map_err(drop),
+                    _ => self.tx.try_send(percent).map_err(drop),
+                };
+            }
+        }
+    }
+}
