@@ -5,7 +5,6 @@
 mod common;
 
 use common::goosebit::Goosebit;
-#[allow(unused_imports)]
 use common::net::Request;
 use common::net::{json, Fixture, Proxy, Reply};
 use common::*;
@@ -77,7 +76,10 @@ fn offer(gb: &Goosebit, dev: &Device, file: &Path) {
     let d = gb.device(DEVICE);
     assert_eq!(d["sw_version"], "1.0.0", "{d}");
     assert_eq!(
-        (d["hardware"]["model"].as_str(), d["hardware"]["revision"].as_str()),
+        (
+            d["hardware"]["model"].as_str(),
+            d["hardware"]["revision"].as_str()
+        ),
         (Some("acme-gw"), Some("1.0")),
         "{d}"
     );
@@ -225,7 +227,10 @@ fn a_download_cut_by_a_server_restart_resumes() {
         "{stdout}{stderr}"
     );
     assert!(stderr.contains("resuming at byte"), "{stderr}");
-    assert!(!stderr.contains("ignores Range"), "goosebit serves ranges: {stderr}");
+    assert!(
+        !stderr.contains("ignores Range"),
+        "goosebit serves ranges: {stderr}"
+    );
     assert_eq!(dev.slot(bootctl::Slot::A)[..r.image.len()], r.image[..]);
 }
 
@@ -256,4 +261,271 @@ fn a_wrapped_bundle_with_a_bad_signature_is_refused_and_reported() {
         "{}",
         gb.device_log(DEVICE)
     );
+}
+
+/// The scripted DDI server's base for the test device.
+fn base(req: &Request) -> String {
+    format!(
+        "http://{}/DEFAULT/controller/v1/{DEVICE}",
+        req.header("host").unwrap_or_default()
+    )
+}
+
+fn poll_reply(links: serde_json::Value) -> Reply {
+    json(
+        200,
+        j!({"config": {"polling": {"sleep": "00:00:01"}}, "_links": links}),
+    )
+}
+
+/// A deployment of the artifact at `href` as action 6.
+fn deployment_reply(href: &str, name: &str) -> Reply {
+    json(
+        200,
+        j!({"id": "6", "deployment": {"download": "forced", "update": "forced", "chunks": [
+            {"part": "os", "version": "2.0.0", "name": "os", "artifacts": [
+                {"filename": name, "size": 1, "hashes": {}, "_links": {"download": {"href": href}}}
+            ]}
+        ]}}),
+    )
+}
+
+fn feedbacks(f: &Fixture) -> Vec<serde_json::Value> {
+    f.requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/feedback"))
+        .map(Request::json)
+        .collect()
+}
+
+#[test]
+fn a_cancel_before_the_install_is_accepted_and_nothing_is_written() {
+    let f = Fixture::serve(
+        |req| match req.path.rsplit('/').next().unwrap_or_default() {
+            DEVICE => {
+                poll_reply(j!({"cancelAction": {"href": format!("{}/cancelAction/7", base(req))}}))
+            }
+            "7" => json(200, j!({"id": "7", "cancelAction": {"stopId": "6"}})),
+            _ => json(200, j!({})),
+        },
+    );
+    let dev = fleet_device(&f.url);
+    let before = (dev.attrs(), dev.slot(bootctl::Slot::A));
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains("action 6: canceled by the server"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!((dev.attrs(), dev.slot(bootctl::Slot::A)), before);
+    let reqs = f.requests();
+    assert!(reqs
+        .iter()
+        .all(|r| r.header("authorization") == Some(&format!("TargetToken {TOKEN}"))));
+    let config = reqs
+        .iter()
+        .find(|r| r.path.ends_with("/configData"))
+        .expect("attributes sent");
+    assert_eq!(
+        config.json()["data"],
+        j!({"hw_boardname": "acme-gw", "hw_revision": "1.0", "sw_version": "1.0.0"})
+    );
+    let fb = feedbacks(&f);
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert_eq!(fb[0]["status"]["execution"], "closed");
+    assert!(reqs
+        .iter()
+        .any(|r| r.path.ends_with("/cancelAction/7/feedback")));
+}
+
+#[test]
+fn a_cancel_after_the_install_is_rejected() {
+    let polls = std::sync::atomic::AtomicUsize::new(0);
+    let bundle_bytes = std::sync::OnceLock::<Vec<u8>>::new();
+    let dev_dir = tempfile::tempdir().unwrap();
+    let swb = bundle_in(dev_dir.path(), &release("2.0.0"));
+    bundle_bytes.set(std::fs::read(swb).unwrap()).unwrap();
+    let f = Fixture::serve(move |req| {
+        let last = req.path.rsplit('/').next().unwrap_or_default();
+        match last {
+            DEVICE if polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 1 => poll_reply(
+                j!({"deploymentBase": {"href": format!("{}/deploymentBase/6", base(req))}}),
+            ),
+            DEVICE => {
+                poll_reply(j!({"cancelAction": {"href": format!("{}/cancelAction/7", base(req))}}))
+            }
+            "6" => deployment_reply(&format!("{}/files/2.0.0.swb", base(req)), "2.0.0.swb"),
+            "7" => json(200, j!({"id": "7", "cancelAction": {"stopId": "6"}})),
+            "2.0.0.swb" => Reply {
+                status: 200,
+                headers: vec![],
+                body: bundle_bytes.get().unwrap().clone(),
+            },
+            _ => json(200, j!({})),
+        }
+    });
+    let dev = fleet_device(&f.url);
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains("2.0.0 installed into slot_a"),
+        "{}",
+        stdout(&out)
+    );
+    let out = fleet_once(&dev, "b").success();
+    assert!(stdout(&out).contains("cancel refused"), "{}", stdout(&out));
+    let cancel = f
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/cancelAction/7/feedback"))
+        .expect("cancel answered");
+    assert_eq!(cancel.json()["status"]["execution"], "rejected");
+    assert_eq!(
+        dev.state()["fleet"]["phase"],
+        "installed",
+        "the install stands"
+    );
+}
+
+#[test]
+fn a_429_is_waited_out_as_long_as_the_server_asks() {
+    let polls = std::sync::atomic::AtomicUsize::new(0);
+    let f = Fixture::serve(move |req| {
+        if req.path.ends_with(DEVICE)
+            && polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
+        {
+            let mut r = json(429, j!({}));
+            r.headers.push(("Retry-After".into(), "3".into()));
+            return r;
+        }
+        poll_reply(j!({}))
+    });
+    let dev = fleet_device(&f.url);
+    let mut daemon = std::process::Command::new(assert_cmd::cargo::cargo_bin("updater"))
+        .arg("--config")
+        .arg(&dev.config)
+        .arg("--disk")
+        .arg(&dev.disk)
+        .args(["--booted-slot", "b", "fleet", "--no-reboot"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let polls = |f: &Fixture| -> Vec<std::time::Instant> {
+        f.requests()
+            .iter()
+            .filter(|r| r.path.ends_with(DEVICE))
+            .map(|r| r.at)
+            .collect()
+    };
+    while polls(&f).len() < 3 && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.kill().unwrap();
+    let out = daemon.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let at = polls(&f);
+    assert!(at.len() >= 3, "{err}");
+    // Retry-After (3 s), not the default back-off (5 s); then the poll sleep (1 s).
+    let (first, second) = (at[1] - at[0], at[2] - at[1]);
+    assert!(
+        first >= Duration::from_millis(2900) && first < Duration::from_millis(4900),
+        "{first:?}: {err}"
+    );
+    assert!(second < Duration::from_millis(2900), "{second:?}");
+    assert!(err.contains("slow down (429)"), "{err}");
+
+    // One poll, one answer: --once says so and exits 61.
+    let f = Fixture::serve(|_| json(429, j!({})));
+    let dev = fleet_device(&f.url);
+    let out = fleet_once(&dev, "b").code(61);
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("slow down (429)"));
+}
+
+#[test]
+fn a_410_for_the_report_ends_the_action_and_a_wrong_bundle_keeps_its_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = release("2.0.0");
+    r.compatible = "other-product";
+    let bytes = std::fs::read(bundle_in(dir.path(), &r)).unwrap();
+    let f = Fixture::serve(
+        move |req| match req.path.rsplit('/').next().unwrap_or_default() {
+            DEVICE => poll_reply(
+                j!({"deploymentBase": {"href": format!("{}/deploymentBase/6", base(req))}}),
+            ),
+            "6" => deployment_reply(&format!("{}/files/x.swb", base(req)), "x.swb"),
+            "x.swb" => Reply {
+                status: 200,
+                headers: vec![],
+                body: bytes.clone(),
+            },
+            "feedback" if req.json()["status"]["execution"] == "closed" => json(410, j!({})),
+            _ => json(200, j!({})),
+        },
+    );
+    let dev = fleet_device(&f.url);
+    let before = dev.attrs();
+    let out = fleet_once(&dev, "b").code(41);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("other-product"), "{err}");
+    assert_eq!(dev.attrs(), before);
+    let closed: Vec<_> = feedbacks(&f)
+        .into_iter()
+        .filter(|b| b["status"]["execution"] == "closed")
+        .collect();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0]["status"]["result"]["finished"], "failure");
+    assert!(dev.state().get("fleet").is_none(), "{}", dev.state());
+}
+
+#[test]
+fn the_token_goes_only_to_the_configured_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(bundle_in(dir.path(), &release("2.0.0"))).unwrap();
+    let cdn = Fixture::serve(move |_| Reply {
+        status: 200,
+        headers: vec![],
+        body: bytes.clone(),
+    });
+    let cdn_url = cdn.url.clone();
+    let f = Fixture::serve(
+        move |req| match req.path.rsplit('/').next().unwrap_or_default() {
+            DEVICE => poll_reply(
+                j!({"deploymentBase": {"href": format!("{}/deploymentBase/6", base(req))}}),
+            ),
+            "6" => deployment_reply(&format!("{cdn_url}/cdn/2.0.0.swb"), "2.0.0.swb"),
+            _ => json(200, j!({})),
+        },
+    );
+    let dev = fleet_device(&f.url);
+    fleet_once(&dev, "b").success();
+    let download = &cdn.requests()[0];
+    assert_eq!(download.path, "/cdn/2.0.0.swb");
+    assert_eq!(
+        download.header("authorization"),
+        None,
+        "the token leaked to {}",
+        cdn.url
+    );
+
+    // A DDI link that leaves the server is refused before it is called.
+    let evil = Fixture::serve(|_| json(200, j!({})));
+    let evil_url = evil.url.clone();
+    let f = Fixture::serve(move |_| {
+        poll_reply(j!({"deploymentBase": {"href": format!("{evil_url}/x/deploymentBase/6")}}))
+    });
+    let dev = fleet_device(&f.url);
+    let out = fleet_once(&dev, "b").code(61);
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("leads away"));
+    assert!(evil.requests().is_empty());
+
+    // A token the server does not know: its own exit code, and what to check.
+    let f = Fixture::serve(|_| {
+        json(
+            401,
+            j!({"detail": "Device authentication token does not match."}),
+        )
+    });
+    let dev = fleet_device(&f.url);
+    let out = fleet_once(&dev, "b").code(62);
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("check fleet.token_file"));
 }
