@@ -385,3 +385,76 @@ fn keygen_keys_are_read_by_openssl_and_openssl_keys_by_us() {
         .assert()
         .success();
 }
+
+#[test]
+fn swu_wraps_a_verified_bundle_that_cpio_and_the_updater_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    it().current_dir(d)
+        .args(["swu", "r.swb", "--public", "k.pub", "--hw-revision", "1.0"])
+        .args(["--hw-revision", "rev-b", "--out", "r.swu"])
+        .assert()
+        .success()
+        .stdout(contains("r.swu: acme-gw 2.0.0").and(contains("1.0, rev-b")));
+    // GNU cpio lists what SWUpdate-minded servers read: sw-description first.
+    let listing = std::process::Command::new("cpio")
+        .args(["-it", "--quiet"])
+        .stdin(std::fs::File::open(d.join("r.swu")).unwrap())
+        .output()
+        .unwrap();
+    assert!(listing.status.success(), "{listing:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&listing.stdout),
+        "sw-description\nacme-gw-2.0.0.swb\n"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let extracted = std::process::Command::new("cpio")
+        .args(["-id", "--quiet"])
+        .current_dir(out.path())
+        .stdin(std::fs::File::open(d.join("r.swu")).unwrap())
+        .status()
+        .unwrap();
+    assert!(extracted.success());
+    assert_eq!(
+        std::fs::read(out.path().join("acme-gw-2.0.0.swb")).unwrap(),
+        std::fs::read(d.join("r.swb")).unwrap()
+    );
+    let desc = std::fs::read_to_string(out.path().join("sw-description")).unwrap();
+    assert!(
+        desc.contains("version = \"2.0.0\";") && desc.contains("acme-gw = {"),
+        "{desc}"
+    );
+
+    // Only what verifies is wrapped: another key, exit 25, no file.
+    it().current_dir(d)
+        .args([
+            "swu",
+            "r.swb",
+            "--public",
+            "o.pub",
+            "--hw-revision",
+            "1.0",
+            "--out",
+            "bad.swu",
+        ])
+        .assert()
+        .code(25);
+    assert!(!d.join("bad.swu").exists());
+    // A revision that cannot be written into sw-description: exit 37.
+    it().current_dir(d)
+        .args([
+            "swu",
+            "r.swb",
+            "--public",
+            "k.pub",
+            "--hw-revision",
+            "1\"0",
+            "--out",
+            "q.swu",
+        ])
+        .assert()
+        .code(37)
+        .stderr(contains("cannot go into sw-description"));
+    assert!(!d.join("q.swu").exists());
+}

@@ -529,3 +529,37 @@ fn the_token_goes_only_to_the_configured_server() {
     let out = fleet_once(&dev, "b").code(62);
     assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("check fleet.token_file"));
 }
+
+#[test]
+fn install_takes_the_wrapped_form_and_refuses_a_wrapper_that_is_not_ours() {
+    let dev = device();
+    let r = release("2.0.0");
+    let swu = swu_of(&dev, &r);
+    dev.updater("a")
+        .arg("install")
+        .arg("-")
+        .pipe_stdin(&swu)
+        .unwrap()
+        .assert()
+        .success();
+    assert_eq!(dev.slot(bootctl::Slot::B)[..r.image.len()], r.image[..]);
+
+    // A wrapper with something else after sw-description: exit 37, and
+    // the slot the next install targets is left as it was.
+    let mut bytes = std::fs::read(&swu).unwrap();
+    let at = bytes
+        .windows(17)
+        .rposition(|w| w == b"acme-gw-2.0.0.swb")
+        .unwrap();
+    bytes[at + 14..at + 17].copy_from_slice(b"exe");
+    let evil = dev.dir.path().join("evil.swu");
+    std::fs::write(&evil, bytes).unwrap();
+    let before = dev.attrs();
+    dev.updater("a")
+        .arg("install")
+        .arg(&evil)
+        .assert()
+        .code(37)
+        .stderr(predicates::str::contains("not a Switchback bundle"));
+    assert_eq!(dev.attrs(), before);
+}
