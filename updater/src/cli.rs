@@ -231,6 +231,7 @@ pub fn install(dev: &Device, args: InstallArgs, json: bool) -> Result<()> {
         booted: dev.booted()?,
         allow_downgrade: args.allow_downgrade,
         threads: args.threads,
+        fleet_action: None,
     };
     let input = crate::source::open(&args.source, &args.http)?;
     let mut observer: Box<dyn Observer> = match json {

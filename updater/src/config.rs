@@ -82,7 +82,7 @@ impl Fleet {
             .ok_or_else(|| {
                 format!("field `fleet.url` ({url}) must start with http:// or https://")
             })?;
-        if rest.is_empty() || rest.contains(['?', '#', ' ']) {
+        if rest.is_empty() || rest.contains(['?', '#', ' ', '@', '\\']) {
             return Err(format!(
                 "field `fleet.url` ({url}) must be the server's address, without query or spaces"
             ));
@@ -103,8 +103,11 @@ impl Fleet {
                 ));
             }
         }
-        if self.hw_revision.is_empty() || self.hw_revision.chars().any(char::is_control) {
-            return Err("field `fleet.hw_revision` must be a non-empty line".into());
+        if self.hw_revision.is_empty()
+            || self.hw_revision.len() > 128
+            || self.hw_revision.chars().any(char::is_control)
+        {
+            return Err("field `fleet.hw_revision` must be one line of 1 to 128 bytes".into());
         }
         let mut paths = vec![("fleet.token_file", &self.token_file)];
         paths.extend(self.ca_file.as_ref().map(|p| ("fleet.ca_file", p)));

@@ -46,6 +46,8 @@ pub struct InstallOptions {
     pub booted: Slot,
     pub allow_downgrade: bool,
     pub threads: usize,
+    /// The fleet action this install carries out (recorded with it).
+    pub fleet_action: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +229,7 @@ pub fn install(
         finished_at: None,
         outcome: Outcome::Installing,
         reason: None,
+        fleet_action: opts.fleet_action.clone(),
     });
     state.state.slots.remove(target.name());
     save(&mut state)?;

@@ -106,7 +106,7 @@ pub fn unwrap(raw: Box<dyn Read + Send>, name: &str) -> anyhow::Result<Box<dyn R
     let opened = switchback_bundle::swu::open(raw)?;
     if let switchback_bundle::swu::Opened::Wrapped { member, .. } = &opened {
         log::info!(
-            "{name}: a .swu wrapper; its bundle {} ({} bytes) is what is checked",
+            "{name}: a .swu wrapper; its bundle {:?} ({} bytes) is what is checked",
             member.name,
             member.size
         );
@@ -211,10 +211,12 @@ fn describe(e: &ureq::Error, idle: Duration) -> (bool, String) {
 /// trusting the CA certificates in the PEM file `ca` instead of the
 /// built-in roots when one is given. With `status_as_error`, a 4xx or 5xx
 /// answer is an error; without, the caller reads its status and headers.
+/// `whole` bounds a request from start to end, name lookup included.
 pub fn agent(
     idle: Duration,
     ca: Option<&std::path::Path>,
     status_as_error: bool,
+    whole: Option<Duration>,
 ) -> anyhow::Result<ureq::Agent> {
     use anyhow::Context;
     let idle = Some(idle);
@@ -224,6 +226,8 @@ pub fn agent(
         .timeout_recv_response(idle)
         .timeout_per_read(idle)
         .timeout_recv_body(None)
+        .timeout_resolve(idle)
+        .timeout_global(whole)
         .http_status_as_error(status_as_error);
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).with_context(|| format!("reading CA file {}", ca.display()))?;
@@ -249,7 +253,7 @@ pub fn agent(
 
 impl HttpReader {
     pub fn new(url: &str, opts: HttpOptions) -> anyhow::Result<HttpReader> {
-        let agent = agent(opts.idle_timeout, None, true)?;
+        let agent = agent(opts.idle_timeout, None, true, None)?;
         HttpReader::with_agent(url, opts, agent, None)
     }
 

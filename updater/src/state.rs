@@ -58,6 +58,10 @@ pub struct InstallRecord {
     pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The fleet server's action this install carried out, if any: what
+    /// ties the fleet report to this record (clocks cannot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_action: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

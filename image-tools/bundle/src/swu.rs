@@ -262,7 +262,7 @@ mod writer {
     }
 
     /// Writes `bundle` (whose manifest is `manifest`) wrapped as a `.swu`
-    /// to `out`: `sw-description`, the bundle as `<version>.swb`, the
+    /// to `out`: `sw-description`, the bundle as `<compatible>-<version>.swb`, the
     /// trailer. The cpio checksums are SWUpdate's: the sum of the bytes.
     pub fn wrap(
         bundle: &Path,
@@ -285,6 +285,12 @@ mod writer {
                 .fold(sum, |s, &b| s.wrapping_add(u32::from(b)));
             sha.update(&buf[..n]);
             len += n as u64;
+        }
+        if len > u64::from(u32::MAX) {
+            return Err(bad(format!(
+                "{} is {len} bytes: a cpio newc member holds at most 4 GiB - 1",
+                bundle.display()
+            )));
         }
         let name = format!(
             "{}-{}{BUNDLE_SUFFIX}",

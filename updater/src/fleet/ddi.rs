@@ -86,11 +86,23 @@ pub fn origin(url: &str) -> Option<String> {
     if scheme != "http" && scheme != "https" {
         return None;
     }
-    let host = rest.split(['/', '?', '#']).next()?.to_ascii_lowercase();
-    if host.is_empty() || host.contains('@') {
+    let authority = rest.split(['/', '?', '#']).next()?.to_ascii_lowercase();
+    if authority.is_empty() || authority.contains(['@', '\\']) {
         return None;
     }
-    Some(format!("{scheme}://{host}"))
+    // The same server however it is written: no default port, no root dot.
+    let default = if scheme == "http" { ":80" } else { ":443" };
+    let authority = authority.strip_suffix(default).unwrap_or(&authority);
+    let authority = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') && port.chars().all(|c| c.is_ascii_digit()) => {
+            format!("{}:{port}", host.trim_end_matches('.'))
+        }
+        _ => authority.trim_end_matches('.').to_string(),
+    };
+    if authority.is_empty() || authority.starts_with(':') {
+        return None;
+    }
+    Some(format!("{scheme}://{authority}"))
 }
 
 /// hawkBit's `HH:MM:SS`.
@@ -131,7 +143,9 @@ fn id_of(v: &Value) -> Option<String> {
 
 impl Ddi {
     pub fn new(fleet: &Fleet, token: &str, idle: Duration) -> anyhow::Result<Ddi> {
-        let agent = crate::source::agent(idle, fleet.ca_file.as_deref(), false)?;
+        // Replies are small: a whole request gets `idle` and no more, so a
+        // server that dribbles cannot hold up a health check's reboot.
+        let agent = crate::source::agent(idle, fleet.ca_file.as_deref(), false, Some(idle))?;
         let base = fleet.controller_url();
         let origin = origin(&base)
             .ok_or_else(|| anyhow::anyhow!("fleet.url {} is not an http(s) URL", fleet.url))?;
@@ -212,7 +226,7 @@ impl Ddi {
                     status,
                 })
             }
-            404 | 410 => {
+            410 => {
                 return Err(DdiError::Gone {
                     url: url.into(),
                     status,
@@ -234,7 +248,8 @@ impl Ddi {
                 url: url.into(),
                 reason: format!("reading the reply: {e}"),
             })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        // What a server answers to a report or the attributes is not used.
+        if method != "GET" || bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null);
         }
         serde_json::from_slice(&bytes).map_err(|e| DdiError::Protocol {
@@ -409,6 +424,13 @@ mod tests {
             Some("http://host:8080")
         );
         assert_eq!(origin("https://h"), Some("https://h".into()));
+        assert_eq!(origin("https://H.:443/x"), origin("https://h/y"));
+        assert_eq!(origin("http://h:80"), origin("http://h"));
+        assert_ne!(origin("http://h:8080"), origin("http://h"));
+        assert_eq!(
+            origin("http://[::1]:8080/x").as_deref(),
+            Some("http://[::1]:8080")
+        );
         for bad in ["ftp://h/x", "http://", "http://user@evil/x", "h/x"] {
             assert_eq!(origin(bad), None, "{bad}");
         }

@@ -72,7 +72,7 @@ impl std::fmt::Display for Cycle {
                 f,
                 "action {id}: {version} installed into {slot}; it boots on trial next, and success is reported once its health check commits it"
             ),
-            Cycle::Canceled { id } => write!(f, "action {id}: canceled by the server before anything was written"),
+            Cycle::Canceled { id } => write!(f, "action {id}: canceled by the server before it was installed"),
             Cycle::CancelRefused { id } => write!(f, "action {id}: cancel refused, the release is already installed"),
             Cycle::Waiting(why) => f.write_str(why),
         }
@@ -109,7 +109,7 @@ pub fn settle(state: &mut State) -> bool {
     let record = state
         .last_install
         .as_ref()
-        .filter(|r| r.started_at >= action.started_at);
+        .filter(|r| r.fleet_action.as_deref() == Some(action.id.as_str()));
     let reason = |r: &crate::state::InstallRecord| {
         r.reason
             .clone()
@@ -132,12 +132,22 @@ pub fn settle(state: &mut State) -> bool {
             action.phase = FleetPhase::Installed;
             return changed;
         }
-        // Written part-way and cut short (a power cut, a kill): tried
-        // again when the server offers it again, up to a limit.
+        // Installed, then replaced by an install of someone else's (a
+        // technician's `updater install`) before it was judged.
+        None if action.phase == FleetPhase::Installed => FleetReport {
+            success: false,
+            details: vec![format!(
+                "{} was replaced by another install before its health check",
+                action.artifact
+            )],
+        },
+        // Not installed: written part-way and cut short (a power cut, a
+        // kill), or the download failed; tried again when the server
+        // offers it again, up to a limit.
         _ if action.attempts >= MAX_ATTEMPTS => FleetReport {
             success: false,
             details: vec![format!(
-                "the install of {} was cut short {} times (power cuts or crashes); giving up",
+                "the install of {} did not complete in {} attempts (download failures or power cuts); giving up",
                 action.artifact, action.attempts
             )],
         },
@@ -224,7 +234,13 @@ impl Client<'_> {
             path: self.fleet.token_file.clone(),
             reason,
         })?;
-        Ddi::new(self.fleet, &token, self.opts.http.idle_timeout)
+        Ddi::new(self.fleet, &token, self.opts.http.idle_timeout).map_err(|e| {
+            UpdateError::Config {
+                path: self.fleet.ca_file.clone().unwrap_or_default(),
+                reason: format!("{e:#}"),
+            }
+            .into()
+        })
     }
 
     /// The running release's version: the state's record, else the signed
@@ -260,7 +276,11 @@ impl Client<'_> {
     pub fn cycle(&self) -> Result<(Cycle, Duration)> {
         settle_and_save(self.config, &self.disk)?;
         let ddi = self.ddi()?;
-        let reported = send_report(self.config, &self.disk, &ddi)?;
+        // A report the server will not take must not stop the polling.
+        let reported = send_report(self.config, &self.disk, &ddi).unwrap_or_else(|e| {
+            log::warn!("fleet: the report waits for the next cycle: {e:#}");
+            None
+        });
         let polled = ddi.poll()?;
         let sleep = polled.sleep.unwrap_or(DEFAULT_SLEEP);
         let attributes = self.attributes();
@@ -268,10 +288,12 @@ impl Client<'_> {
             .state
             .fleet_attributes;
         if polled.config_data.is_some() || sent.as_ref() != Some(&attributes) {
-            ddi.config_data(polled.config_data.as_deref(), &attributes)?;
-            change(self.config, &self.disk, |s| {
-                s.fleet_attributes = Some(attributes)
-            })?;
+            match ddi.config_data(polled.config_data.as_deref(), &attributes) {
+                Ok(()) => change(self.config, &self.disk, |s| {
+                    s.fleet_attributes = Some(attributes)
+                })?,
+                Err(e) => log::warn!("fleet: attributes not taken, sent again next cycle: {e}"),
+            }
         }
         let done = if let Some(href) = &polled.cancel {
             self.cancel(&ddi, href)?
@@ -301,7 +323,7 @@ impl Client<'_> {
         ddi.cancel_feedback(
             &cancel_id,
             true,
-            &["canceled before anything was installed".into()],
+            &["canceled before it was installed".into()],
         )?;
         change(self.config, &self.disk, |s| {
             if s.fleet.as_ref().is_some_and(|a| a.id == stop_id) {
@@ -328,7 +350,7 @@ impl Client<'_> {
             attrs[self.booted.index()],
             attrs[self.booted.other().index()],
         );
-        if !running.successful || (other.priority > 0 && !other.successful) {
+        if !running.successful || (other.is_bootable() && !other.successful) {
             return Ok(Some(format!(
                 "a release is on trial; deployment {} waits until it is committed or rolled back",
                 d.id
@@ -436,7 +458,8 @@ impl Client<'_> {
                     "{} installed into {}; {next}",
                     done.manifest.version, done.slot
                 );
-                if let Err(e) = ddi.feedback(&d.id, "proceeding", "none", Some((100, 100)), &[line])
+                let lines = ["Downloaded 100%".to_string(), line];
+                if let Err(e) = ddi.feedback(&d.id, "proceeding", "none", Some((100, 100)), &lines)
                 {
                     log::warn!("fleet: {e}");
                 }
@@ -449,10 +472,21 @@ impl Client<'_> {
                     slot: done.slot,
                 })
             }
-            // The server or the network failed, not the release: the next
-            // offer tries again (within MAX_ATTEMPTS).
-            Err(e) if is_download_failure(&e) => Err(e),
+            // The server, the network or the disk's lock failed, not the
+            // release: the next offer tries again (within MAX_ATTEMPTS).
+            Err(e) if is_transient(&e) => Err(e),
             Err(e) => {
+                // A flip that reported an error may have taken effect: the
+                // install record says, and then the verdict is health's.
+                settle_and_save(self.config, &self.disk)?;
+                let state = StateFile::load(&self.config.state_dir()).state;
+                if state
+                    .fleet
+                    .as_ref()
+                    .is_some_and(|a| a.id == d.id && a.phase == FleetPhase::Installed)
+                {
+                    return Err(e);
+                }
                 let detail = format!("{e:#}");
                 change(self.config, &self.disk, |s| {
                     if let Some(a) = s.fleet.as_mut().filter(|a| a.id == d.id) {
@@ -482,6 +516,7 @@ impl Client<'_> {
             self.opts.http.idle_timeout,
             self.fleet.ca_file.as_deref(),
             true,
+            None,
         )?;
         let reader = HttpReader::with_agent(
             href,
@@ -496,6 +531,7 @@ impl Client<'_> {
             booted: self.booted,
             allow_downgrade: false,
             threads: self.opts.threads,
+            fleet_action: Some(id.to_string()),
         };
         // Progress goes to the server from a thread of its own, so that a
         // slow server never holds up the writing.
@@ -543,8 +579,15 @@ impl Client<'_> {
                         Some(DdiError::TooMany { retry_after, .. }) => Some(*retry_after),
                         _ => None,
                     });
+                    // The server's Retry-After the first time; a server that
+                    // keeps refusing gets the growing back-off at least.
                     let wait = match asked {
-                        Some(Some(after)) => after.clamp(Duration::from_secs(1), max),
+                        Some(Some(after)) if failures == 1 => {
+                            after.clamp(Duration::from_secs(1), max)
+                        }
+                        Some(Some(after)) => {
+                            after.max(backoff / 2).clamp(Duration::from_secs(1), max)
+                        }
                         _ => backoff,
                     };
                     log::warn!("fleet: {e:#}; next poll in {} s", wait.as_secs());
@@ -557,10 +600,14 @@ impl Client<'_> {
 }
 
 /// Whether the install failed for want of the download (the server or
-/// the network), rather than because of what was downloaded.
-fn is_download_failure(e: &anyhow::Error) -> bool {
+/// the network) or of the disk's lock (a technician's command), rather
+/// than because of what was downloaded.
+fn is_transient(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
+            c.downcast_ref::<bootctl::Error>(),
+            Some(bootctl::Error::Busy { .. })
+        ) || matches!(
             c.downcast_ref::<UpdateError>(),
             Some(UpdateError::Http { .. })
         ) || c
@@ -585,13 +632,93 @@ impl<O: Observer> Observer for Progress<O> {
             let percent = (done.saturating_mul(100) / (*total).max(1)).min(100) / 10 * 10;
             if percent > self.sent {
                 self.sent = percent;
-                // A full channel means the server is slow: skip this step,
-                // but not the last one.
-                let _ = match percent {
-                    100 => self.tx.send(percent).map_err(drop),
-                    _ => self.tx.try_send(percent).map_err(drop),
-                };
+                // A full channel means the server is slow: skip this step
+                // (the end is reported once the install returns).
+                let _ = self.tx.try_send(percent);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::InstallRecord;
+
+    fn with(phase: FleetPhase, attempts: u32, record: Option<(&str, Outcome)>) -> State {
+        State {
+            fleet: Some(FleetAction {
+                id: "6".into(),
+                artifact: "2.0.0.swu".into(),
+                phase,
+                // A clock that stepped back: times must not matter.
+                started_at: 2_000_000_000,
+                attempts,
+                report: None,
+            }),
+            last_install: record.map(|(action, outcome)| InstallRecord {
+                slot: "slot_a".into(),
+                version: "2.0.0".into(),
+                from_version: None,
+                started_at: 1,
+                finished_at: None,
+                outcome,
+                reason: Some("health check \"svc\" failed".into()),
+                fleet_action: Some(action.into()).filter(|a: &String| !a.is_empty()),
+            }),
+            ..State::default()
+        }
+    }
+
+    fn report(s: &State) -> Option<(bool, String)> {
+        let a = s.fleet.as_ref()?;
+        let r = a.report.as_ref()?;
+        Some((r.success, r.details.join(" ")))
+    }
+
+    #[test]
+    fn only_the_actions_own_install_record_decides_its_report() {
+        use FleetPhase::*;
+        // Another install's commit is not this action's success.
+        let mut s = with(Installing, 1, Some(("", Outcome::Committed)));
+        assert!(!settle(&mut s));
+        assert_eq!(s.fleet.as_ref().unwrap().phase, Installing);
+        let mut s = with(Installed, 1, Some(("6", Outcome::Committed)));
+        assert!(settle(&mut s));
+        assert_eq!(
+            report(&s),
+            Some((
+                true,
+                "2.0.0 committed in slot_a after its health check".into()
+            ))
+        );
+        let mut s = with(Installed, 1, Some(("6", Outcome::HealthFailed)));
+        settle(&mut s);
+        let (ok, why) = report(&s).unwrap();
+        assert!(
+            !ok && why.contains("rolled back") && why.contains("svc"),
+            "{why}"
+        );
+        // Installed, then overwritten by a technician's install.
+        let mut s = with(Installed, 1, Some(("", Outcome::Installed)));
+        settle(&mut s);
+        assert!(report(&s)
+            .unwrap()
+            .1
+            .contains("replaced by another install"));
+        // Cut short: tried again, then given up.
+        let mut s = with(Installing, 2, Some(("6", Outcome::Failed)));
+        assert!(!settle(&mut s));
+        let mut s = with(Installing, MAX_ATTEMPTS, Some(("6", Outcome::Failed)));
+        settle(&mut s);
+        assert!(report(&s)
+            .unwrap()
+            .1
+            .contains("did not complete in 3 attempts"));
+        // Written and flipped, the record saved before the crash.
+        let mut s = with(Installing, 1, Some(("6", Outcome::Flipping)));
+        assert!(settle(&mut s));
+        assert_eq!(s.fleet.as_ref().unwrap().phase, Installed);
+        assert!(report(&s).is_none());
     }
 }

@@ -322,6 +322,7 @@ pub fn install_with(
 ) -> anyhow::Result<updater::install::Installed> {
     let config = updater::config::Config::load(&dev.config)?;
     let opts = updater::install::InstallOptions {
+        fleet_action: None,
         disk: dev.disk.clone(),
         sector_size: None,
         booted: Slot::A,
