@@ -2,7 +2,7 @@
 //! signed bundles on a virtio "USB stick", the factory disk, and a machine
 //! that boots through the boot stage.
 
-use crate::guest::{boot_stage_efi, ext4_image, release_image, Kernel, Release};
+use crate::guest::{boot_stage_efi, ext4_image, release_image, Kernel, Release, FLEET_HW_REVISION};
 use crate::qemu::{Machine, Options};
 use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
 use ed25519_dalek::SigningKey;
@@ -86,6 +86,21 @@ impl Appliance {
         out
     }
 
+    /// `image` as a release for a fleet server: its bundle wrapped as a
+    /// `.swu` for [`FLEET_HW_REVISION`].
+    pub fn swu(&self, version: &str, image: &Path) -> PathBuf {
+        let bundle = self.bundle(version, version, "switchback-qemu", image, Vec::new());
+        let manifest = bundle::Envelope::read(std::fs::File::open(&bundle).unwrap())
+            .unwrap()
+            .unverified_manifest()
+            .unwrap();
+        let out = self.dir.path().join(format!("{version}.swu"));
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&out).unwrap());
+        bundle::swu::wrap(&bundle, &manifest, &[FLEET_HW_REVISION.into()], &mut f).unwrap();
+        std::io::Write::flush(&mut f).unwrap();
+        out
+    }
+
     /// An ext4 "USB stick" holding `files`; the guest mounts it at /media.
     pub fn stick(&self, files: &[&Path]) -> PathBuf {
         let dir = self.dir.path().join("stick");
@@ -106,7 +121,12 @@ impl Appliance {
 
     /// The factory disk: the boot stage on its ESP, `v1` in slot_a.
     pub fn factory_disk(&self, v1: &Path) -> PathBuf {
-        let out = self.dir.path().join("disk.img");
+        self.factory_disk_named("disk", v1)
+    }
+
+    /// `factory_disk` for one of several machines: `name.img`.
+    pub fn factory_disk_named(&self, name: &str, v1: &Path) -> PathBuf {
+        let out = self.dir.path().join(format!("{name}.img"));
         let opts = MkdiskOptions {
             out: out.clone(),
             esp_size: 32 << 20,
@@ -145,6 +165,22 @@ impl Appliance {
                 ..Options::default()
             },
         )
+    }
+
+    /// Powers on a machine of a fleet: `disk` alone, a network card on
+    /// QEMU's user network (the host is 10.0.2.2), and `serial` as the
+    /// firmware's serial number; reboots start it again.
+    pub fn boot_networked(&self, disk: &Path, serial: &str) -> Machine {
+        Machine::start(
+            &[disk],
+            Options {
+                reboots: true,
+                net: true,
+                serial: Some(serial.into()),
+                ..Options::default()
+            },
+        )
+        .unwrap()
     }
 
     /// `boot` with other `opts` (the boot disk's bus, write throttling).

@@ -307,6 +307,11 @@ pub struct Release<'a> {
     pub before_health: &'a str,
     /// Ship no initramfs: the kernel cannot mount its root and panics.
     pub kernel_panics: bool,
+    /// A hawkBit DDI server (`fleet.url`): the release brings its network
+    /// up by DHCP and runs `updater fleet` once the device has its token
+    /// (`/data/fleet/token`, written at commissioning). The device is
+    /// named by the machine's serial number.
+    pub fleet_url: Option<&'a str>,
 }
 
 impl Default for Release<'_> {
@@ -317,6 +322,7 @@ impl Default for Release<'_> {
             boot_tries: 2,
             before_health: "",
             kernel_panics: false,
+            fleet_url: None,
         }
     }
 }
@@ -324,6 +330,12 @@ impl Default for Release<'_> {
 /// The modules a slot's own initramfs loads to mount its root, from a
 /// virtio or an NVMe disk.
 pub const SLOT_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "nvme", "ext4", "crc32c_generic"];
+
+/// The modules a release loads for its network card (fleet updates).
+pub const NET_MODULES: [&str; 1] = ["virtio_net"];
+
+/// The hardware revision fleet releases report and `.swu`s are made for.
+pub const FLEET_HW_REVISION: &str = "qemu-1";
 
 /// The boot stage kernel's command line, inside its EFI program.
 pub const BOOT_STAGE_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
@@ -382,9 +394,25 @@ echo "SLOT INITRAMFS: cannot mount $root""#,
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }
     }
-    for m in kernel.modules_for(&["i6300esb"])? {
+    // What the slot's initramfs loaded (virtio itself) stays loaded.
+    let loaded = kernel.modules_for(SLOT_MODULES)?;
+    let net_modules: Vec<PathBuf> = kernel
+        .modules_for(&NET_MODULES)?
+        .into_iter()
+        .filter(|m| !loaded.contains(m))
+        .collect();
+    let mut load_net = String::new();
+    for m in &net_modules {
+        let name = m.file_name().and_then(|n| n.to_str()).context("module")?;
+        load_net += &format!("insmod /lib/modules/{name}; ");
+    }
+    for m in kernel
+        .modules_for(&["i6300esb"])?
+        .iter()
+        .chain(&net_modules)
+    {
         std::fs::copy(
-            &m,
+            m,
             root.join("lib/modules")
                 .join(m.file_name().context("module")?),
         )?;
@@ -399,12 +427,34 @@ echo "SLOT INITRAMFS: cannot mount $root""#,
     )?;
     std::fs::copy(keyring_pem, root.join("etc/switchback/keys/vendor.pem"))?;
     std::fs::write(root.join("etc/release"), format!("{}\n", release.version))?;
+    let fleet = match release.fleet_url {
+        Some(url) => format!(
+            r#", "fleet": {{"url": "{url}", "token_file": "/data/fleet/token", "hw_revision": "{FLEET_HW_REVISION}", "max_poll_s": 10}}"#
+        ),
+        None => String::new(),
+    };
     std::fs::write(
         root.join("etc/switchback/config.json"),
         format!(
-            r#"{{"compatible": "switchback-qemu", "keyring": "/etc/switchback/keys", "data_dir": "/data", "boot_tries": {}, "health": {{"deadline_s": 60, "checks": {}}}}}"#,
+            r#"{{"compatible": "switchback-qemu", "keyring": "/etc/switchback/keys", "data_dir": "/data", "boot_tries": {}, "health": {{"deadline_s": 60, "checks": {}}}{fleet}}}"#,
             release.boot_tries, release.health_checks
         ),
+    )?;
+    // busybox udhcpc hands the lease to a script; this one takes the
+    // address and the default route, nothing else.
+    std::fs::write(
+        root.join("etc/udhcpc.script"),
+        "#!/bin/sh
+case \"$1\" in bound|renew)
+  ip addr flush dev \"$interface\"
+  ip addr add \"$ip/$mask\" dev \"$interface\"
+  ip route add default via \"${router%% *}\" dev \"$interface\"
+esac
+",
+    )?;
+    std::fs::set_permissions(
+        root.join("etc/udhcpc.script"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
     let init = r#"#!/bin/busybox sh
 export PATH=/bin:/usr/bin
@@ -414,17 +464,26 @@ echo "RELEASE $(cat /etc/release) RUNNING ON $(sed -n 's/.*switchback.slot=\([^ 
 mount -t ext4 "$(findfs LABEL=data)" /data || echo "INIT: cannot mount /data"
 stick=$(findfs LABEL=stick 2>/dev/null) && mount -o ro "$stick" /media
 mkdir -p /data/app; (while true; do echo "$(cat /etc/release) alive" > /data/app/heartbeat; sleep 1; done) &
+if grep -q '"fleet"' /etc/switchback/config.json; then
+  LOAD_NET
+  ip link set lo up; ip link set eth0 up
+  udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 20 >/dev/null 2>&1 && echo "NET $(ip -4 -o addr show eth0 | awk '{print $4}')" || echo "INIT: no DHCP lease on eth0"
+fi
 BEFORE_HEALTH
 updater health; echo "HEALTH EXIT $?"
 # Healthy: the watchdog the boot stage armed is taken over (loading the
 # driver stops it); a release that never gets here is reset by it.
 insmod /lib/modules/watchdog.ko; insmod /lib/modules/i6300esb.ko
 echo "READY $(cat /etc/release)"
+# The fleet client starts once the device has its token: from the factory
+# on, the technician's commissioning writes it to /data.
+grep -q '"fleet"' /etc/switchback/config.json && (while ! test -s /data/fleet/token; do sleep 1; done; exec updater fleet) &
 exec sh
 "#;
     std::fs::write(
         root.join("sbin/init"),
-        init.replace("BEFORE_HEALTH", release.before_health),
+        init.replace("BEFORE_HEALTH", release.before_health)
+            .replace("LOAD_NET", &load_net),
     )?;
     std::fs::set_permissions(
         root.join("sbin/init"),

@@ -6,6 +6,7 @@
 //! inputs (the kernel by its package version; the static binaries by cargo).
 
 pub mod appliance;
+pub mod goosebit;
 pub mod guest;
 pub mod qemu;
 

@@ -36,7 +36,7 @@ pub enum Bus {
 }
 
 /// How a machine is started.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// A reboot or a watchdog reset restarts the machine (through the
     /// firmware and the boot stage again) instead of ending QEMU.
@@ -46,6 +46,12 @@ pub struct Options {
     pub write_bps: Option<u32>,
     /// The boot disk's bus; other disks are virtio.
     pub bus: Bus,
+    /// A virtio network card on QEMU's user network: the guest gets
+    /// 10.0.2.15 by DHCP and reaches the host's loopback as 10.0.2.2.
+    pub net: bool,
+    /// The serial number the firmware reports (SMBIOS type 1): what a
+    /// fleet client names the machine by.
+    pub serial: Option<String>,
 }
 
 impl Machine {
@@ -75,7 +81,6 @@ impl Machine {
             .with_context(|| format!("copying {OVMF_VARS} (apt-get install ovmf)"))?;
         let mut cmd = Command::new("qemu-system-x86_64");
         // Name TCG explicitly: "kvm:tcg" picks a broken KVM here and stalls.
-        // No network card: the firmware would try to boot from it.
         cmd.args([
             "-accel",
             "tcg",
@@ -91,6 +96,19 @@ impl Machine {
             "-nic",
             "none",
         ]);
+        if opts.net {
+            // No option ROM: the firmware has nothing to boot from the card
+            // (the disk has bootindex 1 anyway).
+            cmd.args([
+                "-netdev",
+                "user,id=net0",
+                "-device",
+                "virtio-net-pci,netdev=net0,romfile=",
+            ]);
+        }
+        if let Some(serial) = &opts.serial {
+            cmd.arg("-smbios").arg(format!("type=1,serial={serial}"));
+        }
         cmd.arg("-drive")
             .arg(format!(
                 "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"

@@ -165,7 +165,7 @@ fn power_cuts_during_an_install_leave_a_bootable_and_a_second_install_succeeds()
         write_bps: Some(4 << 20),
         ..Options::default()
     };
-    let (mut vm, disk) = factory_with(&app, &stick, slow);
+    let (mut vm, disk) = factory_with(&app, &stick, slow.clone());
     // Cut while the slot is being written, then between the write and the flip.
     for (moment, pause) in [
         ("installing", Duration::from_millis(1500)),
@@ -184,7 +184,7 @@ fn power_cuts_during_an_install_leave_a_bootable_and_a_second_install_succeeds()
             !attrs[1].is_bootable(),
             "{moment}: slot_b bootable after the cut: {attrs:?}"
         );
-        vm = app.boot_with(&disk, &stick, slow);
+        vm = app.boot_with(&disk, &stick, slow.clone());
         vm.expect("switchback boot stage: selected slot_a", BOOT)
             .unwrap();
         vm.expect("READY 1.0.0", BOOT).unwrap();

@@ -275,8 +275,7 @@ pub fn fleet(dev: &Device, args: FleetArgs) -> Result<()> {
     let Some(fleet) = &dev.config.fleet else {
         return Err(UpdateError::Config {
             path: dev.config_path.clone(),
-            reason: "it has no `fleet` section (url, controller_id, token_file, hw_revision)"
-                .into(),
+            reason: "it has no `fleet` section (url, token_file, hw_revision)".into(),
         }
         .into());
     };

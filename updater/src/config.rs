@@ -46,8 +46,11 @@ pub struct Fleet {
     pub url: String,
     #[serde(default = "default_tenant")]
     pub tenant: String,
-    /// This device's name on the server.
-    pub controller_id: String,
+    /// This device's name on the server. Default: the machine's serial
+    /// number ([`SERIAL_PATH`]), so that one release image, config
+    /// included, serves every device of a fleet.
+    #[serde(default)]
+    pub controller_id: Option<String>,
     /// File holding the device's security token (`TargetToken`).
     pub token_file: PathBuf,
     /// Reported as `hw_revision`; the server matches releases to it.
@@ -65,13 +68,30 @@ pub struct Fleet {
 
 impl Fleet {
     /// `{url}/{tenant}/controller/v1/{controller_id}`: where DDI lives.
-    pub fn controller_url(&self) -> String {
-        format!(
+    pub fn controller_url(&self) -> Result<String, String> {
+        Ok(format!(
             "{}/{}/controller/v1/{}",
             self.url.trim_end_matches('/'),
             self.tenant,
-            self.controller_id
-        )
+            self.controller_id()?
+        ))
+    }
+
+    /// The configured `controller_id`, else the serial number the
+    /// firmware reports (SMBIOS), read when needed: a device without one
+    /// can still install from a file.
+    pub fn controller_id(&self) -> Result<String, String> {
+        if let Some(id) = &self.controller_id {
+            return Ok(id.clone());
+        }
+        let serial = std::fs::read_to_string(SERIAL_PATH).map_err(|e| {
+            format!("no `fleet.controller_id` is set and the machine's serial number ({SERIAL_PATH}) cannot be read: {e}")
+        })?;
+        let serial = serial.trim();
+        path_segment("the machine's serial number", serial).map_err(|e| {
+            format!("no `fleet.controller_id` is set and {e} (read from {SERIAL_PATH}); set `fleet.controller_id`")
+        })?;
+        Ok(serial.to_string())
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -87,21 +107,9 @@ impl Fleet {
                 "field `fleet.url` ({url}) must be the server's address, without query or spaces"
             ));
         }
-        // Both become path segments of every request.
-        for (field, value) in [
-            ("tenant", &self.tenant),
-            ("controller_id", &self.controller_id),
-        ] {
-            let ok = !value.is_empty()
-                && value.len() <= 128
-                && value
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
-            if !ok || value.starts_with('.') {
-                return Err(format!(
-                    "field `fleet.{field}` ({value:?}) must be 1 to 128 letters, digits, '-', '_', '.' or ':'"
-                ));
-            }
+        path_segment("field `fleet.tenant`", &self.tenant)?;
+        if let Some(id) = &self.controller_id {
+            path_segment("field `fleet.controller_id`", id)?;
         }
         if self.hw_revision.is_empty()
             || self.hw_revision.len() > 128
@@ -144,6 +152,27 @@ impl Fleet {
             ));
         }
         Ok(token.to_string())
+    }
+}
+
+/// Where Linux shows the serial number of the machine (SMBIOS type 1).
+pub const SERIAL_PATH: &str = "/sys/class/dmi/id/product_serial";
+
+/// `value` as a segment of every request's path: nothing that could leave
+/// the device's own URL. `what` names it in the error.
+fn path_segment(what: &str, value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && !value.starts_with('.')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} ({value:?}) must be 1 to 128 letters, digits, '-', '_', '.' or ':'"
+        ))
     }
 }
 
@@ -382,6 +411,17 @@ mod tests {
         for (text, message) in cases {
             let e = load(text).unwrap_err().to_string();
             assert!(e.contains(message), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn placeholder_serial_numbers_are_not_device_names() {
+        // What boards without a real serial number report.
+        for junk in ["To Be Filled By O.E.M.", "Not Specified", "", "../x", "a/b"] {
+            assert!(path_segment("serial", junk).is_err(), "{junk:?}");
+        }
+        for good in ["ha-a", "SN:0042.7", "CZC1234XYZ"] {
+            assert!(path_segment("serial", good).is_ok(), "{good:?}");
         }
     }
 }

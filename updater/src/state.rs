@@ -263,8 +263,14 @@ impl StateFile {
                 ),
             },
         };
+        // The fleet client loads the state several times a cycle, every
+        // cycle: each warning is said once per process.
+        static SAID: std::sync::Mutex<std::collections::BTreeSet<String>> =
+            std::sync::Mutex::new(std::collections::BTreeSet::new());
         if let Some(w) = &warning {
-            log::warn!("{w}");
+            if SAID.lock().map_or(true, |mut said| said.insert(w.clone())) {
+                log::warn!("{w}");
+            }
         }
         StateFile {
             path,

@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::goosebit::Goosebit;
 use common::net::Request;
 use common::net::{json, Fixture, Proxy, Reply};
 use common::*;
 use image_tools::bundle::{swu, Envelope};
+use qemu_tests::goosebit::Goosebit;
 use serde_json::json as j;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

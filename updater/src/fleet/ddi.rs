@@ -146,7 +146,7 @@ impl Ddi {
         // Replies are small: a whole request gets `idle` and no more, so a
         // server that dribbles cannot hold up a health check's reboot.
         let agent = crate::source::agent(idle, fleet.ca_file.as_deref(), false, Some(idle))?;
-        let base = fleet.controller_url();
+        let base = fleet.controller_url().map_err(anyhow::Error::msg)?;
         let origin = origin(&base)
             .ok_or_else(|| anyhow::anyhow!("fleet.url {} is not an http(s) URL", fleet.url))?;
         Ok(Ddi {

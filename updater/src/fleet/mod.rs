@@ -234,6 +234,14 @@ impl Client<'_> {
             path: self.fleet.token_file.clone(),
             reason,
         })?;
+        // Checked here so that a missing serial number is named as such,
+        // not as a CA file problem.
+        self.fleet
+            .controller_id()
+            .map_err(|reason| UpdateError::Config {
+                path: crate::config::SERIAL_PATH.into(),
+                reason,
+            })?;
         Ddi::new(self.fleet, &token, self.opts.http.idle_timeout).map_err(|e| {
             UpdateError::Config {
                 path: self.fleet.ca_file.clone().unwrap_or_default(),
@@ -464,6 +472,7 @@ impl Client<'_> {
                     log::warn!("fleet: {e}");
                 }
                 if reboot {
+                    log::info!("fleet: action {}: {}", d.id, lines[1]);
                     crate::reboot()?;
                 }
                 Ok(Cycle::Installed {

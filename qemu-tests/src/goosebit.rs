@@ -239,6 +239,24 @@ impl Goosebit {
             .unwrap_or_else(|| panic!("no device {id} in {all}"))
     }
 
+    /// Waits until the server's view of device `id` satisfies `ok`, and
+    /// returns it; panics with the last view after `timeout`.
+    pub fn wait_device(&self, id: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let d = self.device(id);
+            if ok(&d) {
+                return d;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "device {id} not as expected within {timeout:?}: {d}\nits log:\n{}",
+                self.device_log(id)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     pub fn device_log(&self, id: &str) -> String {
         self.api("GET", &format!("devices/{id}/log"), None)["log"]
             .as_str()
