@@ -199,25 +199,12 @@ pub struct SwuArgs {
     pub threads: usize,
 }
 
-/// Verifies the bundle as `verify` does, then writes the `.swu` next to
-/// its final name and renames it there, so no half-written wrapper is left.
+/// Verifies the bundle as `verify` does, then wraps it
+/// ([`bundle::swu::wrap_file`]).
 pub fn swu(args: &SwuArgs) -> Result<String> {
     let (manifest, signer) =
         crate::ops::verify(&args.bundle, &args.trust.load()?, args.threads, None)?;
-    let dir = match args.out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a file in {}", dir.display()))?;
-    {
-        let mut out = std::io::BufWriter::new(tmp.as_file_mut());
-        bundle::swu::wrap(&args.bundle, &manifest, &args.hw_revisions, &mut out)?;
-        std::io::Write::flush(&mut out)
-            .with_context(|| format!("writing {}", args.out.display()))?;
-    }
-    tmp.persist(&args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    bundle::swu::wrap_file(&args.bundle, &manifest, &args.hw_revisions, &args.out)?;
     Ok(format!(
         "{}: {} {} (signed by {signer}) wrapped for hardware revision(s) {}",
         args.out.display(),

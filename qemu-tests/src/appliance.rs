@@ -95,9 +95,7 @@ impl Appliance {
             .unverified_manifest()
             .unwrap();
         let out = self.dir.path().join(format!("{version}.swu"));
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&out).unwrap());
-        bundle::swu::wrap(&bundle, &manifest, &[FLEET_HW_REVISION.into()], &mut f).unwrap();
-        std::io::Write::flush(&mut f).unwrap();
+        bundle::swu::wrap_file(&bundle, &manifest, &[FLEET_HW_REVISION.into()], &out).unwrap();
         out
     }
 

@@ -257,6 +257,13 @@ impl Goosebit {
         }
     }
 
+    /// How many times the server has taken attributes (`configData`)
+    /// from device `id` so far, as its own log says.
+    pub fn attribute_updates(&self, id: &str) -> usize {
+        let needle = format!("Updating config data, device={id}");
+        self.log.lock().unwrap().matches(&needle).count()
+    }
+
     pub fn device_log(&self, id: &str) -> String {
         self.api("GET", &format!("devices/{id}/log"), None)["log"]
             .as_str()

@@ -404,7 +404,7 @@ echo "SLOT INITRAMFS: cannot mount $root""#,
     let mut load_net = String::new();
     for m in &net_modules {
         let name = m.file_name().and_then(|n| n.to_str()).context("module")?;
-        load_net += &format!("insmod /lib/modules/{name}; ");
+        load_net += &format!("insmod /lib/modules/{name}\n");
     }
     for m in kernel
         .modules_for(&["i6300esb"])?
@@ -464,26 +464,35 @@ echo "RELEASE $(cat /etc/release) RUNNING ON $(sed -n 's/.*switchback.slot=\([^ 
 mount -t ext4 "$(findfs LABEL=data)" /data || echo "INIT: cannot mount /data"
 stick=$(findfs LABEL=stick 2>/dev/null) && mount -o ro "$stick" /media
 mkdir -p /data/app; (while true; do echo "$(cat /etc/release) alive" > /data/app/heartbeat; sleep 1; done) &
-if grep -q '"fleet"' /etc/switchback/config.json; then
-  LOAD_NET
-  ip link set lo up; ip link set eth0 up
-  udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 20 >/dev/null 2>&1 && echo "NET $(ip -4 -o addr show eth0 | awk '{print $4}')" || echo "INIT: no DHCP lease on eth0"
-fi
+FLEET_NETWORK
 BEFORE_HEALTH
 updater health; echo "HEALTH EXIT $?"
 # Healthy: the watchdog the boot stage armed is taken over (loading the
 # driver stops it); a release that never gets here is reset by it.
 insmod /lib/modules/watchdog.ko; insmod /lib/modules/i6300esb.ko
 echo "READY $(cat /etc/release)"
-# The fleet client starts once the device has its token: from the factory
-# on, the technician's commissioning writes it to /data.
-grep -q '"fleet"' /etc/switchback/config.json && (while ! test -s /data/fleet/token; do sleep 1; done; exec updater fleet) &
+FLEET_CLIENT
 exec sh
 "#;
+    // Up before the health check, which sends its verdict before any
+    // reboot; a few seconds at most, inside the boot stage's watchdog.
+    let network = format!(
+        r#"{load_net}
+ip link set lo up; ip link set eth0 up
+udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 1 && echo "NET $(ip -4 -o addr show eth0 | awk '{{print $4}}')" || echo "INIT: no DHCP lease on eth0""#
+    );
+    // The fleet client starts once the device has its token: from the
+    // factory on, the technician's commissioning writes it to /data.
+    let client = "(while ! test -s /data/fleet/token; do sleep 1; done; exec updater fleet) &";
+    let (network, client) = match release.fleet_url {
+        Some(_) => (network.as_str(), client),
+        None => ("", ""),
+    };
     std::fs::write(
         root.join("sbin/init"),
         init.replace("BEFORE_HEALTH", release.before_health)
-            .replace("LOAD_NET", &load_net),
+            .replace("FLEET_NETWORK", network)
+            .replace("FLEET_CLIENT", client),
     )?;
     std::fs::set_permissions(
         root.join("sbin/init"),

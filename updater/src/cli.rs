@@ -281,6 +281,7 @@ pub fn fleet(dev: &Device, args: FleetArgs) -> Result<()> {
     };
     let client = Client {
         config: &dev.config,
+        config_path: dev.config_path.clone(),
         fleet,
         disk: dev.disk.clone(),
         sector_size: dev.sector_size,

@@ -88,9 +88,15 @@ impl Fleet {
             format!("no `fleet.controller_id` is set and the machine's serial number ({SERIAL_PATH}) cannot be read: {e}")
         })?;
         let serial = serial.trim();
-        path_segment("the machine's serial number", serial).map_err(|e| {
+        let refused = |e: String| {
             format!("no `fleet.controller_id` is set and {e} (read from {SERIAL_PATH}); set `fleet.controller_id`")
-        })?;
+        };
+        path_segment("the machine's serial number", serial).map_err(refused)?;
+        if placeholder_serial(serial) {
+            return Err(refused(format!(
+                "the machine's serial number ({serial:?}) is a placeholder that other machines report too"
+            )));
+        }
         Ok(serial.to_string())
     }
 
@@ -157,6 +163,31 @@ impl Fleet {
 
 /// Where Linux shows the serial number of the machine (SMBIOS type 1).
 pub const SERIAL_PATH: &str = "/sys/class/dmi/id/product_serial";
+
+/// What boards without a serial number of their own report instead (those
+/// with spaces are refused as path segments already): as a device's name
+/// on the server, a whole batch would share it.
+fn placeholder_serial(serial: &str) -> bool {
+    const KNOWN: &[&str] = &[
+        "0123456789",
+        "1234567890",
+        "123456789",
+        "default",
+        "default_string",
+        "none",
+        "n/a",
+        "na",
+        "null",
+        "not_specified",
+        "serial",
+        "system_serial_number",
+        "unknown",
+    ];
+    let lower = serial.to_ascii_lowercase();
+    // 0, 00000000, FFFFFFFF, xxxx: one character repeated.
+    let repeated = serial.chars().all(|c| serial.starts_with(c));
+    repeated || KNOWN.contains(&lower.as_str())
+}
 
 /// `value` as a segment of every request's path: nothing that could leave
 /// the device's own URL. `what` names it in the error.
@@ -422,6 +453,17 @@ mod tests {
         }
         for good in ["ha-a", "SN:0042.7", "CZC1234XYZ"] {
             assert!(path_segment("serial", good).is_ok(), "{good:?}");
+            assert!(!placeholder_serial(good), "{good:?}");
+        }
+        for junk in [
+            "0",
+            "00000000",
+            "FFFFFFFF",
+            "0123456789",
+            "Default_String",
+            "None",
+        ] {
+            assert!(placeholder_serial(junk), "{junk:?}");
         }
     }
 }

@@ -264,13 +264,19 @@ impl StateFile {
             },
         };
         // The fleet client loads the state several times a cycle, every
-        // cycle: each warning is said once per process.
-        static SAID: std::sync::Mutex<std::collections::BTreeSet<String>> =
-            std::sync::Mutex::new(std::collections::BTreeSet::new());
-        if let Some(w) = &warning {
-            if SAID.lock().map_or(true, |mut said| said.insert(w.clone())) {
-                log::warn!("{w}");
+        // cycle: a warning is said when it is new, not at every load, and
+        // said again if it comes back after a clean load.
+        static LAST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+        let new = match LAST.lock() {
+            Ok(last) if *last == warning => false,
+            Ok(mut last) => {
+                last.clone_from(&warning);
+                true
             }
+            Err(_) => true,
+        };
+        if let (true, Some(w)) = (new, &warning) {
+            log::warn!("{w}");
         }
         StateFile {
             path,

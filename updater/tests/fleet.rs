@@ -45,9 +45,7 @@ fn swu_of(dev: &Device, r: &Release) -> PathBuf {
         .unverified_manifest()
         .unwrap();
     let out = dev.dir.path().join(format!("{}.swu", r.version));
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&out).unwrap());
-    swu::wrap(&bundle, &manifest, &["1.0".into()], &mut f).unwrap();
-    drop(f);
+    swu::wrap_file(&bundle, &manifest, &["1.0".into()], &out).unwrap();
     out
 }
 

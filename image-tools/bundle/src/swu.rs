@@ -162,7 +162,7 @@ pub fn open<R: Read>(mut r: R) -> Result<Opened<R>> {
 }
 
 #[cfg(feature = "writer")]
-pub use writer::{describe, wrap};
+pub use writer::{describe, wrap, wrap_file};
 
 #[cfg(feature = "writer")]
 mod writer {
@@ -334,6 +334,36 @@ mod writer {
         let pad = (512 - total % 512) % 512;
         out.write_all(&vec![0u8; pad as usize])
             .map_err(BundleError::io("writing the .swu"))?;
+        Ok(())
+    }
+
+    /// [`wrap`] into the file `out`: written beside it, synced, readable
+    /// by all like the bundle it holds (it is meant to be uploaded), and
+    /// renamed into place, so that no half-written wrapper bears the name.
+    pub fn wrap_file(
+        bundle: &Path,
+        manifest: &Manifest,
+        hw_revisions: &[String],
+        out: &Path,
+    ) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let out_err = |what: &'static str| BundleError::io(format!("{what} {}", out.display()));
+        let dir = match out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .map_err(out_err("creating a temporary file for"))?;
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        wrap(bundle, manifest, hw_revisions, &mut w)?;
+        w.flush().map_err(out_err("writing"))?;
+        drop(w);
+        let f = tmp.as_file();
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(out_err("setting permissions of"))?;
+        f.sync_all().map_err(out_err("syncing"))?;
+        tmp.persist(out)
+            .map_err(|e| BundleError::io(format!("renaming into {}", out.display()))(e.error))?;
         Ok(())
     }
 }

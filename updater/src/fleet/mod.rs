@@ -90,6 +90,8 @@ pub struct FleetOptions {
 /// A device as the fleet client sees it.
 pub struct Client<'a> {
     pub config: &'a Config,
+    /// Where `config` came from, for errors that name it.
+    pub config_path: PathBuf,
     pub fleet: &'a crate::config::Fleet,
     pub disk: PathBuf,
     pub sector_size: Option<u64>,
@@ -164,6 +166,11 @@ pub fn settle(state: &mut State) -> bool {
 pub fn report_after_health(config: &Config, disk: &std::path::Path) {
     let Some(fleet) = &config.fleet else { return };
     let sent = settle_and_save(config, disk).and_then(|()| {
+        // Nothing to say: no need for the token, the name or the network.
+        let state = StateFile::load(&config.state_dir()).state;
+        if !state.fleet.is_some_and(|a| a.phase == FleetPhase::Done) {
+            return Ok(None);
+        }
         let token = fleet.token().map_err(anyhow::Error::msg)?;
         let ddi = Ddi::new(fleet, &token, Duration::from_secs(10))?;
         send_report(config, disk, &ddi)
@@ -239,7 +246,7 @@ impl Client<'_> {
         self.fleet
             .controller_id()
             .map_err(|reason| UpdateError::Config {
-                path: crate::config::SERIAL_PATH.into(),
+                path: self.config_path.clone(),
                 reason,
             })?;
         Ddi::new(self.fleet, &token, self.opts.http.idle_timeout).map_err(|e| {
