@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use bootctl::host::SectorSize;
 use bootctl::provision::{self, Layout, Provisioned};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,9 +29,15 @@ pub struct MkdiskOptions {
     pub slot_size: u64,
     #[arg(long, value_parser = parse_size)]
     pub data_size: u64,
-    /// Root filesystem image for slot_a.
+    /// The first release for slot_a: a signed bundle (.swb, checked
+    /// against --public; its signed record is kept at the slot's end, so
+    /// the device knows what it runs from its first boot on), or a raw
+    /// root file system image.
     #[arg(long)]
     pub slot_a: Option<PathBuf>,
+    /// The vendor key a bundle given as --slot-a must be signed with.
+    #[arg(long, requires = "slot_a")]
+    pub public: Option<PathBuf>,
     /// Logical sector size of the disk the image is for.
     #[arg(long, value_enum, default_value = "512")]
     pub sector_size: SectorSize,
@@ -79,19 +85,7 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
     let mkfs = find_program("mkfs.ext4")
         .context("mkfs.ext4 not found: install e2fsprogs to format the data partition")?;
     let image = match &opts.slot_a {
-        Some(path) => {
-            let file = File::open(path)
-                .with_context(|| format!("opening slot image {}", path.display()))?;
-            let len = file.metadata()?.len();
-            if len > opts.slot_size {
-                bail!(
-                    "slot image {} is {len} bytes, larger than the slot size {}",
-                    path.display(),
-                    opts.slot_size
-                );
-            }
-            Some((path, file))
-        }
+        Some(path) => Some(first_release(path, opts)?),
         None => None,
     };
     if opts.boot_efi.is_some() && opts.esp_size == 0 {
@@ -114,15 +108,31 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
     };
     let disk = provision::create(&opts.out, layout)?;
 
-    if let Some((path, mut src)) = image {
+    if let Some(first) = image {
         let out = File::options().write(true).open(&opts.out)?;
-        copy_at(&mut src, &out, disk.slots[0].offset).with_context(|| {
-            format!(
-                "copying {} into slot_a of {}",
-                path.display(),
-                opts.out.display()
-            )
-        })?;
+        let slot = disk.slots[0];
+        let context = || format!("writing slot_a of {}", opts.out.display());
+        match first {
+            First::Image(mut src) => {
+                copy_at(&mut src, &out, slot.offset).with_context(context)?;
+            }
+            First::Bundle { path, keyring } => {
+                // Checked whole before the disk existed; every chunk is
+                // checked again as it is written.
+                let bundle = crate::ops::open(&path)?.verify(&keyring)?;
+                let head = bundle.head.clone();
+                let read = crate::bundle::ReadOptions::checked(crate::bundle::default_threads());
+                bundle.read_chunks(read, |image, chunk| -> Result<()> {
+                    if image.target == crate::bundle::ROOTFS && !chunk.zero {
+                        out.write_all_at(&chunk.data, slot.offset + chunk.offset)
+                            .with_context(context)?;
+                    }
+                    Ok(())
+                })?;
+                crate::bundle::trailer::write(&out, slot.offset, slot.size, &head)
+                    .with_context(context)?;
+            }
+        }
         out.sync_all()?;
     }
     if let (Some(esp), Some(fat)) = (disk.esp, &fat) {
@@ -135,6 +145,57 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
 }
 
 /// Copies all of `src` into `out` starting at byte `offset`.
+/// What goes into slot_a, checked before the disk image is made.
+enum First {
+    Image(File),
+    Bundle {
+        path: PathBuf,
+        keyring: crate::bundle::Keyring,
+    },
+}
+
+fn first_release(path: &Path, opts: &MkdiskOptions) -> Result<First> {
+    let mut file =
+        File::open(path).with_context(|| format!("opening slot image {}", path.display()))?;
+    let mut magic = [0u8; 8];
+    let is_bundle = file.read_exact(&mut magic).is_ok() && &magic == crate::bundle::MAGIC;
+    if !is_bundle {
+        let len = file.metadata()?.len();
+        if len > opts.slot_size {
+            bail!(
+                "slot image {} is {len} bytes, larger than the slot size {}",
+                path.display(),
+                opts.slot_size
+            );
+        }
+        file.rewind()?;
+        return Ok(First::Image(file));
+    }
+    let key = opts.public.as_deref().with_context(|| {
+        format!(
+            "{} is a bundle: name the vendor key it must be signed with (--public KEY.pem)",
+            path.display()
+        )
+    })?;
+    let keyring = crate::bundle::Keyring::from_key(key)?;
+    let (manifest, _) = crate::ops::verify(path, &keyring, crate::bundle::default_threads(), None)?;
+    let image = manifest.image(crate::bundle::ROOTFS)?;
+    let head_len = crate::ops::open(path)?.verify(&keyring)?.head.len() as u64;
+    let needed = image.size + crate::bundle::trailer::reserved(head_len);
+    if needed > opts.slot_size {
+        bail!(
+            "{} needs {needed} bytes of slot (its {} byte image and its signed record), more than the slot size {}",
+            path.display(),
+            image.size,
+            opts.slot_size
+        );
+    }
+    Ok(First::Bundle {
+        path: path.to_path_buf(),
+        keyring,
+    })
+}
+
 fn copy_at(src: &mut impl Read, out: &File, offset: u64) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut at = offset;

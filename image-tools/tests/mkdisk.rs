@@ -189,3 +189,95 @@ fn a_boot_loader_that_cannot_go_on_the_disk_is_refused_before_anything_is_writte
         .unwrap();
     assert_eq!(state.table.entry(bootctl::Slot::A).first_lba * 512, 1 << 20);
 }
+
+#[test]
+fn a_factory_release_from_a_bundle_carries_its_signed_record() {
+    use image_tools::bundle::{trailer, Keyring};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let it = || {
+        let mut c = Command::cargo_bin("image-tools").unwrap();
+        c.current_dir(d);
+        c
+    };
+    for who in ["vendor", "other"] {
+        it().args(["keygen", "--private", &format!("{who}.key")])
+            .args(["--public", &format!("{who}.pem")])
+            .assert()
+            .success();
+    }
+    let content: Vec<u8> = (0..3u32 << 20)
+        .map(|i| {
+            if i < 1 << 20 {
+                0
+            } else {
+                (i.wrapping_mul(2654435761) >> 13) as u8
+            }
+        })
+        .collect();
+    std::fs::write(d.join("rootfs.img"), &content).unwrap();
+    it().args([
+        "build",
+        "--key",
+        "vendor.key",
+        "--image",
+        "rootfs=rootfs.img",
+    ])
+    .args([
+        "--compatible",
+        "acme-gw",
+        "--version",
+        "1.0.0",
+        "--out",
+        "1.0.0.swb",
+    ])
+    .assert()
+    .success();
+    let mkdisk = |slot: &str, extra: &[&str]| {
+        let mut c = it();
+        c.args([
+            "mkdisk",
+            "--esp-size",
+            "0",
+            "--slot-size",
+            slot,
+            "--data-size",
+            "4M",
+        ])
+        .args(["--out", "disk.img", "--slot-a", "1.0.0.swb"])
+        .args(extra);
+        c.assert()
+    };
+
+    // Refused before the disk exists: no key named, the wrong key, a slot
+    // with no room left for the record after the image.
+    mkdisk("4M", &[])
+        .failure()
+        .stderr(predicates::str::contains(
+            "is a bundle: name the vendor key",
+        ));
+    mkdisk("4M", &["--public", "other.pem"]).code(25);
+    mkdisk("3M", &["--public", "vendor.pem"])
+        .failure()
+        .stderr(predicates::str::contains("more than the slot size"));
+    assert!(!d.join("disk.img").exists());
+
+    mkdisk("4M", &["--public", "vendor.pem"]).success();
+    let bytes = std::fs::read(d.join("disk.img")).unwrap();
+    let (slot_a, slot_size) = (1usize << 20, 4usize << 20);
+    assert_eq!(&bytes[slot_a..slot_a + content.len()], &content[..]);
+    // The record at the slot's end names the release, and verifies.
+    let end = slot_a + slot_size;
+    let footer = &bytes[end - trailer::TRAILER_SECTOR as usize..end];
+    let (len, crc) = trailer::parse_footer(footer, slot_size as u64)
+        .unwrap()
+        .expect("a trailer at the end of slot_a");
+    let head_at = end - trailer::reserved(len) as usize;
+    let keyring = Keyring::from_key(&d.join("vendor.pem")).unwrap();
+    let manifest =
+        trailer::verify_head(&bytes[head_at..head_at + len as usize], crc, &keyring).unwrap();
+    assert_eq!(
+        (manifest.compatible.as_str(), manifest.version.as_str()),
+        ("acme-gw", "1.0.0")
+    );
+}

@@ -122,7 +122,9 @@ impl Appliance {
         self.factory_disk_named("disk", v1)
     }
 
-    /// `factory_disk` for one of several machines: `name.img`.
+    /// `factory_disk` for one of several machines: `name.img`. `v1` may
+    /// be a signed bundle: the factory release then has its signed record
+    /// and the device knows its version from the first boot.
     pub fn factory_disk_named(&self, name: &str, v1: &Path) -> PathBuf {
         let out = self.dir.path().join(format!("{name}.img"));
         let opts = MkdiskOptions {
@@ -132,6 +134,7 @@ impl Appliance {
             slot_size: 72 << 20,
             data_size: 16 << 20,
             slot_a: Some(v1.to_path_buf()),
+            public: Some(self.pem.clone()),
             sector_size: bootctl::host::SectorSize::B512,
         };
         mkdisk(&opts).unwrap();

@@ -549,6 +549,7 @@ pub fn disk_booting(
         slot_size,
         data_size: 4 << 20,
         slot_a: None,
+        public: None,
         sector_size: bootctl::host::SectorSize::B512,
     })
 }

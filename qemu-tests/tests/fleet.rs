@@ -47,7 +47,14 @@ fn an_ha_pair_is_updated_standby_first_and_a_failed_release_is_reported_with_its
             ..Release::default()
         })
     };
-    let v1 = release("1.0.0", "[]");
+    // From the factory on, the device knows and reports its release.
+    let v1 = app.bundle(
+        "1.0.0",
+        "1.0.0",
+        "switchback-qemu",
+        &release("1.0.0", "[]"),
+        vec![],
+    );
     let swu2 = app.swu("2.0.0", &release("2.0.0", HEARTBEAT_CHECK));
     let swu3 = app.swu("3.0.0", &release("3.0.0", FAILING_CHECK));
 
@@ -58,6 +65,7 @@ fn an_ha_pair_is_updated_standby_first_and_a_failed_release_is_reported_with_its
         gb.wait_device(id, BOOT, |d| {
             d["hardware"]["model"] == "switchback-qemu"
                 && d["hardware"]["revision"] == FLEET_HW_REVISION
+                && d["sw_version"] == "1.0.0"
         });
     }
 

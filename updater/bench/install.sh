@@ -83,7 +83,8 @@ type=raw
 bootname=B
 INI
 mkdir -p /run/dbus
-pgrep -x dbus-daemon >/dev/null || dbus-daemon --system --fork
+# A pid file left by a bus that is gone (a container restarted) stops a new one.
+pgrep -x dbus-daemon >/dev/null || { rm -f /run/dbus/pid; dbus-daemon --system --fork; }
 rauc service --conf=system.conf --override-boot-slot=A >rauc.log 2>&1 &
 rauc_pid=$!
 sleep 1

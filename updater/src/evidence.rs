@@ -43,13 +43,9 @@ pub fn erase(dev: &File, area: &SlotArea) -> std::io::Result<()> {
     dev.sync_data()
 }
 
-/// Writes `head` as the slot's evidence: the head, then the footer that
-/// makes it count, then a sync.
+/// Writes `head` as the slot's evidence ([`trailer::write`]).
 pub fn write(dev: &File, area: &SlotArea, head: &[u8]) -> std::io::Result<()> {
-    let at = area.offset + area.size - trailer::reserved(head.len() as u64);
-    dev.write_all_at(head, at)?;
-    dev.write_all_at(&trailer::footer(head), area.footer_at())?;
-    dev.sync_data()
+    trailer::write(dev, area.offset, area.size, head)
 }
 
 /// The release whose signed head is at the end of the slot: `None` when

@@ -35,7 +35,7 @@ use switchback_bundle::{
     BundleError, Envelope, ImageSpec, Keyring, Manifest, MigrationSpec, ReadOptions,
 };
 
-pub const ROOTFS: &str = "rootfs";
+pub use switchback_bundle::ROOTFS;
 /// Chunks whose writeback may be outstanding at once (4 × 4 MiB).
 const WRITEBACK_WINDOW: usize = 4;
 

@@ -256,7 +256,7 @@ impl<'a> SlotWriter<'a> {
         })?;
         let same = match p.expect {
             Expect::Digest(d) => xxhash_rust::xxh3::xxh3_128(read) == d,
-            Expect::Zeros => read.iter().all(|&b| b == 0),
+            Expect::Zeros => switchback_bundle::all_zero(read),
         };
         if same {
             Ok(())

@@ -40,6 +40,17 @@ pub fn footer(head: &[u8]) -> Vec<u8> {
     f
 }
 
+/// Writes `head` as the trailer of the slot at `offset` (`size` bytes) of
+/// `dev`: the head, then the footer that makes it count, then a sync. The
+/// footer carries the head's CRC, so a cut that lands the footer without
+/// the whole head leaves a trailer that does not count.
+pub fn write(dev: &std::fs::File, offset: u64, size: u64, head: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    dev.write_all_at(head, offset + size - reserved(head.len() as u64))?;
+    dev.write_all_at(&footer(head), offset + size - TRAILER_SECTOR)?;
+    dev.sync_data()
+}
+
 /// The head's length and CRC from a footer, or `None` when there is no
 /// trailer (no magic: an empty or never-installed slot).
 pub fn parse_footer(f: &[u8], slot_size: u64) -> Result<Option<(u64, u32)>> {

@@ -117,7 +117,7 @@ fn write_image(
         |(cctx, reference), (offset, raw)| -> Result<Compressed> {
             let sha256 = Digest::of(&raw);
             // Free space in a file system image: nothing to store.
-            if raw.iter().all(|&b| b == 0) {
+            if crate::all_zero(&raw) {
                 return Ok(Compressed {
                     bytes: Vec::new(),
                     sha256,
