@@ -101,6 +101,20 @@ pub fn releases(
     (found, warnings)
 }
 
+/// The version of the release in `booted`: the state's record, else the
+/// signed trailer the disk shows (`releases`, from [`releases`]).
+pub fn running_version(
+    state: &crate::state::State,
+    booted: Slot,
+    releases: &[Option<Manifest>; 2],
+) -> Option<String> {
+    state
+        .slots
+        .get(booted.name())
+        .map(|r| r.version.clone())
+        .or_else(|| releases[booted.index()].as_ref().map(|m| m.version.clone()))
+}
+
 /// The floor the disk proves: the highest security version of a slot that
 /// has passed its health check.
 pub fn floor(attrs: [BootAttrs; 2], releases: &[Option<Manifest>; 2]) -> u64 {

@@ -161,16 +161,7 @@ pub fn install(
         .state
         .security_floor
         .max(evidence::floor(disk_state.attrs(), &releases));
-    let from_version = state
-        .state
-        .slots
-        .get(opts.booted.name())
-        .map(|r| r.version.clone())
-        .or_else(|| {
-            releases[opts.booted.index()]
-                .as_ref()
-                .map(|m| m.version.clone())
-        });
+    let from_version = evidence::running_version(&state.state, opts.booted, &releases);
     check_policy(
         config,
         floor,

@@ -117,6 +117,18 @@ pub fn parse_sleep(text: &str) -> Option<Duration> {
 }
 
 /// An action id goes into a path: digits, letters, `-` and `_` only.
+/// A `Retry-After` value (RFC 9110 §10.2.3): seconds, or an HTTP date,
+/// taken relative to `now` (a date already past means now). A device's
+/// clock may be wrong; the caller clamps what this gives.
+fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 fn check_id(id: &str, url: &str) -> Result<String> {
     let ok = !id.is_empty()
         && id.len() <= 64
@@ -213,8 +225,7 @@ impl Ddi {
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                    .and_then(|v| retry_after(v, std::time::SystemTime::now()));
                 return Err(DdiError::TooMany {
                     url: url.into(),
                     retry_after,
@@ -403,6 +414,22 @@ impl Ddi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        // Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's example date.
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let at = |v| retry_after(v, now);
+        assert_eq!(at(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(
+            at("Sun, 06 Nov 1994 08:50:07 GMT"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(at("Sun, 06 Nov 1994 08:00:00 GMT"), Some(Duration::ZERO));
+        for bad in ["", "-5", "soon", "1.5", "Sun, 06 Nov 1994 25:00:00 GMT"] {
+            assert_eq!(at(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn sleeps_origins_and_ids_from_a_hostile_server() {

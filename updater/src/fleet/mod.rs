@@ -262,18 +262,13 @@ impl Client<'_> {
     /// trailer at the end of the running slot.
     fn running_version(&self) -> Option<String> {
         let state = StateFile::load(&self.config.state_dir()).state;
-        if let Some(r) = state.slots.get(self.booted.name()) {
-            return Some(r.version.clone());
-        }
-        let keyring = switchback_bundle::Keyring::load_dir(&self.config.keyring).ok()?;
-        let disk = Disk::open(&self.disk, self.sector_size, false)
-            .ok()?
-            .read()
-            .ok()?;
-        let (releases, _) = crate::evidence::releases(&self.disk, &disk, &keyring);
-        releases[self.booted.index()]
-            .as_ref()
-            .map(|m| m.version.clone())
+        let keyring = switchback_bundle::Keyring::load_dir(&self.config.keyring).ok();
+        let disk = Disk::open(&self.disk, self.sector_size, false).and_then(|mut d| d.read());
+        let releases = match (keyring, disk) {
+            (Some(keyring), Ok(disk)) => crate::evidence::releases(&self.disk, &disk, &keyring).0,
+            _ => [None, None],
+        };
+        crate::evidence::running_version(&state, self.booted, &releases)
     }
 
     fn attributes(&self) -> BTreeMap<String, String> {
@@ -610,9 +605,22 @@ impl Client<'_> {
                     wait
                 }
             };
-            std::thread::sleep(wait);
+            std::thread::sleep(jittered(wait));
         }
     }
+}
+
+/// `wait` lengthened by up to a tenth, at random: devices that start
+/// together (a site's power back, the end of an outage) drift apart rather
+/// than poll the server in step. Never shorter than the server asked.
+fn jittered(wait: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // Each RandomState is keyed afresh from the OS's randomness: random
+    // enough to spread polls, without a crate for it.
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    wait + wait.mul_f64((r % 1000) as f64 / 10_000.0)
 }
 
 /// Whether the install failed for want of the download (the server or
@@ -690,6 +698,16 @@ mod tests {
         let a = s.fleet.as_ref()?;
         let r = a.report.as_ref()?;
         Some((r.success, r.details.join(" ")))
+    }
+
+    #[test]
+    fn polls_are_spread_over_a_tenth_of_the_sleep_and_never_early() {
+        let asked = Duration::from_secs(100);
+        let waits: Vec<Duration> = (0..50).map(|_| jittered(asked)).collect();
+        assert!(waits
+            .iter()
+            .all(|w| *w >= asked && *w <= asked + asked / 10));
+        assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
     }
 
     #[test]
