@@ -26,10 +26,13 @@ say "The vendor creates a signing key; devices trust its public half"
 mkdir -p keyring data
 run "$bin/image-tools" keygen --private vendor.pem --public keyring/vendor.pem
 
-say "Release 1.0 is an ext4 root filesystem; the factory writes it to slot_a (part 2 puts the boot stage on the ESP too)"
+say "Release 1.0 is an ext4 root filesystem, signed like every release; the factory checks it and writes it to slot_a with its signed record, so the device knows what it runs (part 2 puts the boot stage on the ESP too)"
 mkdir -p root/etc && echo "1.0.0" > root/etc/release
 mkfs.ext4 -q -F -L rootfs -d root rootfs-1.0.img 48M
-run "$bin/image-tools" mkdisk --out disk.img --slot-size 64M --data-size 32M --slot-a rootfs-1.0.img
+run "$bin/image-tools" build --key vendor.pem --image rootfs=rootfs-1.0.img \
+  --compatible acme-gateway --version 1.0.0 --security-version 1 --out release-1.0.swb
+run "$bin/image-tools" mkdisk --out disk.img --slot-size 64M --data-size 32M \
+  --slot-a release-1.0.swb --public keyring/vendor.pem
 run "$bin/bootctl" --disk disk.img status
 
 say "Release 2.0: the vendor's pipeline builds a signed, compressed bundle"

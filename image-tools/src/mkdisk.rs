@@ -107,7 +107,22 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
         sector_size: opts.sector_size.bytes(),
     };
     let disk = provision::create(&opts.out, layout)?;
+    // A disk image cut short by a failure below would still be flashable:
+    // it goes.
+    fill(opts, &disk, image, fat.as_ref(), &mkfs).inspect_err(|_| {
+        let _ = std::fs::remove_file(&opts.out);
+    })?;
+    Ok(disk)
+}
 
+/// Writes slot_a, the ESP and the data file system into the new disk.
+fn fill(
+    opts: &MkdiskOptions,
+    disk: &Provisioned,
+    image: Option<First>,
+    fat: Option<&Vec<u8>>,
+    mkfs: &Path,
+) -> Result<()> {
     if let Some(first) = image {
         let out = File::options().write(true).open(&opts.out)?;
         let slot = disk.slots[0];
@@ -116,14 +131,22 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
             First::Image(mut src) => {
                 copy_at(&mut src, &out, slot.offset).with_context(context)?;
             }
-            First::Bundle { path, keyring } => {
-                // Checked whole before the disk existed; every chunk is
-                // checked again as it is written.
+            First::Bundle {
+                path,
+                keyring,
+                head,
+            } => {
+                // Checked whole before the disk existed; the same signed
+                // head (so the same sizes), and every chunk checked again
+                // as it is written.
                 let bundle = crate::ops::open(&path)?.verify(&keyring)?;
-                let head = bundle.head.clone();
+                if bundle.head != head {
+                    bail!("{} changed while the factory disk was made", path.display());
+                }
                 let read = crate::bundle::ReadOptions::checked(crate::bundle::default_threads());
                 bundle.read_chunks(read, |image, chunk| -> Result<()> {
-                    if image.target == crate::bundle::ROOTFS && !chunk.zero {
+                    if !chunk.zero {
+                        debug_assert_eq!(image.target, crate::bundle::ROOTFS);
                         out.write_all_at(&chunk.data, slot.offset + chunk.offset)
                             .with_context(context)?;
                     }
@@ -135,22 +158,22 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
         }
         out.sync_all()?;
     }
-    if let (Some(esp), Some(fat)) = (disk.esp, &fat) {
+    if let (Some(esp), Some(fat)) = (disk.esp, fat) {
         let out = File::options().write(true).open(&opts.out)?;
         crate::esp::write(&out, &opts.out, esp, fat)?;
         out.sync_all()?;
     }
-    format_ext4(&mkfs, &opts.out, disk.data.offset, disk.data.size)?;
-    Ok(disk)
+    format_ext4(mkfs, &opts.out, disk.data.offset, disk.data.size)
 }
 
-/// Copies all of `src` into `out` starting at byte `offset`.
 /// What goes into slot_a, checked before the disk image is made.
 enum First {
     Image(File),
+    /// A bundle whose signature verified, with its signed head as read.
     Bundle {
         path: PathBuf,
         keyring: crate::bundle::Keyring,
+        head: Vec<u8>,
     },
 }
 
@@ -158,8 +181,24 @@ fn first_release(path: &Path, opts: &MkdiskOptions) -> Result<First> {
     let mut file =
         File::open(path).with_context(|| format!("opening slot image {}", path.display()))?;
     let mut magic = [0u8; 8];
-    let is_bundle = file.read_exact(&mut magic).is_ok() && &magic == crate::bundle::MAGIC;
+    let is_bundle = match file.read_exact(&mut magic) {
+        Ok(()) => &magic == crate::bundle::MAGIC,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
     if !is_bundle {
+        if magic.starts_with(b"07070") {
+            bail!(
+                "{} is a .swu wrapper: give the .swb bundle inside it",
+                path.display()
+            );
+        }
+        if opts.public.is_some() {
+            bail!(
+                "--public is for a bundle, and {} is not one (a raw image is written as it is)",
+                path.display()
+            );
+        }
         let len = file.metadata()?.len();
         if len > opts.slot_size {
             bail!(
@@ -178,10 +217,33 @@ fn first_release(path: &Path, opts: &MkdiskOptions) -> Result<First> {
         )
     })?;
     let keyring = crate::bundle::Keyring::from_key(key)?;
-    let (manifest, _) = crate::ops::verify(path, &keyring, crate::bundle::default_threads(), None)?;
-    let image = manifest.image(crate::bundle::ROOTFS)?;
-    let head_len = crate::ops::open(path)?.verify(&keyring)?.head.len() as u64;
-    let needed = image.size + crate::bundle::trailer::reserved(head_len);
+    let bundle = crate::ops::open(path)?.verify(&keyring)?;
+    let m = &bundle.manifest;
+    // What a factory release can be: one whole root file system. Updates
+    // bring migrations and deltas; the data partition here is new.
+    let refuse = |why: &str| -> Result<First> {
+        bail!(
+            "{} ({} {}) cannot be a factory release: {why}",
+            path.display(),
+            m.compatible,
+            m.version
+        )
+    };
+    if !m.migrations.is_empty() {
+        return refuse("it carries data migrations, which only an update runs");
+    }
+    if let Some(other) = m.images.iter().find(|i| i.target != crate::bundle::ROOTFS) {
+        return refuse(&format!(
+            "it holds image {:?} besides {}",
+            other.target,
+            crate::bundle::ROOTFS
+        ));
+    }
+    let image = m.image(crate::bundle::ROOTFS)?;
+    if image.base.is_some() {
+        return refuse("it is a delta, and the factory disk has no base release");
+    }
+    let needed = image.size + crate::bundle::trailer::reserved(bundle.head.len() as u64);
     if needed > opts.slot_size {
         bail!(
             "{} needs {needed} bytes of slot (its {} byte image and its signed record), more than the slot size {}",
@@ -190,12 +252,18 @@ fn first_release(path: &Path, opts: &MkdiskOptions) -> Result<First> {
             opts.slot_size
         );
     }
+    let head = bundle.head.clone();
+    // Every chunk, before the disk image exists.
+    let read = crate::bundle::ReadOptions::checked(crate::bundle::default_threads());
+    bundle.read_chunks(read, |_, _| -> Result<()> { Ok(()) })?;
     Ok(First::Bundle {
         path: path.to_path_buf(),
         keyring,
+        head,
     })
 }
 
+/// Copies all of `src` into `out` starting at byte `offset`.
 fn copy_at(src: &mut impl Read, out: &File, offset: u64) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut at = offset;

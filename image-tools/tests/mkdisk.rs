@@ -260,11 +260,50 @@ fn a_factory_release_from_a_bundle_carries_its_signed_record() {
     mkdisk("3M", &["--public", "vendor.pem"])
         .failure()
         .stderr(predicates::str::contains("more than the slot size"));
+    // The wrapper for fleet servers is not the bundle; a raw image has no
+    // signature for --public to check.
+    it().args([
+        "swu",
+        "1.0.0.swb",
+        "--public",
+        "vendor.pem",
+        "--hw-revision",
+        "1",
+    ])
+    .args(["--out", "1.0.0.swu"])
+    .assert()
+    .success();
+    let raw_or_swu = |file: &str, extra: &[&str]| {
+        let mut c = it();
+        c.args([
+            "mkdisk",
+            "--esp-size",
+            "0",
+            "--slot-size",
+            "4M",
+            "--data-size",
+            "4M",
+        ])
+        .args(["--out", "disk.img", "--slot-a", file])
+        .args(extra);
+        c.assert().failure()
+    };
+    raw_or_swu("1.0.0.swu", &["--public", "vendor.pem"])
+        .stderr(predicates::str::contains("is a .swu wrapper"));
+    raw_or_swu("rootfs.img", &["--public", "vendor.pem"])
+        .stderr(predicates::str::contains("--public is for a bundle"));
     assert!(!d.join("disk.img").exists());
 
     mkdisk("4M", &["--public", "vendor.pem"]).success();
     let bytes = std::fs::read(d.join("disk.img")).unwrap();
-    let (slot_a, slot_size) = (1usize << 20, 4usize << 20);
+    let state = bootctl::Disk::open(&d.join("disk.img"), None, false)
+        .unwrap()
+        .read()
+        .unwrap();
+    let area = state.table.entry(bootctl::Slot::A);
+    let ss = state.gpt.sector_size;
+    let slot_a = (area.first_lba * ss) as usize;
+    let slot_size = ((area.last_lba + 1 - area.first_lba) * ss) as usize;
     assert_eq!(&bytes[slot_a..slot_a + content.len()], &content[..]);
     // The record at the slot's end names the release, and verifies.
     let end = slot_a + slot_size;

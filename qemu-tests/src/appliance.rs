@@ -134,7 +134,10 @@ impl Appliance {
             slot_size: 72 << 20,
             data_size: 16 << 20,
             slot_a: Some(v1.to_path_buf()),
-            public: Some(self.pem.clone()),
+            public: v1
+                .extension()
+                .is_some_and(|e| e == "swb")
+                .then(|| self.pem.clone()),
             sector_size: bootctl::host::SectorSize::B512,
         };
         mkdisk(&opts).unwrap();

@@ -175,7 +175,6 @@ fn placeholder_serial(serial: &str) -> bool {
         "default",
         "default_string",
         "none",
-        "n/a",
         "na",
         "null",
         "not_specified",

@@ -46,7 +46,18 @@ pub fn footer(head: &[u8]) -> Vec<u8> {
 /// the whole head leaves a trailer that does not count.
 pub fn write(dev: &std::fs::File, offset: u64, size: u64, head: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    dev.write_all_at(head, offset + size - reserved(head.len() as u64))?;
+    let room = size
+        .checked_sub(reserved(head.len() as u64))
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a {size}-byte slot has no room for a {}-byte trailer",
+                    head.len()
+                ),
+            )
+        })?;
+    dev.write_all_at(head, offset + room)?;
     dev.write_all_at(&footer(head), offset + size - TRAILER_SECTOR)?;
     dev.sync_data()
 }

@@ -116,7 +116,6 @@ pub fn parse_sleep(text: &str) -> Option<Duration> {
     (m < 60 && s < 60).then(|| Duration::from_secs(h * 3600 + m * 60 + s))
 }
 
-/// An action id goes into a path: digits, letters, `-` and `_` only.
 /// A `Retry-After` value (RFC 9110 §10.2.3): seconds, or an HTTP date,
 /// taken relative to `now` (a date already past means now). A device's
 /// clock may be wrong; the caller clamps what this gives.
@@ -129,6 +128,7 @@ fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// An action id goes into a path: digits, letters, `-` and `_` only.
 fn check_id(id: &str, url: &str) -> Result<String> {
     let ok = !id.is_empty()
         && id.len() <= 64

@@ -262,6 +262,10 @@ impl Client<'_> {
     /// trailer at the end of the running slot.
     fn running_version(&self) -> Option<String> {
         let state = StateFile::load(&self.config.state_dir()).state;
+        if let Some(r) = state.slots.get(self.booted.name()) {
+            // Known without reading the disk, as at almost every poll.
+            return Some(r.version.clone());
+        }
         let keyring = switchback_bundle::Keyring::load_dir(&self.config.keyring).ok();
         let disk = Disk::open(&self.disk, self.sector_size, false).and_then(|mut d| d.read());
         let releases = match (keyring, disk) {
@@ -580,7 +584,7 @@ impl Client<'_> {
                     if done != Cycle::Idle {
                         log::info!("fleet: {done}");
                     }
-                    sleep.clamp(Duration::from_secs(1), max)
+                    jittered(sleep.clamp(Duration::from_secs(1), max))
                 }
                 Err(e) => {
                     failures += 1;
@@ -601,11 +605,12 @@ impl Client<'_> {
                         }
                         _ => backoff,
                     };
+                    let wait = jittered(wait);
                     log::warn!("fleet: {e:#}; next poll in {} s", wait.as_secs());
                     wait
                 }
             };
-            std::thread::sleep(jittered(wait));
+            std::thread::sleep(wait);
         }
     }
 }
@@ -615,8 +620,9 @@ impl Client<'_> {
 /// than poll the server in step. Never shorter than the server asked.
 fn jittered(wait: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
-    // Each RandomState is keyed afresh from the OS's randomness: random
-    // enough to spread polls, without a crate for it.
+    // A thread's first RandomState is keyed from the OS's randomness and
+    // each next one differently: random enough to spread polls, without a
+    // crate for it.
     let r = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
