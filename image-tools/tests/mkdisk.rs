@@ -233,31 +233,23 @@ fn a_factory_release_from_a_bundle_carries_its_signed_record() {
     ])
     .assert()
     .success();
-    let mkdisk = |slot: &str, extra: &[&str]| {
+    let mkdisk = |slot: &str, first: &str, extra: &[&str]| {
         let mut c = it();
-        c.args([
-            "mkdisk",
-            "--esp-size",
-            "0",
-            "--slot-size",
-            slot,
-            "--data-size",
-            "4M",
-        ])
-        .args(["--out", "disk.img", "--slot-a", "1.0.0.swb"])
-        .args(extra);
+        c.args(["mkdisk", "--esp-size", "0", "--data-size", "4M"])
+            .args(["--slot-size", slot, "--out", "disk.img", "--slot-a", first])
+            .args(extra);
         c.assert()
     };
 
     // Refused before the disk exists: no key named, the wrong key, a slot
     // with no room left for the record after the image.
-    mkdisk("4M", &[])
+    mkdisk("4M", "1.0.0.swb", &[])
         .failure()
         .stderr(predicates::str::contains(
             "is a bundle: name the vendor key",
         ));
-    mkdisk("4M", &["--public", "other.pem"]).code(25);
-    mkdisk("3M", &["--public", "vendor.pem"])
+    mkdisk("4M", "1.0.0.swb", &["--public", "other.pem"]).code(25);
+    mkdisk("3M", "1.0.0.swb", &["--public", "vendor.pem"])
         .failure()
         .stderr(predicates::str::contains("more than the slot size"));
     // The wrapper for fleet servers is not the bundle; a raw image has no
@@ -273,28 +265,15 @@ fn a_factory_release_from_a_bundle_carries_its_signed_record() {
     .args(["--out", "1.0.0.swu"])
     .assert()
     .success();
-    let raw_or_swu = |file: &str, extra: &[&str]| {
-        let mut c = it();
-        c.args([
-            "mkdisk",
-            "--esp-size",
-            "0",
-            "--slot-size",
-            "4M",
-            "--data-size",
-            "4M",
-        ])
-        .args(["--out", "disk.img", "--slot-a", file])
-        .args(extra);
-        c.assert().failure()
-    };
-    raw_or_swu("1.0.0.swu", &["--public", "vendor.pem"])
+    mkdisk("4M", "1.0.0.swu", &["--public", "vendor.pem"])
+        .failure()
         .stderr(predicates::str::contains("is a .swu wrapper"));
-    raw_or_swu("rootfs.img", &["--public", "vendor.pem"])
+    mkdisk("4M", "rootfs.img", &["--public", "vendor.pem"])
+        .failure()
         .stderr(predicates::str::contains("--public is for a bundle"));
     assert!(!d.join("disk.img").exists());
 
-    mkdisk("4M", &["--public", "vendor.pem"]).success();
+    mkdisk("4M", "1.0.0.swb", &["--public", "vendor.pem"]).success();
     let bytes = std::fs::read(d.join("disk.img")).unwrap();
     let state = bootctl::Disk::open(&d.join("disk.img"), None, false)
         .unwrap()
