@@ -210,4 +210,25 @@ fn fuzz_seeds_are_bundles_of_the_current_format() {
             "seed {name}: the signed_bundle seed holds another manifest"
         );
     }
+    // The swu_wrapper target's seed: the v2-small seed wrapped as a .swu.
+    let small = seeds.join("bundle_reader/v2-small.swb");
+    let swu_seed = seeds.join("swu_wrapper/v2-small.swu");
+    if write_vectors() {
+        let manifest = Envelope::read(std::fs::File::open(&small).unwrap())
+            .unwrap()
+            .unverified_manifest()
+            .unwrap();
+        std::fs::create_dir_all(swu_seed.parent().unwrap()).unwrap();
+        bundle::swu::wrap_file(&small, &manifest, &["1.0".into()], &swu_seed).unwrap();
+    }
+    let mut unwrapped = Vec::new();
+    std::io::Read::read_to_end(
+        &mut bundle::swu::open(std::fs::File::open(&swu_seed).unwrap()).unwrap(),
+        &mut unwrapped,
+    )
+    .unwrap();
+    assert!(
+        unwrapped == std::fs::read(&small).unwrap(),
+        "the swu_wrapper seed does not hold the v2-small seed"
+    );
 }
