@@ -34,6 +34,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What a device reports and where its update stands, in the server's
+/// view of it: (`sw_version`, `last_state`).
+pub fn version_and_state(d: &Value) -> (Option<&str>, Option<&str>) {
+    (d["sw_version"].as_str(), d["last_state"].as_str())
+}
+
 impl Goosebit {
     pub fn start() -> Goosebit {
         let venv = venv();

@@ -4,10 +4,9 @@
 //! clustered appliances are updated.
 
 use qemu_tests::appliance::{runs_committed, Appliance, BOOT, HEARTBEAT_CHECK, STEP};
-use qemu_tests::goosebit::Goosebit;
+use qemu_tests::goosebit::{version_and_state, Goosebit};
 use qemu_tests::guest::{Release, FLEET_HW_REVISION};
 use qemu_tests::qemu::Machine;
-use serde_json::Value;
 use std::path::Path;
 
 const FAILING_CHECK: &str =
@@ -28,10 +27,6 @@ fn commission(app: &Appliance, gb: &Goosebit, v1: &Path, serial: &str, token: &s
     ))
     .unwrap();
     vm
-}
-
-fn state(d: &Value) -> (Option<&str>, Option<&str>) {
-    (d["sw_version"].as_str(), d["last_state"].as_str())
 }
 
 #[test]
@@ -85,14 +80,26 @@ fn an_ha_pair_is_updated_standby_first_and_a_failed_release_is_reported_with_its
         "success reported before the health check"
     );
     runs_committed(&mut standby, "2.0.0", "slot_b");
-    let d = gb.wait_device("ha-standby", STEP, |d| state(d).1 == Some("Finished"));
-    assert_eq!(state(&d), (Some("2.0.0"), Some("Finished")), "{d}");
+    let d = gb.wait_device("ha-standby", STEP, |d| {
+        version_and_state(d).1 == Some("Finished")
+    });
+    assert_eq!(
+        version_and_state(&d),
+        (Some("2.0.0"), Some("Finished")),
+        "{d}"
+    );
 
     // Only then the active one.
     gb.assign("ha-active", s2);
     runs_committed(&mut active, "2.0.0", "slot_b");
-    let d = gb.wait_device("ha-active", STEP, |d| state(d).1 == Some("Finished"));
-    assert_eq!(state(&d), (Some("2.0.0"), Some("Finished")), "{d}");
+    let d = gb.wait_device("ha-active", STEP, |d| {
+        version_and_state(d).1 == Some("Finished")
+    });
+    assert_eq!(
+        version_and_state(&d),
+        (Some("2.0.0"), Some("Finished")),
+        "{d}"
+    );
 
     // A release whose health check fails, to the standby first: it rolls
     // back by itself and is reported as failure, with the version the
@@ -111,7 +118,9 @@ fn an_ha_pair_is_updated_standby_first_and_a_failed_release_is_reported_with_its
         .unwrap();
     let line = standby.expect("was rolled back", STEP).unwrap();
     assert!(line.contains("app-answers"), "{line}");
-    let d = gb.wait_device("ha-standby", STEP, |d| state(d).1 == Some("Error"));
+    let d = gb.wait_device("ha-standby", STEP, |d| {
+        version_and_state(d).1 == Some("Error")
+    });
     let log = gb.device_log("ha-standby");
     assert!(
         log.contains("3.0.0 was rolled back") && log.contains("app-answers"),
@@ -128,5 +137,5 @@ fn an_ha_pair_is_updated_standby_first_and_a_failed_release_is_reported_with_its
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     let d = gb.device("ha-standby");
-    assert_eq!(state(&d), (Some("2.0.0"), Some("Error")), "{d}");
+    assert_eq!(version_and_state(&d), (Some("2.0.0"), Some("Error")), "{d}");
 }

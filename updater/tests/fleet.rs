@@ -8,7 +8,7 @@ use common::net::Request;
 use common::net::{json, Fixture, Proxy, Reply};
 use common::*;
 use image_tools::bundle::{swu, Envelope};
-use qemu_tests::goosebit::Goosebit;
+use qemu_tests::goosebit::{version_and_state, Goosebit};
 use serde_json::json as j;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -105,7 +105,7 @@ fn a_deployment_is_reported_success_only_once_health_commits_it() {
     // Written and flipped, but not proven: the server still shows 1.0.0.
     let d = gb.device(DEVICE);
     assert_eq!(
-        (d["sw_version"].as_str(), d["last_state"].as_str()),
+        version_and_state(&d),
         (Some("1.0.0"), Some("Running")),
         "{d}"
     );
@@ -124,7 +124,7 @@ fn a_deployment_is_reported_success_only_once_health_commits_it() {
     dev.health_ok("a");
     let d = gb.device(DEVICE);
     assert_eq!(
-        (d["sw_version"].as_str(), d["last_state"].as_str()),
+        version_and_state(&d),
         (Some("2.0.0"), Some("Finished")),
         "{d}"
     );
@@ -151,11 +151,7 @@ fn a_failed_health_check_is_reported_as_failure_with_the_old_version() {
         .assert()
         .code(52);
     let d = gb.device(DEVICE);
-    assert_eq!(
-        (d["sw_version"].as_str(), d["last_state"].as_str()),
-        (Some("1.0.0"), Some("Error")),
-        "{d}"
-    );
+    assert_eq!(version_and_state(&d), (Some("1.0.0"), Some("Error")), "{d}");
     let log = gb.device_log(DEVICE);
     assert!(
         log.contains("2.0.0 was rolled back") && log.contains("app-answers"),
@@ -249,11 +245,7 @@ fn a_wrapped_bundle_with_a_bad_signature_is_refused_and_reported() {
         "nothing written"
     );
     let d = gb.device(DEVICE);
-    assert_eq!(
-        (d["sw_version"].as_str(), d["last_state"].as_str()),
-        (Some("1.0.0"), Some("Error")),
-        "{d}"
-    );
+    assert_eq!(version_and_state(&d), (Some("1.0.0"), Some("Error")), "{d}");
     assert!(
         gb.device_log(DEVICE).contains("signed by no trusted key"),
         "{}",
