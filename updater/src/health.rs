@@ -8,6 +8,7 @@
 //! the one running) and reports that once, with the reason.
 
 use crate::config::{Check, Config};
+use crate::confine::Confinement;
 use crate::recover::{finish_commit, recover, run_finalize, save, security_version_of};
 use crate::runner::{run_command, CheckResult};
 use crate::state::{Outcome, StateFile};
@@ -32,15 +33,20 @@ pub enum HealthOutcome {
     },
 }
 
-/// Runs `check` with its timeout, cut short at `deadline`.
+/// Runs `check` with its timeout, cut short at `deadline`. As root (on a
+/// device) in a PID namespace of its own, so that nothing it started
+/// outlives it; it sees the system as it is (docs/updater.md).
 pub fn run_check(check: &Check, deadline: Instant) -> CheckResult {
+    let own_pids = nix::unistd::Uid::effective()
+        .is_root()
+        .then(Confinement::check);
     run_command(
         &check.name,
         &check.command,
         &[],
         Duration::from_secs(check.timeout_s),
         Some(deadline),
-        None,
+        own_pids.as_ref(),
     )
 }
 
@@ -123,7 +129,7 @@ pub fn health(
 
     if attrs[booted.index()].successful {
         // A finalize that a power cut interrupted, or whose commit it cut.
-        run_finalize(config, disk_path, booted, &mut state)?;
+        run_finalize(config, booted, &mut state)?;
         return Ok(HealthOutcome::AlreadyGood);
     }
     let version = state
@@ -147,7 +153,7 @@ pub fn health(
             state.state.committing = Some(booted.name().into());
             save(&mut state)?;
             disk.mark_good(booted)?;
-            finish_commit(config, disk_path, booted, sv, &mut state)?;
+            finish_commit(config, booted, sv, &mut state)?;
             Ok(HealthOutcome::Committed { version })
         }
         Err(reason) => {

@@ -457,9 +457,7 @@ fn write_slot(
         let env = migrate::MigrationEnv {
             release: manifest.version.clone(),
             data_dir: config.data_dir.clone(),
-            disk: opts.disk.clone(),
             new_slot: slot.into(),
-            new_slot_offset: area.offset,
         };
         // Recorded as soon as the data has it, before the flip.
         migrate::expand(config, &dir, chain, &env, |to| {

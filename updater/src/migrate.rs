@@ -11,8 +11,9 @@
 //!
 //! A migration runs with this environment (documented in docs/updater.md):
 //! `SWITCHBACK_DATA_DIR`, `SWITCHBACK_FROM`, `SWITCHBACK_TO`,
-//! `SWITCHBACK_PHASE`, `SWITCHBACK_DISK`, `SWITCHBACK_NEW_SLOT`,
-//! `SWITCHBACK_NEW_SLOT_OFFSET` (bytes into the disk).
+//! `SWITCHBACK_PHASE`, `SWITCHBACK_NEW_SLOT`; it runs confined
+//! ([`crate::confine`]): no device node of a disk, no mount, nothing
+//! writable but the directories it declared.
 
 use crate::config::Config;
 use crate::confine::Confinement;
@@ -118,9 +119,7 @@ pub struct MigrationEnv {
     /// The release the migrations belong to.
     pub release: String,
     pub data_dir: PathBuf,
-    pub disk: PathBuf,
     pub new_slot: String,
-    pub new_slot_offset: u64,
 }
 
 /// Written into the snapshot once it is complete: which directories it
@@ -246,7 +245,7 @@ impl Snapshot {
             .with_context(|| format!("removing {} to restore it", live.display()))
         };
         for (rel, existed) in &self.record.entries {
-            let live = data_dir.join(rel);
+            let live = inside(data_dir, rel)?;
             let copy = self.root.join(rel);
             if !existed {
                 remove(&live)?;
@@ -272,31 +271,119 @@ impl Snapshot {
     }
 }
 
+/// The manifest of `release`, from the signed head kept with its
+/// migrations ([`store`]), verified against the keyring again.
+fn kept_manifest(config: &Config, release: &str) -> Result<Manifest> {
+    let head_path = release_dir(config, release).join(HEAD_FILE);
+    let head =
+        std::fs::read(&head_path).with_context(|| format!("reading {}", head_path.display()))?;
+    let keyring = Keyring::load_dir(&config.keyring)?;
+    let manifest = Envelope::read(head.as_slice())?
+        .verify(&keyring)
+        .with_context(|| format!("checking {}", head_path.display()))?
+        .manifest;
+    if manifest.version != release {
+        bail!(
+            "{} is the head of {}",
+            head_path.display(),
+            manifest.version
+        );
+    }
+    Ok(manifest)
+}
+
+/// The directories the signed release `release` declares for its
+/// migrations of `phase`.
+pub fn declared_dirs(config: &Config, release: &str, phase: Phase) -> Result<Vec<String>> {
+    // The name comes from a file anyone with the data directory can write:
+    // it becomes a path part only as a version.
+    semver::Version::parse(release).with_context(|| format!("{release:?} is not a release"))?;
+    Ok(kept_manifest(config, release)?
+        .migrations
+        .iter()
+        .filter(|g| g.phase == phase)
+        .flat_map(|g| g.snapshot.iter().cloned())
+        .collect())
+}
+
+/// `data_dir/rel` when `rel` is plain (relative, no `..`) and no directory
+/// on the way to it is a symbolic link: a link planted there would make a
+/// restore remove or replace files outside the data directory.
+fn inside(data_dir: &Path, rel: &str) -> Result<PathBuf> {
+    let p = Path::new(rel);
+    let plain = !rel.is_empty()
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain {
+        bail!("{rel:?} is not a plain relative path");
+    }
+    let mut at = data_dir.to_path_buf();
+    let parts: Vec<_> = p.components().collect();
+    for part in &parts[..parts.len() - 1] {
+        at.push(part);
+        match at.symlink_metadata() {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!("{} is not a directory", at.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("checking {}", at.display())),
+        }
+    }
+    Ok(data_dir.join(p))
+}
+
 /// Finishes what an interrupted migration left in `data_dir` (see
 /// [`Snapshot`]), before anything else touches the data: a complete
 /// snapshot is restored unless its migrations were recorded as done (the
 /// expand's schema is `schema`, or its release is `finalized`); a recorded
 /// one, and a partial copy, are removed. Says what it did.
+///
+/// The record is not trusted: anyone who can write the data directory can
+/// write it, and it runs as root at every boot. It is acted on only when
+/// every entry is a plain relative path that the signed release
+/// (`declared`, normally [`declared_dirs`]) declares for that phase;
+/// otherwise nothing is restored or removed, and the snapshot is moved
+/// aside to `.switchback-snapshot.refused` for a person to look at.
 pub fn recover_snapshot(
     data_dir: &Path,
     schema: u32,
     finalized: Option<&str>,
+    declared: impl Fn(&str, Phase) -> Result<Vec<String>>,
 ) -> Result<Option<String>> {
     let root = data_dir.join(SNAPSHOT_DIR);
-    if !root.exists() {
-        return Ok(None);
+    match root.symlink_metadata() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("checking {}", root.display())),
+        Ok(m) if !m.is_dir() => {
+            return refuse(&root, "it is not a directory".into());
+        }
+        Ok(_) => {}
     }
     let record_path = root.join(SNAPSHOT_RECORD);
     let record: Option<SnapshotRecord> = match std::fs::read(&record_path) {
-        Ok(bytes) => Some(serde_json::from_slice(&bytes).with_context(|| {
-            format!(
-                "{} is damaged: the data may need restoring by hand",
-                record_path.display()
-            )
-        })?),
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(r) => Some(r),
+            Err(e) => return refuse(&root, format!("{} is damaged ({e})", record_path.display())),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("reading {}", record_path.display())),
     };
+    if let Some(r) = &record {
+        let trusted = declared(&r.release, r.phase).and_then(|allowed| {
+            for (rel, _) in &r.entries {
+                inside(data_dir, rel)?;
+                if !allowed.contains(rel) {
+                    bail!(
+                        "{rel:?} is not a directory the signed release {} declares",
+                        r.release
+                    );
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = trusted {
+            return refuse(&root, format!("{}: {e:#}", record_path.display()));
+        }
+    }
     let snapshot = |record| Snapshot {
         root: root.clone(),
         record,
@@ -330,6 +417,27 @@ pub fn recover_snapshot(
             )
         }
     }))
+}
+
+/// Moves a snapshot that is not to be trusted out of the way, touching
+/// nothing it names, and says why.
+fn refuse(root: &Path, why: String) -> Result<Option<String>> {
+    let aside = root.with_extension("refused");
+    if aside.symlink_metadata().is_ok() {
+        // An older one: ours to remove (a link is removed, not followed).
+        let _ = std::fs::remove_dir_all(&aside).or_else(|_| std::fs::remove_file(&aside));
+    }
+    std::fs::rename(root, &aside)
+        .with_context(|| format!("moving {} aside ({why})", root.display()))?;
+    if let Some(parent) = root.parent() {
+        sync_dir(parent)?;
+    }
+    let said = format!(
+        "REFUSED the snapshot of an interrupted migration: {why}; nothing was restored or removed, and it is kept as {}",
+        aside.display()
+    );
+    log::warn!("{said}");
+    Ok(Some(said))
 }
 
 /// A directory a migration declared, made if missing, and refused when it
@@ -375,12 +483,7 @@ fn run_one(
         ("SWITCHBACK_FROM", g.from.to_string()),
         ("SWITCHBACK_TO", g.to.to_string()),
         ("SWITCHBACK_PHASE", phase.to_string()),
-        ("SWITCHBACK_DISK", env.disk.display().to_string()),
         ("SWITCHBACK_NEW_SLOT", env.new_slot.clone()),
-        (
-            "SWITCHBACK_NEW_SLOT_OFFSET",
-            env.new_slot_offset.to_string(),
-        ),
     ]
     .map(|(k, v)| (k.to_string(), v));
     // It may change the directories it declared, nothing else.
@@ -388,8 +491,8 @@ fn run_one(
     for rel in &g.snapshot {
         writable.push(declared_dir(config, &env.data_dir, rel)?);
     }
-    let confinement =
-        Confinement::new(&writable).map_err(|e| format!("cannot prepare its confinement: {e}"))?;
+    let confinement = Confinement::migration(&writable)
+        .map_err(|e| format!("cannot prepare its confinement: {e}"))?;
     let argv = [dir.join(&g.image).display().to_string()];
     let r = run_command(
         &g.image,
@@ -502,13 +605,7 @@ pub fn finalize(
             detail,
             aftermath: aftermath.into(),
         };
-    let head =
-        std::fs::read(&head_path).with_context(|| format!("reading {}", head_path.display()))?;
-    let keyring = Keyring::load_dir(&config.keyring)?;
-    let manifest = Envelope::read(head.as_slice())?
-        .verify(&keyring)
-        .with_context(|| format!("checking {}", head_path.display()))?
-        .manifest;
+    let manifest = kept_manifest(config, version)?;
     let finals: Vec<&MigrationSpec> = manifest
         .migrations
         .iter()
@@ -583,7 +680,8 @@ mod tests {
         std::fs::rename(snap.root.join("a"), data.join("a")).unwrap();
         drop(snap);
         for _ in 0..2 {
-            let done = recover_snapshot(data, 1, None).unwrap();
+            let declared = |_: &str, _: Phase| Ok(dirs.to_vec());
+            let done = recover_snapshot(data, 1, None, declared).unwrap();
             assert!(done.is_none_or(|d| d.contains("restored")));
         }
         assert_eq!(tree(data), before);

@@ -90,7 +90,6 @@ pub fn settle_install(state: &mut StateFile, attrs: [BootAttrs; 2]) -> Option<St
 /// once. Each step is saved before the next begins.
 pub fn finish_commit(
     config: &Config,
-    disk: &Path,
     slot: Slot,
     security_version: Option<u64>,
     state: &mut StateFile,
@@ -122,7 +121,7 @@ pub fn finish_commit(
             "recording the commit failed ({e:#}); the next updater command completes it"
         ),
     })?;
-    run_finalize(config, disk, slot, state)
+    run_finalize(config, slot, state)
 }
 
 /// Runs the pending finalize migrations if the release they belong to is
@@ -130,7 +129,7 @@ pub fn finish_commit(
 /// before a rollback to the release they would break. A failure is
 /// recorded and the release stays committed; an interrupted run (a power
 /// cut: its snapshot is restored first) is tried once more, then given up.
-pub fn run_finalize(config: &Config, disk: &Path, slot: Slot, state: &mut StateFile) -> Result<()> {
+pub fn run_finalize(config: &Config, slot: Slot, state: &mut StateFile) -> Result<()> {
     let Some(version) = state.state.finalize_pending.clone() else {
         return Ok(());
     };
@@ -158,13 +157,10 @@ pub fn run_finalize(config: &Config, disk: &Path, slot: Slot, state: &mut StateF
     }
     state.state.finalize_attempts += 1;
     save(state)?;
-    let d = Disk::open(disk, None, false)?.read()?;
     let env = migrate::MigrationEnv {
         release: version.clone(),
         data_dir: config.data_dir.clone(),
-        disk: disk.to_path_buf(),
         new_slot: slot.name().into(),
-        new_slot_offset: evidence::SlotArea::of(&d, slot).offset,
     };
     let result = migrate::finalize(config, &version, &env, || {
         state.state.finalize_pending = None;
@@ -184,9 +180,9 @@ pub fn run_finalize(config: &Config, disk: &Path, slot: Slot, state: &mut StateF
 pub fn recover(config: &Config, disk: &Path, state: &mut StateFile) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let schema = state.state.data_schema.unwrap_or(migrate::INITIAL_SCHEMA);
-    if let Some(what) =
-        migrate::recover_snapshot(&config.data_dir, schema, state.state.finalized.as_deref())?
-    {
+    let finalized = state.state.finalized.as_deref();
+    let declared = |release: &str, phase| migrate::declared_dirs(config, release, phase);
+    if let Some(what) = migrate::recover_snapshot(&config.data_dir, schema, finalized, declared)? {
         done.push(what);
     }
     let d = Disk::open(disk, None, false)?.read()?;
@@ -207,7 +203,7 @@ pub fn recover(config: &Config, disk: &Path, state: &mut StateFile) -> Result<Ve
                 "finished the commit of {slot} that a crash interrupted"
             ));
             let sv = security_version_of(config, disk, &d, slot, state);
-            finish_commit(config, disk, slot, sv, state)?;
+            finish_commit(config, slot, sv, state)?;
         } else {
             state.state.committing = None;
             save(state)?;

@@ -3,8 +3,10 @@
 //! started), with a clean environment (a fixed `PATH` plus the documented
 //! variables), `/` as its working directory, no standard input, and only
 //! the last few KiB of its output kept. Output is read through a pipe, so a
-//! chatty program fills neither memory nor a disk. A migration also runs
-//! confined ([`crate::confine`]).
+//! chatty program fills neither memory nor a disk. With a [`Confinement`]
+//! (every migration; a health check when the updater runs as root) it also
+//! runs in a PID namespace of its own, so nothing it started outlives it,
+//! and a migration confined further ([`crate::confine`]).
 
 use crate::confine::Confinement;
 use nix::sys::signal::{killpg, Signal};
@@ -68,7 +70,9 @@ pub fn run_command(
     let Some(program) = argv.first() else {
         return fail("no program to run".into());
     };
-    let (read_end, write_end) = match nix::unistd::pipe() {
+    // Close-on-exec: the program gets the write end as its stdout and
+    // stderr only, never the read end or a second copy.
+    let (read_end, write_end) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => return fail(format!("cannot create an output pipe: {e}")),
     };

@@ -79,21 +79,37 @@ fn an_updater_killed_during_an_expand_migration_gets_the_data_restored_next_time
     std::fs::create_dir_all(data.join("app")).unwrap();
     std::fs::write(data.join("app/table"), pattern(100_000, 3)).unwrap();
     let before = tree(&data);
-    // Half-way through, the updater dies (as by a power cut or the OOM killer).
+    // Half-way through, the updater dies (as by a power cut or the OOM
+    // killer); the migration, in a PID namespace of its own, cannot see it,
+    // so the test kills it once the migration says it is half-way.
     let v2 = with_expand(
         &dev,
         "expand.sh",
-        r#"echo half > "$SWITCHBACK_DATA_DIR/app/table"; kill -9 $PPID; sleep 5"#,
+        r#"echo half > "$SWITCHBACK_DATA_DIR/app/table"; touch "$SWITCHBACK_DATA_DIR/app/half-way"
+sleep 3; echo late > "$SWITCHBACK_DATA_DIR/app/table""#,
     );
-    let out = dev
-        .updater("a")
+    let mut updater = dev
+        .updater_process("a")
         .arg("install")
         .arg(dev.bundle(&v2))
-        .output()
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .unwrap();
-    assert_eq!(out.status.code(), None, "the updater was to be killed");
+    let t0 = std::time::Instant::now();
+    while !data.join("app/half-way").exists() {
+        assert!(t0.elapsed().as_secs() < 60, "the migration never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    updater.kill().unwrap();
+    updater.wait().unwrap();
     assert!(data.join(".switchback-snapshot").exists());
     assert_eq!(dev.state()["last_install"]["outcome"], "installing");
+    // The migration died with the updater: it never writes "late".
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(
+        std::fs::read_to_string(data.join("app/table")).unwrap(),
+        "half\n"
+    );
 
     // The next command restores the data before anything else, and settles
     // the install as failed; the flags were never flipped.

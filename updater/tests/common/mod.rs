@@ -175,6 +175,17 @@ impl Device {
         c
     }
 
+    /// [`Device::updater`] as a process to start and kill.
+    pub fn updater_process(&self, booted: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("updater"));
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--disk")
+            .arg(&self.disk)
+            .args(["--booted-slot", booted]);
+        c
+    }
+
     /// `updater install` of `r`'s bundle, booted from `booted`, which must
     /// succeed.
     pub fn install_ok(&self, booted: &str, r: &Release) {
