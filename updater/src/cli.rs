@@ -139,7 +139,12 @@ fn confirm(question: &str) -> Result<bool> {
 
 /// The line `updater health` prints for a pass, or the error it exits
 /// with (a failed check reboots first unless `no_reboot`).
-pub fn health_result(outcome: HealthOutcome, booted: Slot, no_reboot: bool) -> Result<String> {
+pub fn health_result(
+    outcome: HealthOutcome,
+    disk: &Path,
+    booted: Slot,
+    no_reboot: bool,
+) -> Result<String> {
     match outcome {
         HealthOutcome::AlreadyGood => Ok(format!("{booted} is committed already; nothing to do")),
         HealthOutcome::Committed { version } => Ok(format!(
@@ -164,7 +169,7 @@ pub fn health_result(outcome: HealthOutcome, booted: Slot, no_reboot: bool) -> R
             };
             if !no_reboot {
                 eprintln!("updater: {err}; rebooting");
-                crate::reboot()?;
+                crate::reboot(disk)?;
             }
             Err(err.into())
         }
@@ -248,7 +253,7 @@ pub fn install(dev: &Device, args: InstallArgs, json: bool) -> Result<()> {
         );
     }
     if args.reboot {
-        crate::reboot()?;
+        crate::reboot(&dev.disk)?;
     } else if !json {
         println!("reboot to activate it (or run with --reboot)");
     }

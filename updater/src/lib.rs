@@ -23,10 +23,41 @@ pub mod status;
 
 pub use error::{exit_code, UpdateError};
 
-/// Syncs and reboots the machine.
-pub fn reboot() -> anyhow::Result<()> {
+/// Syncs and reboots the machine, but only when `disk` is the disk it runs
+/// from (a block device whose table holds the running root's
+/// `root=PARTUUID=`). With a disk image, or any other disk, a reboot would
+/// restart a machine the command did not change (a vendor's workstation
+/// following a lab): it says what would have happened and returns, as if
+/// `--no-reboot` had been given.
+pub fn reboot(disk: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
+    if let Some(why) = not_the_running_disk(disk, &bootctl::host::read_cmdline()) {
+        eprintln!(
+            "updater: not rebooting: {} {why}; on the device itself this would reboot now",
+            disk.display()
+        );
+        return Ok(());
+    }
     nix::unistd::sync();
     nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT).context("rebooting")?;
     Ok(())
+}
+
+/// Why `disk` is not the disk the machine runs from, if it is not.
+pub fn not_the_running_disk(disk: &std::path::Path, cmdline: &str) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(disk) {
+        Ok(m) if m.file_type().is_block_device() => {}
+        Ok(_) => return Some("is a disk image, not the disk this machine runs from".into()),
+        Err(e) => return Some(format!("cannot be checked ({e})")),
+    }
+    let table = match bootctl::Disk::open(disk, None, false).and_then(|mut d| d.read()) {
+        Ok(s) => s.table,
+        Err(e) => return Some(format!("cannot be read ({e})")),
+    };
+    if bootctl::host::is_booted_disk(cmdline, &table) {
+        None
+    } else {
+        Some("is not the disk this machine runs from (its root= is on another disk)".into())
+    }
 }

@@ -85,7 +85,7 @@ fn run(cli: Cli) -> Result<()> {
             let outcome = updater::health::health(&dev.config, &dev.disk, dev.sector_size, booted)?;
             // The fleet server hears the verdict before any reboot.
             updater::fleet::report_after_health(&dev.config, &dev.disk);
-            println!("{}", health_result(outcome, booted, no_reboot)?);
+            println!("{}", health_result(outcome, &dev.disk, booted, no_reboot)?);
         }
         Command::Rollback { yes, no_reboot } => {
             let booted = dev.booted()?;
@@ -95,7 +95,7 @@ fn run(cli: Cli) -> Result<()> {
                 updater::rollback::rollback(&dev.config, &dev.disk, dev.sector_size, booted)?;
             println!("{target} boots next");
             if !no_reboot {
-                updater::reboot()?;
+                updater::reboot(&dev.disk)?;
             }
         }
         Command::History => {

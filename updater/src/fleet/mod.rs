@@ -479,7 +479,7 @@ impl Client<'_> {
                 }
                 if reboot {
                     log::info!("fleet: action {}: {}", d.id, lines[1]);
-                    crate::reboot()?;
+                    crate::reboot(&self.disk)?;
                 }
                 Ok(Cycle::Installed {
                     id: d.id,
