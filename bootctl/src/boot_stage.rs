@@ -199,11 +199,13 @@ pub fn slot_cmdline(partuuid: &str, partition: &Path, slot: Slot, append: &str) 
     .to_string()
 }
 
-/// Mounts `dev` and kexec-loads its kernel with `cmdline`.
-fn load_slot_kernel(dev: &str, cmdline: &str) -> Result<()> {
+/// Mounts `dev` and kexec-loads its kernel with `cmdline`. The failure's
+/// slot is filled in by the caller.
+fn load_slot_kernel(dev: &str, cmdline: &str) -> Result<(), StartFailure> {
     use nix::mount::{mount, umount, MsFlags};
+    let fail = |what, errno: i32, detail: String| StartFailure::new(Slot::A, what, errno, detail);
     let mnt = "/mnt";
-    std::fs::create_dir_all(mnt)?;
+    let _ = std::fs::create_dir_all(mnt);
     mount(
         Some(dev),
         mnt,
@@ -211,12 +213,19 @@ fn load_slot_kernel(dev: &str, cmdline: &str) -> Result<()> {
         MsFlags::MS_RDONLY,
         None::<&str>,
     )
-    .with_context(|| format!("mounting {dev}"))?;
-    let result = (|| -> Result<()> {
-        let kernel = File::open(format!("{mnt}/boot/vmlinuz"))
-            .context("opening /boot/vmlinuz of the slot")?;
+    .map_err(|e| fail("mount", e as i32, format!("mounting {dev}: {e}")))?;
+    let result = (|| -> Result<(), StartFailure> {
+        let kernel = File::open(format!("{mnt}/boot/vmlinuz")).map_err(|e| {
+            let errno = e.raw_os_error().unwrap_or(0);
+            fail(
+                "no-kernel",
+                errno,
+                format!("opening /boot/vmlinuz of {dev}: {e}"),
+            )
+        })?;
         let initrd = File::open(format!("{mnt}/boot/initrd.img")).ok();
-        let c = CString::new(cmdline)?;
+        let c = CString::new(cmdline)
+            .map_err(|_| fail("kexec-load", 0, "a NUL in the command line".into()))?;
         let flags: nix::libc::c_ulong = if initrd.is_some() {
             0
         } else {
@@ -235,7 +244,9 @@ fn load_slot_kernel(dev: &str, cmdline: &str) -> Result<()> {
             )
         };
         if r != 0 {
-            bail!("kexec_file_load: {}", std::io::Error::last_os_error());
+            let e = std::io::Error::last_os_error();
+            let errno = e.raw_os_error().unwrap_or(0);
+            return Err(fail("kexec-load", errno, format!("kexec_file_load: {e}")));
         }
         Ok(())
     })();
@@ -331,27 +342,119 @@ impl BootStage {
         }
         let state = disk.read_unchecked()?;
         drop(disk);
+        let mut failed: Option<StartFailure> = None;
         for slot in [chosen.slot, chosen.slot.other()] {
             let entry = state.table.entry(slot);
-            let Some(dev) = slot_partition(&path, entry.index + 1) else {
-                say(&format!(
-                    "cannot boot {slot}: the kernel shows no partition {} on {}; trying the other slot",
-                    entry.index + 1,
-                    path.display()
-                ));
-                continue;
-            };
-            let cmdline = slot_cmdline(&entry.unique_guid.to_string(), &dev, slot, &append);
-            match load_slot_kernel(&dev.display().to_string(), &cmdline) {
-                Ok(()) => {
-                    say(&format!("booting {slot}: {cmdline}"));
-                    nix::unistd::sync();
-                    let e = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_KEXEC);
-                    say(&format!("reboot into {slot} failed: {e:?}"));
+            // The other slot's kernel hears why the first could not start.
+            let told = failed
+                .as_ref()
+                .map(|f| format!("{START_FAILED}={}", f.token()));
+            let append = [append.as_str(), told.as_deref().unwrap_or("")].join(" ");
+            let failure = match slot_partition(&path, entry.index + 1) {
+                None => StartFailure::new(
+                    slot,
+                    "no-partition",
+                    0,
+                    format!(
+                        "the kernel shows no partition {} on {}",
+                        entry.index + 1,
+                        path.display()
+                    ),
+                ),
+                Some(dev) => {
+                    let cmdline =
+                        slot_cmdline(&entry.unique_guid.to_string(), &dev, slot, append.trim());
+                    match load_slot_kernel(&dev.display().to_string(), &cmdline) {
+                        Ok(()) => {
+                            say(&format!("booting {slot}: {cmdline}"));
+                            nix::unistd::sync();
+                            let e =
+                                nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_KEXEC);
+                            let errno = e.err().map_or(0, |e| e as i32);
+                            StartFailure::new(slot, "kexec-reboot", errno, format!("{e:?}"))
+                        }
+                        Err(f) => StartFailure { slot, ..f },
+                    }
                 }
-                Err(e) => say(&format!("cannot boot {slot}: {e:#}; trying the other slot")),
+            };
+            say(&format!("cannot boot {slot}: {}", failure.detail));
+            if slot == chosen.slot {
+                mark_unstartable(&path, &failure, state.attrs()[slot.index()]);
             }
+            failed.get_or_insert(failure);
         }
         bail!("no slot could be booted")
     }
+}
+
+/// The kernel command-line option that tells the next kernel (and the
+/// updater on it) which slot the boot stage could not start, and why:
+/// `switchback.start_failed=SLOT:WHAT:ERRNO`.
+pub const START_FAILED: &str = "switchback.start_failed";
+
+/// Why a slot could not be started.
+#[derive(Debug, Clone)]
+struct StartFailure {
+    slot: Slot,
+    /// One of `no-partition`, `mount`, `no-kernel`, `kexec-load`,
+    /// `kexec-reboot`: what docs/boot-flow.md lists.
+    what: &'static str,
+    errno: i32,
+    detail: String,
+}
+
+impl StartFailure {
+    fn new(slot: Slot, what: &'static str, errno: i32, detail: String) -> StartFailure {
+        StartFailure {
+            slot,
+            what,
+            errno,
+            detail,
+        }
+    }
+
+    fn token(&self) -> String {
+        format!("{}:{}:{}", self.slot.name(), self.what, self.errno)
+    }
+}
+
+/// Marks a slot on trial that could not be started as bad, so that the
+/// fall-back is seen at once (by the updater on the other slot, and by the
+/// fleet through it) instead of after its tries run out over several
+/// boots. A committed slot keeps its flags: it may be the only good one.
+fn mark_unstartable(disk: &Path, failure: &StartFailure, attrs: BootAttrs) {
+    if attrs.successful {
+        return;
+    }
+    let marked = Disk::open(disk, None, true).and_then(|mut d| d.mark_bad(failure.slot));
+    match marked {
+        Ok(_) => say(&format!(
+            "marked {} bad: it cannot be started",
+            failure.slot
+        )),
+        Err(e) => say(&format!("cannot mark {} bad: {e:#}", failure.slot)),
+    }
+}
+
+/// A `switchback.start_failed` value in words, for the updater's record:
+/// the slot it names and why it could not be started.
+pub fn describe_start_failure(value: &str) -> Option<(Slot, String)> {
+    let mut parts = value.splitn(3, ':');
+    let slot: Slot = parts.next()?.parse().ok()?;
+    let what = parts.next()?;
+    let errno: i32 = parts.next()?.parse().ok()?;
+    let because = if errno > 0 {
+        format!(": {}", std::io::Error::from_raw_os_error(errno))
+    } else {
+        String::new()
+    };
+    let why = match what {
+        "no-partition" => "the kernel showed no partition for it".to_string(),
+        "mount" => format!("its file system could not be mounted{because}"),
+        "no-kernel" => format!("it has no /boot/vmlinuz{because}"),
+        "kexec-load" => format!("kexec refused its kernel{because}"),
+        "kexec-reboot" => format!("the reboot into its kernel failed{because}"),
+        _ => return None,
+    };
+    Some((slot, format!("the boot stage could not start it: {why}")))
 }

@@ -307,6 +307,8 @@ pub struct Release<'a> {
     pub before_health: &'a str,
     /// Ship no initramfs: the kernel cannot mount its root and panics.
     pub kernel_panics: bool,
+    /// Ship no `/boot/vmlinuz`: the boot stage cannot start the slot.
+    pub no_kernel: bool,
     /// A hawkBit DDI server (`fleet.url`): the release brings its network
     /// up by DHCP and runs `updater fleet` once the device has its token
     /// (`/data/fleet/token`, written at commissioning). The device is
@@ -322,6 +324,7 @@ impl Default for Release<'_> {
             boot_tries: 2,
             before_health: "",
             kernel_panics: false,
+            no_kernel: false,
             fleet_url: None,
         }
     }
@@ -368,7 +371,9 @@ pub fn release_image(
     ] {
         std::fs::create_dir_all(root.join(d))?;
     }
-    std::fs::copy(&kernel.vmlinuz, root.join("boot/vmlinuz"))?;
+    if !release.no_kernel {
+        std::fs::copy(&kernel.vmlinuz, root.join("boot/vmlinuz"))?;
+    }
     let slot_ir = Initramfs::new()?;
     slot_ir.init(
         &kernel.modules_for(SLOT_MODULES)?,

@@ -149,6 +149,43 @@ fn a_kernel_that_panics_falls_back_to_a() {
     back_on_a(&mut vm, "tries exhausted");
 }
 
+/// A slot the boot stage cannot start (here: no kernel) is marked bad at
+/// once, and the release on slot_a reports the fall-back with the reason at
+/// this very boot, not after the tries run out over several.
+#[test]
+fn a_release_whose_kernel_cannot_be_started_is_marked_bad_and_reported_at_once() {
+    let app = Appliance::new();
+    let v6 = app.image(&Release {
+        version: "6.0.0",
+        no_kernel: true,
+        ..Release::default()
+    });
+    let (mut vm, _disk) = factory(&app, &app.media("6.0.0", &v6));
+    vm.send("updater install /media/6.0.0.swb --reboot")
+        .unwrap();
+    vm.expect("switchback boot stage: selected slot_b", BOOT)
+        .unwrap();
+    vm.expect("cannot boot slot_b: opening /boot/vmlinuz", STEP)
+        .unwrap();
+    vm.expect("marked slot_b bad: it cannot be started", STEP)
+        .unwrap();
+    let booting = vm
+        .expect("switchback boot stage: booting slot_a", STEP)
+        .unwrap();
+    assert!(
+        booting.contains("switchback.start_failed=slot_b:no-kernel:2"),
+        "{booting}"
+    );
+    vm.expect("RELEASE 1.0.0 RUNNING ON slot_a", BOOT).unwrap();
+    let line = vm.expect("was rolled back", STEP).unwrap();
+    assert!(
+        line.contains("the boot stage could not start it: it has no /boot/vmlinuz"),
+        "{line}"
+    );
+    vm.expect("HEALTH EXIT 51", STEP).unwrap();
+    vm.expect("READY 1.0.0", STEP).unwrap();
+}
+
 #[test]
 fn power_cuts_during_an_install_leave_a_bootable_and_a_second_install_succeeds() {
     let app = Appliance::new();

@@ -71,6 +71,19 @@ pub fn run_checks(config: &Config) -> std::result::Result<(), CheckResult> {
     Ok(())
 }
 
+/// Why the boot stage could not start `slot` in this boot, as it told this
+/// kernel (`switchback.start_failed`, docs/boot-flow.md); only on the disk
+/// the machine runs from.
+fn start_failure(disk: &Path, slot: Slot) -> Option<String> {
+    let cmdline = bootctl::host::read_cmdline();
+    let value = bootctl::host::cmdline_value(&cmdline, bootctl::boot_stage::START_FAILED)?;
+    if crate::not_the_running_disk(disk, &cmdline).is_some() {
+        return None;
+    }
+    let (failed, why) = bootctl::boot_stage::describe_start_failure(&value)?;
+    (failed == slot).then_some(why)
+}
+
 /// The health check for the booted slot on `disk`. Never reboots; the caller
 /// does, on `Failed`.
 pub fn health(
@@ -97,8 +110,10 @@ pub fn health(
         };
         let t = attrs[target.index()];
         if booted_new && target != booted && !t.is_bootable() {
-            let reason = match (last.outcome, last.reason.clone()) {
-                (Outcome::HealthFailed, Some(r)) => r,
+            let started = start_failure(disk_path, target);
+            let reason = match (last.outcome, last.reason.clone(), started) {
+                (Outcome::HealthFailed, Some(r), _) => r,
+                (_, _, Some(why)) => why,
                 _ if t.priority > 0 && t.tries == 0 => {
                     "tries exhausted: it never passed its health check".into()
                 }
