@@ -23,7 +23,7 @@ fn commission(app: &Appliance, gb: &Goosebit, v1: &Path, serial: &str, token: &s
     vm.expect("NET 10.0.2.15", STEP).unwrap();
     vm.expect("READY 1.0.0", STEP).unwrap();
     vm.send(&format!(
-        "mkdir -p /data/fleet && echo {token} > /data/fleet/token"
+        "mkdir -p /data/fleet && (umask 077; echo {token} > /data/fleet/token)"
     ))
     .unwrap();
     vm

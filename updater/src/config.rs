@@ -143,13 +143,34 @@ impl Fleet {
     }
 
     /// The device's token, read when it is needed (it may be rotated).
+    /// The token in `token_file`: a secret, so refused (as ssh refuses a
+    /// key) when others than its owner may read or write it, and read only
+    /// up to [`MAX_TOKEN_FILE`] bytes.
     pub fn token(&self) -> Result<String, String> {
-        let text = std::fs::read_to_string(&self.token_file).map_err(|e| {
-            format!(
-                "cannot read the fleet token {}: {e}",
-                self.token_file.display()
-            )
-        })?;
+        use std::io::Read;
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.token_file.display();
+        let cannot = |e: std::io::Error| format!("cannot read the fleet token {path}: {e}");
+        let file = std::fs::File::open(&self.token_file).map_err(cannot)?;
+        let meta = file.metadata().map_err(cannot)?;
+        if !meta.is_file() {
+            return Err(format!("the fleet token {path} is not a regular file"));
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "the fleet token {path} is open to others (mode {mode:04o}): chmod 600 it"
+            ));
+        }
+        let mut text = String::new();
+        file.take(MAX_TOKEN_FILE + 1)
+            .read_to_string(&mut text)
+            .map_err(cannot)?;
+        if text.len() as u64 > MAX_TOKEN_FILE {
+            return Err(format!(
+                "the fleet token {path} is larger than {MAX_TOKEN_FILE} bytes: not a token"
+            ));
+        }
         let token = text.trim();
         if token.is_empty() || token.chars().any(|c| !c.is_ascii_graphic()) {
             return Err(format!(
@@ -160,6 +181,9 @@ impl Fleet {
         Ok(token.to_string())
     }
 }
+
+/// The most a fleet token file may hold.
+pub const MAX_TOKEN_FILE: u64 = 4096;
 
 /// Where Linux shows the serial number of the machine (SMBIOS type 1).
 pub const SERIAL_PATH: &str = "/sys/class/dmi/id/product_serial";

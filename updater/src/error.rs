@@ -93,6 +93,17 @@ pub enum UpdateError {
     #[error("rollback not confirmed: answer y, or pass --yes")]
     NotConfirmed,
 
+    #[error("bundle {path} is {kind}: give a bundle file, or - to read standard input")]
+    NotABundleFile { path: PathBuf, kind: &'static str },
+
+    #[error("{slot} holds {version} (security version {security_version}), below this device's security floor {floor}: it has known holes; pass --below-security-floor to boot it anyway")]
+    BelowSecurityFloor {
+        slot: &'static str,
+        version: String,
+        security_version: u64,
+        floor: u64,
+    },
+
     #[error("no expand migration leads from data schema {from} to {to} (this bundle has: {have})")]
     MigrationPath { from: u32, to: u32, have: String },
 
@@ -133,6 +144,8 @@ impl UpdateError {
             UpdateError::Snapshot { .. } => 58,
             UpdateError::PartlyDone { .. } => 59,
             UpdateError::BaseChanged { .. } => 60,
+            UpdateError::BelowSecurityFloor { .. } => 63,
+            UpdateError::NotABundleFile { .. } => 64,
         }
     }
 }

@@ -101,18 +101,46 @@ pub fn releases(
     (found, warnings)
 }
 
-/// The version of the release in `booted`: the state's record, else the
-/// signed trailer the disk shows (`releases`, from [`releases`]).
+/// The version of the release in `slot`: its signed trailer's (from
+/// [`releases`]), else the state's record. The trailer wins: it is signed
+/// and written with the slot, while the state file can be lost or replaced
+/// by an older copy ([`disagreements`] says when they differ).
+pub fn version_of(
+    state: &crate::state::State,
+    slot: Slot,
+    releases: &[Option<Manifest>; 2],
+) -> Option<String> {
+    releases[slot.index()]
+        .as_ref()
+        .map(|m| m.version.clone())
+        .or_else(|| state.slots.get(slot.name()).map(|r| r.version.clone()))
+}
+
+/// The version of the running release ([`version_of`] the booted slot).
 pub fn running_version(
     state: &crate::state::State,
     booted: Slot,
     releases: &[Option<Manifest>; 2],
 ) -> Option<String> {
-    state
-        .slots
-        .get(booted.name())
-        .map(|r| r.version.clone())
-        .or_else(|| releases[booted.index()].as_ref().map(|m| m.version.clone()))
+    version_of(state, booted, releases)
+}
+
+/// Where the state file's record of a slot differs from the slot's signed
+/// trailer: a warning each, saying that the trailer is what counts.
+pub fn disagreements(state: &crate::state::State, releases: &[Option<Manifest>; 2]) -> Vec<String> {
+    Slot::ALL
+        .into_iter()
+        .filter_map(|slot| {
+            let (rec, signed) = (state.slots.get(slot.name())?, releases[slot.index()].as_ref()?);
+            let signed_digest = signed.image(crate::install::ROOTFS).ok()?.digest().to_string();
+            (rec.version != signed.version || rec.digest != signed_digest).then(|| {
+                format!(
+                    "the state file says {slot} holds {}, its signed record on the disk says {}: the disk's record counts (was the state file replaced by an older copy?)",
+                    rec.version, signed.version
+                )
+            })
+        })
+        .collect()
 }
 
 /// The floor the disk proves: the highest security version of a slot that

@@ -154,7 +154,10 @@ pub fn install(
     let target = opts.booted.other();
     let disk_state = Disk::open(&opts.disk, opts.sector_size, false)?.read()?;
     let (releases, warnings) = evidence::releases(&opts.disk, &disk_state, &keyring);
-    for w in &warnings {
+    for w in warnings
+        .iter()
+        .chain(&evidence::disagreements(&state.state, &releases))
+    {
         log::warn!("{w}");
     }
     let floor = state
@@ -170,16 +173,16 @@ pub fn install(
         opts.allow_downgrade,
     )?;
     let image = manifest.image(ROOTFS)?.clone();
-    // A lost state file must not make expand migrations run twice: the
-    // running release's signed schema says where the data is at least.
+    // A lost or replayed state file must not make expand migrations run
+    // twice: the running release's signed schema says where the data is
+    // at least.
+    let signed_schema = releases[opts.booted.index()]
+        .as_ref()
+        .and_then(|m| m.data_schema);
     let schema = state
         .state
         .data_schema
-        .or_else(|| {
-            releases[opts.booted.index()]
-                .as_ref()
-                .and_then(|m| m.data_schema)
-        })
+        .max(signed_schema)
         .unwrap_or(migrate::INITIAL_SCHEMA);
     let chain = migrate::expand_chain(&manifest, schema)?;
     // A delta's base is checked before anything is written.

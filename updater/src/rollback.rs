@@ -1,31 +1,90 @@
 //! A field technician's rollback: the other slot boots next, provided it
-//! holds a release that has proven itself.
+//! holds a release that has proven itself, and, unless the technician says
+//! so in as many words, one at or above the security floor.
 
 use crate::config::Config;
+use crate::evidence;
 use crate::state::StateFile;
+use crate::UpdateError;
 use anyhow::Result;
 use bootctl::{Disk, Slot};
 use std::path::Path;
+use switchback_bundle::Keyring;
 
-/// Makes the slot other than `booted` boot next; returns it.
+/// The history event of a rollback past the security floor; the fleet
+/// client reports the last one as a device attribute.
+pub const BELOW_FLOOR_EVENT: &str = "rollback-below-security-floor";
+
+/// Makes the slot other than `booted` boot next; returns it. A release
+/// below the security floor (the state's, or what the disk's signed
+/// records prove) is refused unless `below_security_floor`; then the event
+/// is recorded as [`BELOW_FLOOR_EVENT`].
 pub fn rollback(
     config: &Config,
     disk_path: &Path,
     sector_size: Option<u64>,
     booted: Slot,
+    below_security_floor: bool,
 ) -> Result<Slot> {
     let _lock = bootctl::lock::ensure(disk_path, bootctl::lock::DEFAULT_WAIT)?;
     let mut state = StateFile::load(&config.state_dir());
     crate::recover::recover(config, disk_path, &mut state)?;
+    let target = booted.other();
+    let disk_state = Disk::open(disk_path, sector_size, false)?.read()?;
+    let keyring = Keyring::load_dir(&config.keyring)?;
+    let (releases, warnings) = evidence::releases(disk_path, &disk_state, &keyring);
+    for w in warnings
+        .iter()
+        .chain(&evidence::disagreements(&state.state, &releases))
+    {
+        log::warn!("{w}");
+    }
+    let floor = state
+        .state
+        .security_floor
+        .max(evidence::floor(disk_state.attrs(), &releases));
+    let target_security = releases[target.index()]
+        .as_ref()
+        .map(|m| m.security_version)
+        .or_else(|| {
+            state
+                .state
+                .slots
+                .get(target.name())
+                .map(|r| r.security_version)
+        });
+    let (to, from) = (
+        evidence::version_of(&state.state, target, &releases),
+        evidence::version_of(&state.state, booted, &releases),
+    );
+    let below = target_security.is_some_and(|sv| sv < floor);
+    if below && !below_security_floor {
+        return Err(UpdateError::BelowSecurityFloor {
+            slot: target.name(),
+            version: to.unwrap_or_else(|| "an unknown release".into()),
+            security_version: target_security.unwrap_or(0),
+            floor,
+        }
+        .into());
+    }
     let (target, _) = Disk::open(disk_path, sector_size, true)?.rollback(Some(booted))?;
-    let version = |s: Slot| state.state.slots.get(s.name()).map(|r| r.version.clone());
-    let (to, from) = (version(target), version(booted));
+    let (event, reason) = if below {
+        (
+            BELOW_FLOOR_EVENT,
+            format!(
+                "requested by a technician, below the security floor {floor} (security version {})",
+                target_security.unwrap_or(0)
+            ),
+        )
+    } else {
+        ("rollback", "requested by a technician".to_string())
+    };
     state.record(
-        "rollback",
+        event,
         target.name(),
         to.as_deref(),
         from.as_deref(),
-        Some("requested by a technician"),
+        Some(&reason),
     );
     crate::recover::save(&mut state)?;
     Ok(target)

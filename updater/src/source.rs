@@ -65,7 +65,18 @@ pub struct HttpOptions {
     /// read) before a connection is dropped and resumed.
     #[arg(long = "idle-timeout", default_value = "30", value_parser = parse_idle_timeout)]
     pub idle_timeout: Duration,
+    /// Over HTTP: the least average rate, in bytes a second, once the first
+    /// --idle-timeout has passed; a slower download (a server that drips)
+    /// is ended, so it ends at the latest idle-timeout + size / rate after
+    /// its start.
+    #[arg(long = "min-rate", default_value_t = DEFAULT_MIN_RATE,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_rate: u64,
 }
+
+/// Bytes a second a download must average after its first idle timeout
+/// (connecting, TLS, the first bytes).
+pub const DEFAULT_MIN_RATE: u64 = 16 << 10;
 
 fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
     match text.parse::<u64>() {
@@ -80,6 +91,7 @@ impl Default for HttpOptions {
             max_retries: 10,
             backoff: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(30),
+            min_rate: DEFAULT_MIN_RATE,
         }
     }
 }
@@ -88,17 +100,40 @@ impl Default for HttpOptions {
 /// unwrapped here, so every way in takes both forms.
 pub fn open(source: &Source, http: &HttpOptions) -> anyhow::Result<Box<dyn Read + Send>> {
     let raw: Box<dyn Read + Send> = match source {
-        Source::File(p) => Box::new(BufReader::with_capacity(
-            1 << 20,
-            File::open(p).map_err(switchback_bundle::BundleError::io(format!(
-                "opening bundle {}",
-                p.display()
-            )))?,
-        )),
+        Source::File(p) => Box::new(BufReader::with_capacity(1 << 20, open_file(p)?)),
         Source::Stdin => Box::new(BufReader::with_capacity(1 << 20, io::stdin())),
         Source::Url(u) => Box::new(HttpReader::new(u, http.clone())?),
     };
     unwrap(raw, &source.to_string())
+}
+
+/// A bundle file: a regular file (or a block device, which has an end too).
+/// A FIFO, socket or character device may never end, and the install would
+/// hold the disk's lock while it waits: refused, as is a directory.
+fn open_file(path: &std::path::Path) -> anyhow::Result<File> {
+    use std::os::unix::fs::FileTypeExt;
+    let io = |what: String| switchback_bundle::BundleError::io(what);
+    let file = File::open(path).map_err(io(format!("opening bundle {}", path.display())))?;
+    let kind = file
+        .metadata()
+        .map_err(io(format!("reading bundle {}", path.display())))?
+        .file_type();
+    let refused = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO, which may never end"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device, which may never end"
+    } else {
+        return Ok(file);
+    };
+    Err(UpdateError::NotABundleFile {
+        path: path.to_path_buf(),
+        kind: refused,
+    }
+    .into())
 }
 
 /// The bundle inside `raw`, which is a bundle or a `.swu` wrapping one.
@@ -133,6 +168,7 @@ pub struct HttpReader {
     pub range_ignored: u32,
     /// How many times the stream was resumed.
     pub resumes: u32,
+    started: std::time::Instant,
 }
 
 fn http_err(url: &str, reason: impl Into<String>) -> io::Error {
@@ -278,6 +314,7 @@ impl HttpReader {
             retries_left: retries,
             range_ignored: 0,
             resumes: 0,
+            started: std::time::Instant::now(),
         };
         // Connect now so that a wrong URL fails before anything else happens.
         r.connect_with_retries().map_err(anyhow::Error::from)?;
@@ -434,9 +471,35 @@ impl HttpReader {
     }
 }
 
+impl HttpReader {
+    /// Ends a download that has fallen below the minimum average rate
+    /// ([`HttpOptions::min_rate`]): a server that drips a byte now and then
+    /// would otherwise hold the disk's lock for ever.
+    fn check_rate(&self) -> io::Result<()> {
+        let elapsed = self.started.elapsed();
+        let Some(counted) = elapsed.checked_sub(self.opts.idle_timeout) else {
+            return Ok(());
+        };
+        if self.pos >= self.opts.min_rate.saturating_mul(counted.as_secs()) {
+            return Ok(());
+        }
+        Err(http_err(
+            &self.url,
+            format!(
+                "too slow: {} bytes in {} s, below the minimum of {} bytes/s after the first {} s (--min-rate)",
+                self.pos,
+                elapsed.as_secs(),
+                self.opts.min_rate,
+                self.opts.idle_timeout.as_secs()
+            ),
+        ))
+    }
+}
+
 impl Read for HttpReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
+            self.check_rate()?;
             if self.body.is_none() {
                 self.resumes += 1;
                 log::warn!("{}: resuming at byte {}", self.url, self.pos);

@@ -106,6 +106,10 @@ pub struct FleetAction {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<FleetReport>,
+    /// Times the server refused the final report; at
+    /// [`crate::fleet::MAX_REPORT_REFUSALS`] it is given up.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub report_refusals: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

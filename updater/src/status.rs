@@ -32,8 +32,8 @@ pub struct UpdaterStatus {
 
 impl UpdaterStatus {
     /// `on_disk` is each slot's release as its signed trailer shows it
-    /// ([`crate::evidence`]): what status shows when the state file has
-    /// no record, and what the floor is at least.
+    /// ([`crate::evidence`]): what status shows over the state file's
+    /// record, and what the floor is at least.
     pub fn new(
         disk: &str,
         boot: &State,
@@ -53,18 +53,17 @@ impl UpdaterStatus {
                     priority: s.priority,
                     tries: s.tries,
                     successful: s.successful,
-                    version: rec
-                        .map(|r| r.version.clone())
-                        .or_else(|| disk.map(|m| m.version.clone())),
-                    digest: rec.map(|r| r.digest.clone()).or_else(|| {
-                        disk.and_then(|m| m.image(ROOTFS).ok())
-                            .map(|i| i.digest().to_string())
-                    }),
+                    version: crate::evidence::version_of(&state.state, s.name, on_disk),
+                    digest: disk
+                        .and_then(|m| m.image(ROOTFS).ok())
+                        .map(|i| i.digest().to_string())
+                        .or_else(|| rec.map(|r| r.digest.clone())),
                 }
             })
             .collect();
         let mut warnings = flags.warnings.clone();
         warnings.extend(state.warning.clone());
+        warnings.extend(crate::evidence::disagreements(&state.state, on_disk));
         UpdaterStatus {
             disk: disk.into(),
             booted,

@@ -24,6 +24,8 @@ fn fleet_device(url: &str) -> Device {
     dev.health_ok("b");
     let token = dev.dir.path().join("fleet-token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut c: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&dev.config).unwrap()).unwrap();
     c["fleet"] = j!({
@@ -552,4 +554,301 @@ fn install_takes_the_wrapped_form_and_refuses_a_wrapper_that_is_not_ours() {
         .code(37)
         .stderr(predicates::str::contains("not a Switchback bundle"));
     assert_eq!(dev.attrs(), before);
+}
+
+/// Plants a finished action 5 whose final report is still to be sent, as
+/// after a reboot.
+fn plant_finished_action(dev: &Device) {
+    let path = dev.dir.path().join("state/state.json");
+    let mut s: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    s["fleet"] = j!({"id": "5", "artifact": "1.5.0.swb", "phase": "done", "started_at": 1,
+        "attempts": 1, "report": {"success": true, "details": ["1.5.0 committed"]}});
+    std::fs::write(&path, s.to_string()).unwrap();
+}
+
+/// A server that offers 2.0.0 as action 6 at every poll and answers the
+/// final report of action 5 with `report_status`.
+fn offering_server(report_status: u16) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(bundle_in(dir.path(), &release("2.0.0"))).unwrap();
+    Fixture::serve(move |req| {
+        if req.path.ends_with("/deploymentBase/5/feedback") {
+            return json(report_status, j!({}));
+        }
+        match req.path.rsplit('/').next().unwrap_or_default() {
+            DEVICE => poll_reply(
+                j!({"deploymentBase": {"href": format!("{}/deploymentBase/6", base(req))}}),
+            ),
+            "6" => deployment_reply(&format!("{}/files/2.0.0.swb", base(req)), "2.0.0.swb"),
+            "2.0.0.swb" => Reply {
+                status: 200,
+                headers: vec![],
+                body: bytes.clone(),
+            },
+            _ => json(200, j!({})),
+        }
+    })
+}
+
+#[test]
+fn a_report_the_server_no_longer_knows_is_dropped_and_the_next_deployment_proceeds() {
+    let f = offering_server(404);
+    let dev = fleet_device(&f.url);
+    plant_finished_action(&dev);
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains("action 6: 2.0.0 installed into slot_a"),
+        "{}",
+        stdout(&out)
+    );
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        err.contains("action 5: the server no longer knows it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_report_refused_again_and_again_is_given_up_after_five_tries() {
+    let f = offering_server(400);
+    let dev = fleet_device(&f.url);
+    plant_finished_action(&dev);
+    for n in 1..=4 {
+        let out = fleet_once(&dev, "b").success();
+        let said = stdout(&out);
+        assert!(
+            said.contains(&format!(
+                "action 5 waits for the server to take its final report (refused {n} of at most 5 times); deployment 6 waits"
+            )),
+            "{said}"
+        );
+    }
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains("2.0.0 installed into slot_a"),
+        "{}",
+        stdout(&out)
+    );
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        err.contains("refused its report (success) 5 times"),
+        "{err}"
+    );
+}
+
+#[test]
+fn links_that_cannot_be_fetched_are_passed_over_and_reboot_spares_a_disk_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(bundle_in(dir.path(), &release("2.0.0"))).unwrap();
+    let f = Fixture::serve(
+        move |req| match req.path.rsplit('/').next().unwrap_or_default() {
+            DEVICE => poll_reply(
+                j!({"deploymentBase": {"href": format!("{}/deploymentBase/6", base(req))}}),
+            ),
+            "6" => json(
+                200,
+                j!({"id": "6", "deployment": {"download": "forced", "update": "forced", "chunks": [
+                    {"part": "os", "version": "2.0.0", "name": "os", "artifacts": [
+                        {"filename": "notes.txt", "size": 1, "_links": {"download": {"href": "s3://bucket/notes.txt"}}},
+                        {"filename": "2.0.0.swb", "size": 1, "_links": {
+                            "download": {"href": "s3://bucket/2.0.0.swb"},
+                            "download-http": {"href": format!("{}/files/2.0.0.swb", base(req))}}}
+                    ]}
+                ]}}),
+            ),
+            "2.0.0.swb" => Reply {
+                status: 200,
+                headers: vec![],
+                body: bytes.clone(),
+            },
+            _ => json(200, j!({})),
+        },
+    );
+    let dev = fleet_device(&f.url);
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dev.config).unwrap()).unwrap();
+    c["fleet"]["reboot"] = j!(true);
+    std::fs::write(&dev.config, c.to_string()).unwrap();
+    let out = dev
+        .updater_guarded("b", &["fleet", "--once", "--idle-timeout", "5"])
+        .success();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        err.contains(r#"artifact "notes.txt" has no http(s) link"#),
+        "{err}"
+    );
+    assert!(err.contains("not rebooting: "), "{err}");
+    assert!(
+        stdout(&out).contains("2.0.0 installed into slot_a"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_deployment_with_no_fetchable_bundle_is_reported_failed_not_retried_forever() {
+    let f = Fixture::serve(
+        move |req| match req.path.rsplit('/').next().unwrap_or_default() {
+            DEVICE => poll_reply(
+                j!({"deploymentBase": {"href": format!("{}/deploymentBase/6", base(req))}}),
+            ),
+            "6" => deployment_reply("s3://bucket/2.0.0.swb", "2.0.0.swb"),
+            _ => json(200, j!({})),
+        },
+    );
+    let dev = fleet_device(&f.url);
+    fleet_once(&dev, "b").success();
+    let closed: Vec<_> = feedbacks(&f)
+        .into_iter()
+        .filter(|b| b["status"]["execution"] == "closed")
+        .collect();
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0]["status"]["result"]["finished"], "failure");
+    let details = closed[0]["status"]["details"].to_string();
+    assert!(
+        details.contains("passed over for want of an http(s) link")
+            && details.contains("2.0.0.swb"),
+        "{details}"
+    );
+}
+
+#[test]
+fn a_cancel_waits_while_another_process_holds_the_disk() {
+    let f = Fixture::serve(
+        |req| match req.path.rsplit('/').next().unwrap_or_default() {
+            DEVICE => {
+                poll_reply(j!({"cancelAction": {"href": format!("{}/cancelAction/7", base(req))}}))
+            }
+            "7" => json(200, j!({"id": "7", "cancelAction": {"stopId": "6"}})),
+            _ => json(200, j!({})),
+        },
+    );
+    let dev = fleet_device(&f.url);
+    // Another process is installing action 6: it holds the disk's lock.
+    let path = dev.dir.path().join("state/state.json");
+    let mut s: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    s["fleet"] = j!({"id": "6", "artifact": "2.0.0.swb", "phase": "installing", "started_at": 1, "attempts": 1});
+    std::fs::write(&path, s.to_string()).unwrap();
+    let held = bootctl::lock::lock(&dev.disk, Duration::from_secs(1)).unwrap();
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out)
+            .contains("the server asks to cancel action 6; answered once the command holding"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        !f.requests()
+            .iter()
+            .any(|r| r.path.ends_with("/cancelAction/7/feedback")),
+        "the cancel was answered while the install held the disk"
+    );
+    drop(held);
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains("action 6: canceled by the server"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// A server that answers 200 with a large Content-Length, then drips one
+/// byte every 300 ms.
+fn dripping_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/2.0.0.swb", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                use std::io::{BufRead, Write};
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let head = "HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n";
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let magic = b"SWBUNDLE";
+                for i in 0.. {
+                    std::thread::sleep(Duration::from_millis(300));
+                    if stream.write_all(&[magic[i % magic.len()]]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn a_download_that_drips_is_ended_by_the_minimum_rate() {
+    let url = dripping_server();
+    let dev = device();
+    let t0 = std::time::Instant::now();
+    dev.updater("a")
+        .args(["install", &url, "--idle-timeout", "2", "--min-rate", "4096"])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .code(48)
+        .stderr(predicates::str::contains("too slow: "))
+        .stderr(predicates::str::contains(
+            "below the minimum of 4096 bytes/s after the first 2 s (--min-rate)",
+        ));
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn a_token_file_open_to_others_or_too_large_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::serve(|_| json(200, j!({})));
+    let dev = fleet_device(&f.url);
+    let token = dev.dir.path().join("fleet-token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = fleet_once(&dev, "b").code(40);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        err.contains("is open to others (mode 0644): chmod 600 it"),
+        "{err}"
+    );
+    std::fs::write(&token, "x".repeat(300_000)).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = fleet_once(&dev, "b").code(40);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("is larger than 4096 bytes"), "{err}");
+    assert!(f.requests().is_empty(), "a request was sent");
+}
+
+#[test]
+fn a_bundle_path_that_may_never_end_is_refused_at_once() {
+    let dev = device();
+    let fifo = dev.dir.path().join("bundle.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Opening a FIFO blocks until a writer comes: one that writes nothing.
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let _w = std::fs::OpenOptions::new().write(true).open(&fifo);
+            std::thread::sleep(Duration::from_secs(5));
+        })
+    };
+    dev.updater("a")
+        .arg("install")
+        .arg(&fifo)
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(64)
+        .stderr(predicates::str::contains("is a FIFO, which may never end"));
+    writer.join().unwrap();
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.dir.path())
+        .assert()
+        .code(64)
+        .stderr(predicates::str::contains(format!(
+            "bundle {} is a directory",
+            dev.dir.path().display()
+        )));
 }

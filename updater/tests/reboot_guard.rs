@@ -16,31 +16,13 @@ use predicates::str::contains;
 use serde_json::json;
 use std::process::Command;
 
-/// `dev.updater(booted)` with `args`, run where a reboot cannot restart
-/// this machine (see the file's head).
-fn guarded(dev: &Device, booted: &str, args: &[&str]) -> assert_cmd::assert::Assert {
-    let inner = dev.updater_process(booted);
-    let mut c = if nix::unistd::Uid::effective().is_root() {
-        let mut c = Command::new("unshare");
-        c.args(["--pid", "--fork", "--kill-child", "--"])
-            .arg(inner.get_program())
-            .args(inner.get_args());
-        c
-    } else {
-        eprintln!("not root: a reboot would fail with EPERM instead of being caught by unshare");
-        inner
-    };
-    c.args(args);
-    assert_cmd::Command::from_std(c).assert()
-}
-
 #[test]
 fn a_failed_health_check_on_a_disk_image_does_not_reboot_this_machine() {
     let dev = device();
     dev.set_health(json!({"checks": [{"name": "app-answers", "command": ["false"]}]}));
     dev.install_ok("a", &release("2.0.0"));
     dev.boot();
-    guarded(&dev, "b", &["health"])
+    dev.updater_guarded("b", &["health"])
         .code(52)
         .stderr(contains("app-answers"))
         .stderr(contains("not rebooting: "))
@@ -53,12 +35,12 @@ fn a_failed_health_check_on_a_disk_image_does_not_reboot_this_machine() {
 fn rollback_and_install_reboot_on_a_disk_image_do_not_reboot_this_machine() {
     let dev = device();
     dev.make_b_good();
-    guarded(&dev, "a", &["rollback", "--yes"])
+    dev.updater_guarded("a", &["rollback", "--yes"])
         .success()
         .stdout(contains("slot_b boots next"))
         .stderr(contains("not rebooting: "));
     let b = dev.bundle(&release("2.0.0"));
-    guarded(&dev, "b", &["install", "--reboot", b.to_str().unwrap()])
+    dev.updater_guarded("b", &["install", "--reboot", b.to_str().unwrap()])
         .success()
         .stdout(contains("2.0.0 installed into slot_a"))
         .stderr(contains("not rebooting: "));

@@ -37,7 +37,9 @@ enum Command {
     MarkGood { slot: Option<Slot> },
     /// Make SLOT (default: the booted one) unbootable.
     MarkBad { slot: Option<Slot> },
-    /// Boot the other, previously good slot next.
+    /// Boot the other, previously good slot next. The raw flag change: it
+    /// knows no releases, versions or security floor, and records nothing.
+    /// A technician wants `updater rollback`.
     Rollback {
         #[arg(long)]
         json: bool,

@@ -50,6 +50,10 @@ enum Command {
         yes: bool,
         #[arg(long)]
         no_reboot: bool,
+        /// Boot the other release even though its security version is
+        /// below the device's floor (recorded, and reported to the fleet).
+        #[arg(long)]
+        below_security_floor: bool,
     },
     /// Every install, commit and rollback with time, versions and reason.
     History,
@@ -87,12 +91,21 @@ fn run(cli: Cli) -> Result<()> {
             updater::fleet::report_after_health(&dev.config, &dev.disk);
             println!("{}", health_result(outcome, &dev.disk, booted, no_reboot)?);
         }
-        Command::Rollback { yes, no_reboot } => {
+        Command::Rollback {
+            yes,
+            no_reboot,
+            below_security_floor,
+        } => {
             let booted = dev.booted()?;
             confirm_rollback(booted, !no_reboot, yes)?;
             dev.lock = Some(cli.target.lock(&dev.disk)?);
-            let target =
-                updater::rollback::rollback(&dev.config, &dev.disk, dev.sector_size, booted)?;
+            let target = updater::rollback::rollback(
+                &dev.config,
+                &dev.disk,
+                dev.sector_size,
+                booted,
+                below_security_floor,
+            )?;
             println!("{target} boots next");
             if !no_reboot {
                 updater::reboot(&dev.disk)?;

@@ -69,6 +69,8 @@ pub struct Deployment {
     /// The version the server gives the software (its chunk's `version`).
     pub version: Option<String>,
     pub artifacts: Vec<Artifact>,
+    /// Artifacts passed over: no link this client can fetch.
+    pub unusable: Vec<String>,
 }
 
 /// A DDI session with one server, as one device.
@@ -319,20 +321,30 @@ impl Ddi {
         let text = |field: &str| d[field].as_str().map(str::to_string);
         let chunks = d["chunks"].as_array().ok_or_else(|| bad("no chunks"))?;
         let mut artifacts = Vec::new();
+        let mut unusable = Vec::new();
         let mut version = None;
         for chunk in chunks.iter().take(16) {
             version = version.or_else(|| chunk["version"].as_str().map(str::to_string));
             for a in chunk["artifacts"].as_array().into_iter().flatten().take(16) {
                 let links = &a["_links"];
-                let href = links["download"]["href"]
-                    .as_str()
-                    .or_else(|| links["download-http"]["href"].as_str());
-                let (Some(filename), Some(href)) = (a["filename"].as_str(), href) else {
+                let Some(filename) = a["filename"].as_str() else {
                     continue;
                 };
-                if origin(href).is_none() {
-                    return Err(bad(&format!("artifact link {href:?} is not http(s)")));
-                }
+                // Only http(s) links can be fetched here; an artifact with
+                // none (s3://, a server's own scheme) is passed over, and
+                // the deployment fails only if nothing usable is left.
+                let offered: Vec<&str> = ["download", "download-http"]
+                    .iter()
+                    .filter_map(|k| links[k]["href"].as_str())
+                    .collect();
+                let Some(href) = offered.iter().copied().find(|h| origin(h).is_some()) else {
+                    if !offered.is_empty() {
+                        let name: String = filename.chars().take(256).collect();
+                        log::warn!("fleet: artifact {name:?} has no http(s) link ({offered:?}): passed over");
+                        unusable.push(name);
+                    }
+                    continue;
+                };
                 artifacts.push(Artifact {
                     filename: filename.chars().take(256).collect(),
                     size: a["size"].as_u64(),
@@ -347,6 +359,7 @@ impl Ddi {
             maintenance_window: text("maintenanceWindow"),
             version,
             artifacts,
+            unusable,
         })
     }
 

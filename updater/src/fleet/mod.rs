@@ -34,6 +34,10 @@ use std::time::Duration;
 
 /// Installs started for one action before it is reported as failed.
 pub const MAX_ATTEMPTS: u32 = 3;
+/// Refusals of a final report (other than 404 and 410, which end it at
+/// once) before it is given up: a report the server never takes must not
+/// hold back every later deployment.
+pub const MAX_REPORT_REFUSALS: u32 = 5;
 /// Wait after the first failed poll; doubles up to `max_poll_s`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 /// Poll interval when the server names none.
@@ -219,7 +223,28 @@ fn send_report(config: &Config, disk: &std::path::Path, ddi: &Ddi) -> Result<Opt
     let finished = if report.success { "success" } else { "failure" };
     match ddi.feedback(&action.id, "closed", finished, None, &report.details) {
         Ok(()) => {}
-        Err(DdiError::Gone { .. }) => log::info!("fleet action {}: gone on the server", action.id),
+        Err(DdiError::Gone { .. } | DdiError::Status { status: 404, .. }) => {
+            log::warn!(
+                "fleet action {}: the server no longer knows it; its report ({finished}) is dropped",
+                action.id
+            )
+        }
+        Err(e @ (DdiError::Status { .. } | DdiError::Protocol { .. }))
+            if action.report_refusals + 1 >= MAX_REPORT_REFUSALS =>
+        {
+            log::warn!(
+                "fleet action {}: the server refused its report ({finished}) {MAX_REPORT_REFUSALS} times, last: {e}; given up",
+                action.id
+            )
+        }
+        Err(e @ (DdiError::Status { .. } | DdiError::Protocol { .. })) => {
+            change(config, disk, |s| {
+                if let Some(a) = s.fleet.as_mut().filter(|a| a.id == action.id) {
+                    a.report_refusals += 1;
+                }
+            })?;
+            return Err(e.into());
+        }
         Err(e) => return Err(e.into()),
     }
     change(config, disk, |s| {
@@ -258,38 +283,81 @@ impl Client<'_> {
         })
     }
 
-    /// The running release's version: the state's record, else the signed
-    /// trailer at the end of the running slot.
-    fn running_version(&self) -> Option<String> {
-        let state = StateFile::load(&self.config.state_dir()).state;
-        if let Some(r) = state.slots.get(self.booted.name()) {
-            // Known without reading the disk, as at almost every poll.
-            return Some(r.version.clone());
-        }
+    /// The running release's version: the signed trailer at the end of the
+    /// running slot, else the state's record.
+    fn running_version(&self, state: &State) -> Option<String> {
         let keyring = switchback_bundle::Keyring::load_dir(&self.config.keyring).ok();
         let disk = Disk::open(&self.disk, self.sector_size, false).and_then(|mut d| d.read());
         let releases = match (keyring, disk) {
             (Some(keyring), Ok(disk)) => crate::evidence::releases(&self.disk, &disk, &keyring).0,
             _ => [None, None],
         };
-        crate::evidence::running_version(&state, self.booted, &releases)
+        crate::evidence::running_version(state, self.booted, &releases)
     }
 
     fn attributes(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let state = StateFile::load(&self.config.state_dir()).state;
+        let mut attributes = BTreeMap::from([
             ("hw_boardname".into(), self.config.compatible.clone()),
             ("hw_revision".into(), self.fleet.hw_revision.clone()),
             (
                 "sw_version".into(),
-                self.running_version().unwrap_or_else(|| "unknown".into()),
+                self.running_version(&state)
+                    .unwrap_or_else(|| "unknown".into()),
             ),
-        ])
+        ]);
+        // A technician's rollback past the security floor is the fleet's
+        // business: the last one stays on the device's record.
+        if let Some(e) = state
+            .history
+            .iter()
+            .rev()
+            .find(|e| e.event == crate::rollback::BELOW_FLOOR_EVENT)
+        {
+            let when = std::time::UNIX_EPOCH + Duration::from_secs(e.time);
+            attributes.insert(
+                "below_security_floor".into(),
+                format!(
+                    "{} booted by a technician at {}: {}",
+                    e.version.as_deref().unwrap_or("unknown"),
+                    humantime::format_rfc3339_seconds(when),
+                    e.reason.as_deref().unwrap_or("")
+                ),
+            );
+        }
+        attributes
     }
 
     /// One cycle; returns what it did and how long the server asks to wait.
     pub fn cycle(&self) -> Result<(Cycle, Duration)> {
-        settle_and_save(self.config, &self.disk)?;
+        // Another command holding the disk (an install, possibly of this
+        // very action) must not stop the polling: the server still hears
+        // from the device, and a cancel gets its answer once the disk is
+        // free. Only what needs the disk waits.
+        let busy = match settle_and_save(self.config, &self.disk) {
+            Err(e)
+                if e.chain()
+                    .any(|c| matches!(c.downcast_ref(), Some(bootctl::Error::Busy { .. }))) =>
+            {
+                log::info!("fleet: {e:#}; polling anyway");
+                true
+            }
+            r => r.map(|()| false)?,
+        };
         let ddi = self.ddi()?;
+        if busy {
+            let polled = ddi.poll()?;
+            let sleep = polled.sleep.unwrap_or(DEFAULT_SLEEP);
+            let done = match (&polled.cancel, &polled.deployment) {
+                (Some(href), _) => self.cancel(&ddi, href)?,
+                (None, Some(_)) => Cycle::Waiting(format!(
+                    "another command holds {}; the deployment waits",
+                    self.disk.display()
+                )),
+                (None, None) => Cycle::Idle,
+            };
+            return Ok((done, sleep));
+        }
         // A report the server will not take must not stop the polling.
         let reported = send_report(self.config, &self.disk, &ddi).unwrap_or_else(|e| {
             log::warn!("fleet: the report waits for the next cycle: {e:#}");
@@ -319,18 +387,40 @@ impl Client<'_> {
         Ok((done, sleep))
     }
 
+    /// Answers a cancel under the disk's lock, from the settled state: an
+    /// install of the same action by another process (which holds the
+    /// lock while it writes) is waited for, not canceled under its feet.
     fn cancel(&self, ddi: &Ddi, href: &str) -> Result<Cycle> {
         let (cancel_id, stop_id) = ddi.cancel_action(href)?;
-        let state = StateFile::load(&self.config.state_dir()).state;
+        let _lock = match bootctl::lock::lock(&self.disk, Duration::from_secs(1)) {
+            Ok(l) => l,
+            Err(bootctl::Error::Busy { .. }) => {
+                return Ok(Cycle::Waiting(format!(
+                    "the server asks to cancel action {stop_id}; answered once the command holding {} (an install?) is done",
+                    self.disk.display()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut state = StateFile::load(&self.config.state_dir());
+        recover(self.config, &self.disk, &mut state)?;
+        if settle(&mut state.state) {
+            save(&mut state)?;
+        }
         let installed = state
+            .state
             .fleet
             .as_ref()
-            .filter(|a| a.id == stop_id && a.phase == FleetPhase::Installed);
+            .filter(|a| a.id == stop_id && a.phase != FleetPhase::Installing);
         if let Some(a) = installed {
-            let why = format!(
-                "{} is already installed and boots on trial; it cannot be canceled, roll it back instead",
-                a.artifact
-            );
+            let why = if a.phase == FleetPhase::Installed {
+                format!(
+                    "{} is already installed and boots on trial; it cannot be canceled, roll it back instead",
+                    a.artifact
+                )
+            } else {
+                format!("{} has finished; its result is being reported", a.artifact)
+            };
             ddi.cancel_feedback(&cancel_id, false, &[why])?;
             return Ok(Cycle::CancelRefused { id: stop_id });
         }
@@ -349,13 +439,20 @@ impl Client<'_> {
 
     /// Why a deployment offered now is not started now, if it is not.
     fn not_now(&self, d: &Deployment, state: &State) -> Result<Option<String>> {
-        if let Some(a) = state.fleet.as_ref() {
-            if a.phase != FleetPhase::Installing {
+        match state.fleet.as_ref() {
+            Some(a) if a.phase == FleetPhase::Installed => {
                 return Ok(Some(format!(
                     "action {} waits for its reboot and health check; deployment {} waits",
                     a.id, d.id
                 )));
             }
+            Some(a) if a.phase == FleetPhase::Done => {
+                return Ok(Some(format!(
+                    "action {} waits for the server to take its final report (refused {} of at most {MAX_REPORT_REFUSALS} times); deployment {} waits",
+                    a.id, a.report_refusals, d.id
+                )));
+            }
+            _ => {}
         }
         let attrs = Disk::open(&self.disk, self.sector_size, false)?
             .read()?
@@ -395,6 +492,7 @@ impl Client<'_> {
                     success,
                     details: vec![detail],
                 }),
+                report_refusals: 0,
             })
         })?;
         Ok(send_report(self.config, &self.disk, ddi)?.unwrap_or(Cycle::Idle))
@@ -406,7 +504,7 @@ impl Client<'_> {
         if let Some(why) = self.not_now(&d, &state)? {
             return Ok(Cycle::Waiting(why));
         }
-        let running = self.running_version();
+        let running = self.running_version(&state);
         if d.version.is_some() && d.version == running {
             // A lost state file, or a server that missed the report.
             let detail = format!(
@@ -421,8 +519,16 @@ impl Client<'_> {
             .find(|a| a.filename.ends_with(".swu") || a.filename.ends_with(".swb"))
         else {
             let names: Vec<&str> = d.artifacts.iter().map(|a| a.filename.as_str()).collect();
+            let passed_over = if d.unusable.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; passed over for want of an http(s) link: {:?}",
+                    d.unusable
+                )
+            };
             let detail = format!(
-                "no .swu or .swb artifact in deployment {} (it has: {names:?})",
+                "no usable .swu or .swb artifact in deployment {} (it has: {names:?}{passed_over})",
                 d.id
             );
             return self.close(ddi, &d.id, false, detail);
@@ -441,6 +547,7 @@ impl Client<'_> {
                 started_at: now(),
                 attempts,
                 report: None,
+                report_refusals: 0,
             })
         })?;
         let size = artifact
@@ -685,6 +792,7 @@ mod tests {
                 started_at: 2_000_000_000,
                 attempts,
                 report: None,
+                report_refusals: 0,
             }),
             last_install: record.map(|(action, outcome)| InstallRecord {
                 slot: "slot_a".into(),

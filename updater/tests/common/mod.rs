@@ -186,6 +186,31 @@ impl Device {
         c
     }
 
+    /// `updater ARGS` on `booted`, run where a reboot cannot restart this
+    /// machine: as root, as the first process of a PID namespace of its
+    /// own (`unshare --pid --fork`), where `reboot(2)` kills that process
+    /// with SIGHUP instead; as another user, `reboot(2)` fails with EPERM.
+    /// Either way a reboot attempted shows as a failure, never a restart.
+    pub fn updater_guarded(&self, booted: &str, args: &[&str]) -> assert_cmd::assert::Assert {
+        let inner = self.updater_process(booted);
+        let mut c = if nix::unistd::Uid::effective().is_root() {
+            let mut c = std::process::Command::new("unshare");
+            c.args(["--pid", "--fork", "--kill-child", "--"])
+                .arg(inner.get_program())
+                .args(inner.get_args());
+            c
+        } else {
+            eprintln!(
+                "not root: a reboot would fail with EPERM instead of being caught by unshare"
+            );
+            inner
+        };
+        c.args(args);
+        assert_cmd::Command::from_std(c)
+            .timeout(std::time::Duration::from_secs(120))
+            .assert()
+    }
+
     /// `updater install` of `r`'s bundle, booted from `booted`, which must
     /// succeed.
     pub fn install_ok(&self, booted: &str, r: &Release) {

@@ -1,0 +1,92 @@
+//! Records cannot be replayed or bypassed: the slots' signed records win
+//! over an older state file, and a rollback past the security floor takes
+//! a word of its own and is recorded.
+
+mod common;
+
+use common::*;
+use predicates::str::contains;
+
+/// Installs `r` from `booted` into the other slot, boots it, commits it.
+fn commit(dev: &Device, booted: &str, r: &Release) {
+    dev.install_ok(booted, r);
+    let now = letter(dev.boot());
+    assert_ne!(now, booted);
+    dev.health_ok(now);
+}
+
+#[test]
+fn an_older_state_file_neither_hides_the_signed_release_nor_lets_a_downgrade_in() {
+    let dev = device();
+    commit(&dev, "a", &release("2.0.0"));
+    let state = dev.dir.path().join("state/state.json");
+    let old = std::fs::read(&state).unwrap();
+    commit(&dev, "b", &release("3.0.0"));
+    commit(&dev, "a", &release("4.0.0"));
+    // The state file replaced by its copy from the 2.0.0 days.
+    std::fs::write(&state, &old).unwrap();
+
+    let status = dev
+        .updater("b")
+        .args(["status", "--json"])
+        .assert()
+        .success();
+    let s: serde_json::Value = serde_json::from_slice(&status.get_output().stdout).unwrap();
+    assert_eq!(s["slots"][1]["version"], "4.0.0", "{s}");
+    assert_eq!(s["slots"][0]["version"], "3.0.0", "{s}");
+    let warnings = s["warnings"].to_string();
+    assert!(
+        warnings.contains(
+            "the state file says slot_b holds 2.0.0, its signed record on the disk says 4.0.0"
+        ),
+        "{warnings}"
+    );
+    dev.updater("b")
+        .arg("install")
+        .arg(dev.bundle(&release("3.5.0")))
+        .assert()
+        .code(43)
+        .stderr(contains("older than the running 4.0.0"));
+}
+
+#[test]
+fn a_rollback_below_the_security_floor_takes_its_own_word_and_is_recorded() {
+    let dev = device();
+    commit(&dev, "a", &release("1.0.0"));
+    let fixed = Release {
+        security_version: 2,
+        ..release("2.0.0")
+    };
+    commit(&dev, "b", &fixed);
+    let flags = dev.attrs();
+    dev.updater("a")
+        .args(["rollback", "--yes", "--no-reboot"])
+        .assert()
+        .code(63)
+        .stderr(contains(
+            "slot_b holds 1.0.0 (security version 1), below this device's security floor 2",
+        ))
+        .stderr(contains("--below-security-floor"));
+    assert_eq!(dev.attrs(), flags, "the flags changed");
+    dev.updater("a")
+        .args(["rollback", "--yes", "--no-reboot", "--below-security-floor"])
+        .assert()
+        .success()
+        .stdout(contains("slot_b boots next"));
+    assert_eq!(letter(dev.boot()), "b");
+    let last = dev.state()["history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["event"], "rollback-below-security-floor", "{last}");
+    assert_eq!(last["version"], "1.0.0", "{last}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .contains("below the security floor 2"),
+        "{last}"
+    );
+}
