@@ -44,6 +44,29 @@ fn align_up(x: u64) -> u64 {
     x.div_ceil(ALIGN) * ALIGN
 }
 
+/// The largest disk [`create`] makes: far beyond any appliance, and small
+/// enough that no size arithmetic overflows.
+pub const MAX_DISK: u64 = 64 << 40;
+
+impl Layout {
+    /// The whole disk's size in bytes (1 MiB in front for MBR, GPT and
+    /// alignment, 1 MiB behind for the backup GPT), if at most [`MAX_DISK`].
+    pub fn total_size(&self) -> Option<u64> {
+        let parts = [
+            self.esp_size,
+            self.slot_size,
+            self.slot_size,
+            self.data_size,
+        ];
+        parts
+            .iter()
+            .try_fold(2 * ALIGN, |sum, &p| {
+                (p <= MAX_DISK).then(|| sum + align_up(p))
+            })
+            .filter(|&total| total <= MAX_DISK)
+    }
+}
+
 /// Creates (or replaces) the disk image at `path`. `slot_a` is marked as the
 /// factory release (priority 1, successful); `slot_b` is unbootable.
 pub fn create(path: &Path, layout: Layout) -> Result<Provisioned> {
@@ -62,12 +85,20 @@ pub fn create(path: &Path, layout: Layout) -> Result<Provisioned> {
             "slot and data sizes must be above zero".into(),
         ));
     }
+    let total = layout.total_size().ok_or_else(|| {
+        Error::Invalid(format!(
+            "a disk of ESP {} + 2 slots of {} + data {} bytes is larger than {} TiB",
+            layout.esp_size,
+            layout.slot_size,
+            layout.data_size,
+            MAX_DISK >> 40
+        ))
+    })?;
     let esp = align_up(layout.esp_size);
     let slot = align_up(layout.slot_size);
     let data = align_up(layout.data_size);
     // 1 MiB in front for MBR, GPT and alignment; 1 MiB behind for the backup.
     let first = ALIGN + esp;
-    let total = first + 2 * slot + data + ALIGN;
     let file = OpenOptions::new()
         .read(true)
         .write(true)

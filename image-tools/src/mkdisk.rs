@@ -84,6 +84,22 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
     // Check everything that can be checked before the output file exists.
     let mkfs = find_program("mkfs.ext4")
         .context("mkfs.ext4 not found: install e2fsprogs to format the data partition")?;
+    check_out(opts)?;
+    let layout = Layout {
+        esp_size: opts.esp_size,
+        slot_size: opts.slot_size,
+        data_size: opts.data_size,
+        sector_size: opts.sector_size.bytes(),
+    };
+    if layout.total_size().is_none() {
+        bail!(
+            "--slot-size {}, --data-size {} and --esp-size {} make a disk larger than {} TiB",
+            opts.slot_size,
+            opts.data_size,
+            opts.esp_size,
+            provision::MAX_DISK >> 40
+        );
+    }
     let image = match &opts.slot_a {
         Some(path) => Some(first_release(path, opts)?),
         None => None,
@@ -100,36 +116,100 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
             opts.boot_efi.as_deref(),
         )?),
     };
-    let layout = Layout {
-        esp_size: opts.esp_size,
-        slot_size: opts.slot_size,
-        data_size: opts.data_size,
-        sector_size: opts.sector_size.bytes(),
+    // Made under a temporary name beside --out and renamed over it only
+    // when whole: a failure (or a cut) never leaves a half-made disk that
+    // looks flashable, and never destroys what --out held before.
+    let dir = match opts.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     };
-    let disk = provision::create(&opts.out, layout)?;
-    // A disk image cut short by a failure below would still be flashable:
-    // it goes.
-    fill(opts, &disk, image, fat.as_ref(), &mkfs).inspect_err(|_| {
-        let _ = std::fs::remove_file(&opts.out);
-    })?;
+    let name = opts.out.file_name().unwrap_or_default().to_string_lossy();
+    let partial = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating the disk image in {}", dir.display()))?
+        .into_temp_path();
+    let disk = provision::create(&partial, layout)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    fill(&partial, &disk, image, fat.as_ref(), &mkfs)?;
+    partial
+        .persist(&opts.out)
+        .with_context(|| format!("renaming the new disk image to {}", opts.out.display()))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(disk)
+}
+
+/// `--out` is a disk image file to be made: not a device or a directory,
+/// and not one of the inputs (it would be replaced while it is read).
+fn check_out(opts: &MkdiskOptions) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(out) = std::fs::metadata(&opts.out) else {
+        return Ok(());
+    };
+    let kind = out.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        bail!(
+            "--out {} is {what}: mkdisk makes a disk image file (write it to a device afterwards, e.g. with dd or bmaptool)",
+            opts.out.display()
+        );
+    }
+    let inputs = [
+        ("--slot-a", opts.slot_a.as_ref()),
+        ("--boot-efi", opts.boot_efi.as_ref()),
+        ("--public", opts.public.as_ref()),
+    ];
+    for (flag, path) in inputs {
+        let Some(path) = path else { continue };
+        if let Ok(m) = std::fs::metadata(path) {
+            if (m.dev(), m.ino()) == (out.dev(), out.ino()) {
+                bail!(
+                    "--out {} is the same file as {flag} {}: it would be replaced while it is read; write the disk image elsewhere",
+                    opts.out.display(),
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes slot_a, the ESP and the data file system into the new disk.
 fn fill(
-    opts: &MkdiskOptions,
+    path: &Path,
     disk: &Provisioned,
     image: Option<First>,
     fat: Option<&Vec<u8>>,
     mkfs: &Path,
 ) -> Result<()> {
     if let Some(first) = image {
-        let out = File::options().write(true).open(&opts.out)?;
+        let out = File::options().write(true).open(path)?;
         let slot = disk.slots[0];
-        let context = || format!("writing slot_a of {}", opts.out.display());
+        let context = || format!("writing slot_a of {}", path.display());
         match first {
-            First::Image(mut src) => {
-                copy_at(&mut src, &out, slot.offset).with_context(context)?;
+            First::Image { mut src, name } => {
+                let written =
+                    copy_at(&mut src, &out, slot.offset, slot.size).with_context(context)?;
+                let mut more = [0u8; 1];
+                if src
+                    .read(&mut more)
+                    .with_context(|| format!("reading {name}"))?
+                    > 0
+                {
+                    bail!(
+                        "slot image {name} holds more than the slot size {} bytes ({written} written, and it goes on)",
+                        slot.size
+                    );
+                }
             }
             First::Bundle {
                 path,
@@ -159,16 +239,20 @@ fn fill(
         out.sync_all()?;
     }
     if let (Some(esp), Some(fat)) = (disk.esp, fat) {
-        let out = File::options().write(true).open(&opts.out)?;
-        crate::esp::write(&out, &opts.out, esp, fat)?;
+        let out = File::options().write(true).open(path)?;
+        crate::esp::write(&out, path, esp, fat)?;
         out.sync_all()?;
     }
-    format_ext4(mkfs, &opts.out, disk.data.offset, disk.data.size)
+    format_ext4(mkfs, path, disk.data.offset, disk.data.size)?;
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", path.display()))
 }
 
 /// What goes into slot_a, checked before the disk image is made.
 enum First {
-    Image(File),
+    /// A raw image, read once as a stream (it may be a pipe).
+    Image { src: Box<dyn Read>, name: String },
     /// A bundle whose signature verified, with its signed head as read.
     Bundle {
         path: PathBuf,
@@ -178,14 +262,40 @@ enum First {
 }
 
 fn first_release(path: &Path, opts: &MkdiskOptions) -> Result<First> {
+    use std::os::unix::fs::FileTypeExt;
     let mut file =
         File::open(path).with_context(|| format!("opening slot image {}", path.display()))?;
-    let mut magic = [0u8; 8];
-    let is_bundle = match file.read_exact(&mut magic) {
-        Ok(()) => &magic == crate::bundle::MAGIC,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    let kind = file
+        .metadata()
+        .with_context(|| format!("reading slot image {}", path.display()))?
+        .file_type();
+    if kind.is_dir() {
+        bail!("slot image {} is a directory", path.display());
+    }
+    // What the input holds when that can be known before reading it: a
+    // file's length, a block device's size. A pipe or a character device
+    // is measured as it is read, up to the slot's size.
+    let known_len = if kind.is_file() {
+        Some(file.metadata()?.len())
+    } else if kind.is_block_device() {
+        let len = file.seek(std::io::SeekFrom::End(0))?;
+        file.rewind()?;
+        Some(len)
+    } else {
+        None
     };
+    let mut magic = Vec::with_capacity(8);
+    (&mut file)
+        .take(8)
+        .read_to_end(&mut magic)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let is_bundle = magic.as_slice() == crate::bundle::MAGIC.as_slice();
+    if is_bundle && known_len.is_none() {
+        bail!(
+            "bundle {} must be a regular file: it is checked whole before the disk is made, then read again",
+            path.display()
+        );
+    }
     if !is_bundle {
         if magic.starts_with(b"07070") {
             bail!(
@@ -199,16 +309,20 @@ fn first_release(path: &Path, opts: &MkdiskOptions) -> Result<First> {
                 path.display()
             );
         }
-        let len = file.metadata()?.len();
-        if len > opts.slot_size {
+        if let Some(len) = known_len.filter(|&len| len > opts.slot_size) {
             bail!(
                 "slot image {} is {len} bytes, larger than the slot size {}",
                 path.display(),
                 opts.slot_size
             );
         }
-        file.rewind()?;
-        return Ok(First::Image(file));
+        // The bytes read to tell what it is, then the rest: no seek back,
+        // so a pipe works too.
+        let src = std::io::Cursor::new(magic).chain(file);
+        return Ok(First::Image {
+            src: Box::new(src),
+            name: path.display().to_string(),
+        });
     }
     let key = opts.public.as_deref().with_context(|| {
         format!(
@@ -263,18 +377,23 @@ fn first_release(path: &Path, opts: &MkdiskOptions) -> Result<First> {
     })
 }
 
-/// Copies all of `src` into `out` starting at byte `offset`.
-fn copy_at(src: &mut impl Read, out: &File, offset: u64) -> std::io::Result<u64> {
+/// Copies `src` into `out` starting at byte `offset`, at most `limit`
+/// bytes; returns how many.
+fn copy_at(src: &mut impl Read, out: &File, offset: u64, limit: u64) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
-    let mut at = offset;
-    loop {
-        let n = src.read(&mut buf)?;
+    let mut done = 0;
+    while done < limit {
+        let want = buf
+            .len()
+            .min(usize::try_from(limit - done).unwrap_or(usize::MAX));
+        let n = src.read(&mut buf[..want])?;
         if n == 0 {
-            return Ok(at - offset);
+            break;
         }
-        out.write_all_at(&buf[..n], at)?;
-        at += n as u64;
+        out.write_all_at(&buf[..n], offset + done)?;
+        done += n as u64;
     }
+    Ok(done)
 }
 
 fn format_ext4(mkfs: &Path, disk: &Path, offset: u64, size: u64) -> Result<()> {

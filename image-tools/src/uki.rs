@@ -66,6 +66,67 @@ fn image_end(data: &[u8], what: &Path) -> Result<(u64, u64)> {
     Ok((base, end))
 }
 
+/// The COFF machine of a PE image (0x8664 x86-64, 0xaa64 arm64).
+fn pe_machine(data: &[u8]) -> Option<u16> {
+    let at = u32::from_le_bytes(data.get(0x3c..0x40)?.try_into().ok()?) as usize;
+    if data.get(at..at.checked_add(4)?)? != b"PE\0\0" {
+        return None;
+    }
+    Some(u16::from_le_bytes(
+        data.get(at + 4..at + 6)?.try_into().ok()?,
+    ))
+}
+
+fn machine_name(machine: u16) -> String {
+    match machine {
+        0x8664 => "x86-64".into(),
+        0xaa64 => "arm64".into(),
+        m => format!("machine {m:#06x}"),
+    }
+}
+
+/// The kernel the stub hands over to must be a Linux kernel with its own
+/// EFI entry, for the stub's machine: anything else would only fail at
+/// boot, on the device. Linux's headers say what it is: x86's boot
+/// protocol (`HdrS` at 0x202), arm64's Image header (`ARM\x64` at 0x38).
+fn check_kernel(kernel: &[u8], path: &Path, stub_machine: Option<u16>) -> Result<()> {
+    let not_efi = || {
+        anyhow::anyhow!(
+            "{} is not an EFI-bootable kernel (a bzImage built with CONFIG_EFI_STUB)",
+            path.display()
+        )
+    };
+    let pe = PeFile64::parse(kernel).map_err(|_| not_efi())?;
+    if pe.section_by_name(".sdmagic").is_some() {
+        bail!(
+            "{} is a systemd EFI program (it has an .sdmagic section), not a kernel",
+            path.display()
+        );
+    }
+    let machine = pe_machine(kernel).ok_or_else(not_efi)?;
+    if let Some(stub) = stub_machine.filter(|&m| m != machine) {
+        bail!(
+            "{} is a kernel for {}, and the stub is for {}",
+            path.display(),
+            machine_name(machine),
+            machine_name(stub)
+        );
+    }
+    let linux = match machine {
+        0x8664 => kernel.get(0x202..0x206) == Some(b"HdrS"),
+        0xaa64 => kernel.get(0x38..0x3c) == Some(b"ARM\x64"),
+        _ => false,
+    };
+    if !linux {
+        bail!(
+            "{} is an EFI program for {} but not a Linux kernel (no Linux boot header)",
+            path.display(),
+            machine_name(machine)
+        );
+    }
+    Ok(())
+}
+
 /// Builds the UKI at `opts.out` (replaced whole: written beside it, then
 /// renamed).
 pub fn build(opts: &UkiOptions) -> Result<()> {
@@ -80,14 +141,7 @@ pub fn build(opts: &UkiOptions) -> Result<()> {
     let (base, mut at) = image_end(&stub, &opts.stub)?;
     let kernel = std::fs::read(&opts.kernel)
         .with_context(|| format!("reading the kernel {}", opts.kernel.display()))?;
-    // The stub hands over to the kernel's own EFI entry: a kernel without
-    // one would only fail at boot, on the device.
-    if PeFile64::parse(&*kernel).is_err() {
-        bail!(
-            "{} is not an EFI-bootable kernel (a bzImage built with CONFIG_EFI_STUB)",
-            opts.kernel.display()
-        );
-    }
+    check_kernel(&kernel, &opts.kernel, pe_machine(&stub))?;
     if opts.cmdline.contains('\0') || opts.cmdline.contains('\n') {
         bail!("the boot stage's command line must be one line without NUL bytes");
     }

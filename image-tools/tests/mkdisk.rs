@@ -299,3 +299,176 @@ fn a_factory_release_from_a_bundle_carries_its_signed_record() {
         ("acme-gw", "1.0.0")
     );
 }
+
+/// `image-tools mkdisk` in `dir` with 8 MiB slots, 4 MiB of data, no ESP.
+fn mkdisk_in(dir: &std::path::Path, args: &[&str]) -> assert_cmd::assert::Assert {
+    Command::cargo_bin("image-tools")
+        .unwrap()
+        .current_dir(dir)
+        .args(["mkdisk", "--esp-size", "0", "--data-size", "4M"])
+        .args(args)
+        .timeout(std::time::Duration::from_secs(120))
+        .assert()
+}
+
+/// Only the files a test made are left in `dir`: no disk, no partial.
+fn only(dir: &std::path::Path, names: &[&str]) {
+    let mut left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(left, want, "files left behind");
+}
+
+#[test]
+fn inputs_are_measured_by_what_they_are_and_nothing_spills_past_the_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // /dev/zero never ends: stopped at the slot's size, refused.
+    mkdisk_in(
+        d,
+        &[
+            "--slot-size",
+            "8M",
+            "--out",
+            "disk.img",
+            "--slot-a",
+            "/dev/zero",
+        ],
+    )
+    .code(1)
+    .stderr(predicates::str::contains(
+        "slot image /dev/zero holds more than the slot size 8388608 bytes",
+    ));
+    only(d, &[]);
+    // A pipe: read as a stream, no seek back ("Illegal seek").
+    let image: Vec<u8> = (0..3u32 << 20).map(|i| (i % 249) as u8).collect();
+    std::fs::write(d.join("rootfs.img"), &image).unwrap();
+    let piped = std::process::Command::new("sh")
+        .current_dir(d)
+        .arg("-c")
+        .arg(format!(
+            "cat rootfs.img | {} mkdisk --esp-size 0 --data-size 4M --slot-size 8M --out disk.img --slot-a /dev/stdin",
+            assert_cmd::cargo::cargo_bin("image-tools").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(piped.status.success(), "{piped:?}");
+    let disk = std::fs::read(d.join("disk.img")).unwrap();
+    let slot_a = bootctl::Disk::open(&d.join("disk.img"), None, false)
+        .unwrap()
+        .read()
+        .unwrap()
+        .table
+        .entry(bootctl::Slot::A)
+        .first_lba as usize
+        * 512;
+    assert!(
+        disk[slot_a..slot_a + image.len()] == image[..],
+        "slot_a from a pipe"
+    );
+    std::fs::remove_file(d.join("disk.img")).unwrap();
+    only(d, &["rootfs.img"]);
+}
+
+#[test]
+fn a_block_device_larger_than_the_slot_is_refused_by_its_size() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED: needs root (a loop device); CI runs it as root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("fs.img"), vec![7u8; 20 << 20]).unwrap();
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(d.join("fs.img"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "losetup: {out:?}");
+    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    mkdisk_in(
+        d,
+        &["--slot-size", "8M", "--out", "disk.img", "--slot-a", &dev],
+    )
+    .code(1)
+    .stderr(predicates::str::contains(format!(
+        "slot image {dev} is 20971520 bytes, larger than the slot size 8388608"
+    )));
+    only(d, &["fs.img"]);
+    // As --out, a block device is refused before anything happens.
+    mkdisk_in(d, &["--slot-size", "8M", "--out", &dev])
+        .code(1)
+        .stderr(predicates::str::contains(format!(
+            "--out {dev} is a block device: mkdisk makes a disk image file"
+        )));
+    assert!(std::fs::read(d.join("fs.img"))
+        .unwrap()
+        .iter()
+        .all(|&b| b == 7));
+}
+
+#[test]
+fn an_output_that_is_an_input_or_a_size_beyond_reason_is_refused_and_nothing_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let image: Vec<u8> = (0..1u32 << 20).map(|i| (i % 247) as u8).collect();
+    std::fs::write(d.join("rootfs.img"), &image).unwrap();
+    mkdisk_in(
+        d,
+        &[
+            "--slot-size",
+            "8M",
+            "--out",
+            "rootfs.img",
+            "--slot-a",
+            "rootfs.img",
+        ],
+    )
+    .code(1)
+    .stderr(predicates::str::contains(
+        "--out rootfs.img is the same file as --slot-a rootfs.img",
+    ));
+    assert!(
+        std::fs::read(d.join("rootfs.img")).unwrap() == image,
+        "the input was touched"
+    );
+    for size in ["18446744073709551615", "8388607T", "65T"] {
+        mkdisk_in(d, &["--slot-size", size, "--out", "disk.img"])
+            .code(1)
+            .stderr(predicates::str::contains("make a disk larger than 64 TiB"));
+        only(d, &["rootfs.img"]);
+    }
+    // A disk made before stays as it was when a new one fails.
+    mkdisk_in(d, &["--slot-size", "8M", "--out", "disk.img"]).success();
+    let before = std::fs::read(d.join("disk.img")).unwrap();
+    mkdisk_in(
+        d,
+        &[
+            "--slot-size",
+            "8M",
+            "--out",
+            "disk.img",
+            "--slot-a",
+            "/dev/zero",
+        ],
+    )
+    .code(1);
+    assert!(
+        std::fs::read(d.join("disk.img")).unwrap() == before,
+        "the old disk was changed"
+    );
+    only(d, &["rootfs.img", "disk.img"]);
+}

@@ -80,8 +80,11 @@ pub fn read_member(r: &mut impl Read) -> Result<Member> {
     // Thirteen 8-digit hex fields after the magic.
     let field = |i: usize| -> Result<u64> {
         let text = &h[6 + 8 * i..14 + 8 * i];
-        std::str::from_utf8(text)
-            .ok()
+        // Eight hex digits exactly: from_str_radix alone would take a sign.
+        text.iter()
+            .all(u8::is_ascii_hexdigit)
+            .then(|| std::str::from_utf8(text).ok())
+            .flatten()
             .and_then(|t| u64::from_str_radix(t, 16).ok())
             .ok_or_else(|| bad(format!("member header field {i} is not hexadecimal")))
     };
@@ -439,6 +442,11 @@ mod tests {
             (
                 [&desc[..94], b"00000000", &desc[102..]].concat(),
                 "member name of 0 bytes",
+            ),
+            // A size with a sign, which from_str_radix would take.
+            (
+                [&desc[..54], b"+0000001", &desc[62..]].concat(),
+                "field 6 is not hexadecimal",
             ),
             (
                 [&desc[..94], b"ffffffff", &desc[102..]].concat(),
