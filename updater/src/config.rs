@@ -151,10 +151,23 @@ impl Fleet {
         use std::os::unix::fs::PermissionsExt;
         let path = self.token_file.display();
         let cannot = |e: std::io::Error| format!("cannot read the fleet token {path}: {e}");
-        let file = std::fs::File::open(&self.token_file).map_err(cannot)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Non-blocking: a FIFO planted there is refused, not waited on.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.token_file)
+            .map_err(cannot)?;
         let meta = file.metadata().map_err(cannot)?;
         if !meta.is_file() {
             return Err(format!("the fleet token {path} is not a regular file"));
+        }
+        use std::os::unix::fs::MetadataExt;
+        let owner = meta.uid();
+        if owner != nix::unistd::Uid::effective().as_raw() {
+            return Err(format!(
+                "the fleet token {path} belongs to user {owner}, not to the user the updater runs as"
+            ));
         }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {

@@ -100,7 +100,7 @@ pub enum UpdateError {
     BelowSecurityFloor {
         slot: &'static str,
         version: String,
-        security_version: u64,
+        security_version: String,
         floor: u64,
     },
 

@@ -55,9 +55,21 @@ pub fn not_the_running_disk(disk: &std::path::Path, cmdline: &str) -> Option<Str
         Ok(s) => s.table,
         Err(e) => return Some(format!("cannot be read ({e})")),
     };
-    if bootctl::host::is_booted_disk(cmdline, &table) {
-        None
-    } else {
-        Some("is not the disk this machine runs from (its root= is on another disk)".into())
+    if !bootctl::host::is_booted_disk(cmdline, &table) {
+        return Some(
+            "is not the disk this machine runs from (its root= is on another disk)".into(),
+        );
+    }
+    // The same slot GUIDs on a copy of the disk (flashed from one image)
+    // are not enough: the mounted root must be on this very device.
+    let rdev = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).ok().map(|m| m.rdev())
+    };
+    match bootctl::host::root_disk(cmdline) {
+        Some(root) if rdev(&root).is_some() && rdev(&root) == rdev(disk) => None,
+        _ => Some(
+            "is not the disk the running root file system is mounted from (a copy of it?)".into(),
+        ),
     }
 }

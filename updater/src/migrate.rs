@@ -158,7 +158,8 @@ impl Snapshot {
         release: &str,
     ) -> Result<Snapshot> {
         let root = data_dir.join(SNAPSHOT_DIR);
-        if root.exists() {
+        // Not `exists()`: a dangling link planted there counts too.
+        if root.symlink_metadata().is_ok() {
             bail!(
                 "{} is left from an interrupted migration and was not recovered",
                 root.display()
@@ -182,7 +183,8 @@ impl Snapshot {
             dir: dir.to_path_buf(),
             reason,
         };
-        std::fs::create_dir_all(root).map_err(|e| failed(root, e.to_string()))?;
+        // One new directory, made here: never one reached through a link.
+        std::fs::create_dir(root).map_err(|e| failed(root, e.to_string()))?;
         let mut entries = Vec::new();
         for rel in dirs {
             let src = data_dir.join(rel);
@@ -246,7 +248,7 @@ impl Snapshot {
         };
         for (rel, existed) in &self.record.entries {
             let live = inside(data_dir, rel)?;
-            let copy = self.root.join(rel);
+            let copy = inside(&self.root, rel)?;
             if !existed {
                 remove(&live)?;
             } else if copy.symlink_metadata().is_ok() {
@@ -293,17 +295,27 @@ fn kept_manifest(config: &Config, release: &str) -> Result<Manifest> {
 }
 
 /// The directories the signed release `release` declares for its
-/// migrations of `phase`.
-pub fn declared_dirs(config: &Config, release: &str, phase: Phase) -> Result<Vec<String>> {
+/// migrations of `phase`; `None` when no such signed release is kept here
+/// (the record is then not to be trusted). An error only when it cannot be
+/// told now (the keyring cannot be read).
+pub fn declared_dirs(config: &Config, release: &str, phase: Phase) -> Result<Option<Vec<String>>> {
     // The name comes from a file anyone with the data directory can write:
     // it becomes a path part only as a version.
-    semver::Version::parse(release).with_context(|| format!("{release:?} is not a release"))?;
-    Ok(kept_manifest(config, release)?
-        .migrations
-        .iter()
-        .filter(|g| g.phase == phase)
-        .flat_map(|g| g.snapshot.iter().cloned())
-        .collect())
+    if semver::Version::parse(release).is_err() {
+        return Ok(None);
+    }
+    Keyring::load_dir(&config.keyring)?;
+    let Ok(manifest) = kept_manifest(config, release) else {
+        return Ok(None);
+    };
+    Ok(Some(
+        manifest
+            .migrations
+            .iter()
+            .filter(|g| g.phase == phase)
+            .flat_map(|g| g.snapshot.iter().cloned())
+            .collect(),
+    ))
 }
 
 /// `data_dir/rel` when `rel` is plain (relative, no `..`) and no directory
@@ -347,7 +359,7 @@ pub fn recover_snapshot(
     data_dir: &Path,
     schema: u32,
     finalized: Option<&str>,
-    declared: impl Fn(&str, Phase) -> Result<Vec<String>>,
+    declared: impl Fn(&str, Phase) -> Result<Option<Vec<String>>>,
 ) -> Result<Option<String>> {
     let root = data_dir.join(SNAPSHOT_DIR);
     match root.symlink_metadata() {
@@ -368,9 +380,14 @@ pub fn recover_snapshot(
         Err(e) => return Err(e).with_context(|| format!("reading {}", record_path.display())),
     };
     if let Some(r) = &record {
-        let trusted = declared(&r.release, r.phase).and_then(|allowed| {
+        let allowed = declared(&r.release, r.phase)?;
+        let trusted = (|| {
+            let Some(allowed) = allowed else {
+                bail!("no signed release {:?} is kept on this device", r.release);
+            };
             for (rel, _) in &r.entries {
                 inside(data_dir, rel)?;
+                inside(&root, rel)?;
                 if !allowed.contains(rel) {
                     bail!(
                         "{rel:?} is not a directory the signed release {} declares",
@@ -379,7 +396,7 @@ pub fn recover_snapshot(
                 }
             }
             Ok(())
-        });
+        })();
         if let Err(e) = trusted {
             return refuse(&root, format!("{}: {e:#}", record_path.display()));
         }
@@ -484,15 +501,22 @@ fn run_one(
         ("SWITCHBACK_TO", g.to.to_string()),
         ("SWITCHBACK_PHASE", phase.to_string()),
         ("SWITCHBACK_NEW_SLOT", env.new_slot.clone()),
+        // Its scratch space: the rest of the file system is read-only.
+        ("TMPDIR", "/dev/shm".to_string()),
     ]
     .map(|(k, v)| (k.to_string(), v));
     // It may change the directories it declared, nothing else.
-    let mut writable = Vec::new();
     for rel in &g.snapshot {
-        writable.push(declared_dir(config, &env.data_dir, rel)?);
+        declared_dir(config, &env.data_dir, rel)?;
     }
-    let confinement = Confinement::migration(&writable)
+    let confinement = Confinement::migration(&env.data_dir, &g.snapshot)
         .map_err(|e| format!("cannot prepare its confinement: {e}"))?;
+    log::info!(
+        "{phase} migration {}->{} ({}) started, confined",
+        g.from,
+        g.to,
+        g.image
+    );
     let argv = [dir.join(&g.image).display().to_string()];
     let r = run_command(
         &g.image,
@@ -680,7 +704,7 @@ mod tests {
         std::fs::rename(snap.root.join("a"), data.join("a")).unwrap();
         drop(snap);
         for _ in 0..2 {
-            let declared = |_: &str, _: Phase| Ok(dirs.to_vec());
+            let declared = |_: &str, _: Phase| Ok(Some(dirs.to_vec()));
             let done = recover_snapshot(data, 1, None, declared).unwrap();
             assert!(done.is_none_or(|d| d.contains("restored")));
         }

@@ -57,12 +57,14 @@ pub fn rollback(
         evidence::version_of(&state.state, target, &releases),
         evidence::version_of(&state.state, booted, &releases),
     );
-    let below = target_security.is_some_and(|sv| sv < floor);
+    // Unknown counts as below: an old slot whose record no longer
+    // verifies, with the state file lost, must not pass unnoticed.
+    let below = floor > 0 && target_security.is_none_or(|sv| sv < floor);
     if below && !below_security_floor {
         return Err(UpdateError::BelowSecurityFloor {
             slot: target.name(),
             version: to.unwrap_or_else(|| "an unknown release".into()),
-            security_version: target_security.unwrap_or(0),
+            security_version: target_security.map_or("unknown".into(), |v| v.to_string()),
             floor,
         }
         .into());
@@ -73,7 +75,7 @@ pub fn rollback(
             BELOW_FLOOR_EVENT,
             format!(
                 "requested by a technician, below the security floor {floor} (security version {})",
-                target_security.unwrap_or(0)
+                target_security.map_or("unknown".into(), |v| v.to_string())
             ),
         )
     } else {

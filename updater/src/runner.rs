@@ -3,16 +3,17 @@
 //! started), with a clean environment (a fixed `PATH` plus the documented
 //! variables), `/` as its working directory, no standard input, and only
 //! the last few KiB of its output kept. Output is read through a pipe, so a
-//! chatty program fills neither memory nor a disk. With a [`Confinement`]
-//! (every migration; a health check when the updater runs as root) it also
-//! runs in a PID namespace of its own, so nothing it started outlives it,
-//! and a migration confined further ([`crate::confine`]).
+//! chatty program fills neither memory nor a disk. A migration also runs
+//! confined ([`crate::confine`]): the first process of a PID namespace of
+//! its own, killed by its PID at the timeout, so nothing it started
+//! outlives it whatever process group it moved to.
 
 use crate::confine::Confinement;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -80,6 +81,12 @@ pub fn run_command(
         Ok(f) => f,
         Err(e) => return fail(format!("cannot share the output pipe: {e}")),
     };
+    // A confined program's waiter writes the program's PID here.
+    let report = match confine.map(|_| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => return fail(format!("cannot create a pipe: {e}")),
+    };
     let spawned = {
         let mut cmd = Command::new(program);
         cmd.args(&argv[1..])
@@ -91,12 +98,12 @@ pub fn run_command(
             .stdout(Stdio::from(write_end))
             .stderr(Stdio::from(stderr_end))
             .process_group(0);
-        if let Some(c) = confine {
-            let c = c.clone();
+        if let (Some(c), Some((_, w))) = (confine, &report) {
+            let (c, w) = (c.clone(), w.as_raw_fd());
             // SAFETY: the closure runs between fork and exec; it only makes
             // system calls on data prepared before the fork (no allocation).
             unsafe {
-                cmd.pre_exec(move || c.enter());
+                cmd.pre_exec(move || c.enter(w));
             }
         }
         cmd.spawn()
@@ -108,6 +115,16 @@ pub fn run_command(
         Err(e) => return fail(format!("cannot run {program:?}: {e}")),
     };
     let group = Pid::from_raw(child.id() as i32);
+    // The confined program itself, the first of its PID namespace: killed
+    // by PID, it takes everything it started along.
+    let first = report.and_then(|(r, w)| {
+        drop(w);
+        let mut pid = [0u8; 4];
+        std::fs::File::from(r)
+            .read_exact(&mut pid)
+            .ok()
+            .map(|()| Pid::from_raw(i32::from_ne_bytes(pid)))
+    });
     let tail = Arc::new(Mutex::new(Vec::new()));
     let reader = {
         let tail = tail.clone();
@@ -129,7 +146,11 @@ pub fn run_command(
         }
     };
     // Whatever it left behind goes with it: a timed-out program's children,
-    // and background processes of one that exited.
+    // and background processes of one that exited. The confined one first:
+    // until the waiter (alive, unreaped) has reaped it, its PID is its own.
+    if let Some(pid) = first {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    }
     let _ = killpg(group, Signal::SIGKILL);
     let reaped = child.wait();
     let status = match (exited, reaped) {

@@ -112,8 +112,15 @@ pub fn open(source: &Source, http: &HttpOptions) -> anyhow::Result<Box<dyn Read 
 /// hold the disk's lock while it waits: refused, as is a directory.
 fn open_file(path: &std::path::Path) -> anyhow::Result<File> {
     use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::OpenOptionsExt;
     let io = |what: String| switchback_bundle::BundleError::io(what);
-    let file = File::open(path).map_err(io(format!("opening bundle {}", path.display())))?;
+    // Non-blocking, so that opening a FIFO with no writer returns at once
+    // and is refused below instead of waiting.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io(format!("opening bundle {}", path.display())))?;
     let kind = file
         .metadata()
         .map_err(io(format!("reading bundle {}", path.display())))?
@@ -127,6 +134,12 @@ fn open_file(path: &std::path::Path) -> anyhow::Result<File> {
     } else if kind.is_char_device() {
         "a character device, which may never end"
     } else {
+        // Reads of a regular file or a block device wait as they should.
+        nix::fcntl::fcntl(
+            &file,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        )
+        .map_err(|e| io(format!("reading bundle {}", path.display()))(e.into()))?;
         return Ok(file);
     };
     Err(UpdateError::NotABundleFile {
@@ -168,7 +181,9 @@ pub struct HttpReader {
     pub range_ignored: u32,
     /// How many times the stream was resumed.
     pub resumes: u32,
-    started: std::time::Instant,
+    /// Time spent waiting on the network (connecting, reading): what the
+    /// minimum rate is measured against, not the consumer's own pauses.
+    waited: Duration,
 }
 
 fn http_err(url: &str, reason: impl Into<String>) -> io::Error {
@@ -314,7 +329,7 @@ impl HttpReader {
             retries_left: retries,
             range_ignored: 0,
             resumes: 0,
-            started: std::time::Instant::now(),
+            waited: Duration::ZERO,
         };
         // Connect now so that a wrong URL fails before anything else happens.
         r.connect_with_retries().map_err(anyhow::Error::from)?;
@@ -476,7 +491,7 @@ impl HttpReader {
     /// ([`HttpOptions::min_rate`]): a server that drips a byte now and then
     /// would otherwise hold the disk's lock for ever.
     fn check_rate(&self) -> io::Result<()> {
-        let elapsed = self.started.elapsed();
+        let elapsed = self.waited;
         let Some(counted) = elapsed.checked_sub(self.opts.idle_timeout) else {
             return Ok(());
         };
@@ -486,7 +501,7 @@ impl HttpReader {
         Err(http_err(
             &self.url,
             format!(
-                "too slow: {} bytes in {} s, below the minimum of {} bytes/s after the first {} s (--min-rate)",
+                "too slow: {} bytes in {} s of waiting on the network, below the minimum of {} bytes/s after the first {} s (--min-rate)",
                 self.pos,
                 elapsed.as_secs(),
                 self.opts.min_rate,
@@ -500,15 +515,20 @@ impl Read for HttpReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             self.check_rate()?;
+            let waiting = std::time::Instant::now();
             if self.body.is_none() {
                 self.resumes += 1;
                 log::warn!("{}: resuming at byte {}", self.url, self.pos);
-                self.connect_with_retries()?;
+                let connected = self.connect_with_retries();
+                self.waited += waiting.elapsed();
+                connected?;
             }
             let Some(body) = self.body.as_mut() else {
                 continue;
             };
+            let waiting = std::time::Instant::now();
             let result = body.read(buf);
+            self.waited += waiting.elapsed();
             match result {
                 Ok(0) if buf.is_empty() => return Ok(0),
                 Ok(0) if self.total.is_none_or(|t| self.pos >= t) => return Ok(0),

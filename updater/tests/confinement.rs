@@ -90,10 +90,13 @@ try mount-tmpfs mount -t tmpfs none /tmp
 try mount-proc mount -t proc proc /mnt
 try sysrq sh -c 'echo h > /proc/sysrq-trigger'
 try sysctl sh -c 'echo 1 > /proc/sys/kernel/sysrq'
+try write-tmp-must-work sh -c 'echo scratch > "$TMPDIR/x" && test "$(cat "$TMPDIR/x")" = scratch'
 ls /dev | tr '\n' ' ' > "$SWITCHBACK_DATA_DIR/app/dev"
 for n in 3 4 5 6 7 8 9; do if {{ true >&$n; }} 2>/dev/null; then echo "fd $n: open" >> "$r"; fi; done
 if command -v python3 >/dev/null; then
   try unix-socket python3 -c 'import socket; socket.socket(socket.AF_UNIX)'
+  try packet-socket python3 -c 'import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW)'
+  try loopback-must-work python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); c = socket.create_connection(s.getsockname()); c.close()'
 else
   echo "unix-socket: not tried (no python3)" >> "$r"
 fi
@@ -115,17 +118,24 @@ exit 0"#,
         "sysrq",
         "sysctl",
         "unix-socket",
+        "packet-socket",
     ] {
         assert!(
             report.contains(&format!("{attempt}: refused")),
             "{attempt} was not refused:\n{report}"
         );
     }
-    assert!(!report.contains("allowed"), "{report}");
+    for works in ["write-tmp-must-work", "loopback-must-work"] {
+        assert!(
+            report.contains(&format!("{works}: allowed")),
+            "{works} failed:\n{report}"
+        );
+    }
+    assert_eq!(report.matches("allowed").count(), 2, "{report}");
     assert!(!report.contains("fd "), "descriptors inherited:\n{report}");
     assert_eq!(
         std::fs::read_to_string(data.join("app/dev")).unwrap(),
-        "fd full null random stderr stdin stdout urandom zero "
+        "fd full null random shm stderr stdin stdout urandom zero "
     );
     assert!(
         std::fs::read(&victim.file).unwrap() == victim_before,
@@ -149,21 +159,47 @@ exit 0"#,
 }
 
 #[test]
-fn a_health_checks_children_do_not_outlive_it() {
-    if !needs_root() {
-        return;
-    }
+fn a_health_check_sees_the_systems_processes() {
     let dev = device();
-    let marker = dev.dir.path().join("from-setsid");
+    // A check that the application's process is alive, by its PID.
     dev.set_health(serde_json::json!({"checks": [{
-        "name": "leaves-a-child",
-        "command": ["/bin/sh", "-c", format!("setsid sh -c 'sleep 2; touch {}' </dev/null >/dev/null 2>&1 & exit 0", marker.display())],
+        "name": "app-alive",
+        "command": ["kill", "-0", std::process::id().to_string()],
     }]}));
     dev.install_ok("a", &release("2.0.0"));
     dev.boot();
     dev.health_ok("b");
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    assert!(!marker.exists(), "a health check's setsid child survived");
+    assert_eq!(dev.state()["last_install"]["outcome"], "committed");
+}
+
+#[test]
+fn a_migration_that_leaves_its_process_group_is_still_killed_at_its_timeout() {
+    if !needs_root() {
+        return;
+    }
+    let dev = device();
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dev.config).unwrap()).unwrap();
+    c["migration_timeout_s"] = serde_json::json!(1);
+    std::fs::write(&dev.config, c.to_string()).unwrap();
+    let data = dev.dir.path().join("data");
+    std::fs::create_dir_all(data.join("app")).unwrap();
+    std::fs::write(data.join("app/db"), "before").unwrap();
+    let before = tree(&data);
+    // The migration itself calls setsid (no fork: it is not a group
+    // leader), leaving the group a timeout kills.
+    let v2 = with_expand(
+        &dev,
+        r#"exec setsid sh -c 'sleep 3; echo late > "$SWITCHBACK_DATA_DIR/app/db"'"#,
+    );
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&v2))
+        .assert()
+        .code(55)
+        .stderr(contains("timed out after 1 s"));
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(tree(&data) == before, "the migration outlived its timeout");
 }
 
 #[test]

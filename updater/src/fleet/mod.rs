@@ -209,6 +209,12 @@ fn change(config: &Config, disk: &std::path::Path, f: impl FnOnce(&mut State)) -
     save(&mut state)
 }
 
+/// A server's answer that refuses this request for good: a 4xx, not one
+/// that means "later" (408, 429). A 5xx is an outage, not a refusal.
+fn refusal(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 408 | 429)
+}
+
 /// Sends the finished action's report; forgets the action once the server
 /// has it (or no longer knows the action).
 fn send_report(config: &Config, disk: &std::path::Path, ddi: &Ddi) -> Result<Option<Cycle>> {
@@ -229,15 +235,15 @@ fn send_report(config: &Config, disk: &std::path::Path, ddi: &Ddi) -> Result<Opt
                 action.id
             )
         }
-        Err(e @ (DdiError::Status { .. } | DdiError::Protocol { .. }))
-            if action.report_refusals + 1 >= MAX_REPORT_REFUSALS =>
+        Err(e @ DdiError::Status { status, .. })
+            if refusal(status) && action.report_refusals + 1 >= MAX_REPORT_REFUSALS =>
         {
             log::warn!(
                 "fleet action {}: the server refused its report ({finished}) {MAX_REPORT_REFUSALS} times, last: {e}; given up",
                 action.id
             )
         }
-        Err(e @ (DdiError::Status { .. } | DdiError::Protocol { .. })) => {
+        Err(e @ DdiError::Status { status, .. }) if refusal(status) => {
             change(config, disk, |s| {
                 if let Some(a) = s.fleet.as_mut().filter(|a| a.id == action.id) {
                     a.report_refusals += 1;
