@@ -11,12 +11,15 @@ use std::io::BufReader;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-pub fn open(path: &Path) -> Result<Envelope<BufReader<File>>> {
+/// The bundle at `path`, or the bundle inside the `.swu` at `path` (as
+/// the updater reads one).
+pub fn open(path: &Path) -> Result<Envelope<crate::bundle::swu::Opened<BufReader<File>>>> {
     let file = File::open(path).map_err(BundleError::io(format!(
         "opening bundle {}",
         path.display()
     )))?;
-    Ok(Envelope::read(BufReader::with_capacity(1 << 20, file))?)
+    let opened = crate::bundle::swu::open(BufReader::with_capacity(1 << 20, file))?;
+    Ok(Envelope::read(opened)?)
 }
 
 fn total_size(m: &Manifest) -> u64 {

@@ -425,6 +425,16 @@ fn swu_wraps_a_verified_bundle_that_cpio_and_the_updater_read() {
         desc.contains("version = \"2.0.0\";") && desc.contains("acme-gw = {"),
         "{desc}"
     );
+    // inspect and verify read the bundle inside, as the updater does.
+    it().current_dir(d)
+        .args(["inspect", "r.swu"])
+        .assert()
+        .success()
+        .stdout(contains("2.0.0"));
+    it().current_dir(d)
+        .args(["verify", "r.swu", "--public", "k.pub"])
+        .assert()
+        .success();
 
     // Only what verifies is wrapped: another key, exit 25, no file.
     it().current_dir(d)

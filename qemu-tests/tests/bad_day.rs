@@ -183,7 +183,7 @@ fn a_power_cut_in_the_middle_of_a_commit_completes_at_the_next_boot() {
     vm.expect("READY 2.0.0", STEP).unwrap();
     vm.send("updater status | grep 'last install'; echo FINALIZED $(wc -l < /data/app/finalize.log) TIMES")
         .unwrap();
-    vm.expect("Committed", STEP).unwrap();
+    vm.expect("into slot_b: committed", STEP).unwrap();
     vm.expect("FINALIZED 1 TIMES", STEP).unwrap();
     assert!(flags(&disk).attrs()[1].successful);
 }

@@ -8,6 +8,11 @@ pub enum UpdateError {
     #[error("config {path}: {reason}")]
     Config { path: PathBuf, reason: String },
 
+    /// A file the config names (the fleet token, a CA file): exit 40 too;
+    /// the reason names the file as what it is.
+    #[error("{0}")]
+    ConfigFile(String),
+
     #[error("bundle is for {bundle:?} but this device is {device:?}")]
     Incompatible { bundle: String, device: String },
 
@@ -117,14 +122,14 @@ pub enum UpdateError {
         aftermath: String,
     },
 
-    #[error("this delta applies to another release: the running {slot} does not match its base (digest {want})")]
+    #[error("this delta applies to another release: the running {slot} does not match the base it was made against (it needs a base whose digest is {want})")]
     DeltaBase { slot: &'static str, want: String },
 }
 
 impl UpdateError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            UpdateError::Config { .. } => 40,
+            UpdateError::Config { .. } | UpdateError::ConfigFile(_) => 40,
             UpdateError::Incompatible { .. } => 41,
             UpdateError::SecurityVersion { .. } => 42,
             UpdateError::Downgrade { .. } => 43,

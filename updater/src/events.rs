@@ -110,7 +110,7 @@ impl Observer for Terminal {
                 slot,
                 bytes,
             } => {
-                log::info!("{compatible} {version} signed by {signer}: installing {bytes} bytes into {slot}");
+                log::info!("{compatible} {version} signed by key {signer}… (the first 16 hex digits of its key id): installing {bytes} bytes into {slot}");
                 self.bar = Some(install_bar(*bytes, slot));
                 self.lap();
             }

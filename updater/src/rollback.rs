@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::evidence;
 use crate::state::StateFile;
 use crate::UpdateError;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bootctl::{Disk, Slot};
 use std::path::Path;
 use switchback_bundle::Keyring;
@@ -57,9 +57,21 @@ pub fn rollback(
         evidence::version_of(&state.state, target, &releases),
         evidence::version_of(&state.state, booted, &releases),
     );
-    // Unknown counts as below: an old slot whose record no longer
-    // verifies, with the state file lost, must not pass unnoticed.
-    let below = floor > 0 && target_security.is_none_or(|sv| sv < floor);
+    // A record at the slot's end that does not verify (tampered, or signed
+    // by a key no longer trusted) hides what the release is: it counts as
+    // below the floor. No record at all (a factory image written raw) and
+    // no state: nothing says it is below.
+    let unverifiable = {
+        let dev = std::fs::File::open(disk_path)
+            .with_context(|| format!("opening {}", disk_path.display()))?;
+        let area = evidence::SlotArea::of(&disk_state, target);
+        evidence::read(&dev, &area, &keyring).is_err()
+    };
+    let below = floor > 0
+        && match target_security {
+            Some(sv) => sv < floor,
+            None => unverifiable,
+        };
     if below && !below_security_floor {
         return Err(UpdateError::BelowSecurityFloor {
             slot: target.name(),

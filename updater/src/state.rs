@@ -224,6 +224,14 @@ pub fn check_location(
     Ok(())
 }
 
+/// As `history`, `--json` and the docs spell it: `health-failed`.
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(name.as_str().unwrap_or("?"))
+    }
+}
+
 /// The state file of one device, and what loading it found.
 #[derive(Debug)]
 pub struct StateFile {
@@ -261,7 +269,7 @@ impl StateFile {
                 ),
                 Err(e) => (
                     State::default(),
-                    Some(format!("{}: damaged ({e}); using defaults, the file is kept as {FILE_NAME}.damaged", path.display())),
+                    Some(format!("{}: damaged ({e}); using defaults, and it is moved to {FILE_NAME}.damaged when the state is next saved", path.display())),
                     true,
                     false,
                 ),
@@ -302,7 +310,13 @@ impl StateFile {
         std::fs::create_dir_all(dir)?;
         if self.damaged {
             let aside = dir.join(format!("{FILE_NAME}.damaged"));
-            std::fs::rename(&self.path, aside).ok();
+            if std::fs::rename(&self.path, &aside).is_ok() {
+                log::warn!(
+                    "{}: the damaged state file is kept as {}",
+                    self.path.display(),
+                    aside.display()
+                );
+            }
             self.damaged = false;
         }
         if self.state.history.len() > HISTORY_LIMIT {

@@ -107,7 +107,7 @@ impl fmt::Display for UpdaterStatus {
         if let Some(li) = &self.last_install {
             write!(
                 f,
-                "last install: {} into {}: {:?}",
+                "last install: {} into {}: {}",
                 li.version, li.slot, li.outcome
             )?;
             if let Some(r) = &li.reason {

@@ -145,7 +145,7 @@ fn a_delta_for_another_base_is_refused_before_anything_is_written() {
         .assert()
         .code(56)
         .stderr(contains(
-            "this delta applies to another release: the running slot_a does not match its base",
+            "this delta applies to another release: the running slot_a does not match the base it was made against (it needs a base whose digest is ",
         ));
     assert!(std::fs::read(&dev.disk).unwrap() == before, "disk written");
 }

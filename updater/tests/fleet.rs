@@ -813,6 +813,8 @@ fn a_token_file_open_to_others_or_too_large_is_refused() {
         err.contains("is open to others (mode 0644): chmod 600 it"),
         "{err}"
     );
+    // Named as what it is, not as the config file.
+    assert!(err.contains("error: the fleet token "), "{err}");
     std::fs::write(&token, "x".repeat(300_000)).unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = fleet_once(&dev, "b").code(40);

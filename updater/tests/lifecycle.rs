@@ -255,6 +255,10 @@ fn a_damaged_state_file_does_not_stop_the_health_check() {
         .assert()
         .success()
         .stderr(contains("state.json: damaged"))
+        .stderr(contains(
+            "it is moved to state.json.damaged when the state is next saved",
+        ))
+        .stderr(contains("the damaged state file is kept as"))
         .stdout(contains("slot_b (unknown release) passed its health check"));
     assert!(dev.attrs()[1].successful);
     assert!(

@@ -90,3 +90,58 @@ fn a_rollback_below_the_security_floor_takes_its_own_word_and_is_recorded() {
         "{last}"
     );
 }
+
+#[test]
+fn status_spells_outcomes_as_history_and_json_do() {
+    let dev = device();
+    dev.install_ok("a", &release("2.0.0"));
+    dev.updater("a")
+        .arg("status")
+        .assert()
+        .success()
+        .stdout(contains("last install: 2.0.0 into slot_b: installed"));
+    dev.set_health(serde_json::json!({"checks": [{"name": "app", "command": ["false"]}]}));
+    dev.boot();
+    dev.updater("b")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .code(52);
+    dev.updater("a")
+        .arg("status")
+        .assert()
+        .success()
+        .stdout(contains("last install: 2.0.0 into slot_b: health-failed"));
+    assert_eq!(dev.state()["last_install"]["outcome"], "health-failed");
+}
+
+#[test]
+fn a_release_whose_record_does_not_verify_counts_as_below_the_floor() {
+    let dev = device();
+    commit(&dev, "a", &release("1.0.0"));
+    let fixed = Release {
+        security_version: 2,
+        ..release("2.0.0")
+    };
+    commit(&dev, "b", &fixed);
+    // slot_b's signed record altered, and the state file lost: nothing
+    // tells its security version any more.
+    let b = dev.layout.slots[1];
+    let tail = dev.read(b.offset + b.size - (64 << 10), 64 << 10);
+    let at = tail
+        .windows(7)
+        .position(|w| w == b"\"1.0.0\"")
+        .expect("slot_b's record names 1.0.0");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&dev.disk)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"9", b.offset + b.size - (64 << 10) + at as u64 + 1)
+        .unwrap();
+    std::fs::remove_file(dev.dir.path().join("state/state.json")).unwrap();
+    dev.updater("a")
+        .args(["rollback", "--yes", "--no-reboot"])
+        .assert()
+        .code(63)
+        .stderr(contains("security version unknown"));
+}

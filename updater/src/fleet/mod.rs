@@ -268,10 +268,7 @@ fn send_report(config: &Config, disk: &std::path::Path, ddi: &Ddi) -> Result<Opt
 
 impl Client<'_> {
     fn ddi(&self) -> Result<Ddi> {
-        let token = self.fleet.token().map_err(|reason| UpdateError::Config {
-            path: self.fleet.token_file.clone(),
-            reason,
-        })?;
+        let token = self.fleet.token().map_err(UpdateError::ConfigFile)?;
         // Checked here so that a missing serial number is named as such,
         // not as a CA file problem.
         self.fleet
@@ -281,10 +278,10 @@ impl Client<'_> {
                 reason,
             })?;
         Ddi::new(self.fleet, &token, self.opts.http.idle_timeout).map_err(|e| {
-            UpdateError::Config {
-                path: self.fleet.ca_file.clone().unwrap_or_default(),
-                reason: format!("{e:#}"),
-            }
+            UpdateError::ConfigFile(format!(
+                "fleet CA file {}: {e:#}",
+                self.fleet.ca_file.clone().unwrap_or_default().display()
+            ))
             .into()
         })
     }
