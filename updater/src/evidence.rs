@@ -143,6 +143,26 @@ pub fn disagreements(state: &crate::state::State, releases: &[Option<Manifest>; 
         .collect()
 }
 
+/// Both slots' signed records and the security floor that counts (the
+/// state's, or what the records of committed slots prove, whichever is
+/// higher), with every warning about them logged: records that do not
+/// verify, and a state file that disagrees with them.
+pub fn signed_view(
+    disk: &Path,
+    disk_state: &bootctl::State,
+    keyring: &Keyring,
+    state: &crate::state::State,
+) -> ([Option<Manifest>; 2], u64) {
+    let (releases, warnings) = releases(disk, disk_state, keyring);
+    for w in warnings.iter().chain(&disagreements(state, &releases)) {
+        log::warn!("{w}");
+    }
+    let floor = state
+        .security_floor
+        .max(floor(disk_state.attrs(), &releases));
+    (releases, floor)
+}
+
 /// The floor the disk proves: the highest security version of a slot that
 /// has passed its health check.
 pub fn floor(attrs: [BootAttrs; 2], releases: &[Option<Manifest>; 2]) -> u64 {

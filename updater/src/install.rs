@@ -153,17 +153,7 @@ pub fn install(
     let manifest = bundle.manifest.clone();
     let target = opts.booted.other();
     let disk_state = Disk::open(&opts.disk, opts.sector_size, false)?.read()?;
-    let (releases, warnings) = evidence::releases(&opts.disk, &disk_state, &keyring);
-    for w in warnings
-        .iter()
-        .chain(&evidence::disagreements(&state.state, &releases))
-    {
-        log::warn!("{w}");
-    }
-    let floor = state
-        .state
-        .security_floor
-        .max(evidence::floor(disk_state.attrs(), &releases));
+    let (releases, floor) = evidence::signed_view(&opts.disk, &disk_state, &keyring, &state.state);
     let from_version = evidence::running_version(&state.state, opts.booted, &releases);
     check_policy(
         config,

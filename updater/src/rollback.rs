@@ -32,17 +32,7 @@ pub fn rollback(
     let target = booted.other();
     let disk_state = Disk::open(disk_path, sector_size, false)?.read()?;
     let keyring = Keyring::load_dir(&config.keyring)?;
-    let (releases, warnings) = evidence::releases(disk_path, &disk_state, &keyring);
-    for w in warnings
-        .iter()
-        .chain(&evidence::disagreements(&state.state, &releases))
-    {
-        log::warn!("{w}");
-    }
-    let floor = state
-        .state
-        .security_floor
-        .max(evidence::floor(disk_state.attrs(), &releases));
+    let (releases, floor) = evidence::signed_view(disk_path, &disk_state, &keyring, &state.state);
     let target_security = releases[target.index()]
         .as_ref()
         .map(|m| m.security_version)

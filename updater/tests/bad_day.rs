@@ -88,20 +88,7 @@ fn an_updater_killed_during_an_expand_migration_gets_the_data_restored_next_time
         r#"echo half > "$SWITCHBACK_DATA_DIR/app/table"; touch "$SWITCHBACK_DATA_DIR/app/half-way"
 sleep 3; echo late > "$SWITCHBACK_DATA_DIR/app/table""#,
     );
-    let mut updater = dev
-        .updater_process("a")
-        .arg("install")
-        .arg(dev.bundle(&v2))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    while !data.join("app/half-way").exists() {
-        assert!(t0.elapsed().as_secs() < 60, "the migration never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    updater.kill().unwrap();
-    updater.wait().unwrap();
+    dev.install_killed_at("a", &v2, &data.join("app/half-way"));
     assert!(data.join(".switchback-snapshot").exists());
     assert_eq!(dev.state()["last_install"]["outcome"], "installing");
     // The migration died with the updater: it never writes "late".

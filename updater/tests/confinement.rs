@@ -274,20 +274,7 @@ fn a_snapshot_record_of_the_signed_release_restores_only_through_real_directorie
         }],
         ..release("2.0.0")
     };
-    let mut updater = dev
-        .updater_process("a")
-        .arg("install")
-        .arg(dev.bundle(&v2))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    while !data.join("app/half-way").exists() {
-        assert!(t0.elapsed().as_secs() < 60, "the migration never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    updater.kill().unwrap();
-    updater.wait().unwrap();
+    dev.install_killed_at("a", &v2, &data.join("app/half-way"));
     // "app2" becomes a link to a directory outside the data directory.
     let outside = dev.dir.path().join("outside");
     std::fs::create_dir_all(outside.join("sub")).unwrap();

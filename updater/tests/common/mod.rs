@@ -211,6 +211,26 @@ impl Device {
             .assert()
     }
 
+    /// `updater install` of `r`'s bundle from `booted`, killed (as by a
+    /// power cut) once `marker` exists: the migration's sign that it is
+    /// half-way.
+    pub fn install_killed_at(&self, booted: &str, r: &Release, marker: &Path) {
+        let mut updater = self
+            .updater_process(booted)
+            .arg("install")
+            .arg(self.bundle(r))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while !marker.exists() {
+            assert!(t0.elapsed().as_secs() < 60, "the migration never started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        updater.kill().unwrap();
+        updater.wait().unwrap();
+    }
+
     /// `updater install` of `r`'s bundle, booted from `booted`, which must
     /// succeed.
     pub fn install_ok(&self, booted: &str, r: &Release) {
