@@ -7,7 +7,8 @@
 //! stops the watchdog), runs the selection and persists the
 //! spent try, arms the hardware watchdog, mounts the chosen slot read-only
 //! and boots the slot's own `/boot/vmlinuz` (and `/boot/initrd.img` when
-//! present) with `kexec_file_load` + `reboot(RB_KEXEC)`. A release that
+//! present) with kexec ([`crate::kexec`]: `kexec_file_load`, or on arm64
+//! kernels without it `kexec_load`) + `reboot(RB_KEXEC)`. A release that
 //! hangs is reset by the watchdog and one that panics reboots (`panic=5`);
 //! either way the next selection sees one try fewer. If booting the chosen
 //! slot fails here, the other slot is tried before giving up.
@@ -224,30 +225,9 @@ fn load_slot_kernel(dev: &str, cmdline: &str) -> Result<(), StartFailure> {
             )
         })?;
         let initrd = File::open(format!("{mnt}/boot/initrd.img")).ok();
-        let c = CString::new(cmdline)
-            .map_err(|_| fail("kexec-load", 0, "a NUL in the command line".into()))?;
-        let flags: nix::libc::c_ulong = if initrd.is_some() {
-            0
-        } else {
-            4 /* KEXEC_FILE_NO_INITRAMFS */
-        };
-        // SAFETY: kexec_file_load reads the two descriptors and the
-        // NUL-terminated command line of the given length.
-        let r = unsafe {
-            nix::libc::syscall(
-                nix::libc::SYS_kexec_file_load,
-                kernel.as_raw_fd(),
-                initrd.as_ref().map_or(-1, |f| f.as_raw_fd()),
-                c.as_bytes_with_nul().len(),
-                c.as_ptr(),
-                flags,
-            )
-        };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
-            let errno = e.raw_os_error().unwrap_or(0);
-            return Err(fail("kexec-load", errno, format!("kexec_file_load: {e}")));
-        }
+        let method = crate::kexec::load(&kernel, initrd.as_ref(), cmdline)
+            .map_err(|e| fail("kexec-load", e.errno, e.detail))?;
+        say(&format!("loaded the kernel of {dev} with {method}"));
         Ok(())
     })();
     let _ = umount(mnt);

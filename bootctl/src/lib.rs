@@ -12,6 +12,7 @@ pub mod control;
 pub mod device;
 pub mod error;
 pub mod host;
+pub mod kexec;
 pub mod lock;
 pub mod provision;
 pub mod report;

@@ -5,6 +5,7 @@
 
 /// The bundle format, its reader and writer (the `switchback-bundle` crate).
 pub use switchback_bundle as bundle;
+pub mod arch;
 pub mod cli;
 pub mod esp;
 pub mod mkdisk;

@@ -2,6 +2,8 @@
 //! boot stage ([`crate::esp`]), `slot_a` holding the first release,
 //! `slot_b` empty and unbootable, and an ext4 `data` partition.
 
+use crate::arch::{self, Arch};
+use crate::esp::BootStage;
 use crate::size::parse_size;
 use anyhow::{bail, Context, Result};
 use bootctl::host::SectorSize;
@@ -21,10 +23,25 @@ pub struct MkdiskOptions {
     /// then comes from elsewhere, e.g. the board's flash).
     #[arg(long, value_parser = parse_size, default_value = "32M")]
     pub esp_size: u64,
+    /// The machine the disk is for: the boot stage's programs must be for
+    /// it, and its EFI program is installed under that machine's name.
+    #[arg(long, value_enum, default_value_t)]
+    pub arch: Arch,
     /// The boot stage as an EFI program (`image-tools uki`), installed as
-    /// the firmware's default loader \EFI\BOOT\BOOTX64.EFI.
-    #[arg(long)]
+    /// the firmware's default loader \EFI\BOOT\BOOTX64.EFI (BOOTAA64.EFI
+    /// for arm64): for UEFI firmware, U-Boot's included.
+    #[arg(long, conflicts_with = "boot_kernel")]
     pub boot_efi: Option<PathBuf>,
+    /// For U-Boot without UEFI: the boot stage's kernel (an arm64 Image),
+    /// started by an extlinux.conf on the ESP with --boot-initrd.
+    #[arg(long, requires = "boot_initrd")]
+    pub boot_kernel: Option<PathBuf>,
+    /// The boot stage's initramfs, with --boot-kernel.
+    #[arg(long, requires = "boot_kernel")]
+    pub boot_initrd: Option<PathBuf>,
+    /// The boot stage kernel's command line, with --boot-kernel.
+    #[arg(long, default_value = "console=ttyAMA0 panic=-1 quiet")]
+    pub boot_cmdline: String,
     #[arg(long, value_parser = parse_size)]
     pub slot_size: u64,
     #[arg(long, value_parser = parse_size)]
@@ -45,18 +62,25 @@ pub struct MkdiskOptions {
 
 /// One line on where everything landed.
 pub fn summary(opts: &MkdiskOptions, disk: &Provisioned) -> String {
-    let esp = match (disk.esp, &opts.boot_efi) {
-        (Some(esp), Some(_)) => format!(
-            "ESP {} MiB at {} with the boot stage, ",
+    let booted = opts.boot_efi.is_some() || opts.boot_kernel.is_some();
+    let esp = match disk.esp {
+        Some(esp) if booted => format!(
+            "ESP {} MiB at {} with the {} boot stage{}, ",
             esp.size >> 20,
-            esp.offset
+            esp.offset,
+            opts.arch,
+            if opts.boot_kernel.is_some() {
+                " (extlinux.conf)"
+            } else {
+                ""
+            }
         ),
-        (Some(esp), None) => format!(
+        Some(esp) => format!(
             "ESP {} MiB at {} (empty: no --boot-efi, the disk will not boot on its own), ",
             esp.size >> 20,
             esp.offset
         ),
-        (None, _) => String::new(),
+        None => String::new(),
     };
     format!(
         "{}: {esp}slot_a {} MiB at {}, slot_b {} MiB at {}, data {} MiB at {}",
@@ -104,17 +128,14 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
         Some(path) => Some(first_release(path, opts)?),
         None => None,
     };
-    if opts.boot_efi.is_some() && opts.esp_size == 0 {
-        bail!("--boot-efi needs an ESP to go on: give --esp-size above 0");
+    let boot = boot_stage(opts)?;
+    if !matches!(boot, BootStage::None) && opts.esp_size == 0 {
+        bail!("the boot stage needs an ESP to go on: give --esp-size above 0");
     }
     let esp_size = opts.esp_size.div_ceil(provision::ALIGN) * provision::ALIGN;
     let fat = match esp_size {
         0 => None,
-        size => Some(crate::esp::build(
-            size,
-            opts.sector_size.bytes(),
-            opts.boot_efi.as_deref(),
-        )?),
+        size => Some(crate::esp::build(size, opts.sector_size.bytes(), boot)?),
     };
     // Made under a temporary name beside --out and renamed over it only
     // when whole: a failure (or a cut) never leaves a half-made disk that
@@ -142,6 +163,56 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
     Ok(disk)
 }
 
+/// The boot stage for the ESP, each program checked to be for `--arch`: a
+/// disk whose boot stage is for another machine would only fail at its
+/// first boot, in the factory or the field.
+fn boot_stage(opts: &MkdiskOptions) -> Result<BootStage<'_>> {
+    let read = |p: &Path, what: &str| {
+        std::fs::read(p).with_context(|| format!("reading the {what} {}", p.display()))
+    };
+    if let Some(program) = &opts.boot_efi {
+        let data = read(program, "boot stage's EFI program")?;
+        match arch::pe_machine(&data) {
+            Some(m) if Arch::from_pe_machine(m) == Some(opts.arch) => {}
+            Some(m) => bail!(
+                "--boot-efi {} is an EFI program for {}, and the disk is for {} (--arch)",
+                program.display(),
+                arch::pe_machine_name(m),
+                opts.arch
+            ),
+            None => bail!("--boot-efi {} is not an EFI program", program.display()),
+        }
+        return Ok(BootStage::Efi {
+            program,
+            arch: opts.arch,
+        });
+    }
+    let (Some(kernel), Some(initrd)) = (&opts.boot_kernel, &opts.boot_initrd) else {
+        return Ok(BootStage::None);
+    };
+    match arch::kernel_arch(&read(kernel, "boot stage's kernel")?) {
+        Some(a) if a == opts.arch => {}
+        Some(a) => bail!(
+            "--boot-kernel {} is a kernel for {a}, and the disk is for {} (--arch)",
+            kernel.display(),
+            opts.arch
+        ),
+        None => bail!(
+            "--boot-kernel {} is not a Linux kernel (no arm64 Image or x86 boot header)",
+            kernel.display()
+        ),
+    }
+    arch::check_initramfs(&read(initrd, "boot stage's initramfs")?, initrd, opts.arch)?;
+    if opts.boot_cmdline.contains(['\n', '\0']) {
+        bail!("--boot-cmdline must be one line without NUL bytes");
+    }
+    Ok(BootStage::Extlinux {
+        kernel,
+        initrd,
+        cmdline: &opts.boot_cmdline,
+    })
+}
+
 /// `--out` is a disk image file to be made: not a device or a directory,
 /// and not one of the inputs (it would be replaced while it is read).
 fn check_out(opts: &MkdiskOptions) -> Result<()> {
@@ -166,6 +237,8 @@ fn check_out(opts: &MkdiskOptions) -> Result<()> {
     let inputs = [
         ("--slot-a", opts.slot_a.as_ref()),
         ("--boot-efi", opts.boot_efi.as_ref()),
+        ("--boot-kernel", opts.boot_kernel.as_ref()),
+        ("--boot-initrd", opts.boot_initrd.as_ref()),
         ("--public", opts.public.as_ref()),
     ];
     for (flag, path) in inputs {

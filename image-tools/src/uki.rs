@@ -1,13 +1,15 @@
 //! The boot stage as one EFI program: a unified kernel image (UKI) made of
-//! systemd's EFI stub (`linuxx64.efi.stub`, Debian's `systemd-boot-efi`)
-//! with the kernel, the boot stage's initramfs and its command line added
+//! systemd's EFI stub (`linuxx64.efi.stub` or `linuxaa64.efi.stub`,
+//! Debian's `systemd-boot-efi` of that architecture) with the kernel, the boot stage's initramfs and its command line added
 //! as PE sections (`.linux`, `.initrd`, `.cmdline`, `.osrel`). The stub
 //! finds them by name and boots the kernel with that initramfs and command
 //! line. One file is what a vendor signs for Secure Boot, so the initramfs
 //! and command line are covered by the same signature as the kernel
 //! (docs/boot-flow.md). Debian 12 has no `ukify`: the sections are added
-//! with binutils' `objcopy`, placed after the stub's own as `ukify` does.
+//! with binutils' `objcopy` (for arm64, the cross binutils': the native one
+//! cannot write arm64's PE), placed after the stub's own as `ukify` does.
 
+use crate::arch::{self, Arch};
 use crate::mkdisk::find_program;
 use anyhow::{bail, Context, Result};
 use object::read::pe::PeFile64;
@@ -15,15 +17,17 @@ use object::{Object, ObjectSection};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Where Debian's `systemd-boot-efi` puts the stub.
-pub const DEFAULT_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
-
 /// Sections start on page boundaries, as the firmware maps them.
 const PAGE: u64 = 4096;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UkiOptions {
-    /// The kernel (a bzImage with its EFI stub, e.g. Debian's vmlinuz).
+    /// The machine the program is for: the stub, the kernel and the
+    /// initramfs's programs must all be for it.
+    #[arg(long, value_enum, default_value_t)]
+    pub arch: Arch,
+    /// The kernel with its EFI stub (Debian's vmlinuz: a bzImage on
+    /// x86-64, an Image on arm64).
     #[arg(long)]
     pub kernel: PathBuf,
     /// The boot stage's initramfs (`bootctl` as /init, the disk's modules).
@@ -32,9 +36,10 @@ pub struct UkiOptions {
     /// The boot stage kernel's command line.
     #[arg(long, default_value = "console=ttyS0 quiet")]
     pub cmdline: String,
-    /// systemd's EFI stub.
-    #[arg(long, default_value = DEFAULT_STUB)]
-    pub stub: PathBuf,
+    /// systemd's EFI stub [default: Debian's for --arch,
+    /// /usr/lib/systemd/boot/efi/linuxx64.efi.stub or linuxaa64.efi.stub]
+    #[arg(long)]
+    pub stub: Option<PathBuf>,
     /// The EFI program to write (replaced).
     #[arg(long, short)]
     pub out: PathBuf,
@@ -47,10 +52,13 @@ fn image_end(data: &[u8], what: &Path) -> Result<(u64, u64)> {
         .with_context(|| format!("{} is not a 64-bit EFI program", what.display()))?;
     let base = pe.relative_address_base();
     let mut end = 0;
-    let mut systemd_stub = false;
+    // systemd's EFI programs say what they are: in an .sdmagic section, or
+    // (arm64 stubs of systemd 252, built with gnu-efi) in their data.
+    // systemd-boot says so too, and is not a stub.
+    let mut systemd_stub = data
+        .windows(29)
+        .any(|w| w == b"#### LoaderInfo: systemd-stub");
     for s in pe.sections() {
-        // systemd's EFI programs say what they are here; systemd-boot has
-        // one too, and is not a stub.
         if s.name() == Ok(".sdmagic") {
             let magic = s.data().unwrap_or_default();
             systemd_stub |= magic.windows(12).any(|w| w == b"systemd-stub");
@@ -59,40 +67,20 @@ fn image_end(data: &[u8], what: &Path) -> Result<(u64, u64)> {
     }
     if !systemd_stub {
         bail!(
-            "{} is not systemd's EFI stub (no \"systemd-stub\" in its .sdmagic section): use {DEFAULT_STUB} from systemd-boot-efi",
+            "{} is not systemd's EFI stub (it does not say \"systemd-stub\"): use linuxx64.efi.stub or linuxaa64.efi.stub from systemd-boot-efi",
             what.display()
         );
     }
     Ok((base, end))
 }
 
-/// The COFF machine of a PE image (0x8664 x86-64, 0xaa64 arm64).
-fn pe_machine(data: &[u8]) -> Option<u16> {
-    let at = u32::from_le_bytes(data.get(0x3c..0x40)?.try_into().ok()?) as usize;
-    if data.get(at..at.checked_add(4)?)? != b"PE\0\0" {
-        return None;
-    }
-    Some(u16::from_le_bytes(
-        data.get(at + 4..at + 6)?.try_into().ok()?,
-    ))
-}
-
-fn machine_name(machine: u16) -> String {
-    match machine {
-        0x8664 => "x86-64".into(),
-        0xaa64 => "arm64".into(),
-        m => format!("machine {m:#06x}"),
-    }
-}
-
 /// The kernel the stub hands over to must be a Linux kernel with its own
-/// EFI entry, for the stub's machine: anything else would only fail at
-/// boot, on the device. Linux's headers say what it is: x86's boot
-/// protocol (`HdrS` at 0x202), arm64's Image header (`ARM\x64` at 0x38).
-fn check_kernel(kernel: &[u8], path: &Path, stub_machine: Option<u16>) -> Result<()> {
+/// EFI entry, for `arch`: anything else would only fail at boot, on the
+/// device. Linux's headers say what it is ([`arch::kernel_arch`]).
+fn check_kernel(kernel: &[u8], path: &Path, arch: Arch) -> Result<()> {
     let not_efi = || {
         anyhow::anyhow!(
-            "{} is not an EFI-bootable kernel (a bzImage built with CONFIG_EFI_STUB)",
+            "{} is not an EFI-bootable kernel (one built with CONFIG_EFI_STUB)",
             path.display()
         )
     };
@@ -103,50 +91,57 @@ fn check_kernel(kernel: &[u8], path: &Path, stub_machine: Option<u16>) -> Result
             path.display()
         );
     }
-    let machine = pe_machine(kernel).ok_or_else(not_efi)?;
-    if let Some(stub) = stub_machine.filter(|&m| m != machine) {
-        bail!(
-            "{} is a kernel for {}, and the stub is for {}",
-            path.display(),
-            machine_name(machine),
-            machine_name(stub)
-        );
+    let machine = arch::pe_machine(kernel).ok_or_else(not_efi)?;
+    if let Some(a) = Arch::from_pe_machine(machine).filter(|&a| a != arch) {
+        bail!("{} is a kernel for {a}, not {arch}", path.display());
     }
-    let linux = match machine {
-        0x8664 => kernel.get(0x202..0x206) == Some(b"HdrS"),
-        0xaa64 => kernel.get(0x38..0x3c) == Some(b"ARM\x64"),
-        _ => false,
-    };
-    if !linux {
-        bail!(
+    match arch::kernel_arch(kernel) {
+        Some(a) if a == arch => Ok(()),
+        Some(a) => bail!("{} is a kernel for {a}, not {arch}", path.display()),
+        None => bail!(
             "{} is an EFI program for {} but not a Linux kernel (no Linux boot header)",
             path.display(),
-            machine_name(machine)
-        );
+            arch::pe_machine_name(machine)
+        ),
     }
-    Ok(())
 }
 
 /// Builds the UKI at `opts.out` (replaced whole: written beside it, then
 /// renamed).
 pub fn build(opts: &UkiOptions) -> Result<()> {
-    let objcopy = find_program("objcopy")
-        .context("objcopy not found: install binutils to build the boot stage's EFI program")?;
-    let stub = std::fs::read(&opts.stub).with_context(|| {
+    let arch = opts.arch;
+    let (objcopy, package) = arch.objcopy();
+    let objcopy = find_program(objcopy).with_context(|| {
+        format!("{objcopy} not found: install {package} to build an {arch} EFI program")
+    })?;
+    let stub_path = opts
+        .stub
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(arch.default_stub()));
+    let stub = std::fs::read(&stub_path).with_context(|| {
         format!(
-            "reading the EFI stub {} (apt-get install systemd-boot-efi)",
-            opts.stub.display()
+            "reading the EFI stub {} (systemd-boot-efi for {arch})",
+            stub_path.display()
         )
     })?;
-    let (base, mut at) = image_end(&stub, &opts.stub)?;
+    let (base, mut at) = image_end(&stub, &stub_path)?;
+    match arch::pe_machine(&stub) {
+        Some(m) if Arch::from_pe_machine(m) == Some(arch) => {}
+        m => bail!(
+            "the EFI stub {} is for {}, not {arch}",
+            stub_path.display(),
+            m.map_or_else(|| "no known machine".into(), arch::pe_machine_name)
+        ),
+    }
     let kernel = std::fs::read(&opts.kernel)
         .with_context(|| format!("reading the kernel {}", opts.kernel.display()))?;
-    check_kernel(&kernel, &opts.kernel, pe_machine(&stub))?;
+    check_kernel(&kernel, &opts.kernel, arch)?;
     if opts.cmdline.contains('\0') || opts.cmdline.contains('\n') {
         bail!("the boot stage's command line must be one line without NUL bytes");
     }
-    std::fs::metadata(&opts.initrd)
+    let initrd = std::fs::read(&opts.initrd)
         .with_context(|| format!("reading the initramfs {}", opts.initrd.display()))?;
+    arch::check_initramfs(&initrd, &opts.initrd, arch)?;
     let out_dir = match opts.out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -186,7 +181,7 @@ pub fn build(opts: &UkiOptions) -> Result<()> {
     }
     let tmp = work.path().join("uki.efi");
     let output = cmd
-        .arg(&opts.stub)
+        .arg(&stub_path)
         .arg(&tmp)
         .output()
         .with_context(|| format!("running {}", objcopy.display()))?;

@@ -2,8 +2,11 @@
 //! signed bundles on a virtio "USB stick", the factory disk, and a machine
 //! that boots through the boot stage.
 
-use crate::guest::{boot_stage_efi, ext4_image, release_image, Kernel, Release, FLEET_HW_REVISION};
-use crate::qemu::{Machine, Options};
+use crate::guest::{
+    boot_stage_cmdline, boot_stage_efi, boot_stage_initramfs, esp_size, ext4_image, release_image,
+    Kernel, Release, FLEET_HW_REVISION,
+};
+use crate::qemu::{Firmware, Machine, Options};
 use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
 use ed25519_dalek::SigningKey;
 use image_tools::bundle::{self, BuildOptions, ImageSource, MigrationSource};
@@ -21,10 +24,31 @@ pub struct Appliance {
     kernel: Kernel,
     key: SigningKey,
     pem: PathBuf,
+    firmware: Firmware,
+    /// The factory disk starts the boot stage through an extlinux.conf
+    /// (U-Boot without UEFI), not as an EFI program.
+    extlinux: bool,
 }
 
 impl Appliance {
+    /// An x86-64 appliance with UEFI firmware (OVMF).
     pub fn new() -> Appliance {
+        Appliance::on(Firmware::Ovmf)
+    }
+
+    /// An appliance of `firmware`'s machine whose factory disk boots the
+    /// boot stage as an EFI program.
+    pub fn on(firmware: Firmware) -> Appliance {
+        Appliance::make(firmware, false)
+    }
+
+    /// An arm64 appliance whose U-Boot has no UEFI: the factory disk boots
+    /// the boot stage through the extlinux.conf `mkdisk` writes.
+    pub fn uboot_extlinux() -> Appliance {
+        Appliance::make(Firmware::UBoot, true)
+    }
+
+    fn make(firmware: Firmware, extlinux: bool) -> Appliance {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::from_bytes(&[0x17; 32]);
         let pem = dir.path().join("vendor.pem");
@@ -36,10 +60,12 @@ impl Appliance {
         )
         .unwrap();
         Appliance {
-            kernel: Kernel::debian().unwrap(),
+            kernel: Kernel::debian_for(firmware.arch()).unwrap(),
             dir,
             key,
             pem,
+            firmware,
+            extlinux,
         }
     }
 
@@ -127,10 +153,24 @@ impl Appliance {
     /// and the device knows its version from the first boot.
     pub fn factory_disk_named(&self, name: &str, v1: &Path) -> PathBuf {
         let out = self.dir.path().join(format!("{name}.img"));
+        let arch = self.kernel.arch;
+        let (boot_efi, boot_kernel, boot_initrd) = if self.extlinux {
+            let initrd = self.dir.path().join("boot-stage.cpio");
+            if !initrd.exists() {
+                boot_stage_initramfs(&self.kernel, &initrd).unwrap();
+            }
+            (None, Some(self.kernel.vmlinuz.clone()), Some(initrd))
+        } else {
+            (Some(self.boot_stage()), None, None)
+        };
         let opts = MkdiskOptions {
             out: out.clone(),
-            esp_size: 32 << 20,
-            boot_efi: Some(self.boot_stage()),
+            esp_size: esp_size(arch),
+            arch,
+            boot_efi,
+            boot_kernel,
+            boot_initrd,
+            boot_cmdline: boot_stage_cmdline(&self.kernel),
             slot_size: 72 << 20,
             data_size: 16 << 20,
             slot_a: Some(v1.to_path_buf()),
@@ -146,7 +186,7 @@ impl Appliance {
 
     /// The boot stage's EFI program, built once per appliance.
     fn boot_stage(&self) -> PathBuf {
-        let efi = self.dir.path().join("BOOTX64.EFI");
+        let efi = self.dir.path().join(self.kernel.arch.efi_loader());
         if !efi.exists() {
             boot_stage_efi(&self.kernel, self.dir.path(), &efi).unwrap();
         }
@@ -181,6 +221,7 @@ impl Appliance {
                 reboots: true,
                 net: true,
                 serial: Some(serial.into()),
+                firmware: self.firmware,
                 ..Options::default()
             },
         )
@@ -193,6 +234,7 @@ impl Appliance {
             &[disk, stick],
             Options {
                 reboots: true,
+                firmware: self.firmware,
                 ..opts
             },
         )

@@ -18,17 +18,66 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Debian's kernel, unpacked (not installed) into the cache.
+pub use image_tools::arch::Arch;
+
+/// A Debian package (`name` or `name:arch`), downloaded with `apt-get
+/// download` once and unpacked with `dpkg -x` (never installed) into the
+/// cache: the root of its files.
+pub fn unpacked(package: &str) -> Result<PathBuf> {
+    let cache = super::cache_dir();
+    std::fs::create_dir_all(&cache)?;
+    let dir = cache.join(package.replace(':', "_"));
+    // Tests run in parallel: one fetches, the others wait for it.
+    let lock = std::fs::File::create(cache.join(format!("{}.lock", package.replace(':', "_"))))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking the package cache: {e}"))?;
+    if !dir.join("root").exists() {
+        // Unpacked beside, renamed into place: a cut leaves no half tree.
+        let work = tempfile::tempdir_in(&cache)?;
+        let download = |d: &Path| {
+            run(Command::new("apt-get")
+                .args(["download", package])
+                .current_dir(d))
+        };
+        if download(work.path()).is_err() {
+            run(Command::new("apt-get").arg("update").arg("-qq"))?;
+            download(work.path())?;
+        }
+        let deb = std::fs::read_dir(work.path())?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .with_context(|| format!("apt-get download {package} left no .deb"))?;
+        run(Command::new("dpkg")
+            .arg("-x")
+            .arg(&deb)
+            .arg(work.path().join("root")))?;
+        std::fs::create_dir_all(&dir)?;
+        std::fs::rename(work.path().join("root"), dir.join("root"))?;
+    }
+    Ok(dir.join("root"))
+}
+
+/// Debian's kernel of one architecture, unpacked (not installed).
 pub struct Kernel {
+    pub arch: Arch,
     pub vmlinuz: PathBuf,
     pub modules: PathBuf,
 }
 
 impl Kernel {
-    /// Downloads `linux-image-amd64`'s current kernel package once per
-    /// version and unpacks it with `dpkg -x`.
+    /// `linux-image-amd64`'s current kernel.
     pub fn debian() -> Result<Kernel> {
-        let depends = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+        Kernel::debian_for(Arch::X86_64)
+    }
+
+    /// The current kernel behind `linux-image-amd64` or
+    /// `linux-image-arm64:arm64`, fetched once per version.
+    pub fn debian_for(arch: Arch) -> Result<Kernel> {
+        let meta = match arch {
+            Arch::X86_64 => "linux-image-amd64",
+            Arch::Arm64 => "linux-image-arm64:arm64",
+        };
+        let depends = run(Command::new("apt-cache").args(["depends", meta]))?;
         let package = depends
             .lines()
             .filter_map(|l| l.trim().strip_prefix("Depends: "))
@@ -36,41 +85,12 @@ impl Kernel {
                 p.starts_with("linux-image-")
                     && p.chars().nth(12).is_some_and(|c| c.is_ascii_digit())
             })
-            .context(
-                "apt-cache knows no kernel package behind linux-image-amd64 (run apt-get update)",
-            )?
+            .with_context(|| {
+                format!("apt-cache knows no kernel package behind {meta} (run apt-get update)")
+            })?
             .to_string();
-        let cache = super::cache_dir();
-        std::fs::create_dir_all(&cache)?;
-        let dir = cache.join(&package);
-        // Tests run in parallel: one fetches, the others wait for it.
-        let lock = std::fs::File::create(cache.join(format!("{package}.lock")))?;
-        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| anyhow::anyhow!("locking the kernel cache: {e}"))?;
-        if !dir.join("root").exists() {
-            // Unpacked beside, renamed into place: a cut leaves no half tree.
-            let work = tempfile::tempdir_in(&cache)?;
-            let download = |d: &Path| {
-                run(Command::new("apt-get")
-                    .args(["download", &package])
-                    .current_dir(d))
-            };
-            if download(work.path()).is_err() {
-                run(Command::new("apt-get").arg("update").arg("-qq"))?;
-                download(work.path())?;
-            }
-            let deb = std::fs::read_dir(work.path())?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| p.extension().is_some_and(|e| e == "deb"))
-                .context("apt-get download left no .deb")?;
-            run(Command::new("dpkg")
-                .arg("-x")
-                .arg(&deb)
-                .arg(work.path().join("root")))?;
-            std::fs::create_dir_all(&dir)?;
-            std::fs::rename(work.path().join("root"), dir.join("root"))?;
-        }
-        let boot = dir.join("root/boot");
+        let root = unpacked(&package)?;
+        let boot = root.join("boot");
         let vmlinuz = std::fs::read_dir(&boot)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| {
@@ -87,9 +107,18 @@ impl Kernel {
             })
             .unwrap_or_default();
         Ok(Kernel {
+            arch,
             vmlinuz,
-            modules: dir.join("root/lib/modules").join(release),
+            modules: root.join("lib/modules").join(release),
         })
+    }
+
+    /// The serial console's device: the PC's 16550 or the virt machine's PL011.
+    pub fn console(&self) -> &'static str {
+        match self.arch {
+            Arch::X86_64 => "ttyS0",
+            Arch::Arm64 => "ttyAMA0",
+        }
     }
 
     /// The module files needed to load `wanted` (names as `modprobe` takes
@@ -111,8 +140,16 @@ impl Kernel {
                 }
             }
         }
+        // Built into this kernel (arm64's watchdog core, say): nothing to load.
+        let builtin: HashSet<String> =
+            std::fs::read_to_string(self.modules.join("modules.builtin"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.rsplit('/').next()?.strip_suffix(".ko"))
+                .map(|n| n.replace('-', "_"))
+                .collect();
         let mut order = Vec::new();
-        let mut seen = HashSet::new();
+        let mut seen = builtin;
         fn visit(
             name: &str,
             by_name: &BTreeMap<String, PathBuf>,
@@ -149,53 +186,102 @@ impl Kernel {
     }
 }
 
-/// Builds Switchback binaries statically (`+crt-static`), so they run as
-/// the only userspace of an initramfs. A target directory of their own:
-/// the outer `cargo test` holds the workspace's.
-pub fn static_binary(package: &str, bin: &str) -> Result<PathBuf> {
+/// Builds a Switchback binary statically (`+crt-static`) for `arch`, so it
+/// runs as the only userspace of an initramfs. A target directory of its
+/// own: the outer `cargo test` holds the workspace's. For arm64, Debian's
+/// cargo and rustc with its arm64 std, into the directory and with the
+/// settings `.ci/aarch64` builds with (so its build is reused).
+pub fn static_binary(arch: Arch, package: &str, bin: &str) -> Result<PathBuf> {
     let ws = super::workspace();
-    let target_dir = ws.join("target").join("qemu-static");
-    run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "--target",
+    let (triple, target_dir, mut cmd) = match arch {
+        Arch::X86_64 => {
+            let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cmd.env("RUSTFLAGS", "-C target-feature=+crt-static");
+            (
                 "x86_64-unknown-linux-gnu",
-                "-p",
-                package,
-                "--bin",
-                bin,
-            ])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .current_dir(&ws),
-    )?;
-    Ok(target_dir
-        .join("x86_64-unknown-linux-gnu/release")
-        .join(bin))
+                ws.join("target/qemu-static"),
+                cmd,
+            )
+        }
+        Arch::Arm64 => {
+            let mut cmd = Command::new("/usr/bin/cargo");
+            cmd.env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .env("RUSTC", "/usr/bin/rustc")
+                .env("RUSTDOC", "/usr/bin/rustdoc")
+                .env(
+                    "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+                    "aarch64-linux-gnu-gcc",
+                )
+                .env("CC_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-gcc")
+                .env(
+                    "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+                    "-C target-feature=+crt-static",
+                );
+            ("aarch64-unknown-linux-gnu", ws.join("target/aarch64"), cmd)
+        }
+    };
+    run(cmd
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            triple,
+            "-p",
+            package,
+            "--bin",
+            bin,
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .current_dir(&ws))
+    .with_context(|| {
+        format!("building {bin} for {arch} (bash .ci/install-deps installs the toolchain)")
+    })?;
+    Ok(target_dir.join(triple).join("release").join(bin))
+}
+
+/// busybox-static for `arch`: the host's, or Debian's arm64 package.
+pub fn busybox(arch: Arch) -> Result<PathBuf> {
+    match arch {
+        Arch::X86_64 => ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .context("busybox not found: apt-get install busybox-static"),
+        Arch::Arm64 => Ok(unpacked("busybox-static:arm64")?.join("bin/busybox")),
+    }
+}
+
+/// systemd's EFI stub for `arch`: the host's, or Debian's arm64 package.
+pub fn efi_stub(arch: Arch) -> Result<PathBuf> {
+    let path = Path::new(arch.default_stub());
+    Ok(match arch {
+        Arch::X86_64 => path.to_path_buf(),
+        Arch::Arm64 => unpacked("systemd-boot-efi:arm64")?.join(path.strip_prefix("/")?),
+    })
 }
 
 /// A busybox-based initramfs: files copied in, `/init` a shell script.
 pub struct Initramfs {
     root: tempfile::TempDir,
+    console: &'static str,
 }
 
 impl Initramfs {
-    pub fn new() -> Result<Initramfs> {
+    /// An initramfs for `kernel`'s machine, its console on that machine's
+    /// serial port.
+    pub fn new(kernel: &Kernel) -> Result<Initramfs> {
         let staging = tempfile::tempdir()?;
         let root = staging.path();
         for d in ["bin", "lib/modules", "proc", "sys", "dev", "mnt", "tmp"] {
             std::fs::create_dir_all(root.join(d))?;
         }
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-            .context("busybox not found: apt-get install busybox-static")?;
-        std::fs::copy(busybox, root.join("bin/busybox"))?;
-        Ok(Initramfs { root: staging })
+        std::fs::copy(busybox(kernel.arch)?, root.join("bin/busybox"))?;
+        Ok(Initramfs {
+            root: staging,
+            console: kernel.console(),
+        })
     }
 
     pub fn add(&self, src: &Path, dest: &str) -> Result<&Self> {
@@ -209,10 +295,11 @@ impl Initramfs {
     }
 
     /// Loads `modules` in order, then runs `script` (busybox sh, with the
-    /// console on ttyS0).
+    /// console on the serial port).
     pub fn init(&self, modules: &[PathBuf], script: &str) -> Result<&Self> {
-        let mut init = String::from(
-            "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\nexec >/dev/ttyS0 2>&1\n",
+        let mut init = format!(
+            "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\nexec >/dev/{} 2>&1\n",
+            self.console
         );
         for m in modules {
             let name = m
@@ -340,8 +427,15 @@ pub const NET_MODULES: [&str; 1] = ["virtio_net"];
 /// The hardware revision fleet releases report and `.swu`s are made for.
 pub const FLEET_HW_REVISION: &str = "qemu-1";
 
-/// The boot stage kernel's command line, inside its EFI program.
-pub const BOOT_STAGE_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
+/// The boot stage kernel's command line, inside its EFI program (or the
+/// extlinux.conf). arm64's kernel has the watchdog core built in: its
+/// `stop_on_reboot=0` (see [`boot_stage_initramfs`]) is given here.
+pub fn boot_stage_cmdline(kernel: &Kernel) -> String {
+    match kernel.arch {
+        Arch::X86_64 => "console=ttyS0 panic=-1 quiet".into(),
+        Arch::Arm64 => "console=ttyAMA0 panic=-1 quiet watchdog.stop_on_reboot=0".into(),
+    }
+}
 
 /// A release's root file system image: the kernel, an initramfs that mounts
 /// the slot read-only and switches to it, busybox, the static Switchback
@@ -374,7 +468,7 @@ pub fn release_image(
     if !release.no_kernel {
         std::fs::copy(&kernel.vmlinuz, root.join("boot/vmlinuz"))?;
     }
-    let slot_ir = Initramfs::new()?;
+    let slot_ir = Initramfs::new(kernel)?;
     slot_ir.init(
         &kernel.modules_for(SLOT_MODULES)?,
         r#"root=$(sed -n 's/.*switchback.root=\([^ ]*\).*/\1/p' /proc/cmdline)
@@ -386,15 +480,12 @@ echo "SLOT INITRAMFS: cannot mount $root""#,
         slot_ir.pack(&root.join("boot/initrd.img"))?;
     }
     // busybox and its applets as links, made here: the root is read-only.
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("busybox")?;
-    std::fs::copy(busybox, root.join("bin/busybox"))?;
-    // Asked of the installed one: a file just written can still be open
+    std::fs::copy(busybox(kernel.arch)?, root.join("bin/busybox"))?;
+    // Asked of the host's (the same Debian version, and it runs here; an
+    // arm64 one needs binfmt_misc): a file just written can still be open
     // for writing in a child another test thread forked meanwhile, and
     // executing it then fails with "Text file busy".
-    for applet in run(Command::new(busybox).arg("--list"))?.lines() {
+    for applet in run(Command::new(busybox(Arch::X86_64)?).arg("--list"))?.lines() {
         if applet != "busybox" {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }
@@ -411,11 +502,13 @@ echo "SLOT INITRAMFS: cannot mount $root""#,
         let name = m.file_name().and_then(|n| n.to_str()).context("module")?;
         load_net += &format!("insmod /lib/modules/{name}\n");
     }
-    for m in kernel
-        .modules_for(&["i6300esb"])?
-        .iter()
-        .chain(&net_modules)
-    {
+    let watchdog = kernel.modules_for(&["i6300esb"])?;
+    let mut take_watchdog = String::new();
+    for m in &watchdog {
+        let name = m.file_name().and_then(|n| n.to_str()).context("module")?;
+        take_watchdog += &format!("insmod /lib/modules/{name}; ");
+    }
+    for m in watchdog.iter().chain(&net_modules) {
         std::fs::copy(
             m,
             root.join("lib/modules")
@@ -423,11 +516,11 @@ echo "SLOT INITRAMFS: cannot mount $root""#,
         )?;
     }
     std::fs::copy(
-        static_binary("updater", "updater")?,
+        static_binary(kernel.arch, "updater", "updater")?,
         root.join("usr/bin/updater"),
     )?;
     std::fs::copy(
-        static_binary("bootctl", "bootctl")?,
+        static_binary(kernel.arch, "bootctl", "bootctl")?,
         root.join("usr/bin/bootctl"),
     )?;
     std::fs::copy(keyring_pem, root.join("etc/switchback/keys/vendor.pem"))?;
@@ -464,7 +557,7 @@ esac
     let init = r#"#!/bin/busybox sh
 export PATH=/bin:/usr/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev 2>/dev/null; mount -t tmpfs tmp /tmp
-exec >/dev/ttyS0 2>&1 </dev/ttyS0
+exec >/dev/CONSOLE 2>&1 </dev/CONSOLE
 echo "RELEASE $(cat /etc/release) RUNNING ON $(sed -n 's/.*switchback.slot=\([^ ]*\).*/\1/p' /proc/cmdline)"
 mount -t ext4 "$(findfs LABEL=data)" /data || echo "INIT: cannot mount /data"
 stick=$(findfs LABEL=stick 2>/dev/null) && mount -o ro "$stick" /media
@@ -474,7 +567,7 @@ BEFORE_HEALTH
 updater health; echo "HEALTH EXIT $?"
 # Healthy: the watchdog the boot stage armed is taken over (loading the
 # driver stops it); a release that never gets here is reset by it.
-insmod /lib/modules/watchdog.ko; insmod /lib/modules/i6300esb.ko
+TAKE_WATCHDOG
 echo "READY $(cat /etc/release)"
 FLEET_CLIENT
 exec sh
@@ -496,6 +589,8 @@ udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 1 && echo "NET $(ip -4 -o add
     std::fs::write(
         root.join("sbin/init"),
         init.replace("BEFORE_HEALTH", release.before_health)
+            .replace("CONSOLE", kernel.console())
+            .replace("TAKE_WATCHDOG", &take_watchdog)
             .replace("FLEET_NETWORK", network)
             .replace("FLEET_CLIENT", client),
     )?;
@@ -517,21 +612,22 @@ pub fn boot_stage_initramfs(kernel: &Kernel, out: &Path) -> Result<()> {
         "ext4",
         "crc32c_generic",
     ])?;
-    let ir = Initramfs::new()?;
+    let ir = Initramfs::new(kernel)?;
     // A kexec is a reboot to the kernel: keep the watchdog running through it.
     ir.modules(&modules, &[("watchdog", "stop_on_reboot=0")])?;
-    ir.init_program(&static_binary("bootctl", "bootctl")?)?;
+    ir.init_program(&static_binary(kernel.arch, "bootctl", "bootctl")?)?;
     ir.pack(out)
 }
 
-/// `kernel` with `initrd` and [`BOOT_STAGE_CMDLINE`] as one EFI program
+/// `kernel` with `initrd` and [`boot_stage_cmdline`] as one EFI program
 /// (`image-tools uki`), for a disk's ESP.
 pub fn efi_program(kernel: &Kernel, initrd: &Path, out: &Path) -> Result<()> {
     image_tools::uki::build(&image_tools::uki::UkiOptions {
-        stub: image_tools::uki::DEFAULT_STUB.into(),
+        arch: kernel.arch,
+        stub: Some(efi_stub(kernel.arch)?),
         kernel: kernel.vmlinuz.clone(),
         initrd: initrd.to_path_buf(),
-        cmdline: BOOT_STAGE_CMDLINE.into(),
+        cmdline: boot_stage_cmdline(kernel),
         out: out.to_path_buf(),
     })
 }
@@ -549,14 +645,27 @@ pub fn disk_booting(
     efi_program(kernel, initrd, &efi)?;
     image_tools::mkdisk::mkdisk(&image_tools::mkdisk::MkdiskOptions {
         out: out.to_path_buf(),
-        esp_size: 32 << 20,
+        esp_size: esp_size(kernel.arch),
+        arch: kernel.arch,
         boot_efi: Some(efi),
+        boot_kernel: None,
+        boot_initrd: None,
+        boot_cmdline: String::new(),
         slot_size,
         data_size: 4 << 20,
         slot_a: None,
         public: None,
         sector_size: bootctl::host::SectorSize::B512,
     })
+}
+
+/// An ESP that holds the boot stage: Debian's arm64 kernel is an
+/// uncompressed Image of about 32 MiB.
+pub fn esp_size(arch: Arch) -> u64 {
+    match arch {
+        Arch::X86_64 => 32 << 20,
+        Arch::Arm64 => 64 << 20,
+    }
 }
 
 /// The boot stage as the EFI program the factory disk boots.

@@ -22,10 +22,56 @@ pub struct Machine {
     pub echo: bool,
 }
 
-/// Debian's `ovmf`: the firmware's code, read-only, and the template of
-/// its variable store, copied for each machine.
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// The firmware a machine boots its disk with, and so its architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Firmware {
+    /// x86-64 q35 with EDK2 (Debian's `ovmf`).
+    #[default]
+    Ovmf,
+    /// arm64 virt with U-Boot (Debian's `u-boot-qemu`): its distro boot
+    /// starts `\EFI\BOOT\BOOTAA64.EFI` through U-Boot's UEFI, or an
+    /// `extlinux.conf` without it, whichever the ESP holds.
+    UBoot,
+    /// arm64 virt with EDK2 (Debian's `qemu-efi-aarch64`).
+    Aavmf,
+}
+
+impl Firmware {
+    pub fn arch(self) -> crate::guest::Arch {
+        match self {
+            Firmware::Ovmf => crate::guest::Arch::X86_64,
+            Firmware::UBoot | Firmware::Aavmf => crate::guest::Arch::Arm64,
+        }
+    }
+
+    /// What the firmware prints when it starts the disk's loader.
+    pub fn starts_loader(self) -> &'static str {
+        match self {
+            Firmware::Ovmf | Firmware::Aavmf => "BdsDxe: starting",
+            Firmware::UBoot => "Found EFI removable media binary efi/boot/bootaa64.efi",
+        }
+    }
+
+    /// The firmware's code, read-only, and the template of its variable
+    /// store (copied for each machine); U-Boot keeps no variables.
+    fn flash(self) -> Option<(&'static str, &'static str, &'static str)> {
+        match self {
+            Firmware::Ovmf => Some((
+                "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "/usr/share/OVMF/OVMF_VARS_4M.fd",
+                "ovmf",
+            )),
+            Firmware::Aavmf => Some((
+                "/usr/share/AAVMF/AAVMF_CODE.fd",
+                "/usr/share/AAVMF/AAVMF_VARS.fd",
+                "qemu-efi-aarch64",
+            )),
+            Firmware::UBoot => None,
+        }
+    }
+}
+
+const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 
 /// How the boot disk is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,11 +98,14 @@ pub struct Options {
     /// The serial number the firmware reports (SMBIOS type 1): what a
     /// fleet client names the machine by.
     pub serial: Option<String>,
+    /// The firmware, and with it the machine.
+    pub firmware: Firmware,
 }
 
 impl Machine {
     /// Powers on a q35 machine with UEFI firmware (OVMF) that boots from
-    /// the first of `disks` by itself: no kernel handed in from outside.
+    /// the first of `disks` by itself: no kernel handed in from outside
+    /// ([`Machine::start`] for an arm64 one).
     /// An i6300esb watchdog resets the machine when it fires. QEMU ends
     /// when the guest reboots.
     pub fn boot(disks: &[&Path]) -> Result<Machine> {
@@ -76,18 +125,22 @@ impl Machine {
 
     pub fn start(disks: &[&Path], opts: Options) -> Result<Machine> {
         let firmware = tempfile::tempdir()?;
-        let vars = firmware.path().join("OVMF_VARS.fd");
-        std::fs::copy(OVMF_VARS, &vars)
-            .with_context(|| format!("copying {OVMF_VARS} (apt-get install ovmf)"))?;
-        let mut cmd = Command::new("qemu-system-x86_64");
+        let (qemu, package) = match opts.firmware.arch() {
+            crate::guest::Arch::X86_64 => ("qemu-system-x86_64", "qemu-system-x86"),
+            crate::guest::Arch::Arm64 => ("qemu-system-aarch64", "qemu-system-arm"),
+        };
+        let mut cmd = Command::new(qemu);
         // Name TCG explicitly: "kvm:tcg" picks a broken KVM here and stalls.
+        cmd.args(["-accel", "tcg"]);
+        match opts.firmware {
+            Firmware::Ovmf => cmd.args(["-machine", "q35", "-m", "512"]),
+            // cortex-a72, not max: TCG emulates max's pointer
+            // authentication slowly, and nothing here needs it.
+            Firmware::UBoot | Firmware::Aavmf => {
+                cmd.args(["-machine", "virt", "-cpu", "cortex-a72", "-m", "1024"])
+            }
+        };
         cmd.args([
-            "-accel",
-            "tcg",
-            "-machine",
-            "q35",
-            "-m",
-            "512",
             "-nographic",
             "-monitor",
             "none",
@@ -109,15 +162,29 @@ impl Machine {
         if let Some(serial) = &opts.serial {
             cmd.arg("-smbios").arg(format!("type=1,serial={serial}"));
         }
-        cmd.arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
-            ))
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
-            ));
+        match opts.firmware.flash() {
+            Some((code, vars_template, package)) => {
+                let vars = firmware.path().join("VARS.fd");
+                std::fs::copy(vars_template, &vars).with_context(|| {
+                    format!("copying {vars_template} (apt-get install {package})")
+                })?;
+                cmd.arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=0,readonly=on,file={code}"
+                    ))
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=1,file={}",
+                        vars.display()
+                    ));
+            }
+            None => {
+                if !Path::new(UBOOT).exists() {
+                    bail!("{UBOOT} not found (apt-get install u-boot-qemu)");
+                }
+                cmd.args(["-bios", UBOOT]);
+            }
+        }
         if !opts.reboots {
             cmd.arg("-no-reboot");
         }
@@ -146,7 +213,7 @@ impl Machine {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+            .with_context(|| format!("starting {qemu} (apt-get install {package})"))?;
         let out = child.stdout.take().context("qemu stdout")?;
         let console_in = child.stdin.take();
         let (tx, lines) = channel();

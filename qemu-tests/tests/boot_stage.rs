@@ -1,9 +1,12 @@
 //! The boot stage as PID 1: it selects a slot, persists the spent try, and
-//! kexecs the slot's own kernel; a slot it cannot boot falls back.
+//! kexecs the slot's own kernel; a slot it cannot boot falls back. On
+//! x86-64 through OVMF (`kexec_file_load`), on arm64 through U-Boot's UEFI
+//! (Debian's arm64 kernel has only `kexec_load`).
 
 use bootctl::{BootAttrs, Disk, Slot};
+use qemu_tests::guest::Arch;
 use qemu_tests::guest::{boot_stage_initramfs, disk_booting, ext4_image, Initramfs, Kernel};
-use qemu_tests::qemu::Machine;
+use qemu_tests::qemu::{Firmware, Machine, Options};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +18,7 @@ fn slot_image(dir: &Path, kernel: &Kernel, name: &str, with_kernel: bool) -> Pat
     std::fs::create_dir_all(root.join("boot")).unwrap();
     if with_kernel {
         std::fs::copy(&kernel.vmlinuz, root.join("boot/vmlinuz")).unwrap();
-        let ir = Initramfs::new().unwrap();
+        let ir = Initramfs::new(kernel).unwrap();
         ir.init(
             &[],
             &format!("echo \"SLOT {name} RUNNING: $(cat /proc/cmdline)\""),
@@ -24,8 +27,24 @@ fn slot_image(dir: &Path, kernel: &Kernel, name: &str, with_kernel: bool) -> Pat
         ir.pack(&root.join("boot/initrd.img")).unwrap();
     }
     let img = dir.join(format!("{name}.ext4"));
-    ext4_image(&root, &img, "24M", name).unwrap();
+    ext4_image(&root, &img, slot_size(kernel.arch).0, name).unwrap();
     img
+}
+
+/// Room for the kernel: arm64's is an uncompressed Image of about 32 MiB.
+fn slot_size(arch: Arch) -> (&'static str, u64) {
+    match arch {
+        Arch::X86_64 => ("24M", 24 << 20),
+        Arch::Arm64 => ("48M", 48 << 20),
+    }
+}
+
+fn boot(firmware: Firmware, disk: &Path) -> Machine {
+    let opts = Options {
+        firmware,
+        ..Options::default()
+    };
+    Machine::start(&[disk], opts).unwrap()
 }
 
 /// The boot stage on the ESP, slot_a and slot_b filled, slot_b on trial.
@@ -33,7 +52,7 @@ fn machine_disk(dir: &Path, kernel: &Kernel, b_has_kernel: bool) -> PathBuf {
     let disk = dir.join("disk.img");
     let initrd = dir.join("boot-stage.cpio");
     boot_stage_initramfs(kernel, &initrd).unwrap();
-    let p = disk_booting(kernel, &initrd, 24 << 20, &disk).unwrap();
+    let p = disk_booting(kernel, &initrd, slot_size(kernel.arch).1, &disk).unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
     for (slot, name, with_kernel) in [(0, "A", true), (1, "B", b_has_kernel)] {
         let img = std::fs::read(slot_image(dir, kernel, name, with_kernel)).unwrap();
@@ -48,15 +67,24 @@ fn machine_disk(dir: &Path, kernel: &Kernel, b_has_kernel: bool) -> PathBuf {
 
 #[test]
 fn boots_the_slot_on_trial_through_kexec() {
-    let kernel = Kernel::debian().unwrap();
+    boots_the_slot_on_trial(Firmware::Ovmf, "kexec_file_load");
+}
+
+#[test]
+fn on_arm64_u_boot_boots_the_slot_on_trial_through_kexec_load() {
+    boots_the_slot_on_trial(Firmware::UBoot, "kexec_load");
+}
+
+fn boots_the_slot_on_trial(firmware: Firmware, kexec: &str) {
+    let kernel = Kernel::debian_for(firmware.arch()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let disk = machine_disk(dir.path(), &kernel, true);
     let start = std::time::Instant::now();
-    let mut vm = Machine::boot(&[&disk]).unwrap();
-    // OVMF says on the console when it starts the disk's loader.
-    vm.expect("BdsDxe: starting", Duration::from_secs(120))
+    let mut vm = boot(firmware, &disk);
+    // The firmware says on the console when it starts the disk's loader.
+    vm.expect(firmware.starts_loader(), Duration::from_secs(120))
         .unwrap();
-    let firmware = start.elapsed();
+    let loader = start.elapsed();
     vm.expect(
         "switchback boot stage: selected slot_b",
         Duration::from_secs(120),
@@ -68,6 +96,13 @@ fn boots_the_slot_on_trial_through_kexec() {
         Duration::from_secs(30),
     )
     .unwrap();
+    let loaded = vm
+        .expect(
+            "switchback boot stage: loaded the kernel",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(loaded.ends_with(&format!("with {kexec}")), "{loaded}");
     vm.expect(
         "switchback boot stage: booting slot_b",
         Duration::from_secs(60),
@@ -78,11 +113,11 @@ fn boots_the_slot_on_trial_through_kexec() {
         .unwrap();
     let slot = start.elapsed();
     println!(
-        "power-on to: the firmware starting the ESP's loader {:.1} s, the boot stage's selection {:.1} s, the slot's userspace {:.1} s (firmware share {:.0}%)",
-        firmware.as_secs_f64(),
+        "{firmware:?}: power-on to: the firmware starting the ESP's loader {:.1} s, the boot stage's selection {:.1} s, the slot's userspace {:.1} s (firmware share {:.0}%)",
+        loader.as_secs_f64(),
         boot_stage.as_secs_f64(),
         slot.as_secs_f64(),
-        100.0 * firmware.as_secs_f64() / slot.as_secs_f64()
+        100.0 * loader.as_secs_f64() / slot.as_secs_f64()
     );
     assert!(
         running.contains("switchback.slot=slot_b") && running.contains("root=PARTUUID="),
@@ -109,7 +144,7 @@ fn a_slot_without_a_kernel_falls_back_to_the_other() {
     let kernel = Kernel::debian().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let disk = machine_disk(dir.path(), &kernel, false);
-    let mut vm = Machine::boot(&[&disk]).unwrap();
+    let mut vm = boot(Firmware::Ovmf, &disk);
     vm.expect(
         "switchback boot stage: selected slot_b",
         Duration::from_secs(120),

@@ -12,12 +12,12 @@ fn the_guest_selects_the_slot_on_trial_and_persists_the_spent_try() {
     let modules = kernel
         .modules_for(&["virtio_pci", "virtio_blk", "i6300esb"])
         .unwrap();
-    let bootctl_bin = static_binary("bootctl", "bootctl").unwrap();
+    let bootctl_bin = static_binary(kernel.arch, "bootctl", "bootctl").unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
     let initrd = dir.path().join("initrd.cpio");
-    let ir = Initramfs::new().unwrap();
+    let ir = Initramfs::new(&kernel).unwrap();
     ir.add(&bootctl_bin, "bin/bootctl").unwrap();
     ir.init(
         &modules,

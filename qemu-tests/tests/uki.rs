@@ -3,8 +3,12 @@
 //! its ESP); these check its layout and the refusals, with Debian's own
 //! kernel (here because this crate fetches it).
 
-use image_tools::uki::{build, section, UkiOptions, DEFAULT_STUB};
+use image_tools::arch::Arch;
+use image_tools::uki::{build, section, UkiOptions};
+use qemu_tests::guest::{efi_stub, Initramfs};
 use std::path::{Path, PathBuf};
+
+const DEFAULT_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
 /// Debian's kernel, as the boot stage's UKI carries it.
 fn kernel() -> PathBuf {
@@ -15,7 +19,8 @@ fn kernel() -> PathBuf {
 
 fn uki(stub: &Path, kernel: &Path, initrd: &Path, cmdline: &str, out: &Path) -> anyhow::Result<()> {
     build(&UkiOptions {
-        stub: stub.into(),
+        arch: Arch::X86_64,
+        stub: Some(stub.into()),
         kernel: kernel.into(),
         initrd: initrd.into(),
         cmdline: cmdline.into(),
@@ -100,7 +105,7 @@ fn what_cannot_make_a_boot_stage_is_refused_and_nothing_is_written() {
         stub,
         &arm_path,
         "quiet",
-        "vmlinuz-arm64 is a kernel for arm64, and the stub is for x86-64",
+        "vmlinuz-arm64 is a kernel for arm64, not x86-64",
     );
     let mut no_linux = bytes;
     no_linux[0x202..0x206].copy_from_slice(b"XXXX");
@@ -119,5 +124,73 @@ fn what_cannot_make_a_boot_stage_is_refused_and_nothing_is_written() {
         std::fs::read_dir(dir.path()).unwrap().count(),
         1,
         "work files left behind"
+    );
+}
+
+/// A UKI for one machine is made only of parts for it: an arm64 kernel,
+/// stub or initramfs is refused for x86-64 and the other way round, before
+/// anything is written; with all three for arm64 the UKI is made.
+#[test]
+fn each_part_must_be_for_the_uki_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let arm = qemu_tests::guest::Kernel::debian_for(Arch::Arm64).unwrap();
+    let x86 = qemu_tests::guest::Kernel::debian().unwrap();
+    let initramfs = |kernel: &qemu_tests::guest::Kernel, name: &str| {
+        let out = dir.path().join(name);
+        let ir = Initramfs::new(kernel).unwrap();
+        ir.init(&[], "echo hello").unwrap();
+        ir.pack(&out).unwrap();
+        out
+    };
+    let (arm_ir, x86_ir) = (initramfs(&arm, "arm.cpio"), initramfs(&x86, "x86.cpio"));
+    let out = dir.path().join("BOOTAA64.EFI");
+    let make = |arch, stub: Option<PathBuf>, kernel: &Path, initrd: &Path| {
+        build(&UkiOptions {
+            arch,
+            stub,
+            kernel: kernel.into(),
+            initrd: initrd.into(),
+            cmdline: "console=ttyAMA0".into(),
+            out: out.clone(),
+        })
+        .map_err(|e| format!("{e:#}"))
+    };
+    let arm_stub = efi_stub(Arch::Arm64).unwrap();
+    let refusals = [
+        (
+            make(Arch::X86_64, None, &arm.vmlinuz, &x86_ir),
+            "is a kernel for arm64, not x86-64",
+        ),
+        (
+            make(Arch::Arm64, Some(arm_stub.clone()), &x86.vmlinuz, &arm_ir),
+            "is a kernel for x86-64, not arm64",
+        ),
+        (
+            make(
+                Arch::Arm64,
+                Some(DEFAULT_STUB.into()),
+                &arm.vmlinuz,
+                &arm_ir,
+            ),
+            "linuxx64.efi.stub is for x86-64, not arm64",
+        ),
+        (
+            make(Arch::Arm64, Some(arm_stub.clone()), &arm.vmlinuz, &x86_ir),
+            "x86.cpio is for x86-64, not arm64: its /bin/busybox is an x86-64 program",
+        ),
+    ];
+    for (result, why) in refusals {
+        let said = result.expect_err(why);
+        assert!(said.contains(why), "{said}");
+        assert!(!out.exists());
+    }
+    make(Arch::Arm64, Some(arm_stub), &arm.vmlinuz, &arm_ir).unwrap();
+    assert_eq!(
+        section(&out, ".linux").unwrap(),
+        std::fs::read(&arm.vmlinuz).unwrap()
+    );
+    assert_eq!(
+        section(&out, ".initrd").unwrap(),
+        std::fs::read(&arm_ir).unwrap()
     );
 }

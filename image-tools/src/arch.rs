@@ -1,0 +1,176 @@
+//! The machine a boot stage is built for. Everything that differs between
+//! x86-64 and arm64 on the vendor side is here: the firmware's default
+//! loader name, systemd's stub, the objcopy that can edit its PE image, and
+//! how to tell a kernel or an executable of one from the other. A UKI or a
+//! factory disk for the wrong machine would only fail on the device, at
+//! its first boot, so `uki` and `mkdisk` refuse one before writing.
+
+use anyhow::{bail, Result};
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Arch {
+    #[default]
+    #[value(name = "x86-64", alias = "x86_64", alias = "amd64")]
+    X86_64,
+    #[value(name = "arm64", alias = "aarch64")]
+    Arm64,
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Arch::X86_64 => "x86-64",
+            Arch::Arm64 => "arm64",
+        })
+    }
+}
+
+impl Arch {
+    /// The removable-media loader the firmware starts (UEFI 2.10 §3.5.1.1).
+    pub fn efi_loader(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "BOOTX64.EFI",
+            Arch::Arm64 => "BOOTAA64.EFI",
+        }
+    }
+
+    /// Where Debian's `systemd-boot-efi` (of this architecture) puts the stub.
+    pub fn default_stub(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+            Arch::Arm64 => "/usr/lib/systemd/boot/efi/linuxaa64.efi.stub",
+        }
+    }
+
+    /// An objcopy that knows this machine's PE format, and its package: an
+    /// x86-64 binutils does not know arm64's.
+    pub fn objcopy(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::X86_64 => ("objcopy", "binutils"),
+            Arch::Arm64 => ("aarch64-linux-gnu-objcopy", "binutils-aarch64-linux-gnu"),
+        }
+    }
+
+    /// The COFF machine field of a PE image.
+    fn pe_machine(self) -> u16 {
+        match self {
+            Arch::X86_64 => 0x8664,
+            Arch::Arm64 => 0xaa64,
+        }
+    }
+
+    fn elf_machine(self) -> u16 {
+        match self {
+            Arch::X86_64 => 62,
+            Arch::Arm64 => 183,
+        }
+    }
+
+    /// Ours, by the COFF machine field of a PE image.
+    pub fn from_pe_machine(m: u16) -> Option<Arch> {
+        [Arch::X86_64, Arch::Arm64]
+            .into_iter()
+            .find(|a| a.pe_machine() == m)
+    }
+
+    fn from_elf_machine(m: u16) -> Option<Arch> {
+        [Arch::X86_64, Arch::Arm64]
+            .into_iter()
+            .find(|a| a.elf_machine() == m)
+    }
+}
+
+/// The COFF machine of a PE image, if `data` is one.
+pub fn pe_machine(data: &[u8]) -> Option<u16> {
+    let at = u32::from_le_bytes(data.get(0x3c..0x40)?.try_into().ok()?) as usize;
+    if data.get(at..at.checked_add(4)?)? != b"PE\0\0" {
+        return None;
+    }
+    Some(u16::from_le_bytes(
+        data.get(at + 4..at + 6)?.try_into().ok()?,
+    ))
+}
+
+/// A machine named for a message: ours by name, others by number.
+pub fn pe_machine_name(m: u16) -> String {
+    Arch::from_pe_machine(m).map_or_else(|| format!("machine {m:#06x}"), |a| a.to_string())
+}
+
+/// Which machine a Linux kernel file is for, by its own headers: arm64's
+/// Image header (`ARM\x64` at 0x38, with or without an EFI stub around it,
+/// as U-Boot's `booti` takes it) or x86's boot protocol (`HdrS` at 0x202).
+pub fn kernel_arch(data: &[u8]) -> Option<Arch> {
+    if data.get(0x38..0x3c) == Some(b"ARM\x64") {
+        Some(Arch::Arm64)
+    } else if data.get(0x202..0x206) == Some(b"HdrS") {
+        Some(Arch::X86_64)
+    } else {
+        None
+    }
+}
+
+/// The machine of an ELF executable, if `data` starts one of ours.
+fn elf_arch(data: &[u8]) -> Option<Result<Arch, u16>> {
+    if data.get(..4) != Some(b"\x7fELF") {
+        return None;
+    }
+    let m = u16::from_le_bytes(data.get(18..20)?.try_into().ok()?);
+    Some(Arch::from_elf_machine(m).ok_or(m))
+}
+
+/// Refuses an initramfs holding an executable for another machine: its
+/// `/init` (or anything else) would not run. A newc cpio archive is read
+/// as is, or zstd-compressed; one compressed otherwise is not looked into.
+pub fn check_initramfs(data: &[u8], path: &Path, arch: Arch) -> Result<()> {
+    let plain;
+    let cpio = if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        plain = zstd::stream::decode_all(data).map_err(|e| {
+            anyhow::anyhow!("the initramfs {} does not decompress: {e}", path.display())
+        })?;
+        &plain[..]
+    } else {
+        data
+    };
+    let mut at = 0usize;
+    // newc: a 110-byte ASCII header, the name, the data, each padded to 4.
+    while let Some(h) = cpio.get(at..at + 110) {
+        if &h[..6] != b"070701" && &h[..6] != b"070702" {
+            break;
+        }
+        let field = |i: usize| {
+            std::str::from_utf8(&h[6 + i * 8..14 + i * 8])
+                .ok()
+                .and_then(|s| usize::from_str_radix(s, 16).ok())
+        };
+        let (Some(size), Some(namesize)) = (field(6), field(11)) else {
+            break;
+        };
+        let name_end = at + 110 + namesize;
+        let raw = cpio
+            .get(at + 110..name_end.saturating_sub(1))
+            .unwrap_or_default();
+        let name = raw.strip_prefix(b"./").unwrap_or(raw);
+        if raw == b"TRAILER!!!" {
+            break;
+        }
+        let data_at = name_end.div_ceil(4) * 4;
+        if let Some(Some(found)) = cpio.get(data_at..data_at + size.min(20)).map(elf_arch) {
+            match found {
+                Ok(a) if a == arch => {}
+                Ok(a) => bail!(
+                    "the initramfs {} is for {a}, not {arch}: its /{} is an {a} program",
+                    path.display(),
+                    String::from_utf8_lossy(name)
+                ),
+                Err(m) => bail!(
+                    "the initramfs {} holds /{}, a program for ELF machine {m}, not {arch}",
+                    path.display(),
+                    String::from_utf8_lossy(name)
+                ),
+            }
+        }
+        at = (data_at + size).div_ceil(4) * 4;
+    }
+    Ok(())
+}
