@@ -1,0 +1,156 @@
+//! The same appliance on arm64 (QEMU's virt machine, Debian's arm64 kernel
+//! and the aarch64 builds of bootctl and the updater), its factory disk
+//! booted by the firmware alone: U-Boot through its UEFI, EDK2 (AAVMF), and
+//! U-Boot without UEFI through the extlinux.conf `mkdisk` writes. Debian's
+//! arm64 kernel has no `kexec_file_load`: every slot here is started with
+//! the boot stage's own `kexec_load`.
+
+use qemu_tests::appliance::{
+    back_on_a, factory, factory_with, runs_committed, Appliance, BOOT, HEARTBEAT_CHECK, STEP,
+};
+use qemu_tests::guest::Release;
+use qemu_tests::qemu::{Firmware, Options};
+use std::time::{Duration, Instant};
+
+fn v2(app: &Appliance) -> std::path::PathBuf {
+    app.image(&Release {
+        version: "2.0.0",
+        health_checks: HEARTBEAT_CHECK,
+        ..Release::default()
+    })
+}
+
+/// Factory 1.0.0 boots, 2.0.0 installs from the stick, boots on trial
+/// through the boot stage's kexec_load, passes its health check and is
+/// committed.
+fn installs_boots_on_trial_and_commits(app: Appliance) {
+    let start = Instant::now();
+    let (mut vm, _disk) = factory(&app, &app.media("2.0.0", &v2(&app)));
+    let factory_boot = start.elapsed();
+    vm.send("updater install /media/2.0.0.swb --reboot")
+        .unwrap();
+    vm.expect("switchback boot stage: selected slot_b", BOOT)
+        .unwrap();
+    let loaded = vm
+        .expect("switchback boot stage: loaded the kernel", STEP)
+        .unwrap();
+    assert!(loaded.ends_with("with kexec_load"), "{loaded}");
+    runs_committed(&mut vm, "2.0.0", "slot_b");
+    vm.send("bootctl status --json | tr -d ' \\n'; echo")
+        .unwrap();
+    let status = vm.expect("\"slots\":", STEP).unwrap();
+    assert!(
+        status.contains(r#"{"name":"slot_b","priority":2,"tries":0,"successful":true"#),
+        "{status}"
+    );
+    println!(
+        "factory boot to READY {:.0} s, whole scenario {:.0} s",
+        factory_boot.as_secs_f64(),
+        start.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn u_boot_uefi_installs_2_0_0_which_boots_on_trial_and_is_committed() {
+    installs_boots_on_trial_and_commits(Appliance::on(Firmware::UBoot));
+}
+
+#[test]
+fn u_boot_without_uefi_boots_the_boot_stage_from_extlinux_and_updates() {
+    let app = Appliance::uboot_extlinux();
+    let (mut vm, disk) = factory(&app, &app.media("2.0.0", &v2(&app)));
+    vm.send("updater install /media/2.0.0.swb --reboot")
+        .unwrap();
+    // U-Boot reads the same static extlinux.conf at every boot; the slot
+    // changes only in the GPT flags.
+    vm.expect("Retrieving file: /extlinux/extlinux.conf", BOOT)
+        .unwrap();
+    vm.expect("switchback boot stage: selected slot_b", BOOT)
+        .unwrap();
+    runs_committed(&mut vm, "2.0.0", "slot_b");
+    drop(vm);
+    // No EFI program on this disk: U-Boot could only have used extlinux.
+    let esp = std::process::Command::new("mdir")
+        .args(["-i", &format!("{}@@1M", disk.display()), "-/", "::/"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&esp.stdout);
+    assert!(
+        listing.contains("extlinux.conf") && !listing.to_uppercase().contains(".EFI"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn edk2_a_failing_health_check_falls_back_to_1_0_0() {
+    let app = Appliance::on(Firmware::Aavmf);
+    let checks = r#"[{"name": "database", "command": ["sh", "-c", "echo database down; exit 3"], "timeout_s": 10}]"#;
+    let v3 = app.image(&Release {
+        version: "3.0.0",
+        health_checks: checks,
+        ..Release::default()
+    });
+    let (mut vm, _disk) = factory(&app, &app.media("3.0.0", &v3));
+    vm.send("updater install /media/3.0.0.swb --reboot")
+        .unwrap();
+    vm.expect("RELEASE 3.0.0 RUNNING ON slot_b", BOOT).unwrap();
+    vm.expect(
+        "slot_b failed its health check and is marked bad; slot_a boots next",
+        STEP,
+    )
+    .unwrap();
+    back_on_a(&mut vm, "health check \"database\" failed");
+}
+
+/// The boot stage arms the i6300esb on the virt machine's PCIe; a release
+/// that hangs before its health check is reset by it, twice, and then the
+/// machine is back on 1.0.0.
+#[test]
+fn u_boot_a_hanging_release_is_reset_by_the_watchdog_until_its_tries_run_out() {
+    let app = Appliance::on(Firmware::UBoot);
+    let hang = "echo 'HANGING BEFORE HEALTH'; while true; do sleep 1; done";
+    let v4 = app.image(&Release {
+        version: "4.0.0",
+        before_health: hang,
+        ..Release::default()
+    });
+    let (mut vm, _disk) = factory(&app, &app.media("4.0.0", &v4));
+    vm.send("updater install /media/4.0.0.swb --reboot")
+        .unwrap();
+    for _ in 0..2 {
+        vm.expect("switchback boot stage: selected slot_b", BOOT)
+            .unwrap();
+        vm.expect("switchback boot stage: watchdog armed", STEP)
+            .unwrap();
+        vm.expect("HANGING BEFORE HEALTH", BOOT).unwrap();
+    }
+    back_on_a(&mut vm, "tries exhausted");
+}
+
+#[test]
+fn u_boot_a_power_cut_during_an_install_leaves_1_0_0_booting() {
+    let app = Appliance::on(Firmware::UBoot);
+    let stick = app.media("2.0.0", &v2(&app));
+    // Writes slowed to 4 MiB/s, so that the cut lands inside the write.
+    let slow = Options {
+        write_bps: Some(4 << 20),
+        ..Options::default()
+    };
+    let (mut vm, disk) = factory_with(&app, &stick, slow.clone());
+    vm.send("updater install /media/2.0.0.swb").unwrap();
+    vm.expect("installing", STEP).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    vm.kill();
+    let attrs = bootctl::Disk::open(&disk, None, false)
+        .unwrap()
+        .read()
+        .unwrap()
+        .attrs();
+    assert!(!attrs[1].is_bootable(), "slot_b bootable after the cut: {attrs:?}");
+    let mut vm = app.boot_with(&disk, &stick, slow);
+    vm.expect("switchback boot stage: selected slot_a", BOOT)
+        .unwrap();
+    vm.expect("RELEASE 1.0.0 RUNNING ON slot_a", BOOT).unwrap();
+    vm.expect("READY 1.0.0", STEP).unwrap();
+}
