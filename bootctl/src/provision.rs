@@ -68,8 +68,17 @@ impl Layout {
 }
 
 /// Creates (or replaces) the disk image at `path`. `slot_a` is marked as the
-/// factory release (priority 1, successful); `slot_b` is unbootable.
+/// factory release (priority 1, successful); `slot_b` is unbootable. The
+/// slots are typed as x86-64 root partitions ([`create_for`] for another).
 pub fn create(path: &Path, layout: Layout) -> Result<Provisioned> {
+    create_for(path, layout, ROOT_X86_64_TYPE)
+}
+
+/// [`create`], the slots typed `root_type`: the Discoverable Partitions
+/// root type of the machine the disk is for. The slots are found by name,
+/// never by type; the type is for other tools (`systemd-gpt-auto`,
+/// `sfdisk`) that read the disk.
+pub fn create_for(path: &Path, layout: Layout, root_type: &str) -> Result<Provisioned> {
     let lb = match layout.sector_size {
         512 => LogicalBlockSize::Lb512,
         4096 => LogicalBlockSize::Lb4096,
@@ -126,7 +135,7 @@ pub fn create(path: &Path, layout: Layout) -> Result<Provisioned> {
         successful: true,
     }
     .encode(0);
-    let root = Type::from_str(ROOT_X86_64_TYPE).map_err(|e| gpt_err(&e))?;
+    let root = Type::from_str(root_type).map_err(|e| gpt_err(&e))?;
     let var = Type::from_str(VAR_TYPE).map_err(|e| gpt_err(&e))?;
     let esp_type = Type::from_str(ESP_TYPE).map_err(|e| gpt_err(&e))?;
     let mut parts = Vec::new();

@@ -12,6 +12,8 @@ use std::path::Path;
 
 /// DPS: root partition, x86-64.
 pub const ROOT_X86_64_TYPE: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
+/// DPS: root partition, arm64 (AArch64).
+pub const ROOT_ARM64_TYPE: &str = "b921b045-1df0-41c3-af44-4c6f280d3fae";
 /// DPS: /var, where an appliance's persistent state lives.
 pub const VAR_TYPE: &str = "4d21b016-b534-45c2-a9fb-5c16e091fd2d";
 pub const DATA_NAME: &str = "data";

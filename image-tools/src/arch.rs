@@ -28,6 +28,15 @@ impl std::fmt::Display for Arch {
 
 impl Arch {
     /// The removable-media loader the firmware starts (UEFI 2.10 §3.5.1.1).
+    /// The Discoverable Partitions type of this machine's root partition,
+    /// which the slots get.
+    pub fn root_partition_type(self) -> &'static str {
+        match self {
+            Arch::X86_64 => bootctl::slots::ROOT_X86_64_TYPE,
+            Arch::Arm64 => bootctl::slots::ROOT_ARM64_TYPE,
+        }
+    }
+
     pub fn efi_loader(self) -> &'static str {
         match self {
             Arch::X86_64 => "BOOTX64.EFI",

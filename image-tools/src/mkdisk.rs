@@ -42,8 +42,13 @@ pub struct MkdiskOptions {
     /// The boot stage kernel's command line, with --boot-kernel.
     #[arg(long, default_value = "console=ttyAMA0 panic=-1 quiet")]
     pub boot_cmdline: String,
+    /// Size of each of slot_a and slot_b: the largest root image a release
+    /// will have, plus 8 KiB or more for its signed record at the slot's
+    /// end (docs/bundle-format.md, "The slot trailer"). Bytes, or with K, M,
+    /// G or T (powers of 1024): 512M, 2G.
     #[arg(long, value_parser = parse_size)]
     pub slot_size: u64,
+    /// Size of the data partition (ext4, label `data`), same syntax.
     #[arg(long, value_parser = parse_size)]
     pub data_size: u64,
     /// The first release for slot_a: a signed bundle (.swb, checked
@@ -151,7 +156,7 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
         .tempfile_in(dir)
         .with_context(|| format!("creating the disk image in {}", dir.display()))?
         .into_temp_path();
-    let disk = provision::create(&partial, layout)
+    let disk = provision::create_for(&partial, layout, opts.arch.root_partition_type())
         .with_context(|| format!("creating {}", opts.out.display()))?;
     fill(&partial, &disk, image, fat.as_ref(), &mkfs)?;
     partial

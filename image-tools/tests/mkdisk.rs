@@ -5,6 +5,17 @@
 use assert_cmd::Command;
 use std::io::Read;
 
+/// `len` bytes that start as a PE image for `machine` (x86-64 0x8664,
+/// arm64 0xaa64), which is all mkdisk reads of an EFI program.
+fn efi_program(len: usize, machine: u16) -> Vec<u8> {
+    let mut b: Vec<u8> = (0..len as u32).map(|i| (i % 251) as u8).collect();
+    b[..2].copy_from_slice(b"MZ");
+    b[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+    b[0x80..0x84].copy_from_slice(b"PE\0\0");
+    b[0x84..0x86].copy_from_slice(&machine.to_le_bytes());
+    b
+}
+
 fn run(args: &[&str]) -> std::process::Output {
     std::process::Command::new(args[0])
         .args(&args[1..])
@@ -22,7 +33,7 @@ fn factory_disk_holds_image_and_clean_ext4_data() {
             .collect();
         std::fs::write(&image, &content).unwrap();
         let loader = dir.path().join("BOOTX64.EFI");
-        let loader_bytes: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
+        let loader_bytes = efi_program(3_000_001, 0x8664);
         std::fs::write(&loader, &loader_bytes).unwrap();
         let disk = dir.path().join("disk.img");
         Command::cargo_bin("image-tools")
@@ -47,7 +58,7 @@ fn factory_disk_holds_image_and_clean_ext4_data() {
             .assert()
             .success()
             .stdout(predicates::str::contains(
-                "ESP 32 MiB at 1048576 with the boot stage",
+                "ESP 32 MiB at 1048576 with the x86-64 boot stage",
             ));
 
         let mut bytes = Vec::new();
@@ -166,19 +177,35 @@ fn a_boot_loader_that_cannot_go_on_the_disk_is_refused_before_anything_is_writte
     mkdisk(&["--boot-efi", "/nonexistent/BOOTX64.EFI"])
         .failure()
         .stderr(predicates::str::contains(
-            "opening the boot loader /nonexistent/BOOTX64.EFI",
+            "reading the boot stage's EFI program /nonexistent/BOOTX64.EFI",
         ));
     assert!(!disk.exists());
     let loader = dir.path().join("big.efi");
-    std::fs::write(&loader, vec![7u8; 3 << 20]).unwrap();
+    std::fs::write(&loader, efi_program(3 << 20, 0x8664)).unwrap();
+    // An EFI program for the other machine would only fail at the first
+    // boot: refused now, naming both.
+    mkdisk(&["--arch", "arm64", "--boot-efi", loader.to_str().unwrap()])
+        .failure()
+        .stderr(predicates::str::contains(
+            "is an EFI program for x86-64, and the disk is for arm64 (--arch)",
+        ));
+    assert!(!disk.exists());
+    let not_efi = dir.path().join("not.efi");
+    std::fs::write(&not_efi, vec![7u8; 4096]).unwrap();
+    mkdisk(&["--boot-efi", not_efi.to_str().unwrap()])
+        .failure()
+        .stderr(predicates::str::contains("is not an EFI program"));
+    assert!(!disk.exists());
     mkdisk(&["--esp-size", "0", "--boot-efi", loader.to_str().unwrap()])
         .failure()
-        .stderr(predicates::str::contains("--boot-efi needs an ESP"));
+        .stderr(predicates::str::contains(
+            "the boot stage needs an ESP to go on: give --esp-size above 0",
+        ));
     assert!(!disk.exists());
     mkdisk(&["--esp-size", "2M", "--boot-efi", loader.to_str().unwrap()])
         .failure()
         .stderr(predicates::str::contains(
-            "onto the 2 MiB ESP (a larger --esp-size?)",
+            "to /EFI/BOOT/BOOTX64.EFI on the 2 MiB ESP (a larger --esp-size?)",
         ));
     assert!(!disk.exists(), "a half-made disk was left behind");
     // Without an ESP the slots start right after the GPT, as before.
@@ -471,4 +498,33 @@ fn an_output_that_is_an_input_or_a_size_beyond_reason_is_refused_and_nothing_is_
         "the old disk was changed"
     );
     only(d, &["rootfs.img", "disk.img"]);
+}
+
+/// The slots carry their machine's root partition type, which other tools
+/// (sfdisk, systemd-gpt-auto) read; Switchback itself goes by the names.
+#[test]
+fn the_slots_are_typed_as_root_partitions_of_the_disks_machine() {
+    for (arch, root) in [
+        ("x86-64", "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"),
+        ("arm64", "B921B045-1DF0-41C3-AF44-4C6F280D3FAE"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.img");
+        Command::cargo_bin("image-tools")
+            .unwrap()
+            .args(["mkdisk", "--arch", arch, "--esp-size", "0"])
+            .args(["--slot-size", "2M", "--data-size", "4M", "--out"])
+            .arg(&disk)
+            .assert()
+            .success();
+        let out = run(&["sfdisk", "--json", disk.to_str().unwrap()]);
+        let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+        let types: Vec<(&str, &str)> = parts
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap(), p["type"].as_str().unwrap()))
+            .collect();
+        assert_eq!(types[0], ("slot_a", root), "{arch}: {types:?}");
+        assert_eq!(types[1], ("slot_b", root), "{arch}: {types:?}");
+    }
 }
