@@ -29,6 +29,14 @@ pub struct State {
 }
 
 impl State {
+    /// The disk's own GUID, from whichever header copy is intact: what
+    /// tells one disk image from another where device numbers cannot.
+    pub fn disk_guid(&self) -> Option<String> {
+        let gpt = &self.gpt;
+        let copy = gpt.primary.as_ref().or(gpt.backup.as_ref()).ok()?;
+        Some(copy.header.disk_guid.to_string())
+    }
+
     pub fn attrs(&self) -> [BootAttrs; 2] {
         Slot::ALL.map(|s| BootAttrs::decode(self.table.entry(s).attributes))
     }

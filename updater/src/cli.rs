@@ -40,7 +40,7 @@ impl Device {
     /// when `lock`, reads its boot flags and checks that the state
     /// directory is where it must be.
     pub fn open(config_path: &Path, target: &DiskArgs, lock: bool) -> Result<Device> {
-        let config = Config::load(config_path)?;
+        let mut config = Config::load(config_path)?;
         let cmdline = host::read_cmdline();
         let disk = target
             .disk
@@ -61,17 +61,23 @@ impl Device {
         };
         let boot_state = Disk::open(&disk, sector_size, false)?.read()?;
         let booted = target.booted(&cmdline, &boot_state.table)?;
-        let data_devnum = std::fs::metadata(&disk)
-            .is_ok_and(|m| m.file_type().is_block_device())
-            .then(|| {
-                let data = boot_state.table.data.as_ref()?;
-                bootctl::sysfs::SysBlock::system().partition_devnum(&disk, data.index + 1)
-            });
+        let block_device = std::fs::metadata(&disk).is_ok_and(|m| m.file_type().is_block_device());
+        let data_devnum = block_device.then(|| {
+            let data = boot_state.table.data.as_ref()?;
+            bootctl::sysfs::SysBlock::system().partition_devnum(&disk, data.index + 1)
+        });
         crate::state::check_location(&config.state_dir(), &disk, data_devnum).map_err(
             |reason| UpdateError::Config {
                 path: config_path.to_path_buf(),
                 reason,
             },
+        )?;
+        config.disk_guid = boot_state.disk_guid();
+        crate::state::check_disk(
+            &StateFile::of(&config),
+            &disk,
+            config.disk_guid.as_deref(),
+            block_device,
         )?;
         Ok(Device {
             config,
@@ -92,7 +98,7 @@ impl Device {
     /// What `updater status` shows: flags, records and each slot's release
     /// as its signed trailer on the disk says.
     pub fn status(&self) -> UpdaterStatus {
-        let state = StateFile::load(&self.config.state_dir());
+        let state = StateFile::of(&self.config);
         let (on_disk, warnings) = match Keyring::load_dir(&self.config.keyring) {
             Ok(k) => crate::evidence::releases(&self.disk, &self.boot_state, &k),
             Err(e) => ([None, None], vec![format!("{e:#}")]),

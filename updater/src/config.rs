@@ -37,6 +37,11 @@ pub struct Config {
     /// Updates from a hawkBit DDI server (`updater fleet`, docs/fleet.md).
     #[serde(default)]
     pub fleet: Option<Fleet>,
+    /// Not read from the file: the GPT GUID of the disk the command acts
+    /// on, set when the device is opened ([`crate::cli::Device::open`]).
+    /// The state file is stamped with it when saved.
+    #[serde(skip)]
+    pub disk_guid: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -101,6 +101,14 @@ pub enum UpdateError {
     #[error("bundle {path} is {kind}: give a bundle file, or - to read standard input")]
     NotABundleFile { path: PathBuf, kind: &'static str },
 
+    #[error("{state} belongs to the disk with GUID {recorded}, not to {disk} (GUID {guid}): give this disk a state_dir of its own in the config, or remove that file if its disk is gone")]
+    StateOfAnotherDisk {
+        state: PathBuf,
+        recorded: String,
+        disk: PathBuf,
+        guid: String,
+    },
+
     #[error("{slot} holds {version} (security version {security_version}), below this device's security floor {floor}: it has known holes; pass --below-security-floor to boot it anyway")]
     BelowSecurityFloor {
         slot: &'static str,
@@ -151,6 +159,7 @@ impl UpdateError {
             UpdateError::BaseChanged { .. } => 60,
             UpdateError::BelowSecurityFloor { .. } => 63,
             UpdateError::NotABundleFile { .. } => 64,
+            UpdateError::StateOfAnotherDisk { .. } => 65,
         }
     }
 }

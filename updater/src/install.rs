@@ -146,7 +146,7 @@ pub fn install(
 ) -> Result<Installed> {
     // Before any state is read: what is checked below stays true.
     let _lock = bootctl::lock::ensure(&opts.disk, bootctl::lock::DEFAULT_WAIT)?;
-    let mut state = StateFile::load(&config.state_dir());
+    let mut state = StateFile::of(&config);
     recover(config, &opts.disk, &mut state)?;
     let keyring = Keyring::load_dir(&config.keyring)?;
     let bundle = Envelope::read(source)?.verify(&keyring)?;
@@ -444,7 +444,10 @@ fn write_slot(
     });
     evidence::write(&dev, area, &head).map_err(write_err(area.offset + area.size))?;
 
-    if !manifest.migrations.is_empty() {
+    if manifest.migrations.is_empty() {
+        return Ok(());
+    }
+    let migrated = (|| {
         let dir = migrate::release_dir(config, &manifest.version);
         migrate::store(&dir, &head, &executables)?;
         let env = migrate::MigrationEnv {
@@ -456,9 +459,15 @@ fn write_slot(
         migrate::expand(config, &dir, chain, &env, |to| {
             state.state.data_schema = Some(to);
             save(state)
-        })?;
+        })
+    })();
+    if migrated.is_err() {
+        // The slot stays unbootable; it must not go on naming a release
+        // the device could not take (`status`, the fleet's attributes).
+        // Best effort: the migration's error is what the user must see.
+        let _ = evidence::erase(&dev, area);
     }
-    Ok(())
+    migrated
 }
 
 /// Maps the running slot read-only as the base of a delta, after checking

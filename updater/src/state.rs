@@ -154,6 +154,11 @@ pub struct State {
     /// they change or the server asks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_attributes: Option<BTreeMap<String, String>>,
+    /// The GPT GUID of the disk this state describes. One config used
+    /// for two disk images would otherwise carry one image's records,
+    /// versions and security floor over to the other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_guid: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -175,6 +180,7 @@ impl Default for State {
             finalized: None,
             fleet: None,
             fleet_attributes: None,
+            disk_guid: None,
         }
     }
 }
@@ -224,6 +230,29 @@ pub fn check_location(
     Ok(())
 }
 
+/// A state file stamped with another disk's GUID is not applied to this
+/// one. On a block device the location check has already tied the state
+/// to the disk's own data partition (a GUID changed by `sgdisk -G` is
+/// then simply stamped anew); on an image file, the GUID is all there is.
+pub fn check_disk(
+    state: &StateFile,
+    disk: &Path,
+    guid: Option<&str>,
+    block_device: bool,
+) -> Result<(), crate::UpdateError> {
+    match (&state.state.disk_guid, guid) {
+        (Some(recorded), Some(guid)) if recorded != guid && !block_device => {
+            Err(crate::UpdateError::StateOfAnotherDisk {
+                state: state.path.clone(),
+                recorded: recorded.clone(),
+                disk: disk.to_path_buf(),
+                guid: guid.to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// As `history`, `--json` and the docs spell it: `health-failed`.
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -243,9 +272,19 @@ pub struct StateFile {
     /// The file is there but could not be read (I/O error, permissions):
     /// saving defaults over it would lose it, so saving is refused.
     unreadable: bool,
+    /// The disk's GUID, stamped on the state when it is saved.
+    disk_guid: Option<String>,
 }
 
 impl StateFile {
+    /// The state of the device `config` was opened for, stamped with its
+    /// disk's GUID when saved.
+    pub fn of(config: &crate::config::Config) -> StateFile {
+        let mut file = StateFile::load(&config.state_dir());
+        file.disk_guid.clone_from(&config.disk_guid);
+        file
+    }
+
     pub fn load(dir: &Path) -> StateFile {
         let path = dir.join(FILE_NAME);
         let read = std::fs::read(&path);
@@ -296,6 +335,7 @@ impl StateFile {
             warning,
             damaged,
             unreadable,
+            disk_guid: None,
         }
     }
 
@@ -318,6 +358,9 @@ impl StateFile {
                 );
             }
             self.damaged = false;
+        }
+        if let Some(guid) = &self.disk_guid {
+            self.state.disk_guid = Some(guid.clone());
         }
         if self.state.history.len() > HISTORY_LIMIT {
             let drop = self.state.history.len() - HISTORY_LIMIT;

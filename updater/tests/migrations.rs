@@ -109,6 +109,17 @@ exit 4"#,
     assert_eq!(dev.attrs(), flags, "boot flags changed");
     assert!(dev.state().get("data_schema").is_none());
     assert_eq!(dev.state()["last_install"]["outcome"], "failed");
+    // The written but unbootable slot_b does not claim 2.0.0: status and
+    // the fleet's attributes would otherwise show a release it cannot run.
+    let status = dev
+        .updater("a")
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["slots"][1]["name"], "slot_b");
+    assert!(status["slots"][1]["version"].is_null(), "{status}");
+    assert_eq!(status["last_install"]["version"], "2.0.0");
 }
 
 #[test]

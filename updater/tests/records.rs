@@ -145,3 +145,60 @@ fn a_release_whose_record_does_not_verify_counts_as_below_the_floor() {
         .code(63)
         .stderr(contains("security version unknown"));
 }
+
+/// One config reused for a second disk image: the state of the first
+/// (its versions, its security floor) is not applied to the second.
+#[test]
+fn a_state_file_of_another_disk_is_refused_not_applied() {
+    let dev = device();
+    commit(&dev, "a", &release("4.0.0"));
+    let state = dev.dir.path().join("state/state.json");
+    let before = std::fs::read(&state).unwrap();
+    let stamped: serde_json::Value = serde_json::from_slice(&before).unwrap();
+    let guid = stamped["disk_guid"].as_str().unwrap().to_string();
+
+    // A fresh disk made the same way, under the same config.
+    let other = device();
+    let fresh = bootctl::Disk::open(&other.disk, None, false)
+        .unwrap()
+        .read()
+        .unwrap()
+        .disk_guid()
+        .unwrap();
+    assert_ne!(fresh, guid);
+    let reused = Device {
+        dir: tempfile::tempdir().unwrap(),
+        disk: other.disk.clone(),
+        config: dev.config.clone(),
+        layout: other.layout.clone(),
+    };
+    let said = format!(
+        "belongs to the disk with GUID {guid}, not to {} (GUID {fresh})",
+        other.disk.display()
+    );
+    reused
+        .updater("a")
+        .arg("status")
+        .assert()
+        .code(65)
+        .stderr(contains(said.as_str()))
+        .stderr(contains("give this disk a state_dir of its own"));
+    reused
+        .updater("a")
+        .arg("install")
+        .arg(other.bundle(&release("2.0.0")))
+        .assert()
+        .code(65);
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        before,
+        "the state was changed"
+    );
+    assert!(
+        !other.attrs()[1].is_bootable(),
+        "slot_b of the other disk was flipped"
+    );
+
+    // The disk the state belongs to still works with it.
+    dev.updater("a").arg("status").assert().success();
+}

@@ -112,7 +112,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::History => {
-            let history = StateFile::load(&dev.config.state_dir()).state.history;
+            let history = StateFile::of(&dev.config).state.history;
             show(cli.json, &History(history))?;
         }
         Command::Status => show(cli.json, &dev.status())?,

@@ -171,7 +171,7 @@ pub fn report_after_health(config: &Config, disk: &std::path::Path) {
     let Some(fleet) = &config.fleet else { return };
     let sent = settle_and_save(config, disk).and_then(|()| {
         // Nothing to say: no need for the token, the name or the network.
-        let state = StateFile::load(&config.state_dir()).state;
+        let state = StateFile::of(&config).state;
         if !state.fleet.is_some_and(|a| a.phase == FleetPhase::Done) {
             return Ok(None);
         }
@@ -193,7 +193,7 @@ pub fn report_after_health(config: &Config, disk: &std::path::Path) {
 
 fn settle_and_save(config: &Config, disk: &std::path::Path) -> Result<()> {
     let _lock = bootctl::lock::ensure(disk, bootctl::lock::DEFAULT_WAIT)?;
-    let mut state = StateFile::load(&config.state_dir());
+    let mut state = StateFile::of(&config);
     recover(config, disk, &mut state)?;
     if settle(&mut state.state) {
         save(&mut state)?;
@@ -204,7 +204,7 @@ fn settle_and_save(config: &Config, disk: &std::path::Path) -> Result<()> {
 /// Changes the state under the disk's lock.
 fn change(config: &Config, disk: &std::path::Path, f: impl FnOnce(&mut State)) -> Result<()> {
     let _lock = bootctl::lock::ensure(disk, bootctl::lock::DEFAULT_WAIT)?;
-    let mut state = StateFile::load(&config.state_dir());
+    let mut state = StateFile::of(&config);
     f(&mut state.state);
     save(&mut state)
 }
@@ -218,7 +218,7 @@ fn refusal(status: u16) -> bool {
 /// Sends the finished action's report; forgets the action once the server
 /// has it (or no longer knows the action).
 fn send_report(config: &Config, disk: &std::path::Path, ddi: &Ddi) -> Result<Option<Cycle>> {
-    let state = StateFile::load(&config.state_dir()).state;
+    let state = StateFile::of(&config).state;
     let Some(action) = state.fleet.filter(|a| a.phase == FleetPhase::Done) else {
         return Ok(None);
     };
@@ -299,7 +299,7 @@ impl Client<'_> {
     }
 
     fn attributes(&self) -> BTreeMap<String, String> {
-        let state = StateFile::load(&self.config.state_dir()).state;
+        let state = StateFile::of(&self.config).state;
         let mut attributes = BTreeMap::from([
             ("hw_boardname".into(), self.config.compatible.clone()),
             ("hw_revision".into(), self.fleet.hw_revision.clone()),
@@ -369,9 +369,7 @@ impl Client<'_> {
         let polled = ddi.poll()?;
         let sleep = polled.sleep.unwrap_or(DEFAULT_SLEEP);
         let attributes = self.attributes();
-        let sent = StateFile::load(&self.config.state_dir())
-            .state
-            .fleet_attributes;
+        let sent = StateFile::of(&self.config).state.fleet_attributes;
         if polled.config_data.is_some() || sent.as_ref() != Some(&attributes) {
             match ddi.config_data(polled.config_data.as_deref(), &attributes) {
                 Ok(()) => change(self.config, &self.disk, |s| {
@@ -405,7 +403,7 @@ impl Client<'_> {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut state = StateFile::load(&self.config.state_dir());
+        let mut state = StateFile::of(&self.config);
         recover(self.config, &self.disk, &mut state)?;
         if settle(&mut state.state) {
             save(&mut state)?;
@@ -503,7 +501,7 @@ impl Client<'_> {
 
     fn deploy(&self, ddi: &Ddi, href: &str) -> Result<Cycle> {
         let d = ddi.deployment(href)?;
-        let state = StateFile::load(&self.config.state_dir()).state;
+        let state = StateFile::of(&self.config).state;
         if let Some(why) = self.not_now(&d, &state)? {
             return Ok(Cycle::Waiting(why));
         }
@@ -604,7 +602,7 @@ impl Client<'_> {
                 // A flip that reported an error may have taken effect: the
                 // install record says, and then the verdict is health's.
                 settle_and_save(self.config, &self.disk)?;
-                let state = StateFile::load(&self.config.state_dir()).state;
+                let state = StateFile::of(&self.config).state;
                 if state
                     .fleet
                     .as_ref()
@@ -770,11 +768,12 @@ impl<O: Observer> Observer for Progress<O> {
         self.inner.event(event);
         if let Event::Progress { done, total } = event {
             let percent = (done.saturating_mul(100) / (*total).max(1)).min(100) / 10 * 10;
-            if percent > self.sent {
+            // A full channel means the server is slow: this step is
+            // folded into the next one sent, so the server never misses
+            // the latest figure for long (the end is reported once the
+            // install returns).
+            if percent > self.sent && self.tx.try_send(percent).is_ok() {
                 self.sent = percent;
-                // A full channel means the server is slow: skip this step
-                // (the end is reported once the install returns).
-                let _ = self.tx.try_send(percent);
             }
         }
     }
@@ -815,6 +814,37 @@ mod tests {
         let a = s.fleet.as_ref()?;
         let r = a.report.as_ref()?;
         Some((r.success, r.details.join(" ")))
+    }
+
+    /// What the server hears of an install's progress: tens, and a step
+    /// it was too slow to take folded into the next, not lost.
+    #[test]
+    fn progress_goes_out_in_tens_and_a_step_the_server_missed_comes_with_the_next() {
+        struct Quiet;
+        impl Observer for Quiet {
+            fn event(&mut self, _: &Event) {}
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(1);
+        let mut p = Progress {
+            inner: Quiet,
+            tx,
+            sent: 0,
+        };
+        let mut at = |done: u64| p.event(&Event::Progress { done, total: 100 });
+        at(5);
+        at(12);
+        assert_eq!(rx.try_recv(), Ok(10));
+        at(25);
+        // The server is busy with 20: 30 and 40 cannot go yet...
+        at(33);
+        at(47);
+        assert_eq!(rx.try_recv(), Ok(20));
+        // ...and the next step sends the latest figure.
+        at(48);
+        assert_eq!(rx.try_recv(), Ok(40));
+        at(100);
+        assert_eq!(rx.try_recv(), Ok(100));
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]
