@@ -186,27 +186,35 @@ impl Kernel {
     }
 }
 
-/// Builds a Switchback binary statically (`+crt-static`) for `arch`, so it
-/// runs as the only userspace of an initramfs. A target directory of its
-/// own: the outer `cargo test` holds the workspace's. For arm64, Debian's
-/// cargo and rustc with its arm64 std, into the directory and with the
-/// settings `.ci/aarch64` builds with (so its build is reused).
-pub fn static_binary(arch: Arch, package: &str, bin: &str) -> Result<PathBuf> {
+/// Builds Switchback's binaries statically (`+crt-static`) for `arch`, so
+/// they run as the only userspace of an initramfs, and returns the path
+/// of `bin`. One cargo call builds every binary the guests need, so the
+/// dependencies are built once with one set of features (a call per
+/// package would unify features differently and build some twice). A
+/// target directory of its own: the outer `cargo test` holds the
+/// workspace's. For arm64, Debian's cargo and rustc with its arm64 std,
+/// with the packages, directory and settings of `.ci/aarch64`, whose own
+/// build then finds everything done.
+pub fn static_binary(arch: Arch, bin: &str) -> Result<PathBuf> {
     let ws = super::workspace();
-    let (triple, target_dir, mut cmd) = match arch {
+    let (triple, target_dir, packages, mut cmd) = match arch {
         Arch::X86_64 => {
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             cmd.env("RUSTFLAGS", "-C target-feature=+crt-static");
             (
                 "x86_64-unknown-linux-gnu",
                 ws.join("target/qemu-static"),
+                &["bootctl", "updater"][..],
                 cmd,
             )
         }
         Arch::Arm64 => {
             let mut cmd = Command::new("/usr/bin/cargo");
-            cmd.env_remove("RUSTFLAGS")
-                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            // The environment `.ci/aarch64` runs its build in, exactly.
+            cmd.env_clear()
+                .env("SWITCHBACK_AARCH64_CLEAN_ENV", "1")
+                .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .env("PATH", "/usr/bin:/bin")
                 .env("RUSTC", "/usr/bin/rustc")
                 .env("RUSTDOC", "/usr/bin/rustdoc")
                 .env(
@@ -218,25 +226,23 @@ pub fn static_binary(arch: Arch, package: &str, bin: &str) -> Result<PathBuf> {
                     "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
                     "-C target-feature=+crt-static",
                 );
-            ("aarch64-unknown-linux-gnu", ws.join("target/aarch64"), cmd)
+            (
+                "aarch64-unknown-linux-gnu",
+                ws.join("target/aarch64"),
+                &["bootctl", "updater", "image-tools"][..],
+                cmd,
+            )
         }
     };
-    run(cmd
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            triple,
-            "-p",
-            package,
-            "--bin",
-            bin,
-        ])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .current_dir(&ws))
-    .with_context(|| {
-        format!("building {bin} for {arch} (bash .ci/install-deps installs the toolchain)")
+    cmd.args(["build", "--locked", "--release", "--target", triple]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    run(cmd.env("CARGO_TARGET_DIR", &target_dir).current_dir(&ws)).with_context(|| {
+        format!(
+            "building {} for {arch} (bash .ci/install-deps installs the toolchain)",
+            packages.join(", ")
+        )
     })?;
     Ok(target_dir.join(triple).join("release").join(bin))
 }
@@ -516,11 +522,11 @@ echo "SLOT INITRAMFS: cannot mount $root""#,
         )?;
     }
     std::fs::copy(
-        static_binary(kernel.arch, "updater", "updater")?,
+        static_binary(kernel.arch, "updater")?,
         root.join("usr/bin/updater"),
     )?;
     std::fs::copy(
-        static_binary(kernel.arch, "bootctl", "bootctl")?,
+        static_binary(kernel.arch, "bootctl")?,
         root.join("usr/bin/bootctl"),
     )?;
     std::fs::copy(keyring_pem, root.join("etc/switchback/keys/vendor.pem"))?;
@@ -615,7 +621,7 @@ pub fn boot_stage_initramfs(kernel: &Kernel, out: &Path) -> Result<()> {
     let ir = Initramfs::new(kernel)?;
     // A kexec is a reboot to the kernel: keep the watchdog running through it.
     ir.modules(&modules, &[("watchdog", "stop_on_reboot=0")])?;
-    ir.init_program(&static_binary(kernel.arch, "bootctl", "bootctl")?)?;
+    ir.init_program(&static_binary(kernel.arch, "bootctl")?)?;
     ir.pack(out)
 }
 

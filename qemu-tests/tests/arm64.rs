@@ -147,7 +147,10 @@ fn u_boot_a_power_cut_during_an_install_leaves_1_0_0_booting() {
         .read()
         .unwrap()
         .attrs();
-    assert!(!attrs[1].is_bootable(), "slot_b bootable after the cut: {attrs:?}");
+    assert!(
+        !attrs[1].is_bootable(),
+        "slot_b bootable after the cut: {attrs:?}"
+    );
     let mut vm = app.boot_with(&disk, &stick, slow);
     vm.expect("switchback boot stage: selected slot_a", BOOT)
         .unwrap();

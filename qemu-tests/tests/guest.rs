@@ -12,7 +12,7 @@ fn the_guest_selects_the_slot_on_trial_and_persists_the_spent_try() {
     let modules = kernel
         .modules_for(&["virtio_pci", "virtio_blk", "i6300esb"])
         .unwrap();
-    let bootctl_bin = static_binary(kernel.arch, "bootctl", "bootctl").unwrap();
+    let bootctl_bin = static_binary(kernel.arch, "bootctl").unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
