@@ -6,7 +6,7 @@
 //! only kexec a kernel locked down under Secure Boot allows. Debian's arm64
 //! kernel has no `KEXEC_FILE`, only `kexec_load`, which takes the memory
 //! image ready-made. On arm64 this module makes it, as kexec-tools does
-//! (docs/boot-flow.md, "kexec on arm64"):
+//! (docs/boot-flow.md, "Starting the slot's kernel"):
 //!
 //! - the kernel Image at a 2 MiB-aligned base plus its `text_offset`,
 //!   sized by its header's `image_size` (BSS included);
@@ -16,7 +16,7 @@
 //!   line, the initramfs's place and fresh KASLR and RNG seeds;
 //! - a 40-byte purgatory: the kernel's relocation code jumps to the entry
 //!   point with `x0` = 0 (it knows no device tree for `kexec_load`), so
-//!   the entry is four instructions that load the device tree's address
+//!   the entry is six instructions and two literals that load the device tree's address
 //!   into `x0`, clear `x1`–`x3` and branch to the Image (the arm64 boot
 //!   protocol, Documentation/arm64/booting.rst).
 //!

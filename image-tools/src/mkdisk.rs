@@ -43,9 +43,10 @@ pub struct MkdiskOptions {
     #[arg(long, default_value = "console=ttyAMA0 panic=-1 quiet")]
     pub boot_cmdline: String,
     /// Size of each of slot_a and slot_b: the largest root image a release
-    /// will have, plus 8 KiB or more for its signed record at the slot's
-    /// end (docs/bundle-format.md, "The slot trailer"). Bytes, or with K, M,
-    /// G or T (powers of 1024): 512M, 2G.
+    /// will have, plus its signed record at the slot's end: 4 KiB plus the
+    /// bundle's head (about 200 bytes a chunk) rounded up to 4 KiB; 1 MiB
+    /// spare is plenty (docs/bundle-format.md, "The slot trailer"). Bytes,
+    /// or with K, M, G or T (powers of 1024): 512M, 2G.
     #[arg(long, value_parser = parse_size)]
     pub slot_size: u64,
     /// Size of the data partition (ext4, label `data`), same syntax.

@@ -229,7 +229,19 @@ pub fn static_binary(arch: Arch, bin: &str) -> Result<PathBuf> {
         Arch::Arm64 => {
             let mut cmd = Command::new("/usr/bin/cargo");
             // The environment `.ci/aarch64` runs its build in, exactly.
+            let proxies: Vec<(&str, std::ffi::OsString)> = [
+                "http_proxy",
+                "https_proxy",
+                "no_proxy",
+                "HTTP_PROXY",
+                "HTTPS_PROXY",
+                "NO_PROXY",
+            ]
+            .into_iter()
+            .filter_map(|k| Some((k, std::env::var_os(k)?)))
+            .collect();
             cmd.env_clear()
+                .envs(proxies)
                 .env("SWITCHBACK_AARCH64_CLEAN_ENV", "1")
                 .env(
                     "HOME",
@@ -249,7 +261,8 @@ pub fn static_binary(arch: Arch, bin: &str) -> Result<PathBuf> {
                 );
             (
                 "aarch64-unknown-linux-gnu",
-                ws.join("target/aarch64"),
+                std::env::var_os("CARGO_TARGET_DIR_AARCH64")
+                    .map_or_else(|| ws.join("target/aarch64"), PathBuf::from),
                 &["bootctl", "updater", "image-tools"][..],
                 "release",
                 cmd,

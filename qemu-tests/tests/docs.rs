@@ -92,7 +92,16 @@ fn the_command_blocks_of_the_readme_and_the_docs_run_as_written() {
     let mut ran = Vec::new();
     for file in markdown_files() {
         let text = std::fs::read_to_string(&file).unwrap();
-        for (name, blocks) in scripts(&text, &file) {
+        let scripts = scripts(&text, &file);
+        // A marker written slightly wrong would be skipped silently.
+        let blocks: usize = scripts.values().map(Vec::len).sum();
+        assert_eq!(
+            blocks,
+            text.matches("doc-test:").count(),
+            "{}: a doc-test marker is not of the form `{MARK}NAME -->` on a line of its own",
+            file.display()
+        );
+        for (name, blocks) in scripts {
             let dir = tempfile::tempdir().unwrap();
             let script = format!("set -euo pipefail\n{}", blocks.concat());
             let out = Command::new("bash")
@@ -112,6 +121,18 @@ fn the_command_blocks_of_the_readme_and_the_docs_run_as_written() {
             println!("{shown}");
             ran.push((file.clone(), name, blocks.len(), out));
         }
+    }
+    // Each of the scripts the docs have today is still there.
+    let ws = workspace();
+    for (file, name) in [
+        ("README.md", "walkthrough"),
+        ("docs/bundle-format.md", "delta"),
+    ] {
+        assert!(
+            ran.iter()
+                .any(|(f, n, ..)| *f == ws.join(file) && n == name),
+            "{file} lost its doc-test {name}"
+        );
     }
     // The README's walkthrough is there and did what it says.
     let readme = workspace().join("README.md");

@@ -133,7 +133,7 @@ fn check_target(attrs: [BootAttrs; 2], booted: Slot) -> Result<()> {
 /// (settled by [`crate::recover`] at the next command):
 /// 1. `installing` (the target's record dropped), then the target is
 ///    marked unbootable and its trailer erased: a crash leaves it so;
-/// 2. written, read back, trailer written, expand migrations run;
+/// 2. written, read back, expand migrations run, trailer written;
 /// 3. `flipping`, with the target's record: a crash before or during the
 ///    flip is settled from the target's flags;
 /// 4. the flip; 5. `installed`. If only step 5 cannot be saved, the error
@@ -442,12 +442,7 @@ fn write_slot(
         slot: slot.into(),
         digest: image.digest().to_string(),
     });
-    evidence::write(&dev, area, &head).map_err(write_err(area.offset + area.size))?;
-
-    if manifest.migrations.is_empty() {
-        return Ok(());
-    }
-    let migrated = (|| {
+    if !manifest.migrations.is_empty() {
         let dir = migrate::release_dir(config, &manifest.version);
         migrate::store(&dir, &head, &executables)?;
         let env = migrate::MigrationEnv {
@@ -459,15 +454,14 @@ fn write_slot(
         migrate::expand(config, &dir, chain, &env, |to| {
             state.state.data_schema = Some(to);
             save(state)
-        })
-    })();
-    if migrated.is_err() {
-        // The slot stays unbootable; it must not go on naming a release
-        // the device could not take (`status`, the fleet's attributes).
-        // Best effort: the migration's error is what the user must see.
-        let _ = evidence::erase(&dev, area);
+        })?;
     }
-    migrated
+    // The slot names its release only once nothing can fail before the
+    // flip: a migration that fails, or a power cut while one runs, leaves
+    // the unbootable slot naming nothing (`status`, the fleet's
+    // attributes). Nothing reads the target's trailer before this point.
+    evidence::write(&dev, area, &head).map_err(write_err(area.offset + area.size))?;
+    Ok(())
 }
 
 /// Maps the running slot read-only as the base of a delta, after checking

@@ -249,6 +249,14 @@ pub fn check_disk(
                 guid: guid.to_string(),
             })
         }
+        (Some(recorded), Some(guid)) if recorded != guid => {
+            log::warn!(
+                "{}: recorded for the disk with GUID {recorded}; {} now has GUID {guid} (changed, or a cloned data partition?): it is stamped anew at the next save",
+                state.path.display(),
+                disk.display()
+            );
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
