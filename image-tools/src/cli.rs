@@ -1,12 +1,12 @@
 //! The argument types of `image-tools` and what its `build` and `delta`
 //! verbs do with them; the binary's `main.rs` only parses and prints.
 
+use crate::bundle::size::parse_size;
 use crate::bundle::writer::{DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL};
 use crate::bundle::{
     self, default_threads, keys, BuildOptions, ImageSource, Keyring, MigrationSource, Phase,
 };
 use crate::progress::byte_bar;
-use crate::size::parse_size;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 

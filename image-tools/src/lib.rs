@@ -11,7 +11,6 @@ pub mod esp;
 pub mod mkdisk;
 pub mod ops;
 pub mod progress;
-pub mod size;
 pub mod uki;
 
 /// The process exit code for an error: the code of the typed error inside

@@ -3,8 +3,8 @@
 //! `slot_b` empty and unbootable, and an ext4 `data` partition.
 
 use crate::arch::{self, Arch};
+use crate::bundle::size::parse_size;
 use crate::esp::BootStage;
-use crate::size::parse_size;
 use anyhow::{bail, Context, Result};
 use bootctl::host::SectorSize;
 use bootctl::provision::{self, Layout, Provisioned};

@@ -58,7 +58,7 @@ pub fn verify(
     let signer = short_id(&bundle.signer);
     let bar = byte_bar(total_size(&manifest), "verify");
     let read = ReadOptions {
-        base: base.as_deref(),
+        base: base.as_ref().map(|m| m as &dyn delta::Base),
         ..ReadOptions::checked(threads)
     };
     bundle.read_chunks(read, |_, chunk| -> Result<()> {
@@ -92,7 +92,7 @@ pub fn extract(
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     let bar = byte_bar(total_size(&manifest), "extract");
     let read = ReadOptions {
-        base: base.as_deref(),
+        base: base.as_ref().map(|m| m as &dyn delta::Base),
         ..ReadOptions::checked(threads)
     };
     let file = tmp.as_file();

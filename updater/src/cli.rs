@@ -229,6 +229,10 @@ pub struct InstallArgs {
     pub reboot: bool,
     #[arg(long, default_value_t = switchback_bundle::default_threads())]
     pub threads: usize,
+    /// The most memory the install may use, whole process (e.g. 24M);
+    /// default: the config's install_memory, else 16M.
+    #[arg(long, value_name = "SIZE", value_parser = switchback_bundle::size::parse_size)]
+    pub memory: Option<u64>,
     #[command(flatten)]
     pub http: HttpOptions,
 }
@@ -242,6 +246,7 @@ pub fn install(dev: &Device, args: InstallArgs, json: bool) -> Result<()> {
         booted: dev.booted()?,
         allow_downgrade: args.allow_downgrade,
         threads: args.threads,
+        memory: args.memory.unwrap_or_else(|| dev.config.install_memory()),
         fleet_action: None,
     };
     let input = crate::source::open(&args.source, &args.http)?;
@@ -276,6 +281,10 @@ pub struct FleetArgs {
     pub no_reboot: bool,
     #[arg(long, default_value_t = switchback_bundle::default_threads())]
     pub threads: usize,
+    /// The most memory an install may use, whole process (e.g. 24M);
+    /// default: the config's install_memory, else 16M.
+    #[arg(long, value_name = "SIZE", value_parser = switchback_bundle::size::parse_size)]
+    pub memory: Option<u64>,
     #[command(flatten)]
     pub http: HttpOptions,
 }
@@ -300,6 +309,7 @@ pub fn fleet(dev: &Device, args: FleetArgs) -> Result<()> {
         opts: FleetOptions {
             no_reboot: args.no_reboot,
             threads: args.threads,
+            memory: args.memory.unwrap_or_else(|| dev.config.install_memory()),
             http: args.http,
         },
     };

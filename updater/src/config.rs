@@ -37,6 +37,10 @@ pub struct Config {
     /// Updates from a hawkBit DDI server (`updater fleet`, docs/fleet.md).
     #[serde(default)]
     pub fleet: Option<Fleet>,
+    /// The most memory an install may use, whole process: a number of
+    /// bytes or a size such as `"24M"` (docs/updater.md, "Memory").
+    #[serde(default, deserialize_with = "size")]
+    pub install_memory: Option<u64>,
     /// Not read from the file: the GPT GUID of the disk the command acts
     /// on, set when the device is opened ([`crate::cli::Device::open`]).
     /// The state file is stamped with it when saved.
@@ -277,6 +281,22 @@ pub struct Check {
     pub timeout_s: u64,
 }
 
+/// A size given as a number of bytes or as text with a unit (`"24M"`).
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(Some(n)),
+        Size::Text(t) => switchback_bundle::size::parse_size(&t)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("install_memory: {e}"))),
+    }
+}
+
 fn default_tenant() -> String {
     "DEFAULT".into()
 }
@@ -303,6 +323,11 @@ fn default_check_timeout() -> u64 {
 }
 
 impl Config {
+    /// The memory an install may use when `--memory` does not say.
+    pub fn install_memory(&self) -> u64 {
+        self.install_memory.unwrap_or(crate::memory::DEFAULT_MEMORY)
+    }
+
     pub fn load(path: &Path) -> Result<Config, UpdateError> {
         let err = |reason: String| UpdateError::Config {
             path: path.to_path_buf(),

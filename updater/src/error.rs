@@ -30,6 +30,13 @@ pub enum UpdateError {
         slot_size: u64,
     },
 
+    #[error("this install needs {} MiB of memory, over the {} MiB it may use: the bundle's largest chunk alone needs {} MiB of buffers (its stored frame and decoded bytes); allow more with --memory or install_memory in the config, or rebuild the bundle with a smaller --chunk-size", mib(*need), mib(*memory), mib(*chunk_need))]
+    OverMemory {
+        need: u64,
+        memory: u64,
+        chunk_need: u64,
+    },
+
     #[error("writing {slot} of {disk} at byte {offset}")]
     Write {
         slot: &'static str,
@@ -160,6 +167,7 @@ impl UpdateError {
             UpdateError::BelowSecurityFloor { .. } => 63,
             UpdateError::NotABundleFile { .. } => 64,
             UpdateError::StateOfAnotherDisk { .. } => 65,
+            UpdateError::OverMemory { .. } => 66,
         }
     }
 }
@@ -201,4 +209,10 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
             })
         })
         .unwrap_or(1)
+}
+
+/// Bytes as MiB with one decimal, rounded up: a figure a user can pass back.
+fn mib(bytes: u64) -> String {
+    let tenths = (bytes * 10).div_ceil(1 << 20);
+    format!("{}.{}", tenths / 10, tenths % 10)
 }

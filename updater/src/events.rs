@@ -16,6 +16,8 @@ pub enum Event {
         signer: String,
         slot: String,
         bytes: u64,
+        /// The most memory the install will use, in bytes.
+        memory: u64,
     },
     /// A delta's base matched the running slot (read once, hashed).
     BaseChecked {
@@ -109,8 +111,9 @@ impl Observer for Terminal {
                 signer,
                 slot,
                 bytes,
+                memory,
             } => {
-                log::info!("{compatible} {version} signed by key {signer}… (the first 16 hex digits of its key id): installing {bytes} bytes into {slot}");
+                log::info!("{compatible} {version} signed by key {signer}… (the first 16 hex digits of its key id): installing {bytes} bytes into {slot}, within {} MiB of memory", memory >> 20);
                 self.bar = Some(install_bar(*bytes, slot));
                 self.lap();
             }

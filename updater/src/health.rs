@@ -89,7 +89,7 @@ pub fn health(
     booted: Slot,
 ) -> Result<HealthOutcome> {
     let _lock = bootctl::lock::ensure(disk_path, bootctl::lock::DEFAULT_WAIT)?;
-    let mut state = StateFile::of(&config);
+    let mut state = StateFile::of(config);
     recover(config, disk_path, &mut state)?;
     let mut disk = Disk::open(disk_path, sector_size, true)?;
     let attrs = disk.read()?.attrs();

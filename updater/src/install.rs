@@ -5,7 +5,8 @@
 //!    the version and the image's fit, all before touching the disk;
 //! 2. mark the inactive slot unbootable and persist that;
 //! 3. stream read → decompress → hash → compare → write, with reading,
-//!    the CPU work (on every core) and writing overlapped;
+//!    the CPU work (on every core) and writing overlapped, within the
+//!    memory budget ([`crate::memory`]) whatever the core count;
 //! 4. flush, drop the slot from the page cache, read it back and compare
 //!    every chunk with the manifest, hashing on every core;
 //! 5. run the expand data migrations (snapshot, run, restore on failure);
@@ -19,16 +20,18 @@ use crate::config::Config;
 use crate::error::UpdateError;
 use crate::events::{Event, Observer};
 use crate::evidence::{self, SlotArea};
+use crate::memory::{self, MappedBase};
 use crate::migrate;
 use crate::recover::{recover, save, settle_install};
-use crate::slot_writer::{SlotError, SlotWriter};
+use crate::slot_writer::{self, SlotError, SlotWriter};
 use crate::state::{now, InstallRecord, Outcome, SlotRecord, StateFile};
 use anyhow::{Context, Result};
 use bootctl::{BootAttrs, Disk, Slot};
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Read;
 use std::path::PathBuf;
+use switchback_bundle::delta::Base;
 use switchback_bundle::keys::short_id;
 use switchback_bundle::manifest::BaseSpec;
 use switchback_bundle::{
@@ -36,8 +39,9 @@ use switchback_bundle::{
 };
 
 pub use switchback_bundle::ROOTFS;
-/// Chunks whose writeback may be outstanding at once (4 × 4 MiB).
-const WRITEBACK_WINDOW: usize = 4;
+/// Bytes whose writeback may be outstanding at once: page cache, not the
+/// process's memory, but a memory cgroup counts it too.
+const WRITEBACK_WINDOW: u64 = 8 << 20;
 
 #[derive(Debug, Clone)]
 pub struct InstallOptions {
@@ -46,6 +50,8 @@ pub struct InstallOptions {
     pub booted: Slot,
     pub allow_downgrade: bool,
     pub threads: usize,
+    /// The most memory the install may use, whole process, in bytes.
+    pub memory: u64,
     /// The fleet action this install carries out (recorded with it).
     pub fleet_action: Option<String>,
 }
@@ -146,7 +152,7 @@ pub fn install(
 ) -> Result<Installed> {
     // Before any state is read: what is checked below stays true.
     let _lock = bootctl::lock::ensure(&opts.disk, bootctl::lock::DEFAULT_WAIT)?;
-    let mut state = StateFile::of(&config);
+    let mut state = StateFile::of(config);
     recover(config, &opts.disk, &mut state)?;
     let keyring = Keyring::load_dir(&config.keyring)?;
     let bundle = Envelope::read(source)?.verify(&keyring)?;
@@ -175,6 +181,12 @@ pub fn install(
         .max(signed_schema)
         .unwrap_or(migrate::INITIAL_SCHEMA);
     let chain = migrate::expand_chain(&manifest, schema)?;
+    // Measured before a delta's base is read: its pages are page cache.
+    let buffers = memory::pipeline_limit(
+        opts.memory,
+        switchback_bundle::budget::chunk_memory(&manifest.images),
+        opts.threads,
+    )?;
     // A delta's base is checked before anything is written.
     let base = match &image.base {
         Some(b) => Some(map_base(opts, &manifest, b, observer)?),
@@ -203,6 +215,7 @@ pub fn install(
         signer: short_id(&bundle.signer),
         slot: target.name().into(),
         bytes: image.size,
+        memory: opts.memory,
     });
 
     state.state.last_install = Some(InstallRecord {
@@ -223,7 +236,8 @@ pub fn install(
         bundle,
         &image,
         &area,
-        base.as_deref(),
+        base.as_ref(),
+        buffers,
         opts,
         &chain,
         &mut state,
@@ -243,7 +257,7 @@ pub fn install(
         save(&mut state)
     });
     if let Err(e) = written {
-        let e = blame_the_base(e, base.as_deref(), &manifest, opts);
+        let e = blame_the_base(e, base.as_ref(), &manifest, opts);
         let reason = format!("{e:#}");
         state.state.slots.remove(target.name());
         set_outcome(&mut state, Outcome::Failed, Some(reason.clone()));
@@ -312,7 +326,7 @@ pub fn install(
 /// Checking the base again tells which, so the message blames the right one.
 fn blame_the_base(
     e: anyhow::Error,
-    base: Option<&[u8]>,
+    base: Option<&MappedBase>,
     manifest: &Manifest,
     opts: &InstallOptions,
 ) -> anyhow::Error {
@@ -325,7 +339,8 @@ fn blame_the_base(
     match base {
         Some(map)
             if chunk_failed
-                && switchback_bundle::delta::check_base(manifest, map, opts.threads).is_err() =>
+                && switchback_bundle::delta::check_base(manifest, map.bytes(), opts.threads)
+                    .is_err() =>
         {
             UpdateError::BaseChanged {
                 slot: opts.booted.name(),
@@ -353,7 +368,8 @@ fn write_slot(
     bundle: switchback_bundle::VerifiedBundle<Box<dyn Read + Send>>,
     image: &ImageSpec,
     area: &SlotArea,
-    base: Option<&[u8]>,
+    base: Option<&MappedBase>,
+    buffers: u64,
     opts: &InstallOptions,
     chain: &[MigrationSpec],
     state: &mut StateFile,
@@ -404,25 +420,39 @@ fn write_slot(
     let mut executables: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let read = ReadOptions {
         threads: opts.threads,
-        base,
+        base: base.map(|b| b as &dyn Base),
+        memory: Some(buffers),
         // The signed frame digests prove a full image's bytes.
         plaintext_sha256: false,
         fast_digest: true,
     };
-    bundle.read_chunks(read, |spec, chunk| -> Result<()> {
+    // Each worker writes the chunk it decoded, so that its buffer is free
+    // again at once; this thread waits for the writeback and reads back,
+    // in order.
+    let write_in_worker = |spec: &ImageSpec, chunk: &mut switchback_bundle::Chunk| -> Result<()> {
+        if spec.target != ROOTFS {
+            return Ok(());
+        }
+        let digest = chunk
+            .fast_digest
+            .unwrap_or_else(|| xxhash_rust::xxh3::xxh3_128(&chunk.data));
+        chunk.fast_digest = Some(digest);
+        slot_writer::write_range(&dev, &chunk.data, area.offset + chunk.offset)
+            .map_err(slot_err)?;
+        chunk.data = Default::default();
+        Ok(())
+    };
+    bundle.read_chunks_with(read, write_in_worker, |spec, chunk| -> Result<()> {
         if spec.target != ROOTFS {
             // A migration executable: small, kept in memory until stored.
             chunk.append_to(executables.entry(spec.target.clone()).or_default());
             return Ok(());
         }
         let at = area.offset + chunk.offset;
-        match chunk.fast_digest {
-            _ if chunk.zero => writer.zero_at(chunk.len, at, chunk.index),
-            Some(digest) => writer.write_at(&chunk.data, at, chunk.index, digest),
-            None => {
-                let digest = xxhash_rust::xxh3::xxh3_128(&chunk.data);
-                writer.write_at(&chunk.data, at, chunk.index, digest)
-            }
+        match (chunk.zero, chunk.fast_digest) {
+            (true, _) => writer.zero_at(chunk.len, at, chunk.index),
+            (false, Some(digest)) => writer.written(at, chunk.len, chunk.index, digest),
+            (false, None) => anyhow::bail!("chunk {} reached the writer unwritten", chunk.index),
         }
         .map_err(slot_err)?;
         done += chunk.len;
@@ -472,7 +502,7 @@ fn map_base(
     manifest: &Manifest,
     base: &BaseSpec,
     observer: &mut dyn Observer,
-) -> Result<memmap2::Mmap> {
+) -> Result<MappedBase> {
     let running = opts.booted;
     let st = Disk::open(&opts.disk, opts.sector_size, false)?.read()?;
     let entry = st.table.entry(running);
@@ -488,18 +518,10 @@ fn map_base(
     if base.size > size {
         return Err(mismatch().into());
     }
-    let file =
-        File::open(&opts.disk).with_context(|| format!("opening {}", opts.disk.display()))?;
-    // SAFETY: a read-only map; the slot changing under it can only make
-    // decoded chunks fail their hash check.
-    let map = unsafe {
-        memmap2::MmapOptions::new()
-            .offset(offset)
-            .len(base.size as usize)
-            .map(&file)
-    }
-    .with_context(|| format!("mapping {} of {}", running.name(), opts.disk.display()))?;
-    switchback_bundle::delta::check_base(manifest, &map, opts.threads).map_err(|_| mismatch())?;
+    let map = MappedBase::map(&opts.disk, offset, base.size)
+        .with_context(|| format!("mapping {} as the delta's base", running.name()))?;
+    switchback_bundle::delta::check_base(manifest, map.bytes(), opts.threads)
+        .map_err(|_| mismatch())?;
     observer.event(&Event::BaseChecked {
         slot: running.name().into(),
         digest: base.digest.to_string(),

@@ -12,6 +12,7 @@ pub mod evidence;
 pub mod fleet;
 pub mod health;
 pub mod install;
+pub mod memory;
 pub mod migrate;
 pub mod recover;
 pub mod rollback;

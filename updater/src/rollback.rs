@@ -27,7 +27,7 @@ pub fn rollback(
     below_security_floor: bool,
 ) -> Result<Slot> {
     let _lock = bootctl::lock::ensure(disk_path, bootctl::lock::DEFAULT_WAIT)?;
-    let mut state = StateFile::of(&config);
+    let mut state = StateFile::of(config);
     crate::recover::recover(config, disk_path, &mut state)?;
     let target = booted.other();
     let disk_state = Disk::open(disk_path, sector_size, false)?.read()?;

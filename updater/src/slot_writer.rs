@@ -5,14 +5,16 @@
 //! writes it out in the final fdatasync, after all decompression is done:
 //! on the 512 MiB benchmark that was a third of the install. Here each
 //! chunk's writeback starts as soon as it is written, and the writer waits
-//! for chunks a few places behind, so at most `window` chunks are dirty, the
+//! for chunks a few places behind, so at most `window` bytes are dirty, the
 //! disk works while the CPUs decompress, and the final flush is short.
 //!
 //! A chunk whose writeback has completed is read back right then, with
 //! direct I/O (the medium itself, not the page cache), and compared with
 //! what was written: its XXH3-128, or zeros. Reading back after the whole
 //! image was written doubled the install's I/O time at its end; here it
-//! overlaps the decompression of the chunks behind it.
+//! overlaps the decompression of the chunks behind it. It reads a piece
+//! at a time ([`READ_BACK_PIECE`]), hashing as it goes, so its buffer is a
+//! fraction of a chunk.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -61,7 +63,9 @@ pub struct SlotWriter<'a> {
     zeroing: Zeroing,
     /// Ranges written and not yet known to be on the medium.
     in_flight: VecDeque<Pending>,
-    window: usize,
+    /// Their bytes.
+    dirty: u64,
+    window: u64,
     buf: Vec<u8>,
 }
 
@@ -85,6 +89,10 @@ nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 
 /// Direct I/O wants buffers, offsets and lengths aligned to the logical
 /// block size; 4096 covers 512- and 4096-byte devices.
 const DIRECT_ALIGN: usize = 4096;
+
+/// Bytes read back at a time: large enough for the medium's full speed,
+/// small beside the install's memory budget.
+pub const READ_BACK_PIECE: u64 = 1 << 20;
 
 /// The result of a `sync_file_range`: where the file system does not
 /// support it, the final fdatasync still makes everything durable (only
@@ -125,8 +133,10 @@ fn sync_range(file: &File, offset: u64, len: u64, flags: u32) -> io::Result<()> 
 
 impl<'a> SlotWriter<'a> {
     /// A writer on `file`, which is the disk at `path` (opened again with
-    /// `O_DIRECT` for read-back where the medium allows it).
-    pub fn new(file: &'a File, path: &Path, window: usize) -> SlotWriter<'a> {
+    /// `O_DIRECT` for read-back where the medium allows it), with at most
+    /// `window` bytes (and at least one range) written and not yet on the
+    /// medium.
+    pub fn new(file: &'a File, path: &Path, window: u64) -> SlotWriter<'a> {
         SlotWriter {
             file,
             direct: OpenOptions::new()
@@ -136,13 +146,14 @@ impl<'a> SlotWriter<'a> {
                 .ok(),
             zeroing: Zeroing::Unknown,
             in_flight: VecDeque::new(),
-            window: window.max(1),
+            dirty: 0,
+            window,
             buf: Vec::new(),
         }
     }
 
     /// Writes `data` at `offset` and starts its writeback; once the oldest
-    /// of more than `window` ranges is on the medium, reads it back and
+    /// ranges beyond `window` bytes are on the medium, reads them back and
     /// compares it with its XXH3-128 (`digest`, computed by the caller's
     /// workers while decoding).
     pub fn write_at(
@@ -152,22 +163,21 @@ impl<'a> SlotWriter<'a> {
         tag: usize,
         digest: u128,
     ) -> Result<(), SlotError> {
-        self.write_raw(data, offset)?;
-        self.push(offset, data.len() as u64, tag, Expect::Digest(digest))
+        write_range(self.file, data, offset)?;
+        self.written(offset, data.len() as u64, tag, digest)
     }
 
-    fn write_raw(&mut self, data: &[u8], offset: u64) -> Result<(), SlotError> {
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|source| SlotError::Io {
-                offset: Some(offset),
-                source,
-            })?;
-        let flags = nix::libc::SYNC_FILE_RANGE_WRITE;
-        started(
-            sync_range(self.file, offset, data.len() as u64, flags),
-            offset,
-        )
+    /// Takes in a range that [`write_range`] wrote (on another thread, in
+    /// any order): its writeback is waited for and it is read back like
+    /// one written by [`Self::write_at`].
+    pub fn written(
+        &mut self,
+        offset: u64,
+        len: u64,
+        tag: usize,
+        digest: u128,
+    ) -> Result<(), SlotError> {
+        self.push(offset, len, tag, Expect::Digest(digest))
     }
 
     fn push(&mut self, offset: u64, len: u64, tag: usize, expect: Expect) -> Result<(), SlotError> {
@@ -177,8 +187,10 @@ impl<'a> SlotWriter<'a> {
             tag,
             expect,
         });
-        while self.in_flight.len() > self.window {
+        self.dirty += len;
+        while self.dirty > self.window && self.in_flight.len() > 1 {
             if let Some(p) = self.in_flight.pop_front() {
+                self.dirty -= p.len;
                 let wait = nix::libc::SYNC_FILE_RANGE_WAIT_BEFORE
                     | nix::libc::SYNC_FILE_RANGE_WRITE
                     | nix::libc::SYNC_FILE_RANGE_WAIT_AFTER;
@@ -234,29 +246,35 @@ impl<'a> SlotWriter<'a> {
             let mut at = offset;
             while at < offset + len {
                 let n = (offset + len - at).min(ZEROS.len() as u64) as usize;
-                self.write_raw(&ZEROS[..n], at)?;
+                write_range(self.file, &ZEROS[..n], at)?;
                 at += n as u64;
             }
         }
         self.push(offset, len, tag, Expect::Zeros)
     }
 
-    /// Reads a range whose writeback completed back from the medium.
+    /// Reads a range whose writeback completed back from the medium, a
+    /// piece at a time.
     fn check(&mut self, p: &Pending) -> Result<(), SlotError> {
-        let read = read_medium(
-            self.direct.as_ref(),
-            self.file,
-            &mut self.buf,
-            p.len,
-            p.offset,
-        )
-        .map_err(|source| SlotError::Read {
-            offset: p.offset,
-            source,
-        })?;
+        let mut hash = xxhash_rust::xxh3::Xxh3::new();
+        let mut zeros = true;
+        let mut at = p.offset;
+        while at < p.offset + p.len {
+            let len = (p.offset + p.len - at).min(READ_BACK_PIECE);
+            let read = read_medium(self.direct.as_ref(), self.file, &mut self.buf, len, at)
+                .map_err(|source| SlotError::Read { offset: at, source })?;
+            match p.expect {
+                Expect::Digest(_) => hash.update(read),
+                Expect::Zeros => zeros = switchback_bundle::all_zero(read),
+            }
+            if !zeros {
+                break;
+            }
+            at += len;
+        }
         let same = match p.expect {
-            Expect::Digest(d) => xxhash_rust::xxh3::xxh3_128(read) == d,
-            Expect::Zeros => switchback_bundle::all_zero(read),
+            Expect::Digest(d) => hash.digest128() == d,
+            Expect::Zeros => zeros,
         };
         if same {
             Ok(())
@@ -281,6 +299,18 @@ impl<'a> SlotWriter<'a> {
         }
         Ok(())
     }
+}
+
+/// Writes `data` at `offset` of `file` and starts its writeback; callable
+/// from any thread, for [`SlotWriter::written`] to take in.
+pub fn write_range(file: &File, data: &[u8], offset: u64) -> Result<(), SlotError> {
+    file.write_all_at(data, offset)
+        .map_err(|source| SlotError::Io {
+            offset: Some(offset),
+            source,
+        })?;
+    let flags = nix::libc::SYNC_FILE_RANGE_WRITE;
+    started(sync_range(file, offset, data.len() as u64, flags), offset)
 }
 
 /// Reads `len` bytes at `at` from the medium into `buf` and returns them:
@@ -338,7 +368,7 @@ mod tests {
 
     #[test]
     fn writes_land_where_asked_whatever_the_window() {
-        for window in [1, 3, 100] {
+        for window in [1, 3 * 4096, 100 * 4096] {
             let (t, f) = temp();
             let mut w = SlotWriter::new(&f, t.path(), window);
             for i in (0..10u8).rev() {
@@ -361,7 +391,7 @@ mod tests {
     fn zero_runs_replace_what_was_there() {
         let (t, f) = temp();
         f.write_all_at(&[0xAA; 3 << 16], 0).unwrap();
-        let mut w = SlotWriter::new(&f, t.path(), 2);
+        let mut w = SlotWriter::new(&f, t.path(), 2 << 16);
         w.zero_at(1 << 16, 1 << 16, 0).unwrap();
         // Past the end too: the file grows, as a slot write would not.
         w.zero_at(1000, 3 << 16, 1).unwrap();
@@ -377,7 +407,7 @@ mod tests {
     #[test]
     fn a_range_changed_before_it_is_read_back_is_named() {
         let (t, f) = temp();
-        let mut w = SlotWriter::new(&f, t.path(), 3);
+        let mut w = SlotWriter::new(&f, t.path(), 1 << 20);
         let data = [1; 8192];
         w.write_at(&data, 0, 7, xxhash_rust::xxh3::xxh3_128(&data))
             .unwrap();

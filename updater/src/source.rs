@@ -98,10 +98,15 @@ impl Default for HttpOptions {
 
 /// Opens `source`. A bundle wrapped for fleet servers (`.swu`) is
 /// unwrapped here, so every way in takes both forms.
+const READ_BUFFER: usize = 128 << 10;
+
 pub fn open(source: &Source, http: &HttpOptions) -> anyhow::Result<Box<dyn Read + Send>> {
     let raw: Box<dyn Read + Send> = match source {
-        Source::File(p) => Box::new(BufReader::with_capacity(1 << 20, open_file(p)?)),
-        Source::Stdin => Box::new(BufReader::with_capacity(1 << 20, io::stdin())),
+        // Frames are read whole past the buffer; it serves the small reads
+        // of the header and the wrapper, and counts against the install's
+        // memory (crate::memory).
+        Source::File(p) => Box::new(BufReader::with_capacity(READ_BUFFER, open_file(p)?)),
+        Source::Stdin => Box::new(BufReader::with_capacity(READ_BUFFER, io::stdin())),
         Source::Url(u) => Box::new(HttpReader::new(u, http.clone())?),
     };
     unwrap(raw, &source.to_string())

@@ -170,7 +170,7 @@ fn a_state_file_of_another_disk_is_refused_not_applied() {
         dir: tempfile::tempdir().unwrap(),
         disk: other.disk.clone(),
         config: dev.config.clone(),
-        layout: other.layout.clone(),
+        layout: other.layout,
     };
     let said = format!(
         "belongs to the disk with GUID {guid}, not to {} (GUID {fresh})",

@@ -144,6 +144,46 @@ pub fn check_base(
     Ok(())
 }
 
+/// The image a delta is decoded against: the release the device runs.
+pub trait Base: Sync {
+    /// The base image's bytes.
+    fn bytes(&self) -> &[u8];
+    /// Where one decoding worker makes its chunks' references. The default
+    /// copies the ranges into a buffer of its own (up to [`MAX_REF_LEN`]
+    /// bytes, outside any [`crate::budget::BufferPool`]); a device maps
+    /// them instead, so a reference costs page cache, not memory.
+    fn window(&self) -> Box<dyn Window + '_> {
+        Box::new(CopyWindow {
+            base: self.bytes(),
+            buf: Vec::new(),
+        })
+    }
+}
+
+impl<T: AsRef<[u8]> + Sync> Base for T {
+    fn bytes(&self) -> &[u8] {
+        self.as_ref()
+    }
+}
+
+/// One worker's place for references, reused chunk after chunk.
+pub trait Window {
+    /// The concatenation of `ranges` of the base: zstd's reference prefix.
+    fn reference(&mut self, ranges: &[[u64; 2]]) -> Result<&[u8], String>;
+}
+
+struct CopyWindow<'a> {
+    base: &'a [u8],
+    buf: Vec<u8>,
+}
+
+impl Window for CopyWindow<'_> {
+    fn reference(&mut self, ranges: &[[u64; 2]]) -> Result<&[u8], String> {
+        assemble(self.base, ranges, &mut self.buf);
+        Ok(&self.buf)
+    }
+}
+
 /// Concatenates the base ranges into `out` (reused between chunks).
 pub fn assemble(base: &[u8], ranges: &[[u64; 2]], out: &mut Vec<u8>) {
     out.clear();

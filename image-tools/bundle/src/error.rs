@@ -81,6 +81,9 @@ pub enum BundleError {
 
     #[error("image {image} is a delta against another base (digest {digest})")]
     WrongBase { image: String, digest: String },
+
+    #[error("the bundle's largest chunk needs {need} bytes of buffers (its stored frame and decoded bytes), over the reader's limit of {limit} bytes")]
+    OverMemory { need: u64, limit: u64 },
 }
 
 impl BundleError {
@@ -105,6 +108,7 @@ impl BundleError {
             BundleError::NeedsBase { .. } => 34,
             BundleError::WrongBase { .. } => 35,
             BundleError::Wrapper(_) => 37,
+            BundleError::OverMemory { .. } => 38,
         }
     }
 

@@ -26,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod delta;
 pub mod error;
 pub mod header;
@@ -33,6 +34,7 @@ pub mod keys;
 pub mod manifest;
 pub mod pipeline;
 pub mod reader;
+pub mod size;
 pub mod swu;
 pub mod trailer;
 #[cfg(feature = "writer")]

@@ -3,6 +3,8 @@
 //! before a signature over the manifest bytes verifies, and hands out no
 //! payload byte that has not matched its chunk's hash.
 
+use super::budget::{buffer_sizes, BufferPool, PoolBuf};
+use super::delta::Base;
 use super::error::{BundleError, Result};
 use super::header::{decode_signatures, Header, SignatureEntry, HEADER_LEN};
 use super::keys::{short_id, Keyring};
@@ -124,7 +126,8 @@ pub struct Chunk {
     pub len: u64,
     /// A zero chunk: `data` is empty, the chunk is `len` zero bytes.
     pub zero: bool,
-    pub data: Vec<u8>,
+    /// Back in the reader's pool when the chunk is dropped.
+    pub data: PoolBuf,
     /// XXH3-128 of `data`, when asked for ([`ReadOptions::fast_digest`]).
     pub fast_digest: Option<u128>,
 }
@@ -141,12 +144,12 @@ impl Chunk {
 }
 
 /// How [`VerifiedBundle::read_chunks`] reads.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct ReadOptions<'a> {
     pub threads: usize,
     /// The image a delta image is decoded against (the caller checks that
     /// it is the one the manifest names).
-    pub base: Option<&'a [u8]>,
+    pub base: Option<&'a dyn Base>,
     /// Also check each chunk's decoded bytes against its signed SHA-256.
     /// The signed frame digest alone proves them for a full image: zstd
     /// decodes a frame one way. A delta chunk's bytes also depend on the
@@ -156,6 +159,12 @@ pub struct ReadOptions<'a> {
     /// compares the medium with it: fast, and the bytes are already
     /// proven).
     pub fast_digest: bool,
+    /// Bytes the buffers of chunks in flight (stored frames and decoded
+    /// chunks) may hold at once, whatever `threads` is; `None`: enough for
+    /// every worker to stay busy. A limit below what the costliest chunk
+    /// needs is refused ([`BundleError::OverMemory`]) before any chunk is
+    /// read.
+    pub memory: Option<u64>,
 }
 
 impl ReadOptions<'_> {
@@ -166,6 +175,7 @@ impl ReadOptions<'_> {
             base: None,
             plaintext_sha256: true,
             fast_digest: false,
+            memory: None,
         }
     }
 }
@@ -187,18 +197,38 @@ struct Job {
     index: usize,
     bundle_offset: u64,
     /// Empty for a zero chunk.
-    compressed: Vec<u8>,
+    compressed: PoolBuf,
+    /// Room for the decoded chunk, taken with the frame (see
+    /// [`crate::budget`] for why both at once).
+    decoded: PoolBuf,
 }
 
 impl<R: Read + Send> VerifiedBundle<R> {
     /// Streams every chunk of every image, in order, to `sink`, each already
     /// checked and decompressed, using `opts.threads` workers. Each frame's
-    /// SHA-256 is checked before it is decompressed, so nothing unsigned
-    /// reaches the decoder. Checks that the bundle ends where the manifest
+    /// SHA-256 is checked as it is read, before it is decompressed, so
+    /// nothing unsigned reaches the decoder. Checks that the bundle ends where the manifest
     /// says.
     pub fn read_chunks<E>(
         self,
         opts: ReadOptions<'_>,
+        sink: impl FnMut(&ImageSpec, &Chunk) -> Result<(), E>,
+    ) -> Result<(), E>
+    where
+        E: From<BundleError> + Send,
+    {
+        self.read_chunks_with(opts, |_, _| Ok(()), sink)
+    }
+
+    /// [`Self::read_chunks`], with `in_worker` run on each checked chunk
+    /// but zero chunks by the worker that decoded it, before the chunk waits for its turn.
+    /// Taking `chunk.data` there (writing it out at its offset) gives its
+    /// buffer back at once, so that a tight memory limit still keeps every
+    /// worker busy.
+    pub fn read_chunks_with<E>(
+        self,
+        opts: ReadOptions<'_>,
+        in_worker: impl Fn(&ImageSpec, &mut Chunk) -> Result<(), E> + Sync,
         mut sink: impl FnMut(&ImageSpec, &Chunk) -> Result<(), E>,
     ) -> Result<(), E>
     where
@@ -209,6 +239,7 @@ impl<R: Read + Send> VerifiedBundle<R> {
             base,
             plaintext_sha256,
             fast_digest,
+            memory,
         } = opts;
         let VerifiedBundle {
             manifest,
@@ -225,7 +256,7 @@ impl<R: Read + Send> VerifiedBundle<R> {
         for image in images {
             if let Some(b) = &image.base {
                 match base {
-                    Some(have) if have.len() as u64 >= b.size => {}
+                    Some(have) if have.bytes().len() as u64 >= b.size => {}
                     _ => {
                         return Err(BundleError::NeedsBase {
                             image: image.target.clone(),
@@ -236,13 +267,22 @@ impl<R: Read + Send> VerifiedBundle<R> {
                 }
             }
         }
-        // Decompressed buffers go back to the workers once the sink is done
-        // with them: a fresh 4 MiB buffer per chunk costs a thousand page
-        // faults, a reused one none.
-        // Bounded, and only buffers that hold memory go back: a zero chunk's
-        // empty buffer in the pool would make the next worker allocate
-        // anew while the real buffers pile up behind it.
-        let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Vec<u8>>(3 * threads.max(1));
+        let (frame_cap, decoded_cap) = buffer_sizes(images);
+        let per_chunk = frame_cap + decoded_cap;
+        let limit = match memory {
+            Some(limit) if limit < per_chunk => {
+                return Err(BundleError::OverMemory {
+                    need: per_chunk,
+                    limit,
+                }
+                .into())
+            }
+            Some(limit) => limit,
+            // A chunk in each worker, one queued for each, one being read
+            // and one being consumed.
+            None => per_chunk * (2 * threads.max(1) as u64 + 2),
+        };
+        let pool = BufferPool::new(limit);
         ordered_map(
             threads,
             move || -> Result<Option<Job>, E> {
@@ -254,22 +294,41 @@ impl<R: Read + Send> VerifiedBundle<R> {
                         Err(e) => Err(BundleError::io("reading the end of the bundle")(e).into()),
                     };
                 };
-                let mut compressed = Vec::new();
+                let mut compressed = PoolBuf::default();
+                let mut decoded = PoolBuf::default();
                 if !zero {
+                    // Every buffer of one of two sizes: reused, never
+                    // reallocated. The frame is read before the decoded
+                    // buffer is waited for, so that reading overlaps
+                    // decoding where the limit leaves room.
+                    compressed = pool.get(frame_cap as usize);
                     compressed.resize(length as usize, 0);
+                    let spec = &images[image];
                     read_region(&mut reader, &mut compressed, || {
-                        format!("payload (image {} chunk {index})", images[image].target)
+                        format!("payload (image {} chunk {index})", spec.target)
                     })?;
+                    // The frame is signed: checked before any decoder sees
+                    // it, here, where it overlaps the workers' decoding.
+                    if Some(Digest::of(&compressed)) != spec.chunks[index].frame_sha256 {
+                        return Err(BundleError::ChunkHash {
+                            image: spec.target.clone(),
+                            index,
+                            offset: bundle_offset,
+                        }
+                        .into());
+                    }
+                    decoded = pool.get(decoded_cap as usize);
                 }
                 Ok(Some(Job {
                     image,
                     index,
                     bundle_offset,
                     compressed,
+                    decoded,
                 }))
             },
-            || (zstd::bulk::Decompressor::new(), Vec::new()),
-            |(dctx, reference), job| -> Result<Chunk, E> {
+            || (zstd::bulk::Decompressor::new(), base.map(|b| b.window())),
+            |(dctx, window), job| -> Result<Chunk, E> {
                 let spec = &images[job.image];
                 let expected = spec.chunk_len(job.index) as usize;
                 let decode_err = |reason: String| BundleError::ChunkDecode {
@@ -291,7 +350,7 @@ impl<R: Read + Send> VerifiedBundle<R> {
                     offset: job.index as u64 * spec.chunk_size,
                     len: expected as u64,
                     zero: chunk_spec.zero,
-                    data: Vec::new(),
+                    data: PoolBuf::default(),
                     fast_digest: None,
                 };
                 if chunk_spec.zero {
@@ -300,22 +359,18 @@ impl<R: Read + Send> VerifiedBundle<R> {
                     }
                     return Ok(chunk);
                 }
-                // The frame is signed: check it before the decoder sees it.
-                if Some(Digest::of(&job.compressed)) != chunk_spec.frame_sha256 {
-                    return Err(hash_err().into());
-                }
-                let mut data = pool_rx.try_recv().unwrap_or_default();
-                data.clear();
-                data.reserve_exact(expected);
-                match base.filter(|_| spec.base.is_some()) {
-                    Some(base) => {
-                        super::delta::assemble(base, &chunk_spec.base_ranges, reference);
+                let mut data = job.decoded;
+                match window.as_mut().filter(|_| spec.base.is_some()) {
+                    Some(window) => {
+                        let reference = window
+                            .reference(&chunk_spec.base_ranges)
+                            .map_err(decode_err)?;
                         super::delta::decompress(&job.compressed, reference, &mut data)
                             .map_err(decode_err)?;
                     }
                     None => {
                         let dctx = dctx.as_mut().map_err(|e| decode_err(e.to_string()))?;
-                        dctx.decompress_to_buffer(&job.compressed, &mut data)
+                        dctx.decompress_to_buffer(&job.compressed, &mut *data)
                             .map_err(|e| decode_err(e.to_string()))?;
                     }
                 }
@@ -330,16 +385,14 @@ impl<R: Read + Send> VerifiedBundle<R> {
                 if fast_digest {
                     chunk.fast_digest = Some(xxhash_rust::xxh3::xxh3_128(&data));
                 }
+                // The frame's buffer is free for the next chunk before this
+                // one waits its turn.
+                drop(job.compressed);
                 chunk.data = data;
+                in_worker(spec, &mut chunk)?;
                 Ok(chunk)
             },
-            |chunk| {
-                sink(&images[chunk.image], &chunk)?;
-                if chunk.data.capacity() > 0 {
-                    let _ = pool_tx.try_send(chunk.data);
-                }
-                Ok(())
-            },
+            |chunk| sink(&images[chunk.image], &chunk),
         )
     }
 }

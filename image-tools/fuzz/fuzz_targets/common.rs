@@ -17,6 +17,7 @@ pub fn read_all(bytes: &[u8], keyring: &Keyring) {
     let _ = env.unverified_manifest();
     let Ok(verified) = env.verify(keyring) else { return };
     // Both ways a reader reads: the install (frame digests only) and verify.
-    let read = ReadOptions { threads: 2, base: Some(base()), plaintext_sha256: bytes.len() % 2 == 0, fast_digest: true };
+    let base = base();
+    let read = ReadOptions { threads: 2, base: Some(&base), plaintext_sha256: bytes.len() % 2 == 0, fast_digest: true, memory: None };
     let _ = verified.read_chunks(read, |_, _| Ok::<(), BundleError>(()));
 }

@@ -88,6 +88,8 @@ pub struct FleetOptions {
     /// Never reboot (tests, manual runs), whatever the config says.
     pub no_reboot: bool,
     pub threads: usize,
+    /// The most memory an install may use, whole process, in bytes.
+    pub memory: u64,
     pub http: HttpOptions,
 }
 
@@ -171,7 +173,7 @@ pub fn report_after_health(config: &Config, disk: &std::path::Path) {
     let Some(fleet) = &config.fleet else { return };
     let sent = settle_and_save(config, disk).and_then(|()| {
         // Nothing to say: no need for the token, the name or the network.
-        let state = StateFile::of(&config).state;
+        let state = StateFile::of(config).state;
         if !state.fleet.is_some_and(|a| a.phase == FleetPhase::Done) {
             return Ok(None);
         }
@@ -193,7 +195,7 @@ pub fn report_after_health(config: &Config, disk: &std::path::Path) {
 
 fn settle_and_save(config: &Config, disk: &std::path::Path) -> Result<()> {
     let _lock = bootctl::lock::ensure(disk, bootctl::lock::DEFAULT_WAIT)?;
-    let mut state = StateFile::of(&config);
+    let mut state = StateFile::of(config);
     recover(config, disk, &mut state)?;
     if settle(&mut state.state) {
         save(&mut state)?;
@@ -204,7 +206,7 @@ fn settle_and_save(config: &Config, disk: &std::path::Path) -> Result<()> {
 /// Changes the state under the disk's lock.
 fn change(config: &Config, disk: &std::path::Path, f: impl FnOnce(&mut State)) -> Result<()> {
     let _lock = bootctl::lock::ensure(disk, bootctl::lock::DEFAULT_WAIT)?;
-    let mut state = StateFile::of(&config);
+    let mut state = StateFile::of(config);
     f(&mut state.state);
     save(&mut state)
 }
@@ -218,7 +220,7 @@ fn refusal(status: u16) -> bool {
 /// Sends the finished action's report; forgets the action once the server
 /// has it (or no longer knows the action).
 fn send_report(config: &Config, disk: &std::path::Path, ddi: &Ddi) -> Result<Option<Cycle>> {
-    let state = StateFile::of(&config).state;
+    let state = StateFile::of(config).state;
     let Some(action) = state.fleet.filter(|a| a.phase == FleetPhase::Done) else {
         return Ok(None);
     };
@@ -299,7 +301,7 @@ impl Client<'_> {
     }
 
     fn attributes(&self) -> BTreeMap<String, String> {
-        let state = StateFile::of(&self.config).state;
+        let state = StateFile::of(self.config).state;
         let mut attributes = BTreeMap::from([
             ("hw_boardname".into(), self.config.compatible.clone()),
             ("hw_revision".into(), self.fleet.hw_revision.clone()),
@@ -369,7 +371,7 @@ impl Client<'_> {
         let polled = ddi.poll()?;
         let sleep = polled.sleep.unwrap_or(DEFAULT_SLEEP);
         let attributes = self.attributes();
-        let sent = StateFile::of(&self.config).state.fleet_attributes;
+        let sent = StateFile::of(self.config).state.fleet_attributes;
         if polled.config_data.is_some() || sent.as_ref() != Some(&attributes) {
             match ddi.config_data(polled.config_data.as_deref(), &attributes) {
                 Ok(()) => change(self.config, &self.disk, |s| {
@@ -403,7 +405,7 @@ impl Client<'_> {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut state = StateFile::of(&self.config);
+        let mut state = StateFile::of(self.config);
         recover(self.config, &self.disk, &mut state)?;
         if settle(&mut state.state) {
             save(&mut state)?;
@@ -501,7 +503,7 @@ impl Client<'_> {
 
     fn deploy(&self, ddi: &Ddi, href: &str) -> Result<Cycle> {
         let d = ddi.deployment(href)?;
-        let state = StateFile::of(&self.config).state;
+        let state = StateFile::of(self.config).state;
         if let Some(why) = self.not_now(&d, &state)? {
             return Ok(Cycle::Waiting(why));
         }
@@ -602,7 +604,7 @@ impl Client<'_> {
                 // A flip that reported an error may have taken effect: the
                 // install record says, and then the verdict is health's.
                 settle_and_save(self.config, &self.disk)?;
-                let state = StateFile::of(&self.config).state;
+                let state = StateFile::of(self.config).state;
                 if state
                     .fleet
                     .as_ref()
@@ -654,6 +656,7 @@ impl Client<'_> {
             booted: self.booted,
             allow_downgrade: false,
             threads: self.opts.threads,
+            memory: self.opts.memory,
             fleet_action: Some(id.to_string()),
         };
         // Progress goes to the server from a thread of its own, so that a

@@ -112,6 +112,7 @@ pub struct Release<'a> {
     pub migrations: Vec<bundle::MigrationSource>,
     /// Makes a delta bundle against this base image.
     pub base: Option<PathBuf>,
+    pub chunk_size: u64,
 }
 
 pub fn release(version: &str) -> Release<'_> {
@@ -125,6 +126,7 @@ pub fn release(version: &str) -> Release<'_> {
         data_schema: None,
         migrations: Vec::new(),
         base: None,
+        chunk_size: 256 << 10,
     }
 }
 
@@ -145,7 +147,7 @@ pub fn bundle_in(dir: &Path, r: &Release) -> PathBuf {
         data_schema: r.data_schema,
         build_time: 1,
         level: 3,
-        chunk_size: 256 << 10,
+        chunk_size: r.chunk_size,
         threads: 2,
         migrations: r.migrations.clone(),
         base: r.base.clone(),
@@ -383,6 +385,9 @@ pub fn install_with(
         booted: Slot::A,
         allow_downgrade: false,
         threads: 2,
+        // The budget is the whole process's, and this one is a test
+        // harness running other tests beside it.
+        memory: 1 << 30,
     };
     updater::install::install(
         &config,

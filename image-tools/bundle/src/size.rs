@@ -1,4 +1,5 @@
-//! Sizes as people write them on a command line: `4096`, `64M`, `1G`, `512KiB`.
+//! Sizes as people write them on a command line or in a config: `4096`,
+//! `64M`, `1G`, `512KiB` (image-tools and the updater take the same).
 
 /// Parses a byte count with an optional binary suffix (K, M, G, T; `iB` or
 /// `B` may follow).
