@@ -162,6 +162,9 @@ pub fn build(args: BuildArgs, base: Option<PathBuf>) -> Result<String> {
         bar.inc(n)
     })?;
     bar.finish_and_clear();
+    if let Some(warning) = memory_warning(&manifest) {
+        eprintln!("image-tools: warning: {warning}");
+    }
     let size = std::fs::metadata(&args.out)?.len();
     Ok(format!(
         "{}: {} {} for {}, {} bytes from {} bytes of images, {} signature(s)",
@@ -178,6 +181,23 @@ pub fn build(args: BuildArgs, base: Option<PathBuf>) -> Result<String> {
         total,
         signing.len()
     ))
+}
+
+/// What to say when a device with the default memory budget would refuse
+/// the bundle: its largest chunk (stored frame plus decoded bytes) and the
+/// updater's own share do not fit.
+fn memory_warning(manifest: &bundle::Manifest) -> Option<String> {
+    use bundle::budget::{chunk_memory, DEVICE_MEMORY, DEVICE_OVERHEAD};
+    let need = chunk_memory(&manifest.images) + DEVICE_OVERHEAD;
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    (need > DEVICE_MEMORY).then(|| {
+        format!(
+            "installing this bundle needs about {} MiB of memory on the device, over the {} MiB an updater uses by default: devices refuse it unless installed with --memory {}M (or install_memory in their config); with --chunk-size 4M it fits",
+            mib(need),
+            mib(DEVICE_MEMORY),
+            mib(need)
+        )
+    })
 }
 
 /// `image-tools swu`: a signed bundle wrapped for fleet servers that

@@ -527,3 +527,93 @@ fn chunk_hash_error_names_the_chunk() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Under a memory limit of exactly one chunk in flight, every image still
+/// reads back whole and in order, through the worker hook too; a limit
+/// below one chunk is refused before any chunk is read; and a sink that
+/// fails while the reader may be waiting for buffers ends the read with
+/// its error.
+#[test]
+fn a_tight_memory_limit_reads_everything_and_a_failing_sink_ends_the_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = image_bytes(40 * (64 << 10) + 999, 3);
+    let app = image_bytes(5 * (64 << 10), 4);
+    let b = build_file(
+        dir.path(),
+        &[("rootfs", rootfs.clone()), ("app", app.clone())],
+        &[key(1)],
+    );
+    let (_d, ring) = keyring(&[&key(1)]);
+    let bytes = std::fs::read(&b).unwrap();
+    let open = || {
+        Envelope::read(Cursor::new(&bytes))
+            .unwrap()
+            .verify(&ring)
+            .unwrap()
+    };
+    let need = bundle::budget::chunk_memory(&open().manifest.images);
+    for threads in [1, 4] {
+        let read = ReadOptions {
+            memory: Some(need),
+            ..ReadOptions::checked(threads)
+        };
+        let seen = std::sync::atomic::AtomicUsize::new(0);
+        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        open()
+            .read_chunks_with(
+                read,
+                |_, chunk| -> Result<(), BundleError> {
+                    assert_eq!(chunk.data.len() as u64, chunk.len);
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(())
+                },
+                |image, chunk| -> Result<(), BundleError> {
+                    if chunk.index == 0 {
+                        out.push((image.target.clone(), Vec::new()));
+                    }
+                    chunk.append_to(&mut out.last_mut().unwrap().1);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                ("rootfs".into(), rootfs.clone()),
+                ("app".into(), app.clone())
+            ]
+        );
+        assert!(seen.into_inner() > 40);
+
+        let mut consumed = 0;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let r = open().read_chunks(read, |_, _| -> Result<(), BundleError> {
+                    consumed += 1;
+                    if consumed == 3 {
+                        return Err(BundleError::TrailingData);
+                    }
+                    Ok(())
+                });
+                tx.send(r.is_err()).unwrap();
+            });
+            let failed = rx.recv_timeout(std::time::Duration::from_secs(30));
+            assert_eq!(
+                failed,
+                Ok(true),
+                "the read did not end after its sink failed"
+            );
+        });
+    }
+    let read = ReadOptions {
+        memory: Some(need - 1),
+        ..ReadOptions::checked(2)
+    };
+    match open().read_chunks(read, |_, _| -> Result<(), BundleError> {
+        panic!("read a chunk")
+    }) {
+        Err(BundleError::OverMemory { need: n, limit }) => assert_eq!((n, limit), (need, need - 1)),
+        other => panic!("expected OverMemory, got {other:?}"),
+    }
+}

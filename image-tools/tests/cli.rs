@@ -468,3 +468,51 @@ fn swu_wraps_a_verified_bundle_that_cpio_and_the_updater_read() {
         .stderr(contains("cannot go into sw-description"));
     assert!(!d.join("q.swu").exists());
 }
+
+/// Chunks a device's default memory budget cannot take are built, with a
+/// warning that gives the figure and both ways out; 4 MiB chunks of
+/// incompressible data are not warned about.
+#[test]
+fn build_warns_when_chunks_need_more_memory_than_a_device_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let mut x = 7u32;
+    let noise: Vec<u8> = (0..(12 << 20))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    std::fs::write(d.join("noise.img"), noise).unwrap();
+    let build = |chunk: &str| {
+        let mut c = it();
+        c.current_dir(d).args([
+            "build",
+            "--key",
+            "k.pem",
+            "--image",
+            "rootfs=noise.img",
+            "--compatible",
+            "acme-gw",
+            "--version",
+            "2.0.0",
+            "--chunk-size",
+            chunk,
+            "--out",
+            "n.swb",
+        ]);
+        c
+    };
+    build("8M")
+        .assert()
+        .success()
+        .stderr(contains("warning: installing this bundle needs about 20 MiB of memory on the device, over the 16 MiB"))
+        .stderr(contains("--memory 20M").and(contains("--chunk-size 4M")));
+    build("4M")
+        .assert()
+        .success()
+        .stderr(contains("warning").not());
+}

@@ -33,6 +33,8 @@ pub struct BufferPool {
 struct Inner {
     /// Capacity of every buffer handed out or idle.
     allocated: u64,
+    /// No more buffers are handed out: the reader stopped.
+    closed: bool,
     idle: Vec<Vec<u8>>,
     peak: u64,
 }
@@ -43,6 +45,7 @@ impl BufferPool {
             limit,
             inner: Mutex::new(Inner {
                 allocated: 0,
+                closed: false,
                 idle: Vec::new(),
                 peak: 0,
             }),
@@ -57,10 +60,13 @@ impl BufferPool {
 
     /// An empty buffer with room for `len` bytes. Waits while the pool is
     /// at its limit with every buffer busy; the caller makes sure that
-    /// `len` alone fits the limit.
-    pub fn get(self: &Arc<Self>, len: usize) -> PoolBuf {
+    /// `len` alone fits the limit. `None` once the pool is closed.
+    pub fn get(self: &Arc<Self>, len: usize) -> Option<PoolBuf> {
         let mut inner = self.lock();
         loop {
+            if inner.closed {
+                return None;
+            }
             // An idle buffer of this very size; else a new one while there
             // is room, rather than taking a larger buffer that a later
             // request of its size would then have to allocate again; else
@@ -79,12 +85,12 @@ impl BufferPool {
             if let Some(i) = fit {
                 let mut buf = inner.idle.swap_remove(i);
                 buf.clear();
-                return self.hand_out(buf);
+                return Some(self.hand_out(buf));
             }
             if room {
                 inner.allocated += len as u64;
                 inner.peak = inner.peak.max(inner.allocated);
-                return self.hand_out(Vec::with_capacity(len));
+                return Some(self.hand_out(Vec::with_capacity(len)));
             }
             // Idle buffers too small for this one make room for it.
             if let Some(small) = inner.idle.pop() {
@@ -106,6 +112,12 @@ impl BufferPool {
         let mut inner = self.lock();
         inner.idle.push(buf);
         drop(inner);
+        self.returned.notify_all();
+    }
+
+    /// Wakes every waiting taker with `None`, and hands out nothing more.
+    pub fn close(&self) {
+        self.lock().closed = true;
         self.returned.notify_all();
     }
 
@@ -165,6 +177,12 @@ pub fn buffer_sizes(images: &[super::ImageSpec]) -> (u64, u64) {
     })
 }
 
+/// What an updater holds besides its chunk buffers, about: measured at
+/// 0.8 MiB before an install starts, plus its reserve for two workers
+/// (docs/updater.md, "Memory"). For warnings at build time only; the
+/// device measures itself.
+pub const DEVICE_OVERHEAD: u64 = 3 << 20;
+
 /// What one chunk in flight holds: a frame buffer and a decoded buffer. A
 /// memory limit below this cannot read the bundle at all.
 pub fn chunk_memory(images: &[super::ImageSpec]) -> u64 {
@@ -180,11 +198,11 @@ mod tests {
     #[test]
     fn the_limit_holds_and_a_waiting_taker_gets_a_returned_buffer() {
         let pool = BufferPool::new(10);
-        let a = pool.get(6);
-        let b = pool.get(4);
+        let a = pool.get(6).unwrap();
+        let b = pool.get(4).unwrap();
         let waiter = {
             let pool = Arc::clone(&pool);
-            std::thread::spawn(move || pool.get(5).capacity())
+            std::thread::spawn(move || pool.get(5).map(|b| b.capacity()))
         };
         std::thread::sleep(Duration::from_millis(50));
         assert!(
@@ -192,13 +210,22 @@ mod tests {
             "a buffer past the limit was handed out"
         );
         drop(a);
-        assert!(waiter.join().unwrap() >= 5);
-        drop(b);
+        assert!(waiter.join().unwrap() >= Some(5));
         assert_eq!(pool.peak(), 10);
+        // Closing wakes a taker that waits with nothing.
+        let waiter = {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || pool.get(10).is_none())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished());
+        pool.close();
+        assert!(waiter.join().unwrap());
+        drop(b);
         // Two idle buffers too small for 9 bytes are dropped to make room.
         let pool2 = BufferPool::new(10);
         drop((pool2.get(4), pool2.get(4)));
-        assert_eq!(pool2.get(9).capacity(), 9);
+        assert_eq!(pool2.get(9).map(|b| b.capacity()), Some(9));
         assert!(pool2.peak() <= 10);
     }
 }

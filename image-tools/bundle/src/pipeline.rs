@@ -16,16 +16,43 @@ use std::collections::BTreeMap;
 /// from any of them stops the rest and is returned.
 pub fn ordered_map<I, O, S, E>(
     threads: usize,
-    mut produce: impl FnMut() -> Result<Option<I>, E> + Send,
+    produce: impl FnMut() -> Result<Option<I>, E> + Send,
     make_state: impl Fn() -> S + Sync,
     work: impl Fn(&mut S, I) -> Result<O, E> + Sync,
-    mut consume: impl FnMut(O) -> Result<(), E>,
+    consume: impl FnMut(O) -> Result<(), E>,
 ) -> Result<(), E>
 where
     I: Send,
     O: Send,
     E: Send,
 {
+    ordered_map_until(threads, produce, make_state, work, consume, || ())
+}
+
+/// [`ordered_map`], calling `stopped` once the consumer is done, by an
+/// error, a panic or the end, before the producer is waited for: a producer
+/// that waits for something only consumed items give back (buffers of a
+/// [`crate::budget::BufferPool`]) must be woken then, or the wait for it
+/// never ends.
+pub fn ordered_map_until<I, O, S, E>(
+    threads: usize,
+    mut produce: impl FnMut() -> Result<Option<I>, E> + Send,
+    make_state: impl Fn() -> S + Sync,
+    work: impl Fn(&mut S, I) -> Result<O, E> + Sync,
+    mut consume: impl FnMut(O) -> Result<(), E>,
+    stopped: impl Fn(),
+) -> Result<(), E>
+where
+    I: Send,
+    O: Send,
+    E: Send,
+{
+    struct OnDrop<F: Fn()>(F);
+    impl<F: Fn()> Drop for OnDrop<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
     let threads = threads.max(1);
     let (job_tx, job_rx) = bounded::<(u64, I)>(threads);
     let (out_tx, out_rx) = bounded::<(u64, Result<O, E>)>(threads);
@@ -54,6 +81,7 @@ where
         }
         drop((job_rx, out_tx));
 
+        let stop_guard = OnDrop(&stopped);
         let mut pending = BTreeMap::new();
         let mut next = 0u64;
         let consumed: Result<(), E> = (|| {
@@ -66,8 +94,11 @@ where
             }
             Ok(())
         })();
-        // Dropping the receiver makes workers, then the producer, stop.
+        // Dropping the receiver makes workers, then the producer, stop;
+        // what they hold is freed with the results not consumed.
         drop(out_rx);
+        drop(pending);
+        drop(stop_guard);
         let produced = producer
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));

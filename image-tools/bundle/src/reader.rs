@@ -9,7 +9,7 @@ use super::error::{BundleError, Result};
 use super::header::{decode_signatures, Header, SignatureEntry, HEADER_LEN};
 use super::keys::{short_id, Keyring};
 use super::manifest::{Digest, ImageSpec, Manifest};
-use super::pipeline::ordered_map;
+use super::pipeline::ordered_map_until;
 use ed25519_dalek::Signature;
 use std::io::{ErrorKind, Read};
 
@@ -283,7 +283,8 @@ impl<R: Read + Send> VerifiedBundle<R> {
             None => per_chunk * (2 * threads.max(1) as u64 + 2),
         };
         let pool = BufferPool::new(limit);
-        ordered_map(
+        let stopped = std::sync::Arc::clone(&pool);
+        ordered_map_until(
             threads,
             move || -> Result<Option<Job>, E> {
                 let Some((image, index, bundle_offset, length, zero)) = order.next() else {
@@ -301,7 +302,12 @@ impl<R: Read + Send> VerifiedBundle<R> {
                     // reallocated. The frame is read before the decoded
                     // buffer is waited for, so that reading overlaps
                     // decoding where the limit leaves room.
-                    compressed = pool.get(frame_cap as usize);
+                    // Closed: the consumer stopped, and its error is the one
+                    // reported.
+                    let Some(buf) = pool.get(frame_cap as usize) else {
+                        return Ok(None);
+                    };
+                    compressed = buf;
                     compressed.resize(length as usize, 0);
                     let spec = &images[image];
                     read_region(&mut reader, &mut compressed, || {
@@ -317,7 +323,10 @@ impl<R: Read + Send> VerifiedBundle<R> {
                         }
                         .into());
                     }
-                    decoded = pool.get(decoded_cap as usize);
+                    let Some(buf) = pool.get(decoded_cap as usize) else {
+                        return Ok(None);
+                    };
+                    decoded = buf;
                 }
                 Ok(Some(Job {
                     image,
@@ -393,6 +402,7 @@ impl<R: Read + Send> VerifiedBundle<R> {
                 Ok(chunk)
             },
             |chunk| sink(&images[chunk.image], &chunk),
+            move || stopped.close(),
         )
     }
 }
