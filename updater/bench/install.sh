@@ -4,7 +4,11 @@
 # 512 MiB ext4 root filesystem into a slot file, measured in one run, and
 # the machine's limit for such an install, computed from the rates this run
 # measures (zstd decompression and SHA-256 per core, write bandwidth).
-# Peak RSS of our install for 512 MiB and 2 GiB images.
+# Memory (docs/updater.md, "Memory"): peak anonymous memory and peak RSS
+# of our install, full and delta, of `swupdate -i` and of RAUC's service,
+# at 512 MiB and 2 GiB, on one core and on all; and our install's time
+# against the updater before the memory budget (BASELINE, a git revision,
+# built here).
 #   bash updater/bench/install.sh               (as root: installs the peers)
 #   taskset -c 0 bash updater/bench/install.sh  (everything on one core)
 set -euo pipefail
@@ -20,8 +24,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cargo build --release --locked -p updater -p image-tools >/dev/null
 B=$PWD/target/release
+top=$PWD
 w=$(mktemp -d /var/tmp/swb-install-bench.XXXXXX)
-cleanup() { [ -n "${rauc_pid:-}" ] && kill "$rauc_pid" 2>/dev/null; rm -rf "$w"; }
+cleanup() {
+  [ -n "${rauc_pid:-}" ] && kill "$rauc_pid" 2>/dev/null
+  git -C "$top" worktree remove --force "$w/baseline" 2>/dev/null || true
+  rm -rf "$w"
+}
 trap cleanup EXIT
 cd "$w"
 
@@ -106,13 +115,60 @@ read -r compressed zero < <("$B/image-tools" inspect --json bench.swb |
 cores=$(nproc)
 cmp -n "$size" rauc-b.img rootfs.img && cmp -n "$size" swu-slot.img rootfs.img
 
-rss() { /usr/bin/time -f %M "$B/updater" --config config.json --disk "$1" --booted-slot a install "$2" 2>&1 >/dev/null | tail -1; }
-rss512=$(rss disk.img bench.swb)
+# The updater before the memory budget, built as ours is.
+BASELINE=${BASELINE:-b9ec514}
+git -C "$top" worktree add --detach "$w/baseline" "$BASELINE" >/dev/null 2>&1
+(cd "$w/baseline" && CARGO_TARGET_DIR="$w/baseline-target" cargo build --release --locked -p updater >/dev/null 2>&1)
+OLD=$w/baseline-target/release/updater
+t_old=$(best "$OLD" --config config.json --disk disk.img --booted-slot a install bench.swb)
+
+# Peak memory: "anon rss" in MiB, sampled every 2 ms (RAUC: its service).
+peak() {
+  python3 "$top/updater/bench/peak-anon.py" "$@" 2>&1 >/dev/null | tail -1 |
+    awk '{ printf "%5.1f %6.1f", $2 / 1024, $4 / 1024 }'
+}
+# A state directory for each disk: state is tied to its disk (exit 65).
+for d in big-disk delta-disk; do
+  echo "{\"compatible\":\"bench\",\"keyring\":\"$w/keys\",\"data_dir\":\"$w/data-$d\"}" > "config-$d.json"
+done
+config_of() { [ "$1" = disk.img ] && echo config.json || echo "config-${1%.img}.json"; }
+ours() { peak $pin "$B/updater" --config "$(config_of "$1")" --disk "$1" --booted-slot a install "$2"; }
+old() { peak $pin "$OLD" --config "$(config_of "$1")" --disk "$1" --booted-slot a install "$2"; }
+swu() { peak $pin swupdate -H bench:1.0 -k rsa.crt -i "$1"; }
+rauc_peak() {
+  taskset -apc "$([ -n "$pin" ] && echo 0 || echo "0-$(($(nproc) - 1))")" "$rauc_pid" >/dev/null
+  peak --watch "$rauc_pid" $pin rauc install "$1"
+}
+
+# The next release for a delta: 300 random 4 KiB blocks changed.
+python3 - <<'PY'
+import os, random
+random.seed(5)
+with open("rootfs.img", "rb") as f:
+    data = bytearray(f.read())
+for _ in range(300):
+    at = random.randrange(len(data) // 4096) * 4096
+    data[at:at + 4096] = os.urandom(4096)
+open("next.img", "wb").write(data)
+PY
+"$B/image-tools" delta --base rootfs.img --key k.pem --image rootfs=next.img --compatible bench --version 2.0.2 --out delta.swb >/dev/null
+"$B/image-tools" mkdisk --out delta-disk.img --slot-size 520M --data-size 8M --slot-a rootfs.img >/dev/null
+rm next.img
+
+# 2 GiB: the image four times over, for each tool.
 cat rootfs.img rootfs.img rootfs.img rootfs.img > big.img
 "$B/image-tools" build --key k.pem --image rootfs=big.img --compatible bench --version 2.0.1 --out big.swb >/dev/null
-rm big.img
 "$B/image-tools" mkdisk --out big-disk.img --slot-size 2056M --data-size 8M >/dev/null
-rss2g=$(rss big-disk.img big.swb)
+mkdir swu-big && zstd -q -3 -T0 big.img -o swu-big/rootfs.img.zst
+sed -e "s/$(sha256sum swu/rootfs.img.zst | cut -d' ' -f1)/$(sha256sum swu-big/rootfs.img.zst | cut -d' ' -f1)/" \
+  -e "s|swu-slot.img|swu-big-slot.img|" swu/sw-description > swu-big/sw-description
+openssl cms -sign -in swu-big/sw-description -out swu-big/sw-description.sig -signer rsa.crt -inkey rsa.key -outform DER -nosmimecap -binary
+(cd swu-big && printf '%s\n' sw-description sw-description.sig rootfs.img.zst | cpio -o -H crc --quiet > ../big.swu)
+truncate -s 2056M swu-big-slot.img
+mkdir rauc-in && mv big.img rauc-in/rootfs.img && printf '[update]\ncompatible=bench\nversion=2.0.1\n[bundle]\nformat=plain\n[image.rootfs]\nfilename=rootfs.img\n' > rauc-in/manifest.raucm
+rauc bundle --cert=rsa.crt --key=rsa.key --mksquashfs-args="-comp zstd" rauc-in big.raucb >/dev/null 2>&1
+rm -rf rauc-in swu-big
+truncate -s 2056M rauc-a.img rauc-b.img
 
 mibs() { printf '%.0f' "$(echo "$size / 1048576 / $1" | bc -l)"; }
 ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
@@ -132,4 +188,22 @@ limit=$(echo "if ($cpu > $io) $cpu else $io" | bc -l)
 echo "machine: zstd -d $(mb "$dec") MB/s per core, SHA-256 $(mb "$sha") MB/s per core, writes $(mb "$wr") MB/s; $cores core(s)"
 echo "bundle: $(mb "$compressed") MB of frames, $(mb "$zero") MB of the image as zero chunks"
 echo "machine limit: $(printf '%.3f' "$limit")s (CPU $(printf '%.3f' "$cpu")s on $cores core(s), writes $(printf '%.3f' "$io")s) -> ours reaches $(printf '%.0f' "$(echo "100 * $limit / $t_ours" | bc -l)")% of it"
-echo "peak RSS of our install: $((rss512 / 1024)) MiB at 512 MiB, $((rss2g / 1024)) MiB at 2 GiB"
+echo "before the memory budget ($BASELINE): ${t_old}s -> ours takes $(ratio "$t_ours" "$t_old")x its time"
+echo
+echo "peak memory, MiB: anonymous (what the budget bounds), then RSS (with code pages; a delta's mapped base too)"
+printf '%-24s %-13s %-13s %-13s %-13s\n' "" "512M 1 core" "512M all" "2G 1 core" "2G all"
+row() {
+  local name=$1 small=$2 big=$3 cells=() p
+  for img in small big; do
+    for p in "taskset -c 0" ""; do
+      pin=$p
+      if [ "$img" = small ]; then cells+=("$(eval "$small")"); else cells+=("$(eval "$big")"); fi
+    done
+  done
+  printf '%-24s %-13s %-13s %-13s %-13s\n' "$name" "${cells[0]}" "${cells[1]}" "${cells[2]}" "${cells[3]}"
+}
+row "switchback (full)" "ours disk.img bench.swb" "ours big-disk.img big.swb"
+row "switchback (delta)" "ours delta-disk.img delta.swb" "echo '  -'"
+row "before the budget (full)" "old disk.img bench.swb" "old big-disk.img big.swb"
+row "swupdate -i" "swu bench.swu" "swu big.swu"
+row "rauc service" "rauc_peak bench.raucb" "rauc_peak big.raucb"
