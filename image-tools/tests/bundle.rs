@@ -584,27 +584,52 @@ fn a_tight_memory_limit_reads_everything_and_a_failing_sink_ends_the_read() {
             ]
         );
         assert!(seen.into_inner() > 40);
-
-        let mut consumed = 0;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let r = open().read_chunks(read, |_, _| -> Result<(), BundleError> {
-                    consumed += 1;
-                    if consumed == 3 {
-                        return Err(BundleError::TrailingData);
-                    }
-                    Ok(())
+    }
+    // A sink that fails, or a worker that panics, while the producer waits
+    // for buffers that chunks behind the failure hold: the read ends.
+    for (limit, threads) in [(need, 1), (need * 3 / 2, 2), (need * 3, 4)] {
+        let read = ReadOptions {
+            memory: Some(limit),
+            ..ReadOptions::checked(threads)
+        };
+        let ends = |what: &str, panic_at: Option<usize>| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let open = &open;
+            std::thread::scope(|s| {
+                s.spawn(move || {
+                    let mut consumed = 0;
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        open().read_chunks_with(
+                            read,
+                            |_, chunk| -> Result<(), BundleError> {
+                                if Some(chunk.index) == panic_at {
+                                    panic!("a worker fails");
+                                }
+                                chunk.data = Default::default();
+                                Ok(())
+                            },
+                            |_, _| -> Result<(), BundleError> {
+                                std::thread::sleep(std::time::Duration::from_millis(30));
+                                consumed += 1;
+                                if consumed == 5 {
+                                    return Err(BundleError::TrailingData);
+                                }
+                                Ok(())
+                            },
+                        )
+                    }));
+                    let _ = tx.send(!matches!(r, Ok(Ok(()))));
                 });
-                tx.send(r.is_err()).unwrap();
+                let ended = rx.recv_timeout(std::time::Duration::from_secs(30));
+                assert_eq!(
+                    ended,
+                    Ok(true),
+                    "{what}: the read did not end ({limit} bytes, {threads} threads)"
+                );
             });
-            let failed = rx.recv_timeout(std::time::Duration::from_secs(30));
-            assert_eq!(
-                failed,
-                Ok(true),
-                "the read did not end after its sink failed"
-            );
-        });
+        };
+        ends("a failing sink", None);
+        ends("a panicking worker", Some(2));
     }
     let read = ReadOptions {
         memory: Some(need - 1),

@@ -152,6 +152,11 @@ impl Appliance {
     /// be a signed bundle: the factory release then has its signed record
     /// and the device knows its version from the first boot.
     pub fn factory_disk_named(&self, name: &str, v1: &Path) -> PathBuf {
+        self.factory_disk_sized(name, v1, 72 << 20)
+    }
+
+    /// `factory_disk_named` with slots of `slot_size` bytes.
+    pub fn factory_disk_sized(&self, name: &str, v1: &Path, slot_size: u64) -> PathBuf {
         let out = self.dir.path().join(format!("{name}.img"));
         let arch = self.kernel.arch;
         let (boot_efi, boot_kernel, boot_initrd) = if self.extlinux {
@@ -171,7 +176,7 @@ impl Appliance {
             boot_kernel,
             boot_initrd,
             boot_cmdline: boot_stage_cmdline(&self.kernel),
-            slot_size: 72 << 20,
+            slot_size,
             data_size: 16 << 20,
             slot_a: Some(v1.to_path_buf()),
             public: v1

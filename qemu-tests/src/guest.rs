@@ -449,6 +449,9 @@ pub struct Release<'a> {
     /// (`/data/fleet/token`, written at commissioning). The device is
     /// named by the machine's serial number.
     pub fleet_url: Option<&'a str>,
+    /// MiB of incompressible data in `/opt/filler`: a release larger than
+    /// the machine's memory.
+    pub filler_mib: u64,
 }
 
 impl Default for Release<'_> {
@@ -461,6 +464,7 @@ impl Default for Release<'_> {
             kernel_panics: false,
             no_kernel: false,
             fleet_url: None,
+            filler_mib: 0,
         }
     }
 }
@@ -646,7 +650,31 @@ udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 1 && echo "NET $(ip -4 -o add
         root.join("sbin/init"),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    ext4_image(&root, out, "64M", "rootfs")
+    if release.filler_mib > 0 {
+        std::fs::create_dir_all(root.join("opt"))?;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let block: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut f = std::fs::File::create(root.join("opt/filler"))?;
+        for i in 0..release.filler_mib {
+            // Each MiB differs, so that zstd finds no repeats across chunks.
+            let mut b = block.clone();
+            b[..8].copy_from_slice(&i.to_le_bytes());
+            std::io::Write::write_all(&mut f, &b)?;
+        }
+    }
+    ext4_image(
+        &root,
+        out,
+        &format!("{}M", 64 + release.filler_mib),
+        "rootfs",
+    )
 }
 
 /// The boot stage's initramfs: the modules for the disk (virtio or NVMe),

@@ -100,6 +100,9 @@ pub struct Options {
     pub serial: Option<String>,
     /// The firmware, and with it the machine.
     pub firmware: Firmware,
+    /// RAM in MiB instead of the machine's default (512 on x86-64, 1024
+    /// on arm64).
+    pub memory_mib: Option<u32>,
 }
 
 impl Machine {
@@ -132,13 +135,19 @@ impl Machine {
         let mut cmd = Command::new(qemu);
         // Name TCG explicitly: "kvm:tcg" picks a broken KVM here and stalls.
         cmd.args(["-accel", "tcg"]);
+        let memory = |default: u32| opts.memory_mib.unwrap_or(default).to_string();
         match opts.firmware {
-            Firmware::Ovmf => cmd.args(["-machine", "q35", "-m", "512"]),
+            Firmware::Ovmf => cmd.args(["-machine", "q35", "-m", &memory(512)]),
             // cortex-a72, not max: TCG emulates max's pointer
             // authentication slowly, and nothing here needs it.
-            Firmware::UBoot | Firmware::Aavmf => {
-                cmd.args(["-machine", "virt", "-cpu", "cortex-a72", "-m", "1024"])
-            }
+            Firmware::UBoot | Firmware::Aavmf => cmd.args([
+                "-machine",
+                "virt",
+                "-cpu",
+                "cortex-a72",
+                "-m",
+                &memory(1024),
+            ]),
         };
         cmd.args([
             "-nographic",

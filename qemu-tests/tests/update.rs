@@ -315,3 +315,45 @@ fn tampered_and_foreign_bundles_are_refused_inside_the_guest() {
     vm.expect("slot_a          1     0        yes  (booted, next)", STEP)
         .unwrap();
 }
+
+/// A 128 MiB appliance installs, boots and commits a release of 224 MiB,
+/// most of it incompressible: the updater stays within its 16 MiB budget
+/// beside the running system, and nothing is killed.
+#[test]
+fn a_128_mib_machine_installs_a_release_larger_than_its_memory() {
+    let app = Appliance::new();
+    let v1 = app.image(&Release::default());
+    let v2 = app.image(&Release {
+        version: "2.0.0",
+        filler_mib: 160,
+        ..Release::default()
+    });
+    let v2_size = std::fs::metadata(&v2).unwrap().len();
+    assert!(v2_size > 128 << 20, "the release is {v2_size} bytes");
+    let disk = app.factory_disk_sized("disk", &v1, v2_size + (8 << 20));
+    let stick = app.media("2.0.0", &v2);
+    let mut vm = app.boot_with(
+        &disk,
+        &stick,
+        Options {
+            memory_mib: Some(192),
+            ..Options::default()
+        },
+    );
+    vm.expect("RELEASE 1.0.0 RUNNING ON slot_a", BOOT).unwrap();
+    vm.expect("READY 1.0.0", STEP).unwrap();
+    vm.send("free -m; updater install /media/2.0.0.swb --reboot; echo INSTALL EXIT $?")
+        .unwrap();
+    let said = vm
+        .expect(
+            "switchback boot stage: selected slot_b",
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    assert!(said.contains("within 16 MiB of memory"), "{said}");
+    assert!(
+        !said.contains("INSTALL EXIT") && !said.contains("Killed"),
+        "{said}"
+    );
+    runs_committed(&mut vm, "2.0.0", "slot_b");
+}

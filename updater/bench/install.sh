@@ -118,8 +118,9 @@ cmp -n "$size" rauc-b.img rootfs.img && cmp -n "$size" swu-slot.img rootfs.img
 # The updater before the memory budget, built as ours is.
 BASELINE=${BASELINE:-b9ec514}
 git -C "$top" worktree add --detach "$w/baseline" "$BASELINE" >/dev/null 2>&1
-(cd "$w/baseline" && CARGO_TARGET_DIR="$w/baseline-target" cargo build --release --locked -p updater >/dev/null 2>&1)
-OLD=$w/baseline-target/release/updater
+# Kept between runs: a build of a fixed revision does not change.
+(cd "$w/baseline" && CARGO_TARGET_DIR="/var/tmp/swb-baseline-$BASELINE" cargo build --release --locked -p updater >/dev/null 2>&1)
+OLD=/var/tmp/swb-baseline-$BASELINE/release/updater
 t_old=$(best "$OLD" --config config.json --disk disk.img --booted-slot a install bench.swb)
 
 # Peak memory: "anon rss" in MiB, sampled every 2 ms (RAUC: its service).
@@ -129,6 +130,7 @@ peak() {
 }
 # A state directory for each disk: state is tied to its disk (exit 65).
 for d in big-disk delta-disk; do
+  mkdir -p "$w/data-$d"
   echo "{\"compatible\":\"bench\",\"keyring\":\"$w/keys\",\"data_dir\":\"$w/data-$d\"}" > "config-$d.json"
 done
 config_of() { [ "$1" = disk.img ] && echo config.json || echo "config-${1%.img}.json"; }

@@ -289,9 +289,10 @@ fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
         Bytes(u64),
         Text(String),
     }
-    match Size::deserialize(d)? {
-        Size::Bytes(n) => Ok(Some(n)),
-        Size::Text(t) => switchback_bundle::size::parse_size(&t)
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::Bytes(n)) => Ok(Some(n)),
+        Some(Size::Text(t)) => switchback_bundle::size::parse_size(&t)
             .map(Some)
             .map_err(|e| serde::de::Error::custom(format!("install_memory: {e}"))),
     }

@@ -182,9 +182,19 @@ pub fn install(
         .unwrap_or(migrate::INITIAL_SCHEMA);
     let chain = migrate::expand_chain(&manifest, schema)?;
     // Measured before a delta's base is read: its pages are page cache.
-    let buffers = memory::pipeline_limit(
+    // Kept beside the buffers: two more copies of the signed head, and the
+    // migration executables until they are stored.
+    let kept = 2 * bundle.head.len() as u64
+        + manifest
+            .images
+            .iter()
+            .filter(|i| i.target != ROOTFS)
+            .map(|i| i.size)
+            .sum::<u64>();
+    let plan = memory::plan(
         opts.memory,
         switchback_bundle::budget::chunk_memory(&manifest.images),
+        kept,
         opts.threads,
     )?;
     // A delta's base is checked before anything is written.
@@ -237,7 +247,7 @@ pub fn install(
         &image,
         &area,
         base.as_ref(),
-        buffers,
+        plan,
         opts,
         &chain,
         &mut state,
@@ -369,7 +379,7 @@ fn write_slot(
     image: &ImageSpec,
     area: &SlotArea,
     base: Option<&MappedBase>,
-    buffers: u64,
+    plan: memory::Plan,
     opts: &InstallOptions,
     chain: &[MigrationSpec],
     state: &mut StateFile,
@@ -419,9 +429,9 @@ fn write_slot(
     let mut writer = SlotWriter::new(&dev, &opts.disk, WRITEBACK_WINDOW);
     let mut executables: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let read = ReadOptions {
-        threads: opts.threads,
+        threads: plan.threads,
         base: base.map(|b| b as &dyn Base),
-        memory: Some(buffers),
+        memory: Some(plan.buffers),
         // The signed frame digests prove a full image's bytes.
         plaintext_sha256: false,
         fast_digest: true,

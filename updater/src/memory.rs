@@ -25,8 +25,15 @@ pub const DEFAULT_MEMORY: u64 = switchback_bundle::budget::DEVICE_MEMORY;
 /// a stack and the allocator's arena. Measured with
 /// `updater/bench/install.sh` (2 workers at 20M peaked 1.7 MiB above the
 /// chunk buffers); see docs/updater.md.
-fn reserve(threads: usize) -> u64 {
-    (1 << 20) + (512 << 10) * threads.max(1) as u64
+const RESERVE: u64 = 1 << 20;
+const PER_WORKER: u64 = 512 << 10;
+
+/// How the install spends its memory: the chunk buffers' limit and the
+/// workers that can keep busy within it.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub buffers: u64,
+    pub threads: usize,
 }
 
 /// The process's resident anonymous memory now, in bytes (`RssAnon` of
@@ -46,9 +53,12 @@ fn page_size() -> u64 {
 }
 
 /// The bytes the reader's chunk buffers may hold for an install of
-/// `memory` bytes in all, or the refusal that names what the bundle needs
-/// and the ways out. Checked before anything is written.
-pub fn pipeline_limit(memory: u64, chunk_need: u64, threads: usize) -> Result<u64> {
+/// `memory` bytes in all, and as many of `threads` workers as have a chunk
+/// in flight each (more would only wait, each with its own reserve); or
+/// the refusal that names what the bundle needs and the ways out. `kept`
+/// is what the install will hold beside the buffers (copies of the signed
+/// head, migration executables). Checked before anything is written.
+pub fn plan(memory: u64, chunk_need: u64, kept: u64, threads: usize) -> Result<Plan> {
     // Large buffers come from mmap and go back to the system when freed:
     // with glibc's default the threshold rises after the first free, and
     // freed chunk buffers would stay resident inside the heap.
@@ -58,18 +68,24 @@ pub fn pipeline_limit(memory: u64, chunk_need: u64, threads: usize) -> Result<u6
         nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 256 << 10);
     }
     // Without /proc, assume the most a start-up has been seen to hold.
-    let held = anonymous().unwrap_or(4 << 20) + reserve(threads);
-    let limit = memory.saturating_sub(held);
-    log::debug!("memory: {held} bytes held with the reserve, {limit} for chunk buffers, {chunk_need} per chunk");
-    if limit < chunk_need {
+    let held = anonymous().unwrap_or(4 << 20) + kept + RESERVE;
+    let room = memory.saturating_sub(held);
+    let fit = (room / (chunk_need + PER_WORKER).max(1)).max(1);
+    let threads = (threads.max(1) as u64).min(fit);
+    let buffers = room.saturating_sub(threads * PER_WORKER);
+    log::debug!("memory: {held} bytes held with the reserve, {buffers} for chunk buffers, {chunk_need} per chunk, {threads} worker(s)");
+    if buffers < chunk_need {
         return Err(UpdateError::OverMemory {
-            need: held + chunk_need,
+            need: held + PER_WORKER + chunk_need,
             memory,
             chunk_need,
         }
         .into());
     }
-    Ok(limit)
+    Ok(Plan {
+        buffers,
+        threads: threads as usize,
+    })
 }
 
 /// The running slot, mapped read-only, as the base of a delta.

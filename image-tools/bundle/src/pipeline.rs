@@ -40,7 +40,7 @@ pub fn ordered_map_until<I, O, S, E>(
     make_state: impl Fn() -> S + Sync,
     work: impl Fn(&mut S, I) -> Result<O, E> + Sync,
     mut consume: impl FnMut(O) -> Result<(), E>,
-    stopped: impl Fn(),
+    stopped: impl Fn() + Sync,
 ) -> Result<(), E>
 where
     I: Send,
@@ -69,8 +69,16 @@ where
         });
         for _ in 0..threads {
             let (job_rx, out_tx) = (job_rx.clone(), out_tx.clone());
-            let (make_state, work) = (&make_state, &work);
+            let (make_state, work, stopped) = (&make_state, &work, &stopped);
             scope.spawn(move || {
+                // A worker that panics never sends its item, and the
+                // consumer would wait for it while the producer waits for
+                // what the items behind it hold: stop them both.
+                let _on_panic = OnDrop(|| {
+                    if std::thread::panicking() {
+                        stopped()
+                    }
+                });
                 let mut state = make_state();
                 for (seq, item) in job_rx {
                     if out_tx.send((seq, work(&mut state, item))).is_err() {
