@@ -26,6 +26,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
+use std::io::Read;
 use std::os::fd::AsRawFd;
 
 /// How the kernel was loaded.
@@ -90,18 +91,15 @@ pub fn load(kernel: &File, initrd: Option<&File>, cmdline: &str) -> Result<Metho
     load_arm64(kernel, initrd, cmdline)
 }
 
-/// The file mapped read-only: page cache, not the boot stage's own memory
-/// (a kernel Image is tens of MiB; the install's 16 MiB budget,
-/// docs/updater.md, holds for the boot stage too).
-fn read_all(f: &File, what: &str) -> Result<memmap2::Mmap, KexecError> {
-    // SAFETY: a read-only map of a file in the slot, which nothing writes
-    // while the boot stage runs; the kernel copies it at kexec_load.
-    unsafe { memmap2::Mmap::map(f) }.map_err(|e| {
+fn read_all(mut f: &File, what: &str) -> Result<Vec<u8>, KexecError> {
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).map_err(|e| {
         error(
             e.raw_os_error().unwrap_or(0),
             format!("reading {what}: {e}"),
         )
-    })
+    })?;
+    Ok(buf)
 }
 
 fn load_arm64(kernel: &File, initrd: Option<&File>, cmdline: &str) -> Result<Method, KexecError> {
@@ -182,10 +180,8 @@ fn load_arm64(kernel: &File, initrd: Option<&File>, cmdline: &str) -> Result<Met
 
 /// One piece of the next kernel's memory image.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Segment<'a> {
-    /// The kernel and initramfs as they were given (mapped), the rest
-    /// made here.
-    pub data: std::borrow::Cow<'a, [u8]>,
+pub struct Segment {
+    pub data: Vec<u8>,
     /// Physical address, page-aligned.
     pub mem: u64,
     /// Bytes reserved at `mem`, page-aligned, at least `data.len()`.
@@ -193,8 +189,8 @@ pub struct Segment<'a> {
 }
 
 #[derive(Debug, Clone)]
-pub struct Segments<'a> {
-    pub segments: Vec<Segment<'a>>,
+pub struct Segments {
+    pub segments: Vec<Segment>,
     /// Where the CPU starts: the purgatory.
     pub entry: u64,
 }
@@ -291,15 +287,15 @@ pub fn arm64_purgatory(dtb: u64, kernel: u64) -> [u8; 40] {
 /// The next kernel's memory image on arm64: Image, initramfs, device tree
 /// and purgatory placed in `free` RAM. `seeds` holds 8 bytes of KASLR seed
 /// and 64 of RNG seed for the next kernel.
-pub fn arm64_segments<'a>(
-    image: &'a [u8],
-    initrd: Option<&'a [u8]>,
+pub fn arm64_segments(
+    image: &[u8],
+    initrd: Option<&[u8]>,
     fdt: &[u8],
     cmdline: &str,
     free: &[(u64, u64)],
     page: u64,
     seeds: &[u8; 72],
-) -> Result<Segments<'a>, String> {
+) -> Result<Segments, String> {
     if image.get(0x38..0x3c) != Some(b"ARM\x64") {
         return Err("the slot's kernel is not an arm64 Image (no ARM\\x64 magic)".into());
     }
@@ -319,7 +315,7 @@ pub fn arm64_segments<'a>(
     let kernel_at = take(&mut free, round(image_size), MIB_2, text_offset)
         .ok_or_else(|| no_room("Image", image_size))?;
     let mut segments = vec![Segment {
-        data: image.into(),
+        data: image.to_vec(),
         mem: kernel_at,
         memsz: round(image_size),
     }];
@@ -337,7 +333,7 @@ pub fn arm64_segments<'a>(
             let at =
                 take(&mut free, round(len), page, 0).ok_or_else(|| no_room("initramfs", len))?;
             segments.push(Segment {
-                data: initrd.into(),
+                data: initrd.to_vec(),
                 mem: at,
                 memsz: round(len),
             });
@@ -360,13 +356,13 @@ pub fn arm64_segments<'a>(
     let dtb_at =
         take(&mut free, round(dtb_len), MIB_2, 0).ok_or_else(|| no_room("device tree", dtb_len))?;
     segments.push(Segment {
-        data: dtb.into(),
+        data: dtb,
         mem: dtb_at,
         memsz: round(dtb_len),
     });
     let purgatory_at = take(&mut free, page, page, 0).ok_or_else(|| no_room("entry", page))?;
     segments.push(Segment {
-        data: arm64_purgatory(dtb_at, kernel_at).to_vec().into(),
+        data: arm64_purgatory(dtb_at, kernel_at).to_vec(),
         mem: purgatory_at,
         memsz: page,
     });
@@ -792,9 +788,8 @@ mod tests {
     fn the_pieces_go_to_free_ram_aligned_without_overlap_and_the_entry_finds_them() {
         let free = free_ram(IOMEM);
         let initrd = vec![7u8; 3 << 20];
-        let kernel_image = image(40 << 20, 30 << 20);
         let s = arm64_segments(
-            &kernel_image,
+            &image(40 << 20, 30 << 20),
             Some(&initrd),
             &tree(true),
             "root=x",
