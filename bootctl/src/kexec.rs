@@ -635,8 +635,11 @@ mod tests {
         t
     }
 
-    /// `/chosen`'s properties (name, value) and every node path, read back.
-    fn read(fdt: &[u8]) -> (Vec<(String, Vec<u8>)>, Vec<String>, Vec<u8>) {
+    /// A device tree read back: `/chosen`'s properties (name, value),
+    /// every node path, and the memory reservation block.
+    type ReadBack = (Vec<(String, Vec<u8>)>, Vec<String>, Vec<u8>);
+
+    fn read(fdt: &[u8]) -> ReadBack {
         let off_struct = be32(fdt, 8).unwrap() as usize;
         let off_strings = be32(fdt, 12).unwrap() as usize;
         let off_rsv = be32(fdt, 16).unwrap() as usize;

@@ -54,7 +54,7 @@ impl Slot {
 
 impl std::fmt::Display for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 
@@ -72,6 +72,18 @@ impl std::str::FromStr for Slot {
 impl Serialize for Slot {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.serialize_str(self.name())
+    }
+}
+
+/// Exactly as serialized (`slot_a`, `slot_b`): a record naming anything
+/// else is damaged, not read as a guess.
+impl<'de> serde::Deserialize<'de> for Slot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Slot, D::Error> {
+        let name = String::deserialize(d)?;
+        Slot::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| serde::de::Error::custom(format!("{name:?} is not slot_a or slot_b")))
     }
 }
 

@@ -162,7 +162,7 @@ pub fn health_result(
             version,
             reason,
         } => Err(UpdateError::RolledBack {
-            slot: from,
+            slot: from.name(),
             version,
             reason,
         }

@@ -90,7 +90,7 @@ pub enum UpdateError {
 
     #[error("{slot} ({version}) was rolled back: {reason}")]
     RolledBack {
-        slot: String,
+        slot: &'static str,
         version: String,
         reason: String,
     },
@@ -114,6 +114,13 @@ pub enum UpdateError {
         recorded: String,
         disk: PathBuf,
         guid: String,
+    },
+
+    #[error("{path} is of state format {found}, newer than this updater's {known}: a newer release wrote it (this one came back by a rollback?); nothing changed. Install that release again or one as new, which reads it")]
+    StateTooNew {
+        path: PathBuf,
+        found: u64,
+        known: u32,
     },
 
     #[error("{slot} holds {version} (security version {security_version}), below this device's security floor {floor}: it has known holes; pass --below-security-floor to boot it anyway")]
@@ -168,6 +175,7 @@ impl UpdateError {
             UpdateError::NotABundleFile { .. } => 64,
             UpdateError::StateOfAnotherDisk { .. } => 65,
             UpdateError::OverMemory { .. } => 66,
+            UpdateError::StateTooNew { .. } => 67,
         }
     }
 }

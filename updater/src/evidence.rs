@@ -113,7 +113,7 @@ pub fn version_of(
     releases[slot.index()]
         .as_ref()
         .map(|m| m.version.clone())
-        .or_else(|| state.slots.get(slot.name()).map(|r| r.version.clone()))
+        .or_else(|| state.slots.get(&slot).map(|r| r.version.clone()))
 }
 
 /// The version of the running release ([`version_of`] the booted slot).
@@ -131,7 +131,7 @@ pub fn disagreements(state: &crate::state::State, releases: &[Option<Manifest>; 
     Slot::ALL
         .into_iter()
         .filter_map(|slot| {
-            let (rec, signed) = (state.slots.get(slot.name())?, releases[slot.index()].as_ref()?);
+            let (rec, signed) = (state.slots.get(&slot)?, releases[slot.index()].as_ref()?);
             let signed_digest = signed.image(crate::install::ROOTFS).ok()?.digest().to_string();
             (rec.version != signed.version || rec.digest != signed_digest).then(|| {
                 format!(

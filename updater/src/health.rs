@@ -8,10 +8,10 @@
 //! the one running) and reports that once, with the reason.
 
 use crate::config::{Check, Config};
-use crate::recover::{finish_commit, recover, run_finalize, save, security_version_of};
+use crate::recover::{finish_commit, run_finalize, save, security_version_of};
 use crate::runner::{run_command, CheckResult};
-use crate::state::{Outcome, StateFile};
-use anyhow::{Context, Result};
+use crate::state::Outcome;
+use anyhow::Result;
 use bootctl::{BootAttrs, Disk, Slot};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ pub enum HealthOutcome {
     Failed { reason: String, fallback: Slot },
     /// The boot stage fell back from the slot the last install targeted.
     RolledBack {
-        from: String,
+        from: Slot,
         version: String,
         reason: String,
     },
@@ -88,9 +88,8 @@ pub fn health(
     sector_size: Option<u64>,
     booted: Slot,
 ) -> Result<HealthOutcome> {
-    let _lock = bootctl::lock::ensure(disk_path, bootctl::lock::DEFAULT_WAIT)?;
-    let mut state = StateFile::of(config);
-    recover(config, disk_path, &mut state)?;
+    let mut session = crate::machine::begin(config, disk_path)?;
+    let state = &mut session.state;
     let mut disk = Disk::open(disk_path, sector_size, true)?;
     let attrs = disk.read()?.attrs();
 
@@ -99,11 +98,7 @@ pub fn health(
     // waits for its reboot.
     if let Some(last) = state.state.last_install.clone() {
         let booted_new = matches!(last.outcome, Outcome::Installed | Outcome::HealthFailed);
-        let target = if last.slot == Slot::A.name() {
-            Slot::A
-        } else {
-            Slot::B
-        };
+        let target = last.slot;
         let t = attrs[target.index()];
         if booted_new && target != booted && !t.is_bootable() {
             let started = start_failure(disk_path, target);
@@ -115,21 +110,8 @@ pub fn health(
                 }
                 _ => "it was marked bad".into(),
             };
-            let record = state
-                .state
-                .last_install
-                .as_mut()
-                .context("install record vanished")?;
-            record.outcome = Outcome::RolledBack;
-            record.reason = Some(reason.clone());
-            state.record(
-                "rolled-back",
-                &last.slot,
-                Some(&last.version),
-                None,
-                Some(&reason),
-            );
-            save(&mut state)?;
+            state.state.fell_back(&reason);
+            save(state)?;
             return Ok(HealthOutcome::RolledBack {
                 from: last.slot,
                 version: last.version,
@@ -140,14 +122,10 @@ pub fn health(
 
     if attrs[booted.index()].successful {
         // A finalize that a power cut interrupted, or whose commit it cut.
-        run_finalize(config, booted, &mut state)?;
+        run_finalize(config, booted, state)?;
         return Ok(HealthOutcome::AlreadyGood);
     }
-    let version = state
-        .state
-        .slots
-        .get(booted.name())
-        .map(|r| r.version.clone());
+    let version = state.state.slots.get(&booted).map(|r| r.version.clone());
     // A slot marked bad (by a technician, or a check run elsewhere) while
     // on trial is a failed trial, whatever the checks would say now.
     let verdict = if attrs[booted.index()].priority == 0 {
@@ -160,11 +138,11 @@ pub fn health(
     match verdict {
         Ok(()) => {
             // Intent first: a crash after the flag is finished by `recover`.
-            let sv = security_version_of(config, disk_path, &disk.read()?, booted, &state);
-            state.state.committing = Some(booted.name().into());
-            save(&mut state)?;
+            let sv = security_version_of(config, disk_path, &disk.read()?, booted, state);
+            state.state.begin_commit(booted);
+            save(state)?;
             disk.mark_good(booted)?;
-            finish_commit(config, booted, sv, &mut state)?;
+            finish_commit(config, booted, sv, state)?;
             Ok(HealthOutcome::Committed { version })
         }
         Err(reason) => {
@@ -177,23 +155,8 @@ pub fn health(
                 }
                 Ok(())
             })?;
-            if let Some(last) = state
-                .state
-                .last_install
-                .as_mut()
-                .filter(|l| l.slot == booted.name())
-            {
-                last.outcome = Outcome::HealthFailed;
-                last.reason = Some(reason.clone());
-            }
-            state.record(
-                "health-failed",
-                booted.name(),
-                version.as_deref(),
-                None,
-                Some(&reason),
-            );
-            save(&mut state)?;
+            state.state.health_failed(booted, &reason);
+            save(state)?;
             Ok(HealthOutcome::Failed { reason, fallback })
         }
     }

@@ -22,9 +22,9 @@ use crate::events::{Event, Observer};
 use crate::evidence::{self, SlotArea};
 use crate::memory::{self, MappedBase};
 use crate::migrate;
-use crate::recover::{recover, save, settle_install};
+use crate::recover::save;
 use crate::slot_writer::{self, SlotError, SlotWriter};
-use crate::state::{now, InstallRecord, Outcome, SlotRecord, StateFile};
+use crate::state::{now, SlotRecord, StateFile};
 use anyhow::{Context, Result};
 use bootctl::{BootAttrs, Disk, Slot};
 use std::collections::BTreeMap;
@@ -150,10 +150,8 @@ pub fn install(
     opts: &InstallOptions,
     observer: &mut dyn Observer,
 ) -> Result<Installed> {
-    // Before any state is read: what is checked below stays true.
-    let _lock = bootctl::lock::ensure(&opts.disk, bootctl::lock::DEFAULT_WAIT)?;
-    let mut state = StateFile::of(config);
-    recover(config, &opts.disk, &mut state)?;
+    let mut session = crate::machine::begin(config, &opts.disk)?;
+    let state = &mut session.state;
     let keyring = Keyring::load_dir(&config.keyring)?;
     let bundle = Envelope::read(source)?.verify(&keyring)?;
     let manifest = bundle.manifest.clone();
@@ -228,18 +226,13 @@ pub fn install(
         memory: opts.memory,
     });
 
-    state.state.last_install = Some(InstallRecord {
-        slot: target.name().into(),
-        version: manifest.version.clone(),
-        from_version: from_version.clone(),
-        started_at: now(),
-        finished_at: None,
-        outcome: Outcome::Installing,
-        reason: None,
-        fleet_action: opts.fleet_action.clone(),
-    });
-    state.state.slots.remove(target.name());
-    save(&mut state)?;
+    state.state.begin_install(
+        target,
+        &manifest.version,
+        from_version.clone(),
+        opts.fleet_action.clone(),
+    );
+    save(state)?;
 
     let written = write_slot(
         config,
@@ -250,7 +243,7 @@ pub fn install(
         plan,
         opts,
         &chain,
-        &mut state,
+        state,
         observer,
     )
     .and_then(|()| {
@@ -262,24 +255,14 @@ pub fn install(
             data_schema: manifest.data_schema,
             installed_at: now(),
         };
-        state.state.slots.insert(target.name().into(), record);
-        set_outcome(&mut state, Outcome::Flipping, None);
-        save(&mut state)
+        state.state.flipping(target, record);
+        save(state)
     });
     if let Err(e) = written {
         let e = blame_the_base(e, base.as_ref(), &manifest, opts);
-        let reason = format!("{e:#}");
-        state.state.slots.remove(target.name());
-        set_outcome(&mut state, Outcome::Failed, Some(reason.clone()));
-        state.record(
-            "install-failed",
-            target.name(),
-            Some(&manifest.version),
-            from_version.as_deref(),
-            Some(&reason),
-        );
+        state.state.install_failed(&format!("{e:#}"));
         // The install's own error matters more than a failure to record it.
-        let _ = save(&mut state);
+        let _ = save(state);
         return Err(e);
     }
 
@@ -290,8 +273,8 @@ pub fn install(
         let attrs = Disk::open(&opts.disk, opts.sector_size, false)?
             .read()?
             .attrs();
-        settle_install(&mut state, attrs);
-        let _ = save(&mut state);
+        state.state.settle_from_flags(attrs);
+        let _ = save(state);
         if attrs[target.index()].priority > 0 {
             return Err(UpdateError::PartlyDone {
                 done: format!(
@@ -308,15 +291,8 @@ pub fn install(
         slot: target.name().into(),
         tries: config.boot_tries,
     });
-    set_outcome(&mut state, Outcome::Installed, None);
-    state.record(
-        "install",
-        target.name(),
-        Some(&manifest.version),
-        from_version.as_deref(),
-        None,
-    );
-    save(&mut state).map_err(|e| UpdateError::PartlyDone {
+    state.state.installed();
+    save(state).map_err(|e| UpdateError::PartlyDone {
         done: format!(
             "{} is installed in {target} and boots next on trial",
             manifest.version
@@ -358,16 +334,6 @@ fn blame_the_base(
             .into()
         }
         _ => e,
-    }
-}
-
-fn set_outcome(state: &mut StateFile, outcome: Outcome, reason: Option<String>) {
-    if let Some(r) = state.state.last_install.as_mut() {
-        r.outcome = outcome;
-        r.reason = reason;
-        if outcome != Outcome::Flipping {
-            r.finished_at = Some(now());
-        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod evidence;
 pub mod fleet;
 pub mod health;
 pub mod install;
+pub mod machine;
 pub mod memory;
 pub mod migrate;
 pub mod recover;

@@ -17,10 +17,10 @@
 use crate::config::Config;
 use crate::evidence;
 use crate::migrate;
-use crate::state::{now, Outcome, StateFile};
+use crate::state::StateFile;
 use crate::UpdateError;
 use anyhow::Result;
-use bootctl::{BootAttrs, Disk, Slot};
+use bootctl::{Disk, Slot};
 use std::path::Path;
 use switchback_bundle::Keyring;
 
@@ -34,57 +34,6 @@ pub fn save(state: &mut StateFile) -> Result<()> {
     })
 }
 
-fn slot_named(name: &str) -> Option<Slot> {
-    name.parse().ok()
-}
-
-/// Settles an install record left `installing` or `flipping` from the
-/// target slot's flags. Returns what it did.
-pub fn settle_install(state: &mut StateFile, attrs: [BootAttrs; 2]) -> Option<String> {
-    let rec = state.state.last_install.clone()?;
-    let target = slot_named(&rec.slot)?;
-    let bootable = attrs[target.index()].priority > 0;
-    let failed = |why: String| (Outcome::Failed, Some(why), "install-failed");
-    let (outcome, reason, event) = match rec.outcome {
-        // Marking the slot unbootable is the first thing done to it.
-        Outcome::Installing if bootable => {
-            failed(format!("interrupted before {} was touched", rec.slot))
-        }
-        Outcome::Installing => failed(format!(
-            "interrupted while writing {}; it stays unbootable",
-            rec.slot
-        )),
-        Outcome::Flipping if bootable => (Outcome::Installed, None, "install"),
-        Outcome::Flipping => failed(format!(
-            "interrupted before the flip; {} stays unbootable",
-            rec.slot
-        )),
-        _ => return None,
-    };
-    if outcome == Outcome::Failed && !bootable {
-        state.state.slots.remove(&rec.slot);
-    }
-    if let Some(r) = state.state.last_install.as_mut() {
-        r.outcome = outcome;
-        r.reason.clone_from(&reason);
-        r.finished_at.get_or_insert_with(now);
-    }
-    state.record(
-        event,
-        &rec.slot,
-        Some(&rec.version),
-        rec.from_version.as_deref(),
-        reason.as_deref(),
-    );
-    Some(match reason {
-        Some(r) => format!("the install of {} {r}", rec.version),
-        None => format!(
-            "the install of {} into {} completed before a crash; recorded now",
-            rec.version, rec.slot
-        ),
-    })
-}
-
 /// The rest of a commit once `slot` is marked good on the disk: raise the
 /// security floor, record it, then run the release's finalize migrations
 /// once. Each step is saved before the next begins.
@@ -94,27 +43,7 @@ pub fn finish_commit(
     security_version: Option<u64>,
     state: &mut StateFile,
 ) -> Result<()> {
-    let version = state
-        .state
-        .slots
-        .get(slot.name())
-        .map(|r| r.version.clone());
-    if let Some(sv) = security_version {
-        state.state.security_floor = state.state.security_floor.max(sv);
-    }
-    if let Some(last) = state
-        .state
-        .last_install
-        .as_mut()
-        .filter(|l| l.slot == slot.name())
-    {
-        last.outcome = Outcome::Committed;
-        last.finished_at = Some(now());
-    }
-    state.record("commit", slot.name(), version.as_deref(), None, None);
-    state.state.committing = None;
-    state.state.finalize_pending = version;
-    state.state.finalize_attempts = 0;
+    state.state.finish_commit(slot, security_version);
     save(state).map_err(|e| UpdateError::PartlyDone {
         done: format!("{slot} is committed (marked good on the disk)"),
         failed: format!(
@@ -133,20 +62,12 @@ pub fn run_finalize(config: &Config, slot: Slot, state: &mut StateFile) -> Resul
     let Some(version) = state.state.finalize_pending.clone() else {
         return Ok(());
     };
-    if state.state.slots.get(slot.name()).map(|r| &r.version) != Some(&version) {
+    if state.state.slots.get(&slot).map(|r| &r.version) != Some(&version) {
         return Ok(());
     }
     let give_up = |state: &mut StateFile, why: String| -> Result<()> {
         log::warn!("{why}");
-        state.state.finalize_pending = None;
-        state.state.finalize_attempts = 0;
-        state.record(
-            "finalize-failed",
-            slot.name(),
-            Some(&version),
-            None,
-            Some(&why),
-        );
+        state.state.finalize_given_up(slot, &version, &why);
         save(state)
     };
     if state.state.finalize_attempts >= 2 {
@@ -155,7 +76,7 @@ pub fn run_finalize(config: &Config, slot: Slot, state: &mut StateFile) -> Resul
             "finalize was interrupted twice (a crash or power cut while it ran); given up, the data is as before it".into(),
         );
     }
-    state.state.finalize_attempts += 1;
+    state.state.finalize_started();
     save(state)?;
     let env = migrate::MigrationEnv {
         release: version.clone(),
@@ -163,9 +84,7 @@ pub fn run_finalize(config: &Config, slot: Slot, state: &mut StateFile) -> Resul
         new_slot: slot.name().into(),
     };
     let result = migrate::finalize(config, &version, &env, || {
-        state.state.finalize_pending = None;
-        state.state.finalize_attempts = 0;
-        state.state.finalized = Some(version.clone());
+        state.state.finalize_done(&version);
         save(state)
     });
     match result {
@@ -187,17 +106,11 @@ pub fn recover(config: &Config, disk: &Path, state: &mut StateFile) -> Result<Ve
     }
     let d = Disk::open(disk, None, false)?.read()?;
     let attrs = d.attrs();
-    if let Some(what) = settle_install(state, attrs) {
+    if let Some(what) = state.state.settle_from_flags(attrs) {
         done.push(what);
         save(state)?;
     }
-    if let Some(slot) = state
-        .state
-        .committing
-        .clone()
-        .as_deref()
-        .and_then(slot_named)
-    {
+    if let Some(slot) = state.state.committing {
         if attrs[slot.index()].successful {
             done.push(format!(
                 "finished the commit of {slot} that a crash interrupted"
@@ -205,7 +118,7 @@ pub fn recover(config: &Config, disk: &Path, state: &mut StateFile) -> Result<Ve
             let sv = security_version_of(config, disk, &d, slot, state);
             finish_commit(config, slot, sv, state)?;
         } else {
-            state.state.committing = None;
+            state.state.drop_commit();
             save(state)?;
         }
     }
@@ -224,7 +137,7 @@ pub fn security_version_of(
     slot: Slot,
     state: &StateFile,
 ) -> Option<u64> {
-    if let Some(r) = state.state.slots.get(slot.name()) {
+    if let Some(r) = state.state.slots.get(&slot) {
         return Some(r.security_version);
     }
     let keyring = Keyring::load_dir(&config.keyring).ok()?;

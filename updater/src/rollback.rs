@@ -4,21 +4,16 @@
 
 use crate::config::Config;
 use crate::evidence;
-use crate::state::StateFile;
 use crate::UpdateError;
 use anyhow::{Context, Result};
 use bootctl::{Disk, Slot};
 use std::path::Path;
 use switchback_bundle::Keyring;
 
-/// The history event of a rollback past the security floor; the fleet
-/// client reports the last one as a device attribute.
-pub const BELOW_FLOOR_EVENT: &str = "rollback-below-security-floor";
-
 /// Makes the slot other than `booted` boot next; returns it. A release
 /// below the security floor (the state's, or what the disk's signed
 /// records prove) is refused unless `below_security_floor`; then the event
-/// is recorded as [`BELOW_FLOOR_EVENT`].
+/// is recorded as `rollback-below-security-floor`.
 pub fn rollback(
     config: &Config,
     disk_path: &Path,
@@ -26,9 +21,8 @@ pub fn rollback(
     booted: Slot,
     below_security_floor: bool,
 ) -> Result<Slot> {
-    let _lock = bootctl::lock::ensure(disk_path, bootctl::lock::DEFAULT_WAIT)?;
-    let mut state = StateFile::of(config);
-    crate::recover::recover(config, disk_path, &mut state)?;
+    let mut session = crate::machine::begin(config, disk_path)?;
+    let state = &mut session.state;
     let target = booted.other();
     let disk_state = Disk::open(disk_path, sector_size, false)?.read()?;
     let keyring = Keyring::load_dir(&config.keyring)?;
@@ -36,13 +30,7 @@ pub fn rollback(
     let target_security = releases[target.index()]
         .as_ref()
         .map(|m| m.security_version)
-        .or_else(|| {
-            state
-                .state
-                .slots
-                .get(target.name())
-                .map(|r| r.security_version)
-        });
+        .or_else(|| state.state.slots.get(&target).map(|r| r.security_version));
     let (to, from) = (
         evidence::version_of(&state.state, target, &releases),
         evidence::version_of(&state.state, booted, &releases),
@@ -72,24 +60,18 @@ pub fn rollback(
         .into());
     }
     let (target, _) = Disk::open(disk_path, sector_size, true)?.rollback(Some(booted))?;
-    let (event, reason) = if below {
-        (
-            BELOW_FLOOR_EVENT,
-            format!(
-                "requested by a technician, below the security floor {floor} (security version {})",
-                target_security.map_or("unknown".into(), |v| v.to_string())
-            ),
+    let below_floor = below.then(|| {
+        format!(
+            "requested by a technician, below the security floor {floor} (security version {})",
+            target_security.map_or("unknown".into(), |v| v.to_string())
         )
-    } else {
-        ("rollback", "requested by a technician".to_string())
-    };
-    state.record(
-        event,
-        target.name(),
+    });
+    state.state.technician_rollback(
+        target,
         to.as_deref(),
         from.as_deref(),
-        Some(&reason),
+        below_floor.as_deref(),
     );
-    crate::recover::save(&mut state)?;
+    crate::recover::save(state)?;
     Ok(target)
 }

@@ -7,6 +7,7 @@
 //! A missing or damaged file never stops the appliance: the updater starts
 //! from defaults, says so, and keeps a damaged file aside for inspection.
 
+use bootctl::Slot;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -49,7 +50,7 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallRecord {
-    pub slot: String,
+    pub slot: Slot,
     pub version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_version: Option<String>,
@@ -67,15 +68,88 @@ pub struct InstallRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub time: u64,
-    /// install, install-failed, commit, rollback.
-    pub event: String,
-    pub slot: String,
+    pub event: Event,
+    pub slot: Slot,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// What a history entry records, spelled in the file and in `history` as
+/// the docs list them (docs/updater.md). A name this updater does not know
+/// (written by a newer one) is kept as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Install,
+    InstallFailed,
+    Commit,
+    FinalizeFailed,
+    HealthFailed,
+    /// The boot stage fell back from the release on trial.
+    RolledBack,
+    /// A technician's rollback.
+    Rollback,
+    /// A technician's rollback past the security floor; the fleet client
+    /// reports the last one as a device attribute.
+    RollbackBelowSecurityFloor,
+    Other(String),
+}
+
+impl Event {
+    const NAMED: [(Event, &'static str); 8] = [
+        (Event::Install, "install"),
+        (Event::InstallFailed, "install-failed"),
+        (Event::Commit, "commit"),
+        (Event::FinalizeFailed, "finalize-failed"),
+        (Event::HealthFailed, "health-failed"),
+        (Event::RolledBack, "rolled-back"),
+        (Event::Rollback, "rollback"),
+        (
+            Event::RollbackBelowSecurityFloor,
+            "rollback-below-security-floor",
+        ),
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Event::Other(name) => name,
+            known => Event::NAMED
+                .iter()
+                .find(|(e, _)| e == known)
+                .map_or("?", |(_, name)| name),
+        }
+    }
+}
+
+/// Padded as asked (`history` lines up its columns).
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl From<&str> for Event {
+    fn from(name: &str) -> Event {
+        Event::NAMED
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map_or_else(|| Event::Other(name.to_string()), |(e, _)| e.clone())
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Event, D::Error> {
+        Ok(Event::from(String::deserialize(d)?.as_str()))
+    }
 }
 
 /// Where a fleet server's deployment stands on this device.
@@ -125,9 +199,9 @@ pub struct State {
     pub security_floor: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_schema: Option<u32>,
-    /// By slot name (`slot_a`, `slot_b`).
+    /// Keyed by slot name (`slot_a`, `slot_b`) in the file.
     #[serde(default)]
-    pub slots: BTreeMap<String, SlotRecord>,
+    pub slots: BTreeMap<Slot, SlotRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_install: Option<InstallRecord>,
     #[serde(default)]
@@ -136,7 +210,7 @@ pub struct State {
     /// so a crash between the flag and the rest of the commit is finished
     /// by the next command (see `recover`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub committing: Option<String>,
+    pub committing: Option<Slot>,
     /// The committed release whose finalize migrations have yet to run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finalize_pending: Option<String>,
@@ -261,6 +335,45 @@ pub fn check_disk(
     }
 }
 
+enum Unreadable {
+    Newer(u64),
+    Damaged(String),
+}
+
+fn format_of(bytes: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()?
+        .get("format")?
+        .as_u64()
+}
+
+/// A state file of any format this updater knows, converted to [`FORMAT`].
+fn parse(bytes: &[u8]) -> Result<State, Unreadable> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Unreadable::Damaged(e.to_string()))?;
+    let format = value
+        .get("format")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| Unreadable::Damaged("no format number".into()))?;
+    if format > u64::from(FORMAT) {
+        return Err(Unreadable::Newer(format));
+    }
+    let value = upconvert(value, format).map_err(Unreadable::Damaged)?;
+    serde_json::from_value(value).map_err(|e| Unreadable::Damaged(e.to_string()))
+}
+
+/// One step per format: the state of `format` as the next one spells it,
+/// so that a format change never resets a device to defaults (its history,
+/// security floor and fleet action would be lost). Format 1 is the first
+/// there is; a step is added here with each new format, and its test
+/// loads a file of the old one.
+fn upconvert(value: serde_json::Value, format: u64) -> Result<serde_json::Value, String> {
+    match format {
+        f if f == u64::from(FORMAT) => Ok(value),
+        f => Err(format!("state format {f} never existed (the first is 1)")),
+    }
+}
+
 /// As `history`, `--json` and the docs spell it: `health-failed`.
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -282,6 +395,8 @@ pub struct StateFile {
     unreadable: bool,
     /// The disk's GUID, stamped on the state when it is saved.
     disk_guid: Option<String>,
+    /// The file's format when it is newer than [`FORMAT`].
+    newer: Option<u64>,
 }
 
 impl StateFile {
@@ -301,26 +416,31 @@ impl StateFile {
 
     /// What [`StateFile::load`] makes of what reading `path` gave.
     pub fn from_read(path: PathBuf, read: std::io::Result<Vec<u8>>) -> StateFile {
+        let read_format = read.as_ref().ok().and_then(|b| format_of(b));
         let (state, warning, damaged, unreadable) = match read {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 (State::default(), Some(format!("{}: no state file yet (factory state)", path.display())), false, false)
             }
             Err(e) => (State::default(), Some(format!("{}: cannot read ({e}); using defaults and not overwriting it", path.display())), false, true),
-            Ok(bytes) => match serde_json::from_slice::<State>(&bytes) {
-                Ok(s) if s.format == FORMAT => (s, None, false, false),
-                Ok(s) => (
+            Ok(bytes) => match parse(&bytes) {
+                Ok(s) => (s, None, false, false),
+                Err(Unreadable::Newer(format)) => (
                     State::default(),
-                    Some(format!("{}: state format {} is not {FORMAT}; using defaults", path.display(), s.format)),
-                    true,
+                    Some(format!("{}: state format {format} is newer than this updater's {FORMAT} (written by a newer release); not read and not overwritten", path.display())),
                     false,
+                    true,
                 ),
-                Err(e) => (
+                Err(Unreadable::Damaged(e)) => (
                     State::default(),
                     Some(format!("{}: damaged ({e}); using defaults, and it is moved to {FILE_NAME}.damaged when the state is next saved", path.display())),
                     true,
                     false,
                 ),
             },
+        };
+        let newer = match &read_format {
+            Some(f) if *f > u64::from(FORMAT) => Some(*f),
+            _ => None,
         };
         // The fleet client loads the state several times a cycle, every
         // cycle: a warning is said when it is new, not at every load, and
@@ -344,6 +464,22 @@ impl StateFile {
             damaged,
             unreadable,
             disk_guid: None,
+            newer,
+        }
+    }
+
+    /// A state written by a newer updater (a rollback brought an older
+    /// release back) is refused before anything changes: converting it
+    /// down would lose what this updater does not know, and defaults
+    /// would lose the history, the floor and the fleet action.
+    pub fn refuse_newer(&self) -> Result<(), crate::UpdateError> {
+        match self.newer {
+            Some(found) => Err(crate::UpdateError::StateTooNew {
+                path: self.path.clone(),
+                found,
+                known: FORMAT,
+            }),
+            None => Ok(()),
         }
     }
 
@@ -382,24 +518,6 @@ impl StateFile {
         std::fs::File::open(dir)?.sync_all()?;
         Ok(())
     }
-
-    pub fn record(
-        &mut self,
-        event: &str,
-        slot: &str,
-        version: Option<&str>,
-        from: Option<&str>,
-        reason: Option<&str>,
-    ) {
-        self.state.history.push(HistoryEntry {
-            time: now(),
-            event: event.into(),
-            slot: slot.into(),
-            version: version.map(Into::into),
-            from_version: from.map(Into::into),
-            reason: reason.map(Into::into),
-        });
-    }
 }
 
 #[cfg(test)]
@@ -413,7 +531,14 @@ mod tests {
         let mut f = StateFile::load(&sub);
         assert!(f.warning.as_deref().unwrap().contains("no state file yet"));
         f.state.security_floor = 7;
-        f.record("install", "slot_b", Some("2.0.0"), Some("1.0.0"), None);
+        f.state.history.push(HistoryEntry {
+            time: 1,
+            event: Event::Install,
+            slot: Slot::B,
+            version: Some("2.0.0".into()),
+            from_version: Some("1.0.0".into()),
+            reason: None,
+        });
         f.save().unwrap();
         let again = StateFile::load(&sub);
         assert!(again.warning.is_none());

@@ -46,7 +46,7 @@ impl UpdaterStatus {
             .slots
             .iter()
             .map(|s| {
-                let rec = state.state.slots.get(s.name.name());
+                let rec = state.state.slots.get(&s.name);
                 let disk = on_disk[s.name.index()].as_ref();
                 SlotStatus {
                     name: s.name,

@@ -202,3 +202,46 @@ fn a_state_file_of_another_disk_is_refused_not_applied() {
     // The disk the state belongs to still works with it.
     dev.updater("a").arg("status").assert().success();
 }
+
+/// A state written by a newer updater (an older release came back by a
+/// rollback) is neither applied, nor reset to defaults, nor overwritten:
+/// every state-changing command stops with exit 67 and `status` says why.
+#[test]
+fn a_state_file_of_a_newer_format_is_refused_and_kept() {
+    let dev = device();
+    commit(&dev, "a", &release("1.0.0"));
+    let flags = dev.attrs();
+    let state = dev.dir.path().join("state/state.json");
+    let mut newer = dev.state();
+    newer["format"] = serde_json::json!(2);
+    newer["something_new"] = serde_json::json!({"kept": true});
+    let written = serde_json::to_vec_pretty(&newer).unwrap();
+    std::fs::write(&state, &written).unwrap();
+    let said = "is of state format 2, newer than this updater's 1";
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&release("2.0.0")))
+        .assert()
+        .code(67)
+        .stderr(contains(said));
+    dev.updater("a")
+        .args(["health", "--no-reboot"])
+        .assert()
+        .code(67);
+    dev.updater("a")
+        .args(["rollback", "--yes", "--no-reboot"])
+        .assert()
+        .code(67);
+    dev.updater("a")
+        .arg("status")
+        .assert()
+        .success()
+        .stderr(contains("state format 2 is newer than this updater's 1"));
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        written,
+        "the state was changed"
+    );
+    assert_eq!(dev.attrs(), flags, "the flags were changed");
+    assert!(!dev.dir.path().join("state/state.json.damaged").exists());
+}

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::error::UpdateError;
 use crate::events::{Event, Observer};
 use crate::install::{install, InstallOptions};
-use crate::recover::{recover, save};
+use crate::recover::save;
 use crate::source::{self, HttpOptions, HttpReader};
 use crate::state::{now, FleetAction, FleetPhase, FleetReport, Outcome, State, StateFile};
 use anyhow::Result;
@@ -194,11 +194,9 @@ pub fn report_after_health(config: &Config, disk: &std::path::Path) {
 }
 
 fn settle_and_save(config: &Config, disk: &std::path::Path) -> Result<()> {
-    let _lock = bootctl::lock::ensure(disk, bootctl::lock::DEFAULT_WAIT)?;
-    let mut state = StateFile::of(config);
-    recover(config, disk, &mut state)?;
-    if settle(&mut state.state) {
-        save(&mut state)?;
+    let mut session = crate::machine::begin(config, disk)?;
+    if settle(&mut session.state.state) {
+        save(&mut session.state)?;
     }
     Ok(())
 }
@@ -207,6 +205,7 @@ fn settle_and_save(config: &Config, disk: &std::path::Path) -> Result<()> {
 fn change(config: &Config, disk: &std::path::Path, f: impl FnOnce(&mut State)) -> Result<()> {
     let _lock = bootctl::lock::ensure(disk, bootctl::lock::DEFAULT_WAIT)?;
     let mut state = StateFile::of(config);
+    state.refuse_newer()?;
     f(&mut state.state);
     save(&mut state)
 }
@@ -317,7 +316,7 @@ impl Client<'_> {
             .history
             .iter()
             .rev()
-            .find(|e| e.event == crate::rollback::BELOW_FLOOR_EVENT)
+            .find(|e| e.event == crate::state::Event::RollbackBelowSecurityFloor)
         {
             let when = std::time::UNIX_EPOCH + Duration::from_secs(e.time);
             attributes.insert(
@@ -395,7 +394,7 @@ impl Client<'_> {
     /// lock while it writes) is waited for, not canceled under its feet.
     fn cancel(&self, ddi: &Ddi, href: &str) -> Result<Cycle> {
         let (cancel_id, stop_id) = ddi.cancel_action(href)?;
-        let _lock = match bootctl::lock::lock(&self.disk, Duration::from_secs(1)) {
+        let lock = match bootctl::lock::lock(&self.disk, Duration::from_secs(1)) {
             Ok(l) => l,
             Err(bootctl::Error::Busy { .. }) => {
                 return Ok(Cycle::Waiting(format!(
@@ -405,10 +404,10 @@ impl Client<'_> {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut state = StateFile::of(self.config);
-        recover(self.config, &self.disk, &mut state)?;
+        let mut session = crate::machine::begin_locked(self.config, &self.disk, Some(lock))?;
+        let state = &mut session.state;
         if settle(&mut state.state) {
-            save(&mut state)?;
+            save(state)?;
         }
         let installed = state
             .state
@@ -800,7 +799,7 @@ mod tests {
                 report_refusals: 0,
             }),
             last_install: record.map(|(action, outcome)| InstallRecord {
-                slot: "slot_a".into(),
+                slot: bootctl::Slot::A,
                 version: "2.0.0".into(),
                 from_version: None,
                 started_at: 1,
