@@ -315,3 +315,51 @@ fn tampered_and_foreign_bundles_are_refused_inside_the_guest() {
     vm.expect("slot_a          1     0        yes  (booted, next)", STEP)
         .unwrap();
 }
+
+/// A 256 MiB appliance installs, boots and commits a release of 304 MiB,
+/// most of it incompressible: the updater stays within its 16 MiB budget
+/// beside the running system, and nothing is killed. (128 MiB is below
+/// what the boot stage's own kernel needs: docs/boot-flow.md, "Memory".)
+#[test]
+fn a_256_mib_machine_installs_a_release_larger_than_its_memory() {
+    let app = Appliance::new();
+    let v1 = app.image(&Release::default());
+    let v2 = app.image(&Release {
+        version: "2.0.0",
+        filler_mib: 240,
+        ..Release::default()
+    });
+    let v2_size = std::fs::metadata(&v2).unwrap().len();
+    assert!(v2_size > 256 << 20, "the release is {v2_size} bytes");
+    let disk = app.factory_disk_sized("disk", &v1, v2_size + (8 << 20));
+    let stick = app.media("2.0.0", &v2);
+    let mut vm = app.boot_with(
+        &disk,
+        &stick,
+        Options {
+            memory_mib: Some(256),
+            ..Options::default()
+        },
+    );
+    vm.expect("RELEASE 1.0.0 RUNNING ON slot_a", BOOT).unwrap();
+    vm.expect("READY 1.0.0", STEP).unwrap();
+    vm.send("free -m; updater install /media/2.0.0.swb --reboot; echo INSTALL EXIT $?")
+        .unwrap();
+    // free -m: "Mem:  total  used  free ...", in MiB.
+    let mem = vm.expect("Mem:", STEP).unwrap();
+    let total: u64 = mem
+        .split_whitespace()
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no total in {mem:?}"));
+    assert!(total << 20 < v2_size, "{total} MiB of RAM: {mem}");
+    vm.expect("within 16 MiB of memory", STEP).unwrap();
+    // A killed install prints its exit and never flips: the machine
+    // reboots into slot_b only after a whole, checked install.
+    vm.expect(
+        "switchback boot stage: selected slot_b",
+        Duration::from_secs(900),
+    )
+    .unwrap();
+    runs_committed(&mut vm, "2.0.0", "slot_b");
+}
