@@ -3,7 +3,6 @@
 #![no_main]
 use bootctl::BootAttrs;
 use libfuzzer_sys::fuzz_target;
-use updater::recover::settle_install;
 use updater::state::StateFile;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,7 +18,11 @@ fuzz_target!(|data: &[u8]| {
         BootAttrs::decode(u64::from(flags) << 48),
         BootAttrs::decode(u64::from(flags.rotate_left(4)) << 48),
     ];
-    settle_install(&mut state, attrs);
+    if state.refuse_newer().is_err() {
+        assert!(state.save().is_err(), "a newer state was overwritten");
+        return;
+    }
+    state.state.settle_from_flags(attrs);
     state.save().expect("saving a loaded state");
     let again = StateFile::load(&dir);
     assert!(again.warning.is_none(), "{:?}", again.warning);
