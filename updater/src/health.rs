@@ -141,7 +141,9 @@ pub fn health(
             let sv = security_version_of(config, disk_path, &disk.read()?, booted, state);
             state.state.begin_commit(booted);
             save(state)?;
+            crate::crash_point!("commit-begun");
             disk.mark_good(booted)?;
+            crate::crash_point!("commit-marked-good");
             finish_commit(config, booted, sv, state)?;
             Ok(HealthOutcome::Committed { version })
         }
@@ -155,6 +157,7 @@ pub fn health(
                 }
                 Ok(())
             })?;
+            crate::crash_point!("health-failed-marked");
             state.state.health_failed(booted, &reason);
             save(state)?;
             Ok(HealthOutcome::Failed { reason, fallback })

@@ -233,6 +233,7 @@ pub fn install(
         opts.fleet_action.clone(),
     );
     save(state)?;
+    crate::crash_point!("install-begun");
 
     let written = write_slot(
         config,
@@ -256,7 +257,9 @@ pub fn install(
             installed_at: now(),
         };
         state.state.flipping(target, record);
-        save(state)
+        save(state)?;
+        crate::crash_point!("install-flipping");
+        Ok(())
     });
     if let Err(e) = written {
         let e = blame_the_base(e, base.as_ref(), &manifest, opts);
@@ -287,6 +290,7 @@ pub fn install(
         }
         return Err(e.into());
     }
+    crate::crash_point!("install-flipped");
     observer.event(&Event::Flipped {
         slot: target.name().into(),
         tries: config.boot_tries,
@@ -370,6 +374,7 @@ fn write_slot(
         .map_err(write_err(area.offset))?;
     // A half-written slot must not claim a release.
     evidence::erase(&dev, area).map_err(write_err(area.offset + area.size))?;
+    crate::crash_point!("install-target-unbootable");
     // A chunk that reads back different is the medium's fault, named by
     // its index; any other failure is a write error at its offset.
     let slot_err = |e: SlotError| -> anyhow::Error {
@@ -466,6 +471,7 @@ fn write_slot(
     // flip: a migration that fails, or a power cut while one runs, leaves
     // the unbootable slot naming nothing (`status`, the fleet's
     // attributes). Nothing reads the target's trailer before this point.
+    crate::crash_point!("install-migrated");
     evidence::write(&dev, area, &head).map_err(write_err(area.offset + area.size))?;
     Ok(())
 }

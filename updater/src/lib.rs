@@ -25,6 +25,39 @@ pub mod status;
 
 pub use error::{exit_code, UpdateError};
 
+/// A named point between recording an intent and acting on it, where the
+/// crash tests stop the updater (`updater/tests/crashes.rs`; the list and
+/// what the next command settles each to: [`machine::CRASH_POINTS`]).
+/// Compiled in only with the `failpoints` feature, which the tests turn on;
+/// a no-op in what ships.
+macro_rules! crash_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+pub(crate) use crash_point;
+
+/// Arms the crash points named in `SWITCHBACK_CRASH_AT` (comma-separated):
+/// reaching one aborts the process at once, no destructor or unwinding in
+/// between, as a crash would. Says so when the binary has no crash points,
+/// so a crash test cannot pass by not crashing.
+pub fn arm_crash_points() {
+    let Ok(names) = std::env::var("SWITCHBACK_CRASH_AT") else {
+        return;
+    };
+    #[cfg(feature = "failpoints")]
+    for name in names.split(',').filter(|n| !n.is_empty()) {
+        if let Err(e) = fail::cfg_callback(name, || std::process::abort()) {
+            eprintln!("updater: crash point {name}: {e}");
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    eprintln!(
+        "updater: SWITCHBACK_CRASH_AT={names} is ignored: built without the failpoints feature"
+    );
+}
+
 /// Syncs and reboots the machine, but only when `disk` is the disk it runs
 /// from (a block device whose table holds the running root's
 /// `root=PARTUUID=`). With a disk image, or any other disk, a reboot would

@@ -28,6 +28,38 @@ use anyhow::Result;
 use bootctl::{BootAttrs, Slot};
 use std::path::Path;
 
+/// Every crash point (`crash_point!`) and the state the next command
+/// settles the device to after a crash there: the recovery table in
+/// `recover` names each, and `updater/tests/crashes.rs` crashes at each.
+pub const CRASH_POINTS: [(&str, &str); 11] = [
+    ("install-begun", "install failed, the slot unbootable"),
+    (
+        "install-target-unbootable",
+        "install failed, the slot unbootable",
+    ),
+    (
+        "install-migrated",
+        "install failed, the slot unbootable, the data restored",
+    ),
+    ("install-flipping", "install failed, the slot unbootable"),
+    ("install-flipped", "installed, on trial at the next boot"),
+    ("commit-begun", "the next health check commits"),
+    (
+        "commit-marked-good",
+        "the commit is finished, the floor raised",
+    ),
+    ("commit-recorded", "finalize runs at the next health check"),
+    ("finalize-started", "finalize runs once more"),
+    (
+        "health-failed-marked",
+        "rolled back, recorded by the other slot's health check",
+    ),
+    (
+        "rollback-flipped",
+        "the other slot boots; the history misses the rollback",
+    ),
+];
+
 /// What a state-changing command holds while it runs: the disk's lock
 /// (none when the caller already held it) and the settled state.
 pub struct Session {
@@ -289,6 +321,38 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The list, the recovery table and the code name the same points.
+    #[test]
+    fn every_crash_point_is_in_the_recovery_table_and_in_the_code() {
+        let table = include_str!("recover.rs");
+        let code = [
+            include_str!("install.rs"),
+            include_str!("health.rs"),
+            include_str!("recover.rs"),
+            include_str!("rollback.rs"),
+        ]
+        .concat();
+        let in_code: Vec<&str> = code
+            .split("crash_point!(\"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+            .collect();
+        let listed: Vec<&str> = CRASH_POINTS.iter().map(|(n, _)| *n).collect();
+        let mut sorted = in_code.clone();
+        sorted.sort_unstable();
+        let mut want = listed.clone();
+        want.sort_unstable();
+        assert_eq!(sorted, want, "crash_point! calls against CRASH_POINTS");
+        for name in listed {
+            let row = table.lines().filter(|l| l.starts_with("//! |")).any(|l| {
+                l.rsplit('|')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|n| n.trim() == name))
+            });
+            assert!(row, "{name} is in no row of recover.rs's table");
+        }
+    }
 
     fn release(version: &str) -> SlotRecord {
         SlotRecord {

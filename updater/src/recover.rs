@@ -1,18 +1,22 @@
 //! Finishing or undoing what a crash interrupted. Every step that changes
 //! the device records its intent in the state file first; every
 //! state-changing command (install, health, rollback) calls [`recover`]
-//! under the disk's lock before anything else, and it settles each step
-//! from what the disk shows:
+//! under the disk's lock before anything else (`machine::begin`), and it
+//! settles each step from what the disk shows. The last column names the
+//! crash points (`machine::CRASH_POINTS`) that leave each row; the crash
+//! tests stop the updater at every one (`updater/tests/crashes.rs`):
 //!
-//! | left in the state             | the disk shows                | done       |
-//! |-------------------------------|-------------------------------|------------|
-//! | a snapshot of the data        | (see `migrate::Snapshot`)     | restored or removed |
-//! | install `installing`          | the slot unbootable           | failed     |
-//! | install `flipping`            | the slot bootable             | installed  |
-//! | install `flipping`            | the slot unbootable           | failed     |
-//! | `committing` slot             | the slot successful           | commit finished (floor, finalize) |
-//! | `committing` slot             | not successful                | intent dropped; the next health check decides |
-//! | `finalize_pending` release    | health of that release        | finalize runs (twice at most) |
+//! | left in the state             | the disk shows                | done       | crash points |
+//! |-------------------------------|-------------------------------|------------|--------------|
+//! | a snapshot of the data        | (see `migrate::Snapshot`)     | restored or removed | |
+//! | install `installing`          | the slot unbootable           | failed     | install-begun, install-target-unbootable, install-migrated |
+//! | install `flipping`            | the slot bootable             | installed  | install-flipped |
+//! | install `flipping`            | the slot unbootable           | failed     | install-flipping |
+//! | `committing` slot             | the slot successful           | commit finished (floor, finalize) | commit-marked-good |
+//! | `committing` slot             | not successful                | intent dropped; the next health check decides | commit-begun |
+//! | `finalize_pending` release    | health of that release        | finalize runs (twice at most) | commit-recorded, finalize-started |
+//! | install `installed`           | the slot marked bad           | rolled back (the health check of the other slot) | health-failed-marked |
+//! | nothing (a technician's rollback) | the other slot active     | nothing to settle: the disk has it, the history misses it | rollback-flipped |
 
 use crate::config::Config;
 use crate::evidence;
@@ -50,6 +54,7 @@ pub fn finish_commit(
             "recording the commit failed ({e:#}); the next updater command completes it"
         ),
     })?;
+    crate::crash_point!("commit-recorded");
     run_finalize(config, slot, state)
 }
 
@@ -78,6 +83,7 @@ pub fn run_finalize(config: &Config, slot: Slot, state: &mut StateFile) -> Resul
     }
     state.state.finalize_started();
     save(state)?;
+    crate::crash_point!("finalize-started");
     let env = migrate::MigrationEnv {
         release: version.clone(),
         data_dir: config.data_dir.clone(),

@@ -60,6 +60,7 @@ pub fn rollback(
         .into());
     }
     let (target, _) = Disk::open(disk_path, sector_size, true)?.rollback(Some(booted))?;
+    crate::crash_point!("rollback-flipped");
     let below_floor = below.then(|| {
         format!(
             "requested by a technician, below the security floor {floor} (security version {})",

@@ -64,6 +64,7 @@ enum Command {
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    updater::arm_crash_points();
     let cli = Cli::parse();
     let json = cli.json;
     if let Err(e) = run(cli) {
