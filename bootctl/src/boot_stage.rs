@@ -1,5 +1,5 @@
 //! The boot stage: `bootctl boot-stage` as PID 1 of a small initramfs in
-//! front of the slots (the LinuxBoot/petitboot pattern, DESIGN §3).
+//! front of the slots (the LinuxBoot/petitboot pattern, docs/boot-flow.md).
 //!
 //! It loads the modules the disk and watchdog need (`finit_module`, in the
 //! order listed in `/lib/modules/order`, with their parameters; the watchdog

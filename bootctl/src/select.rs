@@ -1,4 +1,4 @@
-//! Slot selection, as the boot stage runs it on every boot (DESIGN §2).
+//! Slot selection, as the boot stage runs it on every boot (docs/boot-control.md).
 //!
 //! Among slots with priority > 0 that are successful or have tries left,
 //! the highest priority wins, ties going to `slot_a`. A slot on trial

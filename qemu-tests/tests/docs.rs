@@ -168,3 +168,38 @@ fn a_marked_block_that_is_not_a_sh_block_is_an_error_not_skipped() {
     let s = scripts(good, Path::new("good.md"));
     assert_eq!(s["x"], vec!["echo a\n".to_string(), "echo b\n".to_string()]);
 }
+
+/// docs/architecture.md names every source file of the workspace.
+#[test]
+fn the_architecture_map_names_every_module() {
+    let ws = workspace();
+    let map = std::fs::read_to_string(ws.join("docs/architecture.md")).unwrap();
+    let mut missing = Vec::new();
+    for dir in [
+        "bootctl/src",
+        "updater/src",
+        "updater/src/fleet",
+        "image-tools/src",
+        "image-tools/bundle/src",
+        "qemu-tests/src",
+    ] {
+        for entry in std::fs::read_dir(ws.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                let shown = if dir.ends_with("fleet") {
+                    format!("`fleet/{name}`")
+                } else {
+                    format!("`{name}`")
+                };
+                if !map.contains(&shown) {
+                    missing.push(format!("{dir}/{name}"));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md does not name {missing:?}"
+    );
+}

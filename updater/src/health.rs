@@ -1,4 +1,4 @@
-//! The post-boot health check and its outcome (DESIGN §7).
+//! The post-boot health check and its outcome (docs/updater.md, `updater health`; docs/architecture.md).
 //!
 //! Run once per boot by the appliance's init. On a slot on trial it runs the
 //! configured checks within one overall deadline: all pass, the slot is

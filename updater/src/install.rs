@@ -1,4 +1,4 @@
-//! The install pipeline (DESIGN §5), in the order that keeps the device
+//! The install pipeline (docs/architecture.md, "Write order"), in the order that keeps the device
 //! safe at every step:
 //!
 //! 1. verify the bundle's signature, then `compatible`, the security floor,

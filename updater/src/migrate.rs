@@ -1,4 +1,4 @@
-//! Data migrations, ahead of time (DESIGN §6).
+//! Data migrations, ahead of time (docs/updater.md, "Data migrations").
 //!
 //! A bundle carries migration executables as signed images, each with the
 //! schema it leads `from` and `to` and its phase. `expand` migrations run
