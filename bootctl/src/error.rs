@@ -68,7 +68,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// Distinct exit codes; documented in docs/exit-codes.md.
+    /// Distinct exit codes; documented in docs/boot-control.md.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Io { .. } => 10,

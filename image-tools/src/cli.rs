@@ -234,6 +234,22 @@ pub fn swu(args: &SwuArgs) -> Result<String> {
     ))
 }
 
+/// The process exit code for an error: the code of the typed error inside
+/// it when there is one (the bundle's 20–38, the disk's 10–19), 1
+/// otherwise (docs/bundle-format.md).
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    e.chain()
+        .find_map(|c| {
+            c.downcast_ref::<bundle::BundleError>()
+                .map(bundle::BundleError::exit_code)
+                .or_else(|| {
+                    c.downcast_ref::<bootctl::Error>()
+                        .map(bootctl::Error::exit_code)
+                })
+        })
+        .unwrap_or(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

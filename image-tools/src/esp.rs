@@ -17,7 +17,7 @@
 //! no loop device, no mount, no root.
 
 use crate::arch::Arch;
-use crate::mkdisk::find_program;
+use crate::programs::find_program;
 use anyhow::{bail, Context, Result};
 use bootctl::provision::Region;
 use std::fs::File;

@@ -10,20 +10,6 @@ pub mod cli;
 pub mod esp;
 pub mod mkdisk;
 pub mod ops;
+pub mod programs;
 pub mod progress;
 pub mod uki;
-
-/// The process exit code for an error: the code of the typed error inside
-/// it when there is one, 1 otherwise.
-pub fn exit_code(e: &anyhow::Error) -> i32 {
-    e.chain()
-        .find_map(|c| {
-            c.downcast_ref::<bundle::BundleError>()
-                .map(bundle::BundleError::exit_code)
-                .or_else(|| {
-                    c.downcast_ref::<bootctl::Error>()
-                        .map(bootctl::Error::exit_code)
-                })
-        })
-        .unwrap_or(1)
-}

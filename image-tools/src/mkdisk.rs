@@ -5,6 +5,7 @@
 use crate::arch::{self, Arch};
 use crate::bundle::size::parse_size;
 use crate::esp::BootStage;
+use crate::programs::find_program;
 use anyhow::{bail, Context, Result};
 use bootctl::host::SectorSize;
 use bootctl::provision::{self, Layout, Provisioned};
@@ -98,16 +99,6 @@ pub fn summary(opts: &MkdiskOptions, disk: &Provisioned) -> String {
         disk.data.size >> 20,
         disk.data.offset
     )
-}
-
-/// Finds a program the way a shell would, plus the sbin directories that a
-/// non-root PATH often lacks.
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }
 
 pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {

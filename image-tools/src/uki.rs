@@ -10,7 +10,7 @@
 //! cannot write arm64's PE), placed after the stub's own as `ukify` does.
 
 use crate::arch::{self, Arch};
-use crate::mkdisk::find_program;
+use crate::programs::find_program;
 use anyhow::{bail, Context, Result};
 use object::read::pe::PeFile64;
 use object::{Object, ObjectSection};

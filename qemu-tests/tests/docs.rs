@@ -203,3 +203,79 @@ fn the_architecture_map_names_every_module() {
         "docs/architecture.md does not name {missing:?}"
     );
 }
+
+/// The codes an `exit_code` mapping can return: the numbers of its match
+/// arms (`=> 41,`, or `=> Some(47),` for the disk's lock in the updater).
+/// The mappings match every variant by name (no `_` arm), so a new error
+/// cannot be added without a code here.
+fn codes_in_source(file: &str) -> std::collections::BTreeSet<u32> {
+    let text = std::fs::read_to_string(workspace().join(file)).unwrap();
+    let mut codes = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let arm = line
+            .rsplit_once("=> ")
+            .and_then(|(_, n)| n.strip_suffix(','));
+        let arm = arm.map(|n| {
+            n.strip_prefix("Some(")
+                .map_or(n, |n| n.trim_end_matches(')'))
+        });
+        if let Some(code) = arm.and_then(|n| n.parse().ok()) {
+            codes.insert(code);
+        }
+    }
+    assert!(!codes.is_empty(), "{file}: no exit codes found");
+    codes
+}
+
+/// The codes of the exit-code table (`| code | meaning |`) of a doc.
+fn codes_in_doc(file: &str) -> std::collections::BTreeSet<u32> {
+    let text = std::fs::read_to_string(workspace().join(file)).unwrap();
+    let table = text
+        .split_once("| code | meaning |")
+        .unwrap_or_else(|| panic!("{file} has no exit-code table"))
+        .1;
+    table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cell = l.split('|').nth(1).unwrap().trim();
+            cell.parse()
+                .unwrap_or_else(|_| panic!("{file}: {cell:?} is not an exit code"))
+        })
+        .collect()
+}
+
+/// Every exit code a tool can return is in its docs' table, and the table
+/// names none it cannot return (0, 1 and 2 are every tool's).
+#[test]
+fn the_exit_code_tables_of_the_docs_match_the_code() {
+    let common = [0, 1, 2];
+    for (doc, source) in [
+        ("docs/updater.md", "updater/src/cli/exit.rs"),
+        ("docs/bundle-format.md", "image-tools/bundle/src/error.rs"),
+        ("docs/boot-control.md", "bootctl/src/error.rs"),
+    ] {
+        let mut code = codes_in_source(source);
+        code.extend(common);
+        let documented = codes_in_doc(doc);
+        let missing: Vec<_> = code.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&code).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{doc} against {source}: codes not documented {missing:?}, documented but never returned {extra:?}"
+        );
+    }
+    // The fleet's table is a subset: the codes `updater fleet --once`
+    // returns of its own.
+    let updater: std::collections::BTreeSet<u32> = codes_in_source("updater/src/cli/exit.rs")
+        .into_iter()
+        .chain(common)
+        .collect();
+    let fleet = codes_in_doc("docs/fleet.md");
+    assert!(
+        fleet.is_subset(&updater) && fleet.contains(&61) && fleet.contains(&62),
+        "docs/fleet.md's codes {fleet:?} are not the updater's {updater:?} with 61 and 62"
+    );
+}

@@ -1,5 +1,5 @@
 //! The device configuration, `/etc/switchback/config.json` by default.
-//! Documented in docs/configuration.md. Unknown fields are refused: a
+//! Documented in docs/updater.md ("Configuration"). Unknown fields are refused: a
 //! misspelt `boot_tries` silently ignored would be a device that behaves
 //! unlike its vendor thinks.
 

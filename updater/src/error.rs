@@ -1,5 +1,6 @@
-//! Install refusals and failures, each with its own exit code
-//! (docs/updater.md). Bundle and boot-control errors keep theirs.
+//! Install refusals and failures. Each has its own exit code
+//! (docs/updater.md), given at the edge by `cli::exit`; this module
+//! depends on nothing of the updater's.
 
 use std::path::PathBuf;
 
@@ -148,75 +149,22 @@ pub enum UpdateError {
     DeltaBase { slot: &'static str, want: String },
 }
 
-impl UpdateError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            UpdateError::Config { .. } | UpdateError::ConfigFile(_) => 40,
-            UpdateError::Incompatible { .. } => 41,
-            UpdateError::SecurityVersion { .. } => 42,
-            UpdateError::Downgrade { .. } => 43,
-            UpdateError::TooLarge { .. } => 44,
-            UpdateError::Write { .. } => 45,
-            UpdateError::ReadBack { .. } | UpdateError::ReadBackIo { .. } => 46,
-            UpdateError::Http { .. } => 48,
-            UpdateError::UnsupportedTarget(_) => 49,
-            UpdateError::State { .. } => 50,
-            UpdateError::RolledBack { .. } => 51,
-            UpdateError::HealthFailed { .. } => 52,
-            UpdateError::NotConfirmed => 53,
-            UpdateError::MigrationPath { .. } => 54,
-            UpdateError::MigrationFailed { .. } => 55,
-            UpdateError::DeltaBase { .. } => 56,
-            UpdateError::LastGoodSlot { .. } => 57,
-            UpdateError::Snapshot { .. } => 58,
-            UpdateError::PartlyDone { .. } => 59,
-            UpdateError::BaseChanged { .. } => 60,
-            UpdateError::BelowSecurityFloor { .. } => 63,
-            UpdateError::NotABundleFile { .. } => 64,
-            UpdateError::StateOfAnotherDisk { .. } => 65,
-            UpdateError::OverMemory { .. } => 66,
-            UpdateError::StateTooNew { .. } => 67,
-        }
-    }
+/// The first error of type `T` in `e`'s chain (see [`typed`]).
+pub fn find<T: std::error::Error + 'static>(e: &anyhow::Error) -> Option<&T> {
+    e.chain().find_map(typed)
 }
 
-/// The exit code for any error the updater reports: the first typed error
-/// in the chain decides.
-pub fn exit_code(e: &anyhow::Error) -> i32 {
-    e.chain()
-        .find_map(|c| {
-            // A download failure travels inside an io::Error through the
-            // bundle reader; io::Error's source() skips it, get_ref() does not.
-            let wrapped = c
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref());
-            // The disk's lock is bootctl's; the updater kept its own code.
-            let busy = matches!(
-                c.downcast_ref::<bootctl::Error>(),
-                Some(bootctl::Error::Busy { .. })
-            );
-            c.downcast_ref::<UpdateError>()
-                .or(wrapped)
-                .map(UpdateError::exit_code)
-                .or(busy.then_some(47))
-                .or_else(|| {
-                    c.downcast_ref::<crate::fleet::ddi::DdiError>()
-                        .map(crate::fleet::ddi::DdiError::exit_code)
-                })
-        })
-        .or_else(|| {
-            // A bundle's or the disk's own error keeps its code.
-            e.chain().find_map(|c| {
-                c.downcast_ref::<switchback_bundle::BundleError>()
-                    .map(switchback_bundle::BundleError::exit_code)
-                    .or_else(|| {
-                        c.downcast_ref::<bootctl::Error>()
-                            .map(bootctl::Error::exit_code)
-                    })
-            })
-        })
-        .unwrap_or(1)
+/// `link` as a `T`, or what it wraps when it is an `io::Error` around a
+/// `T`: a download failure travels through the bundle reader as an
+/// `io::Error`, whose `source()` skips what it wraps.
+pub fn typed<'a, T: std::error::Error + 'static>(
+    link: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    link.downcast_ref::<T>().or_else(|| {
+        link.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<T>())
+    })
 }
 
 /// Bytes as MiB with one decimal, rounded up: a figure a user can pass back.

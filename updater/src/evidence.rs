@@ -132,7 +132,7 @@ pub fn disagreements(state: &crate::state::State, releases: &[Option<Manifest>; 
         .into_iter()
         .filter_map(|slot| {
             let (rec, signed) = (state.slots.get(&slot)?, releases[slot.index()].as_ref()?);
-            let signed_digest = signed.image(crate::install::ROOTFS).ok()?.digest().to_string();
+            let signed_digest = signed.image(switchback_bundle::ROOTFS).ok()?.digest().to_string();
             (rec.version != signed.version || rec.digest != signed_digest).then(|| {
                 format!(
                     "the state file says {slot} holds {}, its signed record on the disk says {}: the disk's record counts (was the state file replaced by an older copy?)",

@@ -38,7 +38,7 @@ use switchback_bundle::{
     BundleError, Envelope, ImageSpec, Keyring, Manifest, MigrationSpec, ReadOptions,
 };
 
-pub use switchback_bundle::ROOTFS;
+use switchback_bundle::ROOTFS;
 /// Bytes whose writeback may be outstanding at once: page cache, not the
 /// process's memory, but a memory cgroup counts it too.
 const WRITEBACK_WINDOW: u64 = 8 << 20;

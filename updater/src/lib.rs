@@ -23,7 +23,8 @@ pub mod source;
 pub mod state;
 pub mod status;
 
-pub use error::{exit_code, UpdateError};
+pub use cli::exit::exit_code;
+pub use error::UpdateError;
 
 /// A named point between recording an intent and acting on it, where the
 /// crash tests stop the updater (`updater/tests/crashes.rs`; the list and

@@ -1,12 +1,12 @@
 //! `updater status`: the boot flags, what each slot holds, the last install.
 
-use crate::install::ROOTFS;
 use crate::state::{InstallRecord, StateFile};
 use bootctl::report::{slot_marks, StatusReport};
 use bootctl::{Slot, State};
 use serde::Serialize;
 use std::fmt;
 use switchback_bundle::Manifest;
+use switchback_bundle::ROOTFS;
 
 #[derive(Debug, Serialize)]
 pub struct SlotStatus {

@@ -61,9 +61,6 @@ pub enum BundleError {
         reason: String,
     },
 
-    #[error("image {image}: digest of the written image does not match the manifest")]
-    ImageHash { image: String },
-
     #[error("bundle has data after its last payload chunk")]
     TrailingData,
 
@@ -101,7 +98,6 @@ impl BundleError {
             BundleError::BadManifest(_) => 27,
             BundleError::ChunkHash { .. } => 28,
             BundleError::ChunkDecode { .. } => 29,
-            BundleError::ImageHash { .. } => 30,
             BundleError::TrailingData => 31,
             BundleError::Key { .. } => 32,
             BundleError::NoSuchImage(_) => 33,

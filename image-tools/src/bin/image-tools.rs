@@ -83,7 +83,7 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("image-tools: error: {e:#}");
-        std::process::exit(image_tools::exit_code(&e));
+        std::process::exit(image_tools::cli::exit_code(&e));
     }
 }
 

@@ -31,15 +31,6 @@ pub enum DdiError {
     Protocol { url: String, reason: String },
 }
 
-impl DdiError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            DdiError::Unauthorized { .. } => 62,
-            _ => 61,
-        }
-    }
-}
-
 type Result<T> = std::result::Result<T, DdiError>;
 
 /// What a poll says: how long to wait, and what the server wants done.

@@ -700,10 +700,10 @@ impl Client<'_> {
                     failures += 1;
                     let backoff =
                         (FIRST_BACKOFF * 2u32.saturating_pow(failures.min(16) - 1)).min(max);
-                    let asked = e.chain().find_map(|c| match c.downcast_ref::<DdiError>() {
+                    let asked = match crate::error::find::<DdiError>(&e) {
                         Some(DdiError::TooMany { retry_after, .. }) => Some(*retry_after),
                         _ => None,
-                    });
+                    };
                     // The server's Retry-After the first time; a server that
                     // keeps refusing gets the growing back-off at least.
                     let wait = match asked {
@@ -743,18 +743,12 @@ fn jittered(wait: Duration) -> Duration {
 /// the network) or of the disk's lock (a technician's command), rather
 /// than because of what was downloaded.
 fn is_transient(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
+    use crate::error::typed;
+    e.chain().any(|link| {
         matches!(
-            c.downcast_ref::<bootctl::Error>(),
+            typed::<bootctl::Error>(link),
             Some(bootctl::Error::Busy { .. })
-        ) || matches!(
-            c.downcast_ref::<UpdateError>(),
-            Some(UpdateError::Http { .. })
-        ) || c
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<UpdateError>())
-            .is_some_and(|u| matches!(u, UpdateError::Http { .. }))
+        ) || matches!(typed::<UpdateError>(link), Some(UpdateError::Http { .. }))
     })
 }
 

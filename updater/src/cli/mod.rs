@@ -1,7 +1,9 @@
 //! What the `updater` verbs need before and after the library does the
 //! work: the device they act on (config, disk, lock, booted slot, state
 //! location checked) and the lines they print. The binary's `main.rs`
-//! parses arguments and calls these.
+//! parses arguments and calls these, and exits with [`exit::exit_code`].
+
+pub mod exit;
 
 use crate::config::Config;
 use crate::events::{JsonLines, Observer, Terminal};
