@@ -469,8 +469,11 @@ impl HttpReader {
             ));
         }
         let spent = self.opts.max_retries - self.retries_left;
-        let wait =
-            (self.opts.backoff * 2u32.saturating_pow(spent.min(16))).min(Duration::from_secs(30));
+        let wait = crate::backoff::Backoff {
+            first: self.opts.backoff,
+            max: Duration::from_secs(30),
+        }
+        .after(spent + 1);
         self.retries_left -= 1;
         log::warn!(
             "{e}; retrying in {wait:?} ({} retries left)",

@@ -442,9 +442,9 @@ impl StateFile {
             Some(f) if *f > u64::from(FORMAT) => Some(*f),
             _ => None,
         };
-        // The fleet client loads the state several times a cycle, every
-        // cycle: a warning is said when it is new, not at every load, and
-        // said again if it comes back after a clean load.
+        // The fleet client loads the state every cycle, for as long as the
+        // device runs: a warning is said when it is new, not at every
+        // load, and said again if it comes back after a clean load.
         static LAST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
         let new = match LAST.lock() {
             Ok(last) if *last == warning => false,

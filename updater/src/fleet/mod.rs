@@ -15,8 +15,15 @@
 //! |              | reported failed after [`MAX_ATTEMPTS`] starts                |
 //! | `installed`  | settled from the install record once health has run          |
 //! | `done`       | the report is sent again until the server takes it           |
+//!
+//! In three parts: [`action`] decides what an action comes to, [`schedule`]
+//! when to poll next, both without I/O; this module is the client that
+//! talks to the server and the disk. Each step loads the state once, under
+//! the disk's lock when it changes it.
 
+pub mod action;
 pub mod ddi;
+pub mod schedule;
 
 use crate::config::Config;
 use crate::error::UpdateError;
@@ -24,24 +31,16 @@ use crate::events::{Event, Observer};
 use crate::install::{install, InstallOptions};
 use crate::recover::save;
 use crate::source::{self, HttpOptions, HttpReader};
-use crate::state::{now, FleetAction, FleetPhase, FleetReport, Outcome, State, StateFile};
+use crate::state::{now, FleetAction, FleetPhase, FleetReport, State, StateFile};
+use action::{settle, Refused};
+pub use action::{MAX_ATTEMPTS, MAX_REPORT_REFUSALS};
 use anyhow::Result;
 use bootctl::{Disk, Slot};
-use ddi::{Ddi, DdiError, Deployment};
+use ddi::{Ddi, DdiError};
+use schedule::Last;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// Installs started for one action before it is reported as failed.
-pub const MAX_ATTEMPTS: u32 = 3;
-/// Refusals of a final report (other than 404 and 410, which end it at
-/// once) before it is given up: a report the server never takes must not
-/// hold back every later deployment.
-pub const MAX_REPORT_REFUSALS: u32 = 5;
-/// Wait after the first failed poll; doubles up to `max_poll_s`.
-const FIRST_BACKOFF: Duration = Duration::from_secs(5);
-/// Poll interval when the server names none.
-const DEFAULT_SLEEP: Duration = Duration::from_secs(60);
 
 /// What one cycle did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,81 +104,23 @@ pub struct Client<'a> {
     pub opts: FleetOptions,
 }
 
-/// Turns what the install record says about the action's release into a
-/// report, once there is one to make. Returns whether `state` changed.
-pub fn settle(state: &mut State) -> bool {
-    let Some(action) = state.fleet.as_mut() else {
-        return false;
-    };
-    if action.phase == FleetPhase::Done {
-        return false;
-    }
-    let record = state
-        .last_install
-        .as_ref()
-        .filter(|r| r.fleet_action.as_deref() == Some(action.id.as_str()));
-    let reason = |r: &crate::state::InstallRecord| {
-        r.reason
-            .clone()
-            .unwrap_or_else(|| format!("{} did not pass its trial", r.version))
-    };
-    let report = match record.map(|r| (r, r.outcome)) {
-        Some((r, Outcome::Committed)) => FleetReport {
-            success: true,
-            details: vec![format!(
-                "{} committed in {} after its health check",
-                r.version, r.slot
-            )],
-        },
-        Some((r, Outcome::HealthFailed | Outcome::RolledBack)) => FleetReport {
-            success: false,
-            details: vec![format!("{} was rolled back: {}", r.version, reason(r))],
-        },
-        Some((_, Outcome::Installed | Outcome::Flipping)) => {
-            let changed = action.phase != FleetPhase::Installed;
-            action.phase = FleetPhase::Installed;
-            return changed;
-        }
-        // Installed, then replaced by an install of someone else's (a
-        // technician's `updater install`) before it was judged.
-        None if action.phase == FleetPhase::Installed => FleetReport {
-            success: false,
-            details: vec![format!(
-                "{} was replaced by another install before its health check",
-                action.artifact
-            )],
-        },
-        // Not installed: written part-way and cut short (a power cut, a
-        // kill), or the download failed; tried again when the server
-        // offers it again, up to a limit.
-        _ if action.attempts >= MAX_ATTEMPTS => FleetReport {
-            success: false,
-            details: vec![format!(
-                "the install of {} did not complete in {} attempts (download failures or power cuts); giving up",
-                action.artifact, action.attempts
-            )],
-        },
-        _ => return false,
-    };
-    action.phase = FleetPhase::Done;
-    action.report = Some(report);
-    true
-}
-
 /// After `updater health`: settle the action and send its report now, so
 /// the server hears before any reboot. Best effort: what cannot be sent
 /// now, `updater fleet` sends later.
 pub fn report_after_health(config: &Config, disk: &std::path::Path) {
     let Some(fleet) = &config.fleet else { return };
-    let sent = settle_and_save(config, disk).and_then(|()| {
+    let sent = settle_and_save(config, disk).and_then(|mut state| {
         // Nothing to say: no need for the token, the name or the network.
-        let state = StateFile::of(config).state;
-        if !state.fleet.is_some_and(|a| a.phase == FleetPhase::Done) {
+        if !state
+            .fleet
+            .as_ref()
+            .is_some_and(|a| a.phase == FleetPhase::Done)
+        {
             return Ok(None);
         }
         let token = fleet.token().map_err(anyhow::Error::msg)?;
         let ddi = Ddi::new(fleet, &token, Duration::from_secs(10))?;
-        send_report(config, disk, &ddi)
+        send_report(config, disk, &ddi, &mut state)
     });
     match sent {
         Ok(Some(Cycle::Reported { id, success })) => {
@@ -193,34 +134,38 @@ pub fn report_after_health(config: &Config, disk: &std::path::Path) {
     }
 }
 
-fn settle_and_save(config: &Config, disk: &std::path::Path) -> Result<()> {
+/// The state as the device's records settle it (a crash's leftovers, the
+/// action's verdict), saved: the one load a cycle starts with.
+fn settle_and_save(config: &Config, disk: &std::path::Path) -> Result<State> {
     let mut session = crate::machine::begin(config, disk)?;
     if settle(&mut session.state.state) {
         save(&mut session.state)?;
     }
-    Ok(())
+    Ok(session.state.state)
 }
 
-/// Changes the state under the disk's lock.
-fn change(config: &Config, disk: &std::path::Path, f: impl FnOnce(&mut State)) -> Result<()> {
+/// Changes the state under the disk's lock, from the file as it is now
+/// (another command may have changed it since the cycle began), and
+/// returns what was saved.
+fn change(config: &Config, disk: &std::path::Path, f: impl FnOnce(&mut State)) -> Result<State> {
     let _lock = bootctl::lock::ensure(disk, bootctl::lock::DEFAULT_WAIT)?;
-    let mut state = StateFile::of(config);
-    state.refuse_newer()?;
-    f(&mut state.state);
-    save(&mut state)
+    let mut file = StateFile::of(config);
+    file.refuse_newer()?;
+    f(&mut file.state);
+    save(&mut file)?;
+    Ok(file.state)
 }
 
-/// A server's answer that refuses this request for good: a 4xx, not one
-/// that means "later" (408, 429). A 5xx is an outage, not a refusal.
-fn refusal(status: u16) -> bool {
-    (400..500).contains(&status) && !matches!(status, 408 | 429)
-}
-
-/// Sends the finished action's report; forgets the action once the server
-/// has it (or no longer knows the action).
-fn send_report(config: &Config, disk: &std::path::Path, ddi: &Ddi) -> Result<Option<Cycle>> {
-    let state = StateFile::of(config).state;
-    let Some(action) = state.fleet.filter(|a| a.phase == FleetPhase::Done) else {
+/// Sends the finished action's report in `state`; forgets the action once
+/// the server has it (or no longer knows the action). `state` becomes what
+/// was saved.
+fn send_report(
+    config: &Config,
+    disk: &std::path::Path,
+    ddi: &Ddi,
+    state: &mut State,
+) -> Result<Option<Cycle>> {
+    let Some(action) = state.fleet.clone().filter(|a| a.phase == FleetPhase::Done) else {
         return Ok(None);
     };
     let report = action.report.clone().unwrap_or(FleetReport {
@@ -228,33 +173,28 @@ fn send_report(config: &Config, disk: &std::path::Path, ddi: &Ddi) -> Result<Opt
         details: vec!["the result was lost".into()],
     });
     let finished = if report.success { "success" } else { "failure" };
-    match ddi.feedback(&action.id, "closed", finished, None, &report.details) {
-        Ok(()) => {}
-        Err(DdiError::Gone { .. } | DdiError::Status { status: 404, .. }) => {
-            log::warn!(
+    if let Err(e) = ddi.feedback(&action.id, "closed", finished, None, &report.details) {
+        match action::refused(&e, action.report_refusals) {
+            Refused::Unknown => log::warn!(
                 "fleet action {}: the server no longer knows it; its report ({finished}) is dropped",
                 action.id
-            )
-        }
-        Err(e @ DdiError::Status { status, .. })
-            if refusal(status) && action.report_refusals + 1 >= MAX_REPORT_REFUSALS =>
-        {
-            log::warn!(
+            ),
+            Refused::GivenUp => log::warn!(
                 "fleet action {}: the server refused its report ({finished}) {MAX_REPORT_REFUSALS} times, last: {e}; given up",
                 action.id
-            )
+            ),
+            Refused::Counted => {
+                *state = change(config, disk, |s| {
+                    if let Some(a) = s.fleet.as_mut().filter(|a| a.id == action.id) {
+                        a.report_refusals += 1;
+                    }
+                })?;
+                return Err(e.into());
+            }
+            Refused::Later => return Err(e.into()),
         }
-        Err(e @ DdiError::Status { status, .. }) if refusal(status) => {
-            change(config, disk, |s| {
-                if let Some(a) = s.fleet.as_mut().filter(|a| a.id == action.id) {
-                    a.report_refusals += 1;
-                }
-            })?;
-            return Err(e.into());
-        }
-        Err(e) => return Err(e.into()),
     }
-    change(config, disk, |s| {
+    *state = change(config, disk, |s| {
         if s.fleet.as_ref().is_some_and(|a| a.id == action.id) {
             s.fleet = None;
         }
@@ -299,14 +239,13 @@ impl Client<'_> {
         crate::evidence::running_version(state, self.booted, &releases)
     }
 
-    fn attributes(&self) -> BTreeMap<String, String> {
-        let state = StateFile::of(self.config).state;
+    fn attributes(&self, state: &State) -> BTreeMap<String, String> {
         let mut attributes = BTreeMap::from([
             ("hw_boardname".into(), self.config.compatible.clone()),
             ("hw_revision".into(), self.fleet.hw_revision.clone()),
             (
                 "sw_version".into(),
-                self.running_version(&state)
+                self.running_version(state)
                     .unwrap_or_else(|| "unknown".into()),
             ),
         ]);
@@ -332,26 +271,28 @@ impl Client<'_> {
         attributes
     }
 
-    /// One cycle; returns what it did and how long the server asks to wait.
-    pub fn cycle(&self) -> Result<(Cycle, Duration)> {
+    /// One cycle; returns what it did and how long the server asks to wait
+    /// (None: it named no time).
+    pub fn cycle(&self) -> Result<(Cycle, Option<Duration>)> {
         // Another command holding the disk (an install, possibly of this
         // very action) must not stop the polling: the server still hears
         // from the device, and a cancel gets its answer once the disk is
         // free. Only what needs the disk waits.
-        let busy = match settle_and_save(self.config, &self.disk) {
+        let settled = match settle_and_save(self.config, &self.disk) {
             Err(e)
-                if e.chain()
-                    .any(|c| matches!(c.downcast_ref(), Some(bootctl::Error::Busy { .. }))) =>
+                if matches!(
+                    crate::error::find::<bootctl::Error>(&e),
+                    Some(bootctl::Error::Busy { .. })
+                ) =>
             {
                 log::info!("fleet: {e:#}; polling anyway");
-                true
+                None
             }
-            r => r.map(|()| false)?,
+            r => Some(r?),
         };
         let ddi = self.ddi()?;
-        if busy {
+        let Some(mut state) = settled else {
             let polled = ddi.poll()?;
-            let sleep = polled.sleep.unwrap_or(DEFAULT_SLEEP);
             let done = match (&polled.cancel, &polled.deployment) {
                 (Some(href), _) => self.cancel(&ddi, href)?,
                 (None, Some(_)) => Cycle::Waiting(format!(
@@ -360,33 +301,33 @@ impl Client<'_> {
                 )),
                 (None, None) => Cycle::Idle,
             };
-            return Ok((done, sleep));
-        }
+            return Ok((done, polled.sleep));
+        };
         // A report the server will not take must not stop the polling.
-        let reported = send_report(self.config, &self.disk, &ddi).unwrap_or_else(|e| {
+        let reported = send_report(self.config, &self.disk, &ddi, &mut state).unwrap_or_else(|e| {
             log::warn!("fleet: the report waits for the next cycle: {e:#}");
             None
         });
         let polled = ddi.poll()?;
-        let sleep = polled.sleep.unwrap_or(DEFAULT_SLEEP);
-        let attributes = self.attributes();
-        let sent = StateFile::of(self.config).state.fleet_attributes;
-        if polled.config_data.is_some() || sent.as_ref() != Some(&attributes) {
+        let attributes = self.attributes(&state);
+        if polled.config_data.is_some() || state.fleet_attributes.as_ref() != Some(&attributes) {
             match ddi.config_data(polled.config_data.as_deref(), &attributes) {
-                Ok(()) => change(self.config, &self.disk, |s| {
-                    s.fleet_attributes = Some(attributes)
-                })?,
+                Ok(()) => {
+                    state = change(self.config, &self.disk, |s| {
+                        s.fleet_attributes = Some(attributes)
+                    })?
+                }
                 Err(e) => log::warn!("fleet: attributes not taken, sent again next cycle: {e}"),
             }
         }
         let done = if let Some(href) = &polled.cancel {
             self.cancel(&ddi, href)?
         } else if let Some(href) = &polled.deployment {
-            self.deploy(&ddi, href)?
+            self.deploy(&ddi, href, state)?
         } else {
             reported.unwrap_or(Cycle::Idle)
         };
-        Ok((done, sleep))
+        Ok((done, polled.sleep))
     }
 
     /// Answers a cancel under the disk's lock, from the settled state: an
@@ -439,51 +380,23 @@ impl Client<'_> {
         Ok(Cycle::Canceled { id: stop_id })
     }
 
-    /// Why a deployment offered now is not started now, if it is not.
-    fn not_now(&self, d: &Deployment, state: &State) -> Result<Option<String>> {
-        match state.fleet.as_ref() {
-            Some(a) if a.phase == FleetPhase::Installed => {
-                return Ok(Some(format!(
-                    "action {} waits for its reboot and health check; deployment {} waits",
-                    a.id, d.id
-                )));
-            }
-            Some(a) if a.phase == FleetPhase::Done => {
-                return Ok(Some(format!(
-                    "action {} waits for the server to take its final report (refused {} of at most {MAX_REPORT_REFUSALS} times); deployment {} waits",
-                    a.id, a.report_refusals, d.id
-                )));
-            }
-            _ => {}
-        }
+    /// Why a deployment offered now is not started now, if it is not
+    /// ([`action::waits`], with the disk's flags read now).
+    fn waits(&self, d: &ddi::Deployment, state: &State) -> Result<Option<String>> {
         let attrs = Disk::open(&self.disk, self.sector_size, false)?
             .read()?
             .attrs();
-        let (running, other) = (
+        Ok(action::waits(
+            state.fleet.as_ref(),
             attrs[self.booted.index()],
             attrs[self.booted.other().index()],
-        );
-        if !running.successful || (other.is_bootable() && !other.successful) {
-            return Ok(Some(format!(
-                "a release is on trial; deployment {} waits until it is committed or rolled back",
-                d.id
-            )));
-        }
-        if d.download == "skip"
-            || d.update == "skip"
-            || d.maintenance_window.as_deref() == Some("unavailable")
-        {
-            return Ok(Some(format!(
-                "deployment {}: the server says not yet (download {}, update {})",
-                d.id, d.download, d.update
-            )));
-        }
-        Ok(None)
+            d,
+        ))
     }
 
     /// Reports `success` for `id` at once, with `detail`.
     fn close(&self, ddi: &Ddi, id: &str, success: bool, detail: String) -> Result<Cycle> {
-        change(self.config, &self.disk, |s| {
+        let mut state = change(self.config, &self.disk, |s| {
             s.fleet = Some(FleetAction {
                 id: id.into(),
                 artifact: String::new(),
@@ -497,13 +410,12 @@ impl Client<'_> {
                 report_refusals: 0,
             })
         })?;
-        Ok(send_report(self.config, &self.disk, ddi)?.unwrap_or(Cycle::Idle))
+        Ok(send_report(self.config, &self.disk, ddi, &mut state)?.unwrap_or(Cycle::Idle))
     }
 
-    fn deploy(&self, ddi: &Ddi, href: &str) -> Result<Cycle> {
+    fn deploy(&self, ddi: &Ddi, href: &str, state: State) -> Result<Cycle> {
         let d = ddi.deployment(href)?;
-        let state = StateFile::of(self.config).state;
-        if let Some(why) = self.not_now(&d, &state)? {
+        if let Some(why) = self.waits(&d, &state)? {
             return Ok(Cycle::Waiting(why));
         }
         let running = self.running_version(&state);
@@ -602,8 +514,7 @@ impl Client<'_> {
             Err(e) => {
                 // A flip that reported an error may have taken effect: the
                 // install record says, and then the verdict is health's.
-                settle_and_save(self.config, &self.disk)?;
-                let state = StateFile::of(self.config).state;
+                let state = settle_and_save(self.config, &self.disk)?;
                 if state
                     .fleet
                     .as_ref()
@@ -612,7 +523,7 @@ impl Client<'_> {
                     return Err(e);
                 }
                 let detail = format!("{e:#}");
-                change(self.config, &self.disk, |s| {
+                let mut state = change(self.config, &self.disk, |s| {
                     if let Some(a) = s.fleet.as_mut().filter(|a| a.id == d.id) {
                         a.phase = FleetPhase::Done;
                         a.report = Some(FleetReport {
@@ -621,7 +532,7 @@ impl Client<'_> {
                         });
                     }
                 })?;
-                if let Err(report) = send_report(self.config, &self.disk, ddi) {
+                if let Err(report) = send_report(self.config, &self.disk, ddi, &mut state) {
                     log::warn!("fleet: the failure report waits for the next cycle: {report:#}");
                 }
                 Err(e)
@@ -682,61 +593,39 @@ impl Client<'_> {
         })
     }
 
-    /// Polls until stopped: waits as the server asks (within
-    /// `max_poll_s`), backs off on errors and on 429.
+    /// Polls until stopped, waiting as [`schedule::next_wait`] says.
     pub fn serve(&self) -> ! {
         let max = Duration::from_secs(self.fleet.max_poll_s);
         let mut failures = 0u32;
         loop {
-            let wait = match self.cycle() {
+            let (last, failed) = match self.cycle() {
                 Ok((done, sleep)) => {
                     failures = 0;
                     if done != Cycle::Idle {
                         log::info!("fleet: {done}");
                     }
-                    jittered(sleep.clamp(Duration::from_secs(1), max))
+                    (Last::Answered { sleep }, None)
                 }
                 Err(e) => {
-                    failures += 1;
-                    let backoff =
-                        (FIRST_BACKOFF * 2u32.saturating_pow(failures.min(16) - 1)).min(max);
-                    let asked = match crate::error::find::<DdiError>(&e) {
-                        Some(DdiError::TooMany { retry_after, .. }) => Some(*retry_after),
+                    failures = failures.saturating_add(1);
+                    let retry_after = match crate::error::find::<DdiError>(&e) {
+                        Some(DdiError::TooMany { retry_after, .. }) => *retry_after,
                         _ => None,
                     };
-                    // The server's Retry-After the first time; a server that
-                    // keeps refusing gets the growing back-off at least.
-                    let wait = match asked {
-                        Some(Some(after)) if failures == 1 => {
-                            after.clamp(Duration::from_secs(1), max)
-                        }
-                        Some(Some(after)) => {
-                            after.max(backoff / 2).clamp(Duration::from_secs(1), max)
-                        }
-                        _ => backoff,
+                    let last = Last::Failed {
+                        failures,
+                        retry_after,
                     };
-                    let wait = jittered(wait);
-                    log::warn!("fleet: {e:#}; next poll in {} s", wait.as_secs());
-                    wait
+                    (last, Some(e))
                 }
             };
+            let wait = schedule::next_wait(last, max, fastrand::f64());
+            if let Some(e) = failed {
+                log::warn!("fleet: {e:#}; next poll in {} s", wait.as_secs());
+            }
             std::thread::sleep(wait);
         }
     }
-}
-
-/// `wait` lengthened by up to a tenth, at random: devices that start
-/// together (a site's power back, the end of an outage) drift apart rather
-/// than poll the server in step. Never shorter than the server asked.
-fn jittered(wait: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    // A thread's first RandomState is keyed from the OS's randomness and
-    // each next one differently: random enough to spread polls, without a
-    // crate for it.
-    let r = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    wait + wait.mul_f64((r % 1000) as f64 / 10_000.0)
 }
 
 /// Whether the install failed for want of the download (the server or
@@ -778,39 +667,6 @@ impl<O: Observer> Observer for Progress<O> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::InstallRecord;
-
-    fn with(phase: FleetPhase, attempts: u32, record: Option<(&str, Outcome)>) -> State {
-        State {
-            fleet: Some(FleetAction {
-                id: "6".into(),
-                artifact: "2.0.0.swu".into(),
-                phase,
-                // A clock that stepped back: times must not matter.
-                started_at: 2_000_000_000,
-                attempts,
-                report: None,
-                report_refusals: 0,
-            }),
-            last_install: record.map(|(action, outcome)| InstallRecord {
-                slot: bootctl::Slot::A,
-                version: "2.0.0".into(),
-                from_version: None,
-                started_at: 1,
-                finished_at: None,
-                outcome,
-                reason: Some("health check \"svc\" failed".into()),
-                fleet_action: Some(action.into()).filter(|a: &String| !a.is_empty()),
-            }),
-            ..State::default()
-        }
-    }
-
-    fn report(s: &State) -> Option<(bool, String)> {
-        let a = s.fleet.as_ref()?;
-        let r = a.report.as_ref()?;
-        Some((r.success, r.details.join(" ")))
-    }
 
     /// What the server hears of an install's progress: tens, and a step
     /// it was too slow to take folded into the next, not lost.
@@ -841,61 +697,5 @@ mod tests {
         at(100);
         assert_eq!(rx.try_recv(), Ok(100));
         assert!(rx.try_recv().is_err());
-    }
-
-    #[test]
-    fn polls_are_spread_over_a_tenth_of_the_sleep_and_never_early() {
-        let asked = Duration::from_secs(100);
-        let waits: Vec<Duration> = (0..50).map(|_| jittered(asked)).collect();
-        assert!(waits
-            .iter()
-            .all(|w| *w >= asked && *w <= asked + asked / 10));
-        assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
-    }
-
-    #[test]
-    fn only_the_actions_own_install_record_decides_its_report() {
-        use FleetPhase::*;
-        // Another install's commit is not this action's success.
-        let mut s = with(Installing, 1, Some(("", Outcome::Committed)));
-        assert!(!settle(&mut s));
-        assert_eq!(s.fleet.as_ref().unwrap().phase, Installing);
-        let mut s = with(Installed, 1, Some(("6", Outcome::Committed)));
-        assert!(settle(&mut s));
-        assert_eq!(
-            report(&s),
-            Some((
-                true,
-                "2.0.0 committed in slot_a after its health check".into()
-            ))
-        );
-        let mut s = with(Installed, 1, Some(("6", Outcome::HealthFailed)));
-        settle(&mut s);
-        let (ok, why) = report(&s).unwrap();
-        assert!(
-            !ok && why.contains("rolled back") && why.contains("svc"),
-            "{why}"
-        );
-        // Installed, then overwritten by a technician's install.
-        let mut s = with(Installed, 1, Some(("", Outcome::Installed)));
-        settle(&mut s);
-        assert!(report(&s)
-            .unwrap()
-            .1
-            .contains("replaced by another install"));
-        // Cut short: tried again, then given up.
-        let mut s = with(Installing, 2, Some(("6", Outcome::Failed)));
-        assert!(!settle(&mut s));
-        let mut s = with(Installing, MAX_ATTEMPTS, Some(("6", Outcome::Failed)));
-        settle(&mut s);
-        assert!(report(&s)
-            .unwrap()
-            .1
-            .contains("did not complete in 3 attempts"));
-        // Written and flipped, the record saved before the crash.
-        let mut s = with(Installing, 1, Some(("6", Outcome::Flipping)));
-        assert!(settle(&mut s));
-        assert_eq!(s.fleet.as_ref().unwrap().phase, Installed);
-        assert!(report(&s).is_none());
     }
 }
