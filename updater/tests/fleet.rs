@@ -378,6 +378,10 @@ fn a_cancel_after_the_install_is_rejected() {
     );
 }
 
+/// The daemon reads a 429's Retry-After: asked for 12 s, it does not poll
+/// again at its own first back-off (5 s). What it waits in every case
+/// (storms, the clamp, the doubling) is `fleet::schedule`'s table test;
+/// this checks only a lower bound, which a busy machine cannot break.
 #[test]
 fn a_429_is_waited_out_as_long_as_the_server_asks() {
     let polls = std::sync::atomic::AtomicUsize::new(0);
@@ -386,7 +390,7 @@ fn a_429_is_waited_out_as_long_as_the_server_asks() {
             && polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
         {
             let mut r = json(429, j!({}));
-            r.headers.push(("Retry-After".into(), "3".into()));
+            r.headers.push(("Retry-After".into(), "12".into()));
             return r;
         }
         poll_reply(j!({}))
@@ -401,7 +405,6 @@ fn a_429_is_waited_out_as_long_as_the_server_asks() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
     let polls = |f: &Fixture| -> Vec<std::time::Instant> {
         f.requests()
             .iter()
@@ -409,22 +412,21 @@ fn a_429_is_waited_out_as_long_as_the_server_asks() {
             .map(|r| r.at)
             .collect()
     };
-    while polls(&f).len() < 3 && start.elapsed() < Duration::from_secs(30) {
+    let start = std::time::Instant::now();
+    while polls(&f).is_empty() && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Past the default back-off and its jitter (5.5 s), well short of 12 s.
+    std::thread::sleep(Duration::from_secs(8));
     daemon.kill().unwrap();
     let out = daemon.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     let at = polls(&f);
-    assert!(at.len() >= 3, "{err}");
-    // Retry-After (3 s), not the default back-off (5 s); then the poll sleep (1 s).
-    let (first, second) = (at[1] - at[0], at[2] - at[1]);
+    assert_eq!(at.len(), 1, "polled again before Retry-After: {err}");
     assert!(
-        first >= Duration::from_millis(2900) && first < Duration::from_millis(4900),
-        "{first:?}: {err}"
+        err.contains("slow down (429)") && err.contains("next poll in 1"),
+        "{err}"
     );
-    assert!(second < Duration::from_millis(2900), "{second:?}");
-    assert!(err.contains("slow down (429)"), "{err}");
 
     // One poll, one answer: --once says so and exits 61.
     let f = Fixture::serve(|_| json(429, j!({})));
