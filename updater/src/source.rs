@@ -198,68 +198,54 @@ fn http_err(url: &str, reason: impl Into<String>) -> io::Error {
     })
 }
 
-/// rustls says what is wrong with a certificate as a Debug dump such as
-/// `invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))`; this
-/// turns the innermost name into words a technician can act on.
-fn certificate_problem(text: &str) -> String {
-    let detail = text
-        .rsplit("certificate: ")
-        .next()
-        .unwrap_or(text)
-        .trim_start_matches("Other(")
-        .trim_start_matches("OtherError(")
-        .trim_end_matches(')');
-    let known = match detail {
-        "UnknownIssuer" => "it is issued by an authority this device does not trust",
-        "CaUsedAsEndEntity" => "the server presents a CA (self-signed) certificate as its own",
-        "Expired" => "it has expired",
-        "NotValidYet" => "it is not valid yet (is the device's clock right?)",
-        "NotValidForName" => "it is not valid for this host name",
-        "Revoked" => "it is revoked",
-        "BadSignature" => "its signature does not verify",
-        _ => "",
-    };
-    if known.is_empty() {
-        // CamelCase into words, whatever rustls adds next.
-        let mut words = String::new();
-        for c in detail.chars() {
-            if c.is_uppercase() && !words.is_empty() {
-                words.push(' ');
-            }
-            words.extend(c.to_lowercase());
+/// What is wrong with a server's certificate, in words a technician can
+/// act on, from rustls's own classification.
+fn certificate_problem(e: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    let known = match e {
+        C::UnknownIssuer => "it is issued by an authority this device does not trust",
+        C::Other(other)
+            if other.0.downcast_ref::<webpki::Error>()
+                == Some(&webpki::Error::CaUsedAsEndEntity) =>
+        {
+            "the server presents a CA (self-signed) certificate as its own"
         }
-        words
-    } else {
-        format!("{known} ({detail})")
-    }
+        C::Expired | C::ExpiredContext { .. } => "it has expired",
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "it is not valid yet (is the device's clock right?)"
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "it is not valid for this host name"
+        }
+        C::Revoked => "it is revoked",
+        C::BadSignature => "its signature does not verify",
+        _ => return e.to_string(),
+    };
+    known.to_string()
 }
 
 /// A one-line reason for a failed request, and whether trying again can help.
 fn describe(e: &ureq::Error, idle: Duration) -> (bool, String) {
-    // TLS errors reach us directly or inside an io::Error; their text is
-    // rustls's, the first cause that says what is wrong.
-    let mut text = e.to_string();
-    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(c) = cause {
-        text = c.to_string();
-        cause = c.source();
-    }
-    let lower = text.to_lowercase();
-    match e {
-        ureq::Error::Timeout(_) => (true, format!("no answer for {} s ({e})", idle.as_secs())),
-        ureq::Error::TooManyRedirects | ureq::Error::RedirectFailed => {
+    // rustls's error reaches us as ureq's Rustls or inside its Io (a
+    // failed handshake); ureq's error has no source() to walk.
+    let tls = match e {
+        ureq::Error::Rustls(r) => Some(r),
+        ureq::Error::Io(io) => crate::error::typed::<rustls::Error>(io),
+        _ => None,
+    };
+    match (e, tls) {
+        (ureq::Error::Timeout(_), _) => (true, format!("no answer for {} s ({e})", idle.as_secs())),
+        (ureq::Error::TooManyRedirects | ureq::Error::RedirectFailed, _) => {
             (false, format!("redirect loop or broken redirect: {e}"))
         }
-        ureq::Error::HostNotFound => (true, format!("host not found: {e}")),
-        _ if lower.contains("certificate") => (
+        (ureq::Error::HostNotFound, _) => (true, format!("host not found: {e}")),
+        (_, Some(rustls::Error::InvalidCertificate(c))) => (
             false,
-            format!("certificate not trusted: {}", certificate_problem(&text)),
+            format!("certificate not trusted: {}", certificate_problem(c)),
         ),
-        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => (false, format!("TLS failed: {text}")),
-        _ if lower.contains("tls") || lower.contains("handshake") => {
-            (false, format!("TLS failed: {text}"))
-        }
-        _ => (true, text),
+        (_, Some(t)) => (false, format!("TLS failed: {t}")),
+        (ureq::Error::Tls(_), None) => (false, format!("TLS failed: {e}")),
+        _ => (true, e.to_string()),
     }
 }
 
@@ -566,5 +552,34 @@ impl Read for HttpReader {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::CertificateError as C;
+
+    /// The words depend on rustls's variants, not on how it prints them.
+    #[test]
+    fn certificate_problems_are_named_by_their_kind() {
+        let ca = C::Other(rustls::OtherError(std::sync::Arc::new(
+            webpki::Error::CaUsedAsEndEntity,
+        )));
+        for (e, want) in [
+            (C::UnknownIssuer, "an authority this device does not trust"),
+            (ca, "a CA (self-signed) certificate"),
+            (C::Expired, "it has expired"),
+            (C::NotValidYet, "the device's clock"),
+            (C::NotValidForName, "not valid for this host name"),
+        ] {
+            assert!(certificate_problem(&e).contains(want), "{e:?}");
+        }
+        let revoked = ureq::Error::Rustls(rustls::Error::InvalidCertificate(C::Revoked));
+        let (retry, why) = describe(&revoked, Duration::from_secs(30));
+        assert!(
+            !retry && why == "certificate not trusted: it is revoked",
+            "{why}"
+        );
     }
 }
