@@ -3,7 +3,7 @@
 //! what a refused report leads to. The client (`fleet/mod.rs`) reads the
 //! server and the disk, asks these, and writes what they say.
 
-use super::ddi::{DdiError, Deployment};
+use super::ddi::{DdiError, Deployment, Handling, Window};
 use crate::state::{FleetAction, FleetPhase, FleetReport, Outcome, State};
 use bootctl::BootAttrs;
 
@@ -106,9 +106,9 @@ pub fn waits(
             d.id
         ));
     }
-    if d.download == "skip"
-        || d.update == "skip"
-        || d.maintenance_window.as_deref() == Some("unavailable")
+    if d.download == Handling::Skip
+        || d.update == Handling::Skip
+        || d.maintenance_window == Some(Window::Unavailable)
     {
         return Some(format!(
             "deployment {}: the server says not yet (download {}, update {})",
@@ -194,12 +194,12 @@ mod tests {
         Some((r.success, r.details.join(" ")))
     }
 
-    fn offer(download: &str, update: &str, window: Option<&str>) -> Deployment {
+    fn offer(download: Handling, update: Handling, window: Option<Window>) -> Deployment {
         Deployment {
             id: "7".into(),
-            download: download.into(),
-            update: update.into(),
-            maintenance_window: window.map(Into::into),
+            download,
+            update,
+            maintenance_window: window,
             version: Some("3.0.0".into()),
             artifacts: Vec::new(),
             unusable: Vec::new(),
@@ -220,7 +220,7 @@ mod tests {
     #[test]
     fn a_deployment_waits_for_the_last_verdict_a_trial_and_the_servers_yes() {
         use FleetPhase::*;
-        let go = offer("forced", "forced", None);
+        let go = offer(Handling::Forced, Handling::Forced, None);
         let idle = BootAttrs::UNBOOTABLE;
         // The last action's phase, the booted and the other slot's flags,
         // the offer, and what the wait's reason says (None: no wait).
@@ -256,14 +256,18 @@ mod tests {
                 None,
                 COMMITTED,
                 idle,
-                &offer("skip", "forced", None),
+                &offer(Handling::Skip, Handling::Forced, None),
                 Some("not yet"),
             ),
             (
                 None,
                 COMMITTED,
                 idle,
-                &offer("attempt", "attempt", Some("unavailable")),
+                &offer(
+                    Handling::Attempt,
+                    Handling::Attempt,
+                    Some(Window::Unavailable),
+                ),
                 Some("not yet"),
             ),
         ];

@@ -6,6 +6,7 @@
 //! of a path are checked.
 
 use crate::config::Fleet;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -52,16 +53,168 @@ pub struct Artifact {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deployment {
     pub id: String,
-    /// `forced`, `attempt` or `skip` (hawkBit's handling types).
-    pub download: String,
-    pub update: String,
-    /// `available` or `unavailable` when the server has a maintenance window.
-    pub maintenance_window: Option<String>,
+    pub download: Handling,
+    pub update: Handling,
+    /// Set when the server has a maintenance window for the action.
+    pub maintenance_window: Option<Window>,
     /// The version the server gives the software (its chunk's `version`).
     pub version: Option<String>,
     pub artifacts: Vec<Artifact>,
     /// Artifacts passed over: no link this client can fetch.
     pub unusable: Vec<String>,
+}
+
+/// hawkBit's handling types for the download and the update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Handling {
+    Attempt,
+    #[default]
+    Forced,
+    Skip,
+}
+
+impl std::fmt::Display for Handling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Handling::Attempt => "attempt",
+            Handling::Forced => "forced",
+            Handling::Skip => "skip",
+        })
+    }
+}
+
+/// Whether the action's maintenance window is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Window {
+    Available,
+    Unavailable,
+}
+
+/// What a deployment's feedback says of the action's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Execution {
+    Proceeding,
+    Closed,
+    Rejected,
+}
+
+/// A feedback's result: none yet, or how the action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finished {
+    None,
+    Success,
+    Failure,
+}
+
+/// The replies as hawkBit's DDI model has them, reduced to the fields the
+/// device uses; anything else in them is ignored, a field of the wrong type
+/// is refused.
+mod reply {
+    use super::{Handling, Window};
+    use serde::Deserialize;
+
+    /// An action id: hawkBit sends a string, some servers a number.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum Id {
+        Text(String),
+        Number(serde_json::Number),
+    }
+
+    impl Id {
+        pub fn text(&self) -> String {
+            match self {
+                Id::Text(t) => t.clone(),
+                Id::Number(n) => n.to_string(),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub struct Link {
+        pub href: String,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Poll {
+        pub config: Option<PollConfig>,
+        #[serde(rename = "_links", default)]
+        pub links: PollLinks,
+    }
+
+    #[derive(Deserialize)]
+    pub struct PollConfig {
+        pub polling: Option<Polling>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Polling {
+        pub sleep: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    pub struct PollLinks {
+        pub deployment_base: Option<Link>,
+        pub cancel_action: Option<Link>,
+        pub config_data: Option<Link>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Deployment {
+        pub id: Option<Id>,
+        pub deployment: Option<DeploymentBody>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct DeploymentBody {
+        #[serde(default)]
+        pub download: Handling,
+        #[serde(default)]
+        pub update: Handling,
+        pub maintenance_window: Option<Window>,
+        pub chunks: Option<Vec<Chunk>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Chunk {
+        pub version: Option<String>,
+        #[serde(default)]
+        pub artifacts: Vec<Artifact>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Artifact {
+        pub filename: Option<String>,
+        pub size: Option<u64>,
+        #[serde(rename = "_links", default)]
+        pub links: ArtifactLinks,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct ArtifactLinks {
+        pub download: Option<Link>,
+        #[serde(rename = "download-http")]
+        pub download_http: Option<Link>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Cancel {
+        pub id: Option<Id>,
+        #[serde(rename = "cancelAction")]
+        pub cancel_action: Option<CancelBody>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct CancelBody {
+        #[serde(rename = "stopId")]
+        pub stop_id: Option<Id>,
+    }
 }
 
 /// A DDI session with one server, as one device.
@@ -72,30 +225,38 @@ pub struct Ddi {
     authorization: String,
 }
 
-/// `scheme://host[:port]` of an http(s) URL, lower-cased; None for anything else.
+/// `scheme://host[:port]` of an http(s) URL, lower-cased, without the
+/// default port or a root dot (the same server however it is written);
+/// None for anything else, and for a URL with user information, which
+/// could make one server look like another.
 pub fn origin(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let scheme = scheme.to_ascii_lowercase();
-    if scheme != "http" && scheme != "https" {
-        return None;
-    }
-    let authority = rest.split(['/', '?', '#']).next()?.to_ascii_lowercase();
-    if authority.is_empty() || authority.contains(['@', '\\']) {
-        return None;
-    }
-    // The same server however it is written: no default port, no root dot.
-    let default = if scheme == "http" { ":80" } else { ":443" };
-    let authority = authority.strip_suffix(default).unwrap_or(&authority);
-    let authority = match authority.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') && port.chars().all(|c| c.is_ascii_digit()) => {
-            format!("{}:{port}", host.trim_end_matches('.'))
-        }
-        _ => authority.trim_end_matches('.').to_string(),
+    let uri: ureq::http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let default = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
     };
-    if authority.is_empty() || authority.starts_with(':') {
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') {
         return None;
     }
-    Some(format!("{scheme}://{authority}"))
+    let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return None;
+    }
+    // What follows the host: nothing, or `:port`. The http crate takes a
+    // port no u16 holds and then reports none: that is no URL of ours.
+    let rest = authority.as_str().get(authority.host().len()..)?;
+    let port = match rest.strip_prefix(':') {
+        Some(p) => Some(p.parse::<u16>().ok()?),
+        None if rest.is_empty() => None,
+        None => return None,
+    };
+    Some(match port.filter(|p| *p != default) {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    })
 }
 
 /// hawkBit's `HH:MM:SS`.
@@ -138,12 +299,12 @@ fn check_id(id: &str, url: &str) -> Result<String> {
     }
 }
 
-fn id_of(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+/// `v`, a reply of `url`, read as `T`.
+fn read<T: serde::de::DeserializeOwned>(v: Value, url: &str) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| DdiError::Protocol {
+        url: url.into(),
+        reason: e.to_string(),
+    })
 }
 
 impl Ddi {
@@ -265,27 +426,20 @@ impl Ddi {
     /// One poll of the controller resource.
     pub fn poll(&self) -> Result<Polled> {
         let url = self.base.clone();
-        let v = self.call("GET", &url, None)?;
-        if !v.is_object() {
-            return Err(DdiError::Protocol {
-                url,
-                reason: "the poll reply is not an object".into(),
-            });
-        }
-        let sleep = v["config"]["polling"]["sleep"]
-            .as_str()
-            .and_then(parse_sleep);
-        let link = |name: &str| -> Result<Option<String>> {
-            match v["_links"][name]["href"].as_str() {
-                Some(href) => self.own_link(href, &url).map(Some),
-                None => Ok(None),
-            }
+        let reply: reply::Poll = read(self.call("GET", &url, None)?, &url)?;
+        let sleep = reply
+            .config
+            .and_then(|c| c.polling)
+            .and_then(|p| p.sleep)
+            .and_then(|s| parse_sleep(&s));
+        let link = |l: Option<reply::Link>| -> Result<Option<String>> {
+            l.map(|l| self.own_link(&l.href, &url)).transpose()
         };
         Ok(Polled {
             sleep,
-            deployment: link("deploymentBase")?,
-            cancel: link("cancelAction")?,
-            config_data: link("configData")?,
+            deployment: link(reply.links.deployment_base)?,
+            cancel: link(reply.links.cancel_action)?,
+            config_data: link(reply.links.config_data)?,
         })
     }
 
@@ -301,66 +455,64 @@ impl Ddi {
     }
 
     pub fn deployment(&self, href: &str) -> Result<Deployment> {
-        let v = self.call("GET", href, None)?;
+        let reply: reply::Deployment = read(self.call("GET", href, None)?, href)?;
         let bad = |reason: &str| DdiError::Protocol {
             url: href.into(),
             reason: reason.into(),
         };
-        let id = id_of(&v["id"]).ok_or_else(|| bad("no action id"))?;
+        let id = reply.id.ok_or_else(|| bad("no action id"))?.text();
         let id = check_id(&id, href)?;
-        let d = &v["deployment"];
-        let text = |field: &str| d[field].as_str().map(str::to_string);
-        let chunks = d["chunks"].as_array().ok_or_else(|| bad("no chunks"))?;
+        let d = reply.deployment.ok_or_else(|| bad("no chunks"))?;
+        let chunks = d.chunks.ok_or_else(|| bad("no chunks"))?;
         let mut artifacts = Vec::new();
         let mut unusable = Vec::new();
         let mut version = None;
-        for chunk in chunks.iter().take(16) {
-            version = version.or_else(|| chunk["version"].as_str().map(str::to_string));
-            for a in chunk["artifacts"].as_array().into_iter().flatten().take(16) {
-                let links = &a["_links"];
-                let Some(filename) = a["filename"].as_str() else {
+        for chunk in chunks.into_iter().take(16) {
+            version = version.or(chunk.version);
+            for a in chunk.artifacts.into_iter().take(16) {
+                let Some(filename) = a.filename else {
                     continue;
                 };
+                let filename: String = filename.chars().take(256).collect();
                 // Only http(s) links can be fetched here; an artifact with
                 // none (s3://, a server's own scheme) is passed over, and
                 // the deployment fails only if nothing usable is left.
-                let offered: Vec<&str> = ["download", "download-http"]
-                    .iter()
-                    .filter_map(|k| links[k]["href"].as_str())
+                let offered: Vec<String> = [a.links.download, a.links.download_http]
+                    .into_iter()
+                    .flatten()
+                    .map(|l| l.href)
                     .collect();
-                let Some(href) = offered.iter().copied().find(|h| origin(h).is_some()) else {
+                let Some(href) = offered.iter().find(|h| origin(h).is_some()) else {
                     if !offered.is_empty() {
-                        let name: String = filename.chars().take(256).collect();
-                        log::warn!("fleet: artifact {name:?} has no http(s) link ({offered:?}): passed over");
-                        unusable.push(name);
+                        log::warn!("fleet: artifact {filename:?} has no http(s) link ({offered:?}): passed over");
+                        unusable.push(filename);
                     }
                     continue;
                 };
                 artifacts.push(Artifact {
-                    filename: filename.chars().take(256).collect(),
-                    size: a["size"].as_u64(),
-                    href: href.to_string(),
+                    filename,
+                    size: a.size,
+                    href: href.clone(),
                 });
             }
         }
         Ok(Deployment {
             id,
-            download: text("download").unwrap_or_else(|| "forced".into()),
-            update: text("update").unwrap_or_else(|| "forced".into()),
-            maintenance_window: text("maintenanceWindow"),
+            download: d.download,
+            update: d.update,
+            maintenance_window: d.maintenance_window,
             version,
             artifacts,
             unusable,
         })
     }
 
-    /// Feedback on a deployment: `execution` is `proceeding`, `closed`, ...;
-    /// `finished` is `none`, `success` or `failure`.
+    /// Feedback on a deployment.
     pub fn feedback(
         &self,
         action: &str,
-        execution: &str,
-        finished: &str,
+        execution: Execution,
+        finished: Finished,
         progress: Option<(u64, u64)>,
         details: &[String],
     ) -> Result<()> {
@@ -382,12 +534,18 @@ impl Ddi {
 
     /// The action a `cancelAction` link asks to stop: (cancel id, stop id).
     pub fn cancel_action(&self, href: &str) -> Result<(String, String)> {
-        let v = self.call("GET", href, None)?;
-        let id = id_of(&v["id"]).ok_or_else(|| DdiError::Protocol {
-            url: href.into(),
-            reason: "no cancel id".into(),
-        })?;
-        let stop = id_of(&v["cancelAction"]["stopId"]).unwrap_or_else(|| id.clone());
+        let reply: reply::Cancel = read(self.call("GET", href, None)?, href)?;
+        let id = reply
+            .id
+            .map(|i| i.text())
+            .ok_or_else(|| DdiError::Protocol {
+                url: href.into(),
+                reason: "no cancel id".into(),
+            })?;
+        let stop = reply
+            .cancel_action
+            .and_then(|c| c.stop_id)
+            .map_or_else(|| id.clone(), |i| i.text());
         Ok((check_id(&id, href)?, check_id(&stop, href)?))
     }
 
@@ -404,8 +562,8 @@ impl Ddi {
             check_id(cancel_id, &self.base)?
         );
         let (execution, finished) = match accepted {
-            true => ("closed", "success"),
-            false => ("rejected", "failure"),
+            true => (Execution::Closed, Finished::Success),
+            false => (Execution::Rejected, Finished::Failure),
         };
         let body = json!({
             "id": cancel_id,
@@ -462,12 +620,67 @@ mod tests {
             origin("http://[::1]:8080/x").as_deref(),
             Some("http://[::1]:8080")
         );
-        for bad in ["ftp://h/x", "http://", "http://user@evil/x", "h/x"] {
+        for bad in [
+            "ftp://h/x",
+            "http://",
+            "http://user@evil/x",
+            "http://good@evil/x",
+            "h/x",
+            "http://h\\@evil/",
+            "http://h:99999/",
+        ] {
             assert_eq!(origin(bad), None, "{bad}");
         }
         assert!(check_id("42", "u").is_ok());
         for bad in ["", "../x", "1/feedback", "a b", &"9".repeat(65)] {
             assert!(check_id(bad, "u").is_err(), "{bad}");
         }
+    }
+
+    /// hawkBit's shapes are read into types; a field of the wrong type or
+    /// an unknown handling type is refused, not guessed.
+    #[test]
+    fn replies_are_read_as_hawkbits_model_has_them() {
+        let d: reply::Deployment = read(
+            json!({"id": 42, "deployment": {"download": "forced", "update": "skip",
+                "maintenanceWindow": "unavailable", "chunks": [{"part": "os", "version": "2.0.0",
+                "artifacts": [{"filename": "r.swu", "size": 7, "hashes": {"sha1": "x"},
+                "_links": {"download-http": {"href": "http://h/r"}}}]}]},
+                "actionHistory": {"status": "running"}}),
+            "u",
+        )
+        .unwrap();
+        assert_eq!(d.id.unwrap().text(), "42");
+        let body = d.deployment.unwrap();
+        assert_eq!(
+            (body.download, body.update),
+            (Handling::Forced, Handling::Skip)
+        );
+        assert_eq!(body.maintenance_window, Some(Window::Unavailable));
+        let chunk = &body.chunks.unwrap()[0];
+        assert_eq!(chunk.version.as_deref(), Some("2.0.0"));
+        assert_eq!(
+            chunk.artifacts[0]
+                .links
+                .download_http
+                .as_ref()
+                .unwrap()
+                .href,
+            "http://h/r"
+        );
+        let refused = [
+            json!({"config": {"polling": {"sleep": 60}}}),
+            json!({"_links": {"deploymentBase": "http://h/x"}}),
+            json!([]),
+        ];
+        for v in refused {
+            assert!(read::<reply::Poll>(v.clone(), "u").is_err(), "{v}");
+        }
+        let odd = json!({"id": "6", "deployment": {"download": "later", "chunks": []}});
+        let e = read::<reply::Deployment>(odd, "u").err().unwrap();
+        assert!(e.to_string().contains("unknown variant `later`"), "{e}");
+        let fb = json!({"status": {"execution": Execution::Closed, "result": {"finished": Finished::Failure}}});
+        assert_eq!(fb["status"]["execution"], "closed");
+        assert_eq!(fb["status"]["result"]["finished"], "failure");
     }
 }

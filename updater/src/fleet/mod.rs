@@ -36,7 +36,7 @@ use action::{settle, Refused};
 pub use action::{MAX_ATTEMPTS, MAX_REPORT_REFUSALS};
 use anyhow::Result;
 use bootctl::{Disk, Slot};
-use ddi::{Ddi, DdiError};
+use ddi::{Ddi, DdiError, Execution, Finished};
 use schedule::Last;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -172,15 +172,24 @@ fn send_report(
         success: false,
         details: vec!["the result was lost".into()],
     });
-    let finished = if report.success { "success" } else { "failure" };
-    if let Err(e) = ddi.feedback(&action.id, "closed", finished, None, &report.details) {
+    let (finished, word) = match report.success {
+        true => (Finished::Success, "success"),
+        false => (Finished::Failure, "failure"),
+    };
+    if let Err(e) = ddi.feedback(
+        &action.id,
+        Execution::Closed,
+        finished,
+        None,
+        &report.details,
+    ) {
         match action::refused(&e, action.report_refusals) {
             Refused::Unknown => log::warn!(
-                "fleet action {}: the server no longer knows it; its report ({finished}) is dropped",
+                "fleet action {}: the server no longer knows it; its report ({word}) is dropped",
                 action.id
             ),
             Refused::GivenUp => log::warn!(
-                "fleet action {}: the server refused its report ({finished}) {MAX_REPORT_REFUSALS} times, last: {e}; given up",
+                "fleet action {}: the server refused its report ({word}) {MAX_REPORT_REFUSALS} times, last: {e}; given up",
                 action.id
             ),
             Refused::Counted => {
@@ -472,7 +481,7 @@ impl Client<'_> {
             artifact.filename,
             self.booted.other()
         );
-        if let Err(e) = ddi.feedback(&d.id, "proceeding", "none", None, &[start]) {
+        if let Err(e) = ddi.feedback(&d.id, Execution::Proceeding, Finished::None, None, &[start]) {
             log::warn!("fleet: {e}");
         }
         let installed = self.install(ddi, &d.id, &artifact.href, &artifact.filename);
@@ -494,8 +503,13 @@ impl Client<'_> {
                     done.manifest.version, done.slot
                 );
                 let lines = ["Downloaded 100%".to_string(), line];
-                if let Err(e) = ddi.feedback(&d.id, "proceeding", "none", Some((100, 100)), &lines)
-                {
+                if let Err(e) = ddi.feedback(
+                    &d.id,
+                    Execution::Proceeding,
+                    Finished::None,
+                    Some((100, 100)),
+                    &lines,
+                ) {
                     log::warn!("fleet: {e}");
                 }
                 if reboot {
@@ -576,9 +590,13 @@ impl Client<'_> {
             scope.spawn(move || {
                 for percent in rx {
                     let line = format!("Downloaded {percent}%");
-                    if let Err(e) =
-                        ddi.feedback(id, "proceeding", "none", Some((percent, 100)), &[line])
-                    {
+                    if let Err(e) = ddi.feedback(
+                        id,
+                        Execution::Proceeding,
+                        Finished::None,
+                        Some((percent, 100)),
+                        &[line],
+                    ) {
                         log::warn!("fleet: {e}");
                     }
                 }
