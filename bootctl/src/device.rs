@@ -24,19 +24,15 @@ pub struct FileDevice {
     size: u64,
 }
 
-nix::ioctl_read_bad!(blksszget, 0x1268, nix::libc::c_int);
-nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
-
 impl FileDevice {
-    /// Wraps an open file, measuring its size (BLKGETSIZE64 for a block device).
+    /// Wraps an open file, measuring its size (a block device's by seeking
+    /// to its end, which is what BLKGETSIZE64 says, without an ioctl).
     pub fn new(file: File) -> io::Result<FileDevice> {
         let meta = file.metadata()?;
         let size = if meta.file_type().is_block_device() {
-            let mut size = 0u64;
-            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer we pass.
-            unsafe { blkgetsize64(std::os::fd::AsRawFd::as_raw_fd(&file), &mut size) }
-                .map_err(io::Error::from)?;
-            size
+            // Reads and writes are positioned (pread/pwrite): the offset
+            // this moves is never used.
+            io::Seek::seek(&mut &file, io::SeekFrom::End(0))?
         } else {
             meta.len()
         };
@@ -49,11 +45,8 @@ impl FileDevice {
         if !self.file.metadata()?.file_type().is_block_device() {
             return Ok(None);
         }
-        let mut size: nix::libc::c_int = 0;
-        // SAFETY: BLKSSZGET writes one int through the pointer we pass.
-        unsafe { blksszget(std::os::fd::AsRawFd::as_raw_fd(&self.file), &mut size) }
-            .map_err(io::Error::from)?;
-        Ok(Some(size as u64))
+        let size = rustix::fs::ioctl_blksszget(&self.file)?;
+        Ok(Some(u64::from(size)))
     }
 }
 

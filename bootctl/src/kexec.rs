@@ -118,9 +118,8 @@ fn load_arm64(kernel: &File, initrd: Option<&File>, cmdline: &str) -> Result<Met
         )
     })?;
     let mut seeds = [0u8; 8 + 64];
-    // SAFETY: getrandom writes at most the buffer's length.
-    let got = unsafe { nix::libc::getrandom(seeds.as_mut_ptr().cast(), seeds.len(), 0) };
-    if got != seeds.len() as isize {
+    let got = rustix::rand::getrandom(&mut seeds[..], rustix::rand::GetRandomFlags::empty());
+    if got != Ok(seeds.len()) {
         return Err(error(0, "getrandom gave no seed for the next kernel"));
     }
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
