@@ -228,8 +228,7 @@ impl Drop for Loop {
 
 #[test]
 fn flips_on_block_devices_with_512_and_4096_byte_sectors() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: attaching loop devices needs root");
+    if !switchback_test_support::needs_root("loop devices") {
         return;
     }
     for sector in [512u64, 4096] {

@@ -2,14 +2,13 @@
 //! sector) is being repaired. At every instant some GPT copy must be valid
 //! and hold a state that was committed: the old one or the new one.
 
-use bootctl::device::BlockDevice;
 use bootctl::provision::{self, Layout};
 use bootctl::{BootAttrs, Disk, Slot};
 use proptest::prelude::*;
 use std::cell::RefCell;
-use std::io;
 use std::path::Path;
 use std::rc::Rc;
+use switchback_test_support::cut::{CutDevice, Storage};
 
 /// Only the two ends of a disk hold a GPT; keeping just those makes the
 /// hundreds of thousands of cuts below cheap to set up.
@@ -40,53 +39,19 @@ impl Ends {
             size: bytes.len(),
         }
     }
-    fn region(&mut self, offset: usize, len: usize) -> &mut [u8] {
+}
+
+impl Storage for Ends {
+    fn region(&mut self, offset: usize, len: usize) -> Option<&mut [u8]> {
         if offset + len <= END {
-            &mut self.head[offset..offset + len]
+            self.head.get_mut(offset..offset + len)
         } else {
-            let at = offset - (self.size - END);
-            &mut self.tail[at..at + len]
+            let at = offset.checked_sub(self.size - END)?;
+            self.tail.get_mut(at..at + len)
         }
     }
-}
-
-/// Loses power after `budget` sectors: the write in progress stops at that
-/// sector boundary and everything after fails.
-struct CutDevice {
-    ends: Rc<RefCell<Ends>>,
-    sector: usize,
-    budget: usize,
-    written: Rc<RefCell<usize>>,
-}
-
-impl BlockDevice for CutDevice {
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        buf.copy_from_slice(self.ends.borrow_mut().region(offset as usize, buf.len()));
-        Ok(())
-    }
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        for (i, chunk) in buf.chunks(self.sector).enumerate() {
-            let mut written = self.written.borrow_mut();
-            if *written == self.budget {
-                return Err(io::Error::other("power cut"));
-            }
-            let at = offset as usize + i * self.sector;
-            self.ends
-                .borrow_mut()
-                .region(at, chunk.len())
-                .copy_from_slice(chunk);
-            *written += 1;
-        }
-        Ok(())
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        if *self.written.borrow() == self.budget {
-            return Err(io::Error::other("power cut"));
-        }
-        Ok(())
-    }
-    fn size(&self) -> u64 {
-        self.ends.borrow().size as u64
+    fn size(&self) -> usize {
+        self.size
     }
 }
 
@@ -104,29 +69,19 @@ const VERBS: [(&str, Change); 5] = [
 /// sectors written and whether it completed.
 fn run(ends: &mut Ends, sector: u64, budget: usize, change: Change) -> (usize, bool) {
     let shared = Rc::new(RefCell::new(ends.clone()));
-    let written = Rc::new(RefCell::new(0));
-    let dev = CutDevice {
-        ends: shared.clone(),
-        sector: sector as usize,
-        budget,
-        written: written.clone(),
-    };
+    let dev = CutDevice::new(shared.clone(), sector, budget);
+    let written = dev.written.clone();
     let ok = Disk::from_device(Path::new("mem.img"), Box::new(dev), Some(sector))
         .and_then(|mut d| change(&mut d))
         .is_ok();
     *ends = shared.borrow().clone();
-    let n = *written.borrow();
+    let n = written.get();
     (n, ok)
 }
 
 /// What a reader (the boot stage) sees; panics when no copy is valid.
 fn seen(ends: &Ends, sector: u64, what: &str) -> ([BootAttrs; 2], bool) {
-    let dev = CutDevice {
-        ends: Rc::new(RefCell::new(ends.clone())),
-        sector: sector as usize,
-        budget: 0,
-        written: Rc::new(RefCell::new(0)),
-    };
+    let dev = CutDevice::new(Rc::new(RefCell::new(ends.clone())), sector, 0);
     let state = Disk::from_device(Path::new("mem.img"), Box::new(dev), Some(sector))
         .and_then(|mut d| d.read())
         .unwrap_or_else(|e| panic!("{what}: no valid GPT copy left: {e}"));
@@ -140,7 +95,7 @@ fn damage(ends: &mut Ends, sector: u64, primary: bool) {
     } else {
         ends.size - sector as usize + 40
     };
-    ends.region(at, 1)[0] ^= 0xFF;
+    ends.region(at, 1).expect("a sector the GPT holds")[0] ^= 0xFF;
 }
 
 /// For each start and each verb V cut at every sector, then each verb W cut

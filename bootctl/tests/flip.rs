@@ -1,53 +1,12 @@
 //! The flip under power cuts and on damaged disks.
 
-use bootctl::device::{BlockDevice, MemDevice};
+use bootctl::device::MemDevice;
 use bootctl::provision::{self, Layout};
 use bootctl::{BootAttrs, Disk, Error, Slot};
 use std::cell::RefCell;
-use std::io;
 use std::path::Path;
 use std::rc::Rc;
-
-/// A disk that loses power after `budget` sectors have been written: the
-/// write in progress stops at that sector boundary and everything after
-/// fails, as a machine whose power is cut would.
-struct CutDevice {
-    bytes: Rc<RefCell<Vec<u8>>>,
-    sector: usize,
-    budget: usize,
-    written: usize,
-}
-
-impl BlockDevice for CutDevice {
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        MemDevice(self.bytes.borrow().clone()).read_at(buf, offset)
-    }
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        assert_eq!(
-            offset as usize % self.sector,
-            0,
-            "unaligned write at {offset}"
-        );
-        for (i, chunk) in buf.chunks(self.sector).enumerate() {
-            if self.written == self.budget {
-                return Err(io::Error::other("power cut"));
-            }
-            let at = offset as usize + i * self.sector;
-            self.bytes.borrow_mut()[at..at + chunk.len()].copy_from_slice(chunk);
-            self.written += 1;
-        }
-        Ok(())
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        if self.written == self.budget {
-            return Err(io::Error::other("power cut"));
-        }
-        Ok(())
-    }
-    fn size(&self) -> u64 {
-        self.bytes.borrow().len() as u64
-    }
-}
+use switchback_test_support::cut::CutDevice;
 
 fn factory_disk(sector_size: u64) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
@@ -63,12 +22,7 @@ fn factory_disk(sector_size: u64) -> Vec<u8> {
 }
 
 fn mem_disk(bytes: &Rc<RefCell<Vec<u8>>>, sector: u64, budget: usize) -> Disk {
-    let dev = CutDevice {
-        bytes: bytes.clone(),
-        sector: sector as usize,
-        budget,
-        written: 0,
-    };
+    let dev = CutDevice::new(bytes.clone(), sector, budget);
     Disk::from_device(Path::new("mem.img"), Box::new(dev), Some(sector)).unwrap()
 }
 
@@ -91,36 +45,11 @@ fn cut_at_every_sector(sector: u64, prepare: Change, change: Change) {
     let before = bytes.borrow().clone();
     let old = attrs_of(&before, sector);
 
-    let dev = CutDevice {
-        bytes: bytes.clone(),
-        sector: sector as usize,
-        budget: usize::MAX,
-        written: 0,
-    };
-    let counter = Rc::new(RefCell::new(dev));
-    struct Shared(Rc<RefCell<CutDevice>>);
-    impl BlockDevice for Shared {
-        fn read_at(&mut self, b: &mut [u8], o: u64) -> io::Result<()> {
-            self.0.borrow_mut().read_at(b, o)
-        }
-        fn write_at(&mut self, b: &[u8], o: u64) -> io::Result<()> {
-            self.0.borrow_mut().write_at(b, o)
-        }
-        fn sync(&mut self) -> io::Result<()> {
-            self.0.borrow_mut().sync()
-        }
-        fn size(&self) -> u64 {
-            self.0.borrow().size()
-        }
-    }
-    let mut full = Disk::from_device(
-        Path::new("mem.img"),
-        Box::new(Shared(counter.clone())),
-        Some(sector),
-    )
-    .unwrap();
+    let dev = CutDevice::new(bytes.clone(), sector, usize::MAX);
+    let counter = dev.written.clone();
+    let mut full = Disk::from_device(Path::new("mem.img"), Box::new(dev), Some(sector)).unwrap();
     change(&mut full).unwrap();
-    let total = counter.borrow().written;
+    let total = counter.get();
     let new = attrs_of(&bytes.borrow(), sector);
     assert_ne!(old, new, "the change under test must change something");
     // Two headers and two arrays of 16 KiB.

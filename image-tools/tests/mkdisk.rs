@@ -403,8 +403,7 @@ fn inputs_are_measured_by_what_they_are_and_nothing_spills_past_the_slot() {
 
 #[test]
 fn a_block_device_larger_than_the_slot_is_refused_by_its_size() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: needs root (a loop device); CI runs it as root");
+    if !switchback_test_support::needs_root("a loop device") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,8 @@
 //! inputs (the kernel by its package version; the static binaries by cargo).
 
 pub mod appliance;
-pub mod goosebit;
+/// The goosebit fleet server, shared with the updater's fleet tests.
+pub use switchback_test_support::goosebit;
 pub mod guest;
 pub mod qemu;
 

@@ -182,6 +182,7 @@ fn the_architecture_map_names_every_module() {
         "image-tools/src",
         "image-tools/bundle/src",
         "qemu-tests/src",
+        "qemu-tests/support/src",
     ] {
         for entry in std::fs::read_dir(ws.join(dir)).unwrap() {
             let path = entry.unwrap().path();

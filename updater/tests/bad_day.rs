@@ -62,11 +62,7 @@ fn edit_state(dev: &Device, change: impl FnOnce(&mut serde_json::Value)) {
 }
 
 fn needs_root() -> bool {
-    let root = nix::unistd::Uid::effective().is_root();
-    if !root {
-        eprintln!("SKIPPED: needs root (mount namespaces, tmpfs, loop devices)");
-    }
-    root
+    switchback_test_support::needs_root("mount namespaces, tmpfs and loop devices")
 }
 
 #[test]

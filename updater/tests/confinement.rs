@@ -13,11 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn needs_root() -> bool {
-    let root = nix::unistd::Uid::effective().is_root();
-    if !root {
-        eprintln!("SKIPPED: needs root (namespaces, loop devices); CI runs it as root");
-    }
-    root
+    switchback_test_support::needs_root("namespaces and loop devices")
 }
 
 /// 2.0.0 at data schema 2 with one expand migration `body` declaring `app`.

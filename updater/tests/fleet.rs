@@ -4,14 +4,14 @@
 
 mod common;
 
-use common::net::Request;
-use common::net::{json, Fixture, Proxy, Reply};
 use common::*;
 use image_tools::bundle::{swu, Envelope};
-use qemu_tests::goosebit::{version_and_state, Goosebit};
 use serde_json::json as j;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use switchback_test_support::goosebit::{version_and_state, Goosebit};
+use switchback_test_support::http::Request;
+use switchback_test_support::http::{json, Fixture, Proxy, Reply};
 
 const DEVICE: &str = "gw-0001";
 const TOKEN: &str = "tok-3f9a2c";

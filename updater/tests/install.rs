@@ -267,8 +267,7 @@ fn disk_without_slots_is_refused() {
 
 #[test]
 fn write_error_on_the_target_is_reported_and_leaves_it_unbootable() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: mounting a small tmpfs to make writes fail needs root");
+    if !switchback_test_support::needs_root("mounting a small tmpfs that makes writes fail") {
         return;
     }
     // A real write error: the disk image lives on a 6 MiB tmpfs and is

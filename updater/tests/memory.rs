@@ -66,8 +66,7 @@ impl Drop for MemoryCgroup {
 /// install was killed by the OOM killer at 48 MiB.
 #[test]
 fn an_install_fits_a_24_mib_memory_cgroup() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: needs root (a memory cgroup); CI runs it as root");
+    if !switchback_test_support::needs_root("a memory cgroup") {
         return;
     }
     let group = match MemoryCgroup::make(24 << 20) {

@@ -48,8 +48,7 @@ fn rollback_and_install_reboot_on_a_disk_image_do_not_reboot_this_machine() {
 
 #[test]
 fn a_block_device_is_rebooted_only_when_the_running_root_is_mounted_from_it() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: needs root (a loop device); CI runs it as root");
+    if !switchback_test_support::needs_root("a loop device") {
         return;
     }
     let dev = device();

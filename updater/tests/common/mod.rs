@@ -10,8 +10,6 @@ use image_tools::bundle::{self, BuildOptions, ImageSource};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-pub mod net;
-
 pub const MIB: usize = 1 << 20;
 
 pub struct Device {

@@ -1,4 +1,4 @@
-//! Loopback network parts for the fleet tests: a minimal scripted DDI
+//! Loopback network parts for the tests: a minimal scripted DDI
 //! server for what goosebit does not do (cancelAction, 429, 410, hostile
 //! replies), and a slow TCP proxy that stretches a download long enough
 //! to restart the server in the middle of it.
