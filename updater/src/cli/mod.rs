@@ -220,6 +220,26 @@ fn history_lines(history: &[HistoryEntry]) -> String {
     out
 }
 
+/// What an install may use, for `install` and for the fleet's installs alike.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstallMeans {
+    #[arg(long, default_value_t = switchback_bundle::default_threads())]
+    pub threads: usize,
+    /// The most memory an install may use, whole process (e.g. 24M);
+    /// default: the config's install_memory, else 16M.
+    #[arg(long, value_name = "SIZE", value_parser = switchback_bundle::size::parse_size)]
+    pub memory: Option<u64>,
+    #[command(flatten)]
+    pub http: HttpOptions,
+}
+
+impl InstallMeans {
+    /// `--memory`, else the config's.
+    pub fn memory_of(&self, config: &Config) -> u64 {
+        self.memory.unwrap_or_else(|| config.install_memory())
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct InstallArgs {
     pub source: Source,
@@ -229,14 +249,8 @@ pub struct InstallArgs {
     /// Reboot into the new release when done.
     #[arg(long)]
     pub reboot: bool,
-    #[arg(long, default_value_t = switchback_bundle::default_threads())]
-    pub threads: usize,
-    /// The most memory the install may use, whole process (e.g. 24M);
-    /// default: the config's install_memory, else 16M.
-    #[arg(long, value_name = "SIZE", value_parser = switchback_bundle::size::parse_size)]
-    pub memory: Option<u64>,
     #[command(flatten)]
-    pub http: HttpOptions,
+    pub means: InstallMeans,
 }
 
 /// `updater install`: installs, says what happened, reboots if asked.
@@ -247,11 +261,11 @@ pub fn install(dev: &Device, args: InstallArgs, json: bool) -> Result<()> {
         sector_size: dev.sector_size,
         booted: dev.booted()?,
         allow_downgrade: args.allow_downgrade,
-        threads: args.threads,
-        memory: args.memory.unwrap_or_else(|| dev.config.install_memory()),
+        threads: args.means.threads,
+        memory: args.means.memory_of(&dev.config),
         fleet_action: None,
     };
-    let input = crate::source::open(&args.source, &args.http)?;
+    let input = crate::source::open(&args.source, &args.means.http)?;
     let mut observer: Box<dyn Observer> = match json {
         true => Box::new(JsonLines),
         false => Box::<Terminal>::default(),
@@ -281,14 +295,8 @@ pub struct FleetArgs {
     /// Never reboot, whatever the config says (tests, manual runs).
     #[arg(long)]
     pub no_reboot: bool,
-    #[arg(long, default_value_t = switchback_bundle::default_threads())]
-    pub threads: usize,
-    /// The most memory an install may use, whole process (e.g. 24M);
-    /// default: the config's install_memory, else 16M.
-    #[arg(long, value_name = "SIZE", value_parser = switchback_bundle::size::parse_size)]
-    pub memory: Option<u64>,
     #[command(flatten)]
-    pub http: HttpOptions,
+    pub means: InstallMeans,
 }
 
 /// `updater fleet`: one cycle with `--once` (printing what it did),
@@ -310,9 +318,9 @@ pub fn fleet(dev: &Device, args: FleetArgs) -> Result<()> {
         booted: dev.booted()?,
         opts: FleetOptions {
             no_reboot: args.no_reboot,
-            threads: args.threads,
-            memory: args.memory.unwrap_or_else(|| dev.config.install_memory()),
-            http: args.http,
+            threads: args.means.threads,
+            memory: args.means.memory_of(&dev.config),
+            http: args.means.http,
         },
     };
     if !args.once {
