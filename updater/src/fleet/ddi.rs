@@ -64,6 +64,16 @@ pub struct Deployment {
     pub unusable: Vec<String>,
 }
 
+impl std::fmt::Display for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Finished::None => "none",
+            Finished::Success => "success",
+            Finished::Failure => "failure",
+        })
+    }
+}
+
 /// hawkBit's handling types for the download and the update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]

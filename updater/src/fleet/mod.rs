@@ -172,9 +172,9 @@ fn send_report(
         success: false,
         details: vec!["the result was lost".into()],
     });
-    let (finished, word) = match report.success {
-        true => (Finished::Success, "success"),
-        false => (Finished::Failure, "failure"),
+    let finished = match report.success {
+        true => Finished::Success,
+        false => Finished::Failure,
     };
     if let Err(e) = ddi.feedback(
         &action.id,
@@ -185,11 +185,11 @@ fn send_report(
     ) {
         match action::refused(&e, action.report_refusals) {
             Refused::Unknown => log::warn!(
-                "fleet action {}: the server no longer knows it; its report ({word}) is dropped",
+                "fleet action {}: the server no longer knows it; its report ({finished}) is dropped",
                 action.id
             ),
             Refused::GivenUp => log::warn!(
-                "fleet action {}: the server refused its report ({word}) {MAX_REPORT_REFUSALS} times, last: {e}; given up",
+                "fleet action {}: the server refused its report ({finished}) {MAX_REPORT_REFUSALS} times, last: {e}; given up",
                 action.id
             ),
             Refused::Counted => {
