@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use switchback_test_support::goosebit::{version_and_state, Goosebit};
 use switchback_test_support::http::Request;
-use switchback_test_support::http::{json, Fixture, Proxy, Reply};
+use switchback_test_support::http::{file, json, Faults, Fixture, Proxy, Reply};
 
 const DEVICE: &str = "gw-0001";
 const TOKEN: &str = "tok-3f9a2c";
@@ -348,11 +348,7 @@ fn a_cancel_after_the_install_is_rejected() {
             }
             "6" => deployment_reply(&format!("{}/files/2.0.0.swb", base(req)), "2.0.0.swb"),
             "7" => json(200, j!({"id": "7", "cancelAction": {"stopId": "6"}})),
-            "2.0.0.swb" => Reply {
-                status: 200,
-                headers: vec![],
-                body: bundle_bytes.get().unwrap().clone(),
-            },
+            "2.0.0.swb" => file(bundle_bytes.get().unwrap().clone()),
             _ => json(200, j!({})),
         }
     });
@@ -447,11 +443,7 @@ fn a_410_for_the_report_ends_the_action_and_a_wrong_bundle_keeps_its_code() {
                 j!({"deploymentBase": {"href": format!("{}/deploymentBase/6", base(req))}}),
             ),
             "6" => deployment_reply(&format!("{}/files/x.swb", base(req)), "x.swb"),
-            "x.swb" => Reply {
-                status: 200,
-                headers: vec![],
-                body: bytes.clone(),
-            },
+            "x.swb" => file(bytes.clone()),
             "feedback" if req.json()["status"]["execution"] == "closed" => json(410, j!({})),
             _ => json(200, j!({})),
         },
@@ -475,11 +467,7 @@ fn a_410_for_the_report_ends_the_action_and_a_wrong_bundle_keeps_its_code() {
 fn the_token_goes_only_to_the_configured_server() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(bundle_in(dir.path(), &release("2.0.0"))).unwrap();
-    let cdn = Fixture::serve(move |_| Reply {
-        status: 200,
-        headers: vec![],
-        body: bytes.clone(),
-    });
+    let cdn = Fixture::serve_file(bytes, Faults::default());
     let cdn_url = cdn.url.clone();
     let f = Fixture::serve(
         move |req| match req.path.rsplit('/').next().unwrap_or_default() {
@@ -582,11 +570,7 @@ fn offering_server(report_status: u16) -> Fixture {
                 j!({"deploymentBase": {"href": format!("{}/deploymentBase/6", base(req))}}),
             ),
             "6" => deployment_reply(&format!("{}/files/2.0.0.swb", base(req)), "2.0.0.swb"),
-            "2.0.0.swb" => Reply {
-                status: 200,
-                headers: vec![],
-                body: bytes.clone(),
-            },
+            "2.0.0.swb" => file(bytes.clone()),
             _ => json(200, j!({})),
         }
     })
@@ -658,11 +642,7 @@ fn links_that_cannot_be_fetched_are_passed_over_and_reboot_spares_a_disk_image()
                     ]}
                 ]}}),
             ),
-            "2.0.0.swb" => Reply {
-                status: 200,
-                headers: vec![],
-                body: bytes.clone(),
-            },
+            "2.0.0.swb" => file(bytes.clone()),
             _ => json(200, j!({})),
         },
     );

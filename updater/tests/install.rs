@@ -7,9 +7,10 @@ use assert_cmd::Command;
 use bootctl::{BootAttrs, Slot};
 use common::*;
 use predicates::str::contains;
-use std::io::{BufRead, BufReader, Read};
+use std::io::BufRead;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use switchback_test_support::http::{file, Cut, Faults, Fixture};
 
 #[test]
 fn install_writes_the_slot_flips_and_records() {
@@ -437,92 +438,71 @@ fn every_state_changing_command_waits_for_the_disk_lock_then_says_busy() {
     );
 }
 
-/// The Python range server shipped with the tests, on 127.0.0.1.
-struct Server {
-    child: std::process::Child,
-    url: String,
+/// Serves the bundle `b` with `faults`; the URL to install from.
+fn serve(b: &Path, faults: Faults) -> (Fixture, String) {
+    let f = Fixture::serve_file(std::fs::read(b).unwrap(), faults);
+    let url = format!("{}/r.swb", f.url);
+    (f, url)
 }
 
-impl Server {
-    fn start(file: &Path, args: &[&str]) -> Server {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/http_server.py");
-        let mut child = std::process::Command::new("python3")
-            .arg(script)
-            .arg(file)
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 runs the test HTTP server");
-        let mut port = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut port)
-            .unwrap();
-        Server {
-            url: format!("http://127.0.0.1:{}/r.swb", port.trim()),
-            child,
-        }
-    }
-    /// Stops the server and returns its request log.
-    fn log(mut self) -> String {
-        self.child.kill().unwrap();
-        let mut log = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut log)
-            .unwrap();
-        self.child.wait().unwrap();
-        log
+/// What the server saw: each request's Range header and its answer.
+fn exchanges(f: &Fixture) -> Vec<(Option<String>, u16)> {
+    f.requests()
+        .iter()
+        .map(|r| (r.header("Range").map(str::to_string), r.status))
+        .collect()
+}
+
+fn cut(cut: Cut, times: usize) -> Faults {
+    Faults {
+        cut,
+        times,
+        ..Faults::default()
     }
 }
 
 #[test]
 fn http_install_resumes_after_dropped_connections() {
-    for (args, expect_log) in [
-        (vec![], "RANGE - STATUS 200\n"),
+    let etag = Some("\"v1\"".to_string());
+    for (faults, expect) in [
+        (Faults::default(), (None, 200)),
         (
-            vec!["--drop-after", "1500000", "--drops", "2"],
-            "RANGE bytes=1500000- STATUS 206",
+            cut(Cut::CloseAfter(1_500_000), 2),
+            (Some("bytes=1500000-"), 206),
         ),
         (
-            vec!["--drop-after", "1000000", "--ignore-range"],
-            "RANGE bytes=1000000- STATUS 200",
+            Faults {
+                ignore_range: true,
+                ..cut(Cut::CloseAfter(1_000_000), 1)
+            },
+            (Some("bytes=1000000-"), 200),
         ),
         // Same file (same ETag) from a server that ignores Range: skipped into.
         (
-            vec![
-                "--drop-after",
-                "1000000",
-                "--ignore-range",
-                "--etag",
-                "\"v1\"",
-            ],
-            "RANGE bytes=1000000- STATUS 200",
+            Faults {
+                ignore_range: true,
+                etag: etag.clone(),
+                ..cut(Cut::CloseAfter(1_000_000), 1)
+            },
+            (Some("bytes=1000000-"), 200),
         ),
     ] {
         let dev = device();
         let r = release("2.0.0");
-        let b = dev.bundle(&r);
-        let server = Server::start(&b, &args);
-        let out = dev
-            .updater("a")
-            .arg("install")
-            .arg(&server.url)
-            .output()
-            .unwrap();
-        let log = server.log();
+        let (server, url) = serve(&dev.bundle(&r), faults.clone());
+        let out = dev.updater("a").arg("install").arg(&url).output().unwrap();
         assert!(
             out.status.success(),
-            "{args:?}: {}",
+            "{faults:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(log.contains(expect_log), "{args:?}: server saw {log}");
+        let seen = exchanges(&server);
+        let expect = (expect.0.map(str::to_string), expect.1);
+        assert!(seen.contains(&expect), "{faults:?}: server saw {seen:?}");
         assert_eq!(
             &dev.slot(Slot::B)[..r.image.len()],
             &r.image[..],
-            "{args:?}"
+            "{faults:?}"
         );
         assert_eq!(dev.attrs()[1].priority, 2);
     }
@@ -531,19 +511,12 @@ fn http_install_resumes_after_dropped_connections() {
 #[test]
 fn http_errors_are_reported() {
     let dev = device();
-    let b = dev.bundle(&release("2.0.0"));
-    let server = Server::start(&b, &[]);
-    let port = server
-        .url
-        .split(':')
-        .nth(2)
+    // A port nothing listens on any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
-        .split('/')
-        .next()
+        .local_addr()
         .unwrap()
-        .to_string();
-    drop(server.log());
-    // Nothing listens on that port any more.
+        .port();
     let url = format!("http://127.0.0.1:{port}/r.swb");
     dev.updater("a")
         .args(["install", "--retries", "1"])
@@ -560,32 +533,32 @@ fn a_server_that_stops_answering_is_dropped_and_resumed_or_given_up_on() {
     let r = release("2.0.0");
     let b = dev.bundle(&r);
     // Stalls mid-body once: dropped after the idle timeout, resumed.
-    let server = Server::start(&b, &["--stall-after", "1000000", "--drops", "1"]);
+    let (server, url) = serve(&b, cut(Cut::StallAfter(1_000_000), 1));
     let start = std::time::Instant::now();
     dev.updater("a")
         .args(["install", "--idle-timeout", "1"])
-        .arg(&server.url)
+        .arg(&url)
         .assert()
         .success()
         .stderr(contains("no data for 1 s at byte"));
     assert!(start.elapsed() < std::time::Duration::from_secs(30));
-    assert!(server.log().contains("RANGE bytes=1000000- STATUS 206"));
+    assert!(exchanges(&server).contains(&(Some("bytes=1000000-".into()), 206)));
     assert_eq!(&dev.slot(Slot::B)[..r.image.len()], &r.image[..]);
 
     // Accepts and never answers: the retry budget runs out, and the lock
     // is let go with a clear error.
     let dev = device();
-    let server = Server::start(&b, &["--silent"]);
+    let (server, url) = serve(&b, cut(Cut::Silent, usize::MAX));
     let start = std::time::Instant::now();
     dev.updater("a")
         .args(["install", "--idle-timeout", "1", "--retries", "2"])
-        .arg(&server.url)
+        .arg(&url)
         .assert()
         .code(48)
         .stderr(contains("gave up after 3 failed attempts"))
         .stderr(contains("no answer for 1 s"));
     assert!(start.elapsed() < std::time::Duration::from_secs(30));
-    drop(server.log());
+    assert_eq!(server.requests().len(), 3, "one request per attempt");
     assert_eq!(dev.attrs()[1], BootAttrs::UNBOOTABLE);
 }
 
@@ -593,38 +566,31 @@ fn a_server_that_stops_answering_is_dropped_and_resumed_or_given_up_on() {
 fn a_bundle_replaced_on_the_server_mid_download_is_not_spliced() {
     let dev = device();
     let b = dev.bundle(&release("2.0.0"));
-    let server = Server::start(
+    let (server, url) = serve(
         &b,
-        &[
-            "--drop-after",
-            "1000000",
-            "--etag",
-            "\"v1\"",
-            "--changed-etag",
-            "\"v2\"",
-        ],
+        Faults {
+            etag: Some("\"v1\"".into()),
+            changed_etag: Some("\"v2\"".into()),
+            ..cut(Cut::CloseAfter(1_000_000), 1)
+        },
     );
     dev.updater("a")
         .arg("install")
-        .arg(&server.url)
+        .arg(&url)
         .assert()
         .code(48)
         .stderr(contains(
             "the file on the server changed during the download",
         ));
-    let log = server.log();
-    assert_eq!(
-        log.matches("STATUS").count(),
-        2,
-        "resumed once, then stopped: {log}"
-    );
+    let seen = exchanges(&server);
+    assert_eq!(seen.len(), 2, "resumed once, then stopped: {seen:?}");
     assert_eq!(dev.attrs()[1], BootAttrs::UNBOOTABLE);
 }
 
 #[test]
 fn an_untrusted_certificate_is_named_and_not_retried() {
     let dev = device();
-    let b = dev.bundle(&release("2.0.0"));
+    let b = std::fs::read(dev.bundle(&release("2.0.0"))).unwrap();
     let (cert, key) = (
         dev.dir.path().join("cert.pem"),
         dev.dir.path().join("key.pem"),
@@ -656,11 +622,8 @@ fn an_untrusted_certificate_is_named_and_not_retried() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let server = Server::start(
-        &b,
-        &["--tls", cert.to_str().unwrap(), key.to_str().unwrap()],
-    );
-    let url = server.url.replace("http://", "https://");
+    let server = Fixture::serve_tls(&cert, &key, move |_| file(b.clone()));
+    let url = format!("{}/r.swb", server.url);
     let out = dev.updater("a").arg("install").arg(&url).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(48), "{err}");
@@ -672,7 +635,7 @@ fn an_untrusted_certificate_is_named_and_not_retried() {
         !err.contains("OtherError") && !err.contains("retrying"),
         "{err}"
     );
-    drop(server.log());
+    assert!(server.requests().is_empty(), "no request got through");
 }
 
 /// Memory stays at a few chunks whatever the image holds: a 160 MiB image

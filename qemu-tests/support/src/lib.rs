@@ -1,6 +1,6 @@
 //! What the test suites of the workspace share, so that each part is
 //! written once: a disk that loses power after a number of sectors
-//! ([`cut`]), a scripted HTTP server and a slow proxy ([`http`]), a real
+//! ([`cut`]), a scripted HTTP(S) server and a slow proxy ([`http`]), a real
 //! goosebit fleet server ([`goosebit`]), and the guard of the tests that
 //! need root ([`needs_root`]).
 
