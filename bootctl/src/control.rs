@@ -1,55 +1,33 @@
 //! Boot control on one disk: read the slots' state, change it safely.
 //!
-//! Every change goes through [`Disk::update`]: lock the disk, read and
-//! validate both GPT copies, change only the boot bits of the two slot
-//! entries, write with the power-loss-safe routine of [`crate::table`], and
-//! read back to verify.
+//! Every change goes through `bootctl_core`'s
+//! [`update`](bootctl_core::update()): read and validate both GPT copies,
+//! change only the boot bits of the two slot entries, write with the
+//! power-loss-safe routine of [`crate::table`], and read back to verify.
+//! The UEFI boot stage runs the same code; a [`Disk`] adds the disk's lock
+//! (taken when it is opened for writing) and names the disk in its errors.
 
 use crate::attr::{BootAttrs, MAX_NIBBLE};
-use crate::device::{BlockDevice, FileDevice};
+use crate::device::{BlockDevice, FileDevice, IntoIoError, IoDevice};
 use crate::error::{Error, Result};
 use crate::lock::{self, DiskLock};
-use crate::select::{select, Selection};
-use crate::slots::{Slot, SlotTable};
-use crate::table::{detect_sector_size, Gpt};
+use crate::select::Selection;
+use crate::slots::{slots_error, Slot};
+use crate::table::{detect_sector_size, WriteError};
+use bootctl_core::state::ReadError;
+use bootctl_core::update::{UpdateError, Updated};
+use std::convert::Infallible;
 use std::fs::OpenOptions;
+use std::io;
 use std::path::{Path, PathBuf};
 
-/// Priority a freshly activated slot gets; the other bootable slot sits one
-/// below it. Two levels are all selection needs, and staying low leaves room
-/// for other tools that use the same bits.
-pub const ACTIVE_PRIORITY: u8 = 2;
-pub const DEFAULT_TRIES: u8 = 3;
-
-/// What a reader sees on a disk: the table and the two slots' states.
-#[derive(Debug, Clone)]
-pub struct State {
-    pub gpt: Gpt,
-    pub table: SlotTable,
-}
-
-impl State {
-    /// The disk's own GUID, from whichever header copy is intact: what
-    /// tells one disk image from another where device numbers cannot.
-    pub fn disk_guid(&self) -> Option<String> {
-        let gpt = &self.gpt;
-        let copy = gpt.primary.as_ref().or(gpt.backup.as_ref()).ok()?;
-        Some(copy.header.disk_guid.to_string())
-    }
-
-    pub fn attrs(&self) -> [BootAttrs; 2] {
-        Slot::ALL.map(|s| BootAttrs::decode(self.table.entry(s).attributes))
-    }
-    /// What the boot stage would pick now (without spending a try).
-    pub fn next(&self) -> Selection {
-        select(self.attrs())
-    }
-}
+pub use bootctl_core::flags::{ACTIVE_PRIORITY, DEFAULT_TRIES};
+pub use bootctl_core::state::State;
 
 /// An open disk (image file or block device).
 pub struct Disk {
     path: PathBuf,
-    dev: Box<dyn BlockDevice>,
+    dev: Box<dyn BlockDevice<Error = io::Error>>,
     sector_size: Option<u64>,
     /// Boot state is read-modify-written, and the boot stage, the updater
     /// and a technician may race: a writable handle holds the disk's lock
@@ -98,15 +76,16 @@ impl Disk {
         Ok(disk)
     }
 
-    /// A disk over any device; the crash tests use this.
-    pub fn from_device(
-        path: &Path,
-        dev: Box<dyn BlockDevice>,
-        sector_size: Option<u64>,
-    ) -> Result<Disk> {
+    /// A disk over any device whose errors read as `io::Error`s; the crash
+    /// tests use this.
+    pub fn from_device<D>(path: &Path, dev: Box<D>, sector_size: Option<u64>) -> Result<Disk>
+    where
+        D: BlockDevice + ?Sized + 'static,
+        D::Error: IntoIoError,
+    {
         let mut disk = Disk {
             path: path.into(),
-            dev,
+            dev: Box::new(IoDevice(dev)),
             sector_size,
             _lock: None,
         };
@@ -138,22 +117,14 @@ impl Disk {
         self.sector_size.unwrap_or(512)
     }
 
-    pub fn device(&mut self) -> &mut dyn BlockDevice {
+    pub fn device(&mut self) -> &mut dyn BlockDevice<Error = io::Error> {
         self.dev.as_mut()
     }
 
     /// Reads both GPT copies, checks the partitions' layout, finds the slots.
     pub fn read(&mut self) -> Result<State> {
-        let state = self.read_unchecked()?;
-        state
-            .gpt
-            .current()
-            .check_layout()
-            .map_err(|reason| Error::BadTable {
-                path: self.path.clone(),
-                reason,
-            })?;
-        Ok(state)
+        let sector_size = self.sector_size();
+        bootctl_core::read(self.dev.as_mut(), sector_size).map_err(|e| read_error(&self.path, e))
     }
 
     /// [`Disk::read`] without the layout check: for the boot stage, which
@@ -161,15 +132,8 @@ impl Disk {
     /// than loop on a table it would refuse to write.
     pub fn read_unchecked(&mut self) -> Result<State> {
         let sector_size = self.sector_size();
-        let gpt = Gpt::read(self.dev.as_mut(), sector_size).map_err(|(primary, backup)| {
-            Error::NoGpt {
-                path: self.path.clone(),
-                primary,
-                backup,
-            }
-        })?;
-        let table = SlotTable::find(gpt.current(), &self.path)?;
-        Ok(State { gpt, table })
+        bootctl_core::read_unchecked(self.dev.as_mut(), sector_size)
+            .map_err(|e| read_error(&self.path, e))
     }
 
     /// Applies `change` to the two slots' boot attributes and persists the
@@ -178,46 +142,30 @@ impl Disk {
         &mut self,
         change: impl FnOnce(&mut [BootAttrs; 2]) -> Result<()>,
     ) -> Result<State> {
-        let state = self.read()?;
-        let mut attrs = state.attrs();
-        change(&mut attrs)?;
-        let current = state.gpt.current();
-        let mut next = current.clone();
-        for slot in Slot::ALL {
-            let entry = state.table.entry(slot);
-            next.set_attributes(entry.index, attrs[slot.index()].encode(entry.attributes));
+        let sector_size = self.sector_size();
+        let ((), done) = bootctl_core::update(self.dev.as_mut(), sector_size, change)
+            .map_err(|e| update_error(&self.path, e, |e| e))?;
+        Ok(self.logged(done))
+    }
+
+    /// The state an update left, after logging what it wrote.
+    fn logged(&self, done: Updated) -> State {
+        if done.written {
+            let attrs = done.state.attrs();
+            let show = |a: BootAttrs| {
+                format!(
+                    "priority {} tries {} successful {}",
+                    a.priority, a.tries, a.successful
+                )
+            };
+            log::debug!(
+                "{}: slot_a {}; slot_b {}",
+                self.path.display(),
+                show(attrs[0]),
+                show(attrs[1])
+            );
         }
-        let entries = next.entries;
-        if entries == current.entries && state.gpt.is_consistent() {
-            return Ok(state);
-        }
-        state
-            .gpt
-            .write_entries(self.dev.as_mut(), &entries)
-            .map_err(Error::io(&self.path, "write GPT"))?;
-        let after = self.read()?;
-        let verified = match (&after.gpt.primary, &after.gpt.backup) {
-            (Ok(p), Ok(b)) => p.entries == entries && b.entries == entries,
-            _ => false,
-        };
-        if !verified {
-            return Err(Error::VerifyFailed {
-                path: self.path.clone(),
-            });
-        }
-        let show = |a: BootAttrs| {
-            format!(
-                "priority {} tries {} successful {}",
-                a.priority, a.tries, a.successful
-            )
-        };
-        log::debug!(
-            "{}: slot_a {}; slot_b {}",
-            self.path.display(),
-            show(attrs[0]),
-            show(attrs[1])
-        );
-        Ok(after)
+        done.state
     }
 
     /// `slot` boots next, on trial with `tries` attempts; the other slot keeps
@@ -228,36 +176,26 @@ impl Disk {
                 "tries must be 1 to {MAX_NIBBLE}, not {tries}"
             )));
         }
-        self.update(|attrs| {
-            attrs[slot.index()] = BootAttrs {
-                priority: ACTIVE_PRIORITY,
-                tries,
-                successful: false,
-            };
-            demote(&mut attrs[slot.other().index()]);
-            Ok(())
-        })
+        let sector_size = self.sector_size();
+        let done = bootctl_core::set_active(self.dev.as_mut(), sector_size, slot, tries)
+            .map_err(|e| update_error(&self.path, e, refuses_nothing))?;
+        Ok(self.logged(done))
     }
 
     /// The slot passed its health check.
     pub fn mark_good(&mut self, slot: Slot) -> Result<State> {
-        self.update(|attrs| {
-            let a = &mut attrs[slot.index()];
-            a.successful = true;
-            a.tries = 0;
-            if a.priority == 0 {
-                a.priority = 1;
-            }
-            Ok(())
-        })
+        let sector_size = self.sector_size();
+        let done = bootctl_core::mark_good(self.dev.as_mut(), sector_size, slot)
+            .map_err(|e| update_error(&self.path, e, refuses_nothing))?;
+        Ok(self.logged(done))
     }
 
     /// The slot must never boot again until reinstalled.
     pub fn mark_bad(&mut self, slot: Slot) -> Result<State> {
-        self.update(|attrs| {
-            attrs[slot.index()] = BootAttrs::UNBOOTABLE;
-            Ok(())
-        })
+        let sector_size = self.sector_size();
+        let done = bootctl_core::mark_bad(self.dev.as_mut(), sector_size, slot)
+            .map_err(|e| update_error(&self.path, e, refuses_nothing))?;
+        Ok(self.logged(done))
     }
 
     /// Makes the slot other than `from` boot next, provided it holds a
@@ -268,44 +206,75 @@ impl Disk {
             Some(s) => s,
             None => self.read()?.next().slot,
         };
-        let target = from.other();
-        let state = self.update(|attrs| {
-            let t = attrs[target.index()];
-            if !t.successful {
-                return Err(Error::NotSuccessful {
-                    slot: target.name(),
-                    priority: t.priority,
-                    tries: t.tries,
-                });
-            }
-            attrs[target.index()] = BootAttrs {
-                priority: ACTIVE_PRIORITY,
-                tries: 0,
-                successful: true,
-            };
-            demote(&mut attrs[from.index()]);
-            Ok(())
+        let sector_size = self.sector_size();
+        let done = bootctl_core::rollback(self.dev.as_mut(), sector_size, from).map_err(|e| {
+            update_error(&self.path, e, |refused| Error::NotSuccessful {
+                slot: refused.slot.name(),
+                priority: refused.priority,
+                tries: refused.tries,
+            })
         })?;
-        Ok((target, state))
+        Ok((from.other(), self.logged(done)))
     }
 
     /// Runs the selection and persists the spent try before returning, as
     /// the boot stage must before it boots the slot.
     pub fn select(&mut self) -> Result<Selection> {
-        let mut chosen = None;
-        self.update(|attrs| {
-            let s = select(*attrs);
-            attrs[s.slot.index()] = s.attrs;
-            chosen = Some(s);
-            Ok(())
-        })?;
-        chosen.ok_or_else(|| Error::Invalid("selection did not run".into()))
+        let sector_size = self.sector_size();
+        let (chosen, done) = bootctl_core::spend_try(self.dev.as_mut(), sector_size)
+            .map_err(|e| update_error(&self.path, e, refuses_nothing))?;
+        self.logged(done);
+        Ok(chosen)
     }
 }
 
-/// One level below the active slot, unless it is unbootable already.
-fn demote(attrs: &mut BootAttrs) {
-    if attrs.priority > 0 {
-        attrs.priority = ACTIVE_PRIORITY - 1;
+/// The change of a verb that cannot refuse.
+fn refuses_nothing(never: Infallible) -> Error {
+    match never {}
+}
+
+/// The disk's path added to a read error.
+fn read_error(path: &Path, e: ReadError) -> Error {
+    match e {
+        ReadError::NoGpt { primary, backup } => Error::NoGpt {
+            path: path.to_path_buf(),
+            primary,
+            backup,
+        },
+        ReadError::Slots(e) => slots_error(path, e),
+        ReadError::BadTable(reason) => Error::BadTable {
+            path: path.to_path_buf(),
+            reason,
+        },
+    }
+}
+
+/// An update's error as bootctl has always reported it: a write's failure
+/// as the `io::Error` source of [`Error::Io`], with the messages the table
+/// writer gave when it returned `io::Error`s itself.
+fn update_error<C>(
+    path: &Path,
+    e: UpdateError<io::Error, C>,
+    change: impl FnOnce(C) -> Error,
+) -> Error {
+    match e {
+        UpdateError::Read(e) => read_error(path, e),
+        UpdateError::Change(e) => change(e),
+        UpdateError::Write(e) => {
+            let source = match e {
+                WriteError::SizeChanged => {
+                    io::Error::new(io::ErrorKind::InvalidInput, "entry array size changed")
+                }
+                WriteError::NoRoomForBackup => io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "no room for the backup entry array",
+                ),
+                WriteError::Device(e) => e,
+            };
+            Error::io(path, "write GPT")(source)
+        }
+        UpdateError::VerifyFailed => Error::VerifyFailed {
+            path: path.to_path_buf(),
+        },
     }
 }

@@ -1,22 +1,15 @@
 //! The disk as the flip routine sees it: positioned reads and writes,
 //! a data sync, a size and a logical sector size.
 //!
-//! It is a trait so that the crash tests can put a disk underneath that
-//! stops accepting writes after N sectors; the real one is a file or a
-//! block device.
+//! The trait and the in-memory disk are `bootctl_core`'s, shared with the
+//! UEFI boot stage; what needs std lives here: files and block devices, and
+//! every device's errors seen as the `io::Error` that [`crate::Error::Io`]
+//! carries.
 
+pub use bootctl_core::device::{BlockDevice, MemDevice, MemError};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt};
-
-pub trait BlockDevice {
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
-    /// Makes everything written so far durable (fdatasync).
-    fn sync(&mut self) -> io::Result<()>;
-    /// Size in bytes.
-    fn size(&self) -> u64;
-}
 
 /// A disk image file or a block device.
 pub struct FileDevice {
@@ -51,6 +44,8 @@ impl FileDevice {
 }
 
 impl BlockDevice for FileDevice {
+    type Error = io::Error;
+
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
     }
@@ -65,33 +60,52 @@ impl BlockDevice for FileDevice {
     }
 }
 
-/// A disk held in memory; the crash tests wrap it to cut writes short.
-#[derive(Clone, Debug, Default)]
-pub struct MemDevice(pub Vec<u8>);
+/// A device error as an `io::Error`, so that [`crate::Disk`] reports every
+/// device's failures the same way.
+pub trait IntoIoError {
+    fn into_io_error(self) -> io::Error;
+}
 
-impl BlockDevice for MemDevice {
+impl IntoIoError for io::Error {
+    fn into_io_error(self) -> io::Error {
+        self
+    }
+}
+
+/// The kinds the in-memory disk reported when it spoke `io::Error` itself.
+impl IntoIoError for MemError {
+    fn into_io_error(self) -> io::Error {
+        match self {
+            MemError::ReadPastEnd => io::ErrorKind::UnexpectedEof.into(),
+            MemError::WritePastEnd => io::ErrorKind::WriteZero.into(),
+        }
+    }
+}
+
+/// Any device whose errors become `io::Error`s: what [`crate::Disk`] holds.
+pub struct IoDevice<D: ?Sized>(pub Box<D>);
+
+impl<D> BlockDevice for IoDevice<D>
+where
+    D: BlockDevice + ?Sized,
+    D::Error: IntoIoError,
+{
+    type Error = io::Error;
+
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
-        let src = self
-            .0
-            .get(start..start.saturating_add(buf.len()))
-            .ok_or(io::ErrorKind::UnexpectedEof)?;
-        buf.copy_from_slice(src);
-        Ok(())
+        self.0
+            .read_at(buf, offset)
+            .map_err(IntoIoError::into_io_error)
     }
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::WriteZero)?;
-        let dst = self
-            .0
-            .get_mut(start..start.saturating_add(buf.len()))
-            .ok_or(io::ErrorKind::WriteZero)?;
-        dst.copy_from_slice(buf);
-        Ok(())
+        self.0
+            .write_at(buf, offset)
+            .map_err(IntoIoError::into_io_error)
     }
     fn sync(&mut self) -> io::Result<()> {
-        Ok(())
+        self.0.sync().map_err(IntoIoError::into_io_error)
     }
     fn size(&self) -> u64 {
-        self.0.len() as u64
+        self.0.size()
     }
 }

@@ -99,4 +99,11 @@ impl Error {
     }
 }
 
+/// A word that names no slot, as the CLIs have always reported it.
+impl From<crate::slots::ParseSlotError> for Error {
+    fn from(e: crate::slots::ParseSlotError) -> Error {
+        Error::Invalid(e.to_string())
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -53,6 +53,8 @@ impl<S: Storage> CutDevice<S> {
 }
 
 impl<S: Storage> BlockDevice for CutDevice<S> {
+    type Error = io::Error;
+
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut storage = self.storage.borrow_mut();
         let region = storage

@@ -8,10 +8,10 @@
 
 use crate::attr::BootAttrs;
 use crate::slots::Slot;
-use serde::Serialize;
 
 /// What selection decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Selection {
     pub slot: Slot,
     /// The chosen slot's attributes after this boot's try is spent; write

@@ -13,8 +13,6 @@
 //! Every other bit (UEFI's required/no-block-io/legacy-boot bits and whatever
 //! another tool stored) is carried through unchanged.
 
-use serde::Serialize;
-
 const PRIORITY_SHIFT: u32 = 48;
 const TRIES_SHIFT: u32 = 52;
 const SUCCESSFUL_SHIFT: u32 = 56;
@@ -28,7 +26,8 @@ pub const BOOT_BITS_MASK: u64 =
 pub const MAX_NIBBLE: u8 = 15;
 
 /// The boot state of one slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct BootAttrs {
     /// 0 = never boot; higher wins.
     pub priority: u8,

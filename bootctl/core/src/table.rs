@@ -23,7 +23,10 @@
 //! every pair of sector writes of two successive changes.
 
 use crate::device::BlockDevice;
-use std::io;
+use alloc::string::String;
+use alloc::vec::Vec;
+use alloc::{format, vec};
+use core::fmt;
 use uuid::Uuid;
 
 const SIGNATURE: &[u8; 8] = b"EFI PART";
@@ -32,6 +35,8 @@ const MIN_HEADER_SIZE: u32 = 92;
 /// corrupt header cannot make us allocate much.
 const MAX_ARRAY_BYTES: u64 = 1 << 20;
 pub const ENTRY_NAME_UNITS: usize = 36;
+/// Far above the 4096 bytes of any disk we target.
+const MAX_SECTOR_SIZE: u64 = 1 << 16;
 
 /// One GPT header, as found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,8 +250,8 @@ pub struct Gpt {
 }
 
 /// Reads a copy's header at `lba` and its array.
-fn read_copy(
-    dev: &mut dyn BlockDevice,
+fn read_copy<D: BlockDevice + ?Sized>(
+    dev: &mut D,
     sector: u64,
     lba: u64,
     last_lba: u64,
@@ -281,7 +286,11 @@ fn read_copy(
 }
 
 /// The primary header alone, valid or not its array.
-fn primary_header(dev: &mut dyn BlockDevice, sector: u64, last_lba: u64) -> Option<Header> {
+fn primary_header<D: BlockDevice + ?Sized>(
+    dev: &mut D,
+    sector: u64,
+    last_lba: u64,
+) -> Option<Header> {
     let mut buf = vec![0u8; sector as usize];
     dev.read_at(&mut buf, sector).ok()?;
     Header::parse(&buf, 1, last_lba).ok()
@@ -290,7 +299,7 @@ fn primary_header(dev: &mut dyn BlockDevice, sector: u64, last_lba: u64) -> Opti
 /// Finds the logical sector size of an image file from where its GPT
 /// signature sits: after a 512- or a 4096-byte protective MBR, or, when the
 /// primary is gone, in the disk's last sector.
-pub fn detect_sector_size(dev: &mut dyn BlockDevice) -> Option<u64> {
+pub fn detect_sector_size<D: BlockDevice + ?Sized>(dev: &mut D) -> Option<u64> {
     let size = dev.size();
     let mut sig = [0u8; 8];
     for sector in [512u64, 4096] {
@@ -307,7 +316,16 @@ pub fn detect_sector_size(dev: &mut dyn BlockDevice) -> Option<u64> {
 
 impl Gpt {
     /// Reads and validates both copies. Fails only when neither is valid.
-    pub fn read(dev: &mut dyn BlockDevice, sector_size: u64) -> Result<Gpt, (String, String)> {
+    pub fn read<D: BlockDevice + ?Sized>(
+        dev: &mut D,
+        sector_size: u64,
+    ) -> Result<Gpt, (String, String)> {
+        // A firmware reports its own block size: refuse the ones no GPT
+        // uses rather than divide by zero or allocate without bound.
+        if !(512..=MAX_SECTOR_SIZE).contains(&sector_size) || !sector_size.is_power_of_two() {
+            let why = format!("sector size {sector_size} is not supported");
+            return Err((why.clone(), why));
+        }
         let sectors = dev.size() / sector_size;
         if sectors < 4 {
             return Err((
@@ -362,14 +380,15 @@ impl Gpt {
 
     /// Writes `entries` as the new array of both copies in the power-loss-safe
     /// order (module docs). Repairs a damaged copy on the way.
-    pub fn write_entries(&self, dev: &mut dyn BlockDevice, entries: &[u8]) -> io::Result<()> {
+    pub fn write_entries<D: BlockDevice + ?Sized>(
+        &self,
+        dev: &mut D,
+        entries: &[u8],
+    ) -> Result<(), WriteError<D::Error>> {
         let src = self.current();
         let sector = self.sector_size as usize;
         if entries.len() as u64 != src.header.array_bytes() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "entry array size changed",
-            ));
+            return Err(WriteError::SizeChanged);
         }
         let crc = crc32fast::hash(entries);
         let array_sectors = src.header.array_bytes().div_ceil(self.sector_size);
@@ -379,10 +398,7 @@ impl Gpt {
             Err(_) => backup_lba.saturating_sub(array_sectors),
         };
         if backup_entries_lba <= src.header.last_usable_lba {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "no room for the backup entry array",
-            ));
+            return Err(WriteError::NoRoomForBackup);
         }
         let primary_entries_lba = match &self.primary {
             Ok(p) => p.header.entries_lba,
@@ -406,10 +422,36 @@ impl Gpt {
             [backup, primary]
         };
         for (array_lba, header, header_lba) in order {
-            dev.write_at(&array, array_lba * self.sector_size)?;
-            dev.write_at(&header, header_lba * self.sector_size)?;
-            dev.sync()?;
+            dev.write_at(&array, array_lba * self.sector_size)
+                .map_err(WriteError::Device)?;
+            dev.write_at(&header, header_lba * self.sector_size)
+                .map_err(WriteError::Device)?;
+            dev.sync().map_err(WriteError::Device)?;
         }
         Ok(())
     }
 }
+
+/// Why [`Gpt::write_entries`] wrote nothing, or stopped part way (a cut
+/// the module docs' order makes safe).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteError<E> {
+    /// The new array is not the size of the one on disk.
+    SizeChanged,
+    /// The backup's array would reach into the partitions.
+    NoRoomForBackup,
+    /// The device failed a write or a sync.
+    Device(E),
+}
+
+impl<E: fmt::Display> fmt::Display for WriteError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteError::SizeChanged => f.write_str("entry array size changed"),
+            WriteError::NoRoomForBackup => f.write_str("no room for the backup entry array"),
+            WriteError::Device(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> core::error::Error for WriteError<E> {}
