@@ -377,7 +377,8 @@ pub const START_FAILED: &str = "switchback.start_failed";
 struct StartFailure {
     slot: Slot,
     /// One of `no-partition`, `mount`, `no-kernel`, `kexec-load`,
-    /// `kexec-reboot`: what docs/boot-flow.md lists.
+    /// `kexec-reboot` (and, from the UEFI boot stage, `load-image`): what
+    /// docs/boot-flow.md lists.
     what: &'static str,
     errno: i32,
     detail: String,
@@ -422,8 +423,8 @@ pub fn describe_start_failure(value: &str) -> Option<(Slot, String)> {
     let mut parts = value.splitn(3, ':');
     let slot: Slot = parts.next()?.parse().ok()?;
     let what = parts.next()?;
-    let errno: i32 = parts.next()?.parse().ok()?;
-    let because = if errno > 0 {
+    let errno: u64 = parts.next()?.parse().ok()?;
+    let because = if let Ok(errno @ 1..) = i32::try_from(errno) {
         format!(": {}", std::io::Error::from_raw_os_error(errno))
     } else {
         String::new()
@@ -434,7 +435,31 @@ pub fn describe_start_failure(value: &str) -> Option<(Slot, String)> {
         "no-kernel" => format!("it has no /boot/vmlinuz{because}"),
         "kexec-load" => format!("kexec refused its kernel{because}"),
         "kexec-reboot" => format!("the reboot into its kernel failed{because}"),
+        // The UEFI boot stage: the code is the firmware's EFI_STATUS.
+        "load-image" => format!("the firmware would not start its kernel (EFI status {errno:#x})"),
         _ => return None,
     };
     Some((slot, format!("the boot stage could not start it: {why}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_failure_reads_in_words_from_either_stage() {
+        let (slot, why) = describe_start_failure("slot_b:no-kernel:2").unwrap();
+        assert_eq!(slot, Slot::B);
+        assert!(
+            why.ends_with("it has no /boot/vmlinuz: No such file or directory (os error 2)"),
+            "{why}"
+        );
+        // The UEFI stage's code is an EFI_STATUS: SECURITY_VIOLATION here,
+        // as LoadImage answers for a kernel Secure Boot refuses.
+        let (slot, why) = describe_start_failure("slot_a:load-image:9223372036854775834").unwrap();
+        assert_eq!(slot, Slot::A);
+        assert!(why.ends_with("(EFI status 0x800000000000001a)"), "{why}");
+        assert!(describe_start_failure("slot_b:something-else:1").is_none());
+        assert!(describe_start_failure("slot_c:no-kernel:2").is_none());
+    }
 }

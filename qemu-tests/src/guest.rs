@@ -1,7 +1,7 @@
 //! The guest builder: Debian's kernel and modules, static Switchback
 //! binaries, and an initramfs around them.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -719,11 +719,22 @@ pub fn disk_booting(
 ) -> Result<bootctl::provision::Provisioned> {
     let efi = out.with_extension("efi");
     efi_program(kernel, initrd, &efi)?;
+    disk_with_efi(kernel.arch, &efi, slot_size, out)
+}
+
+/// A disk at `out` whose ESP holds `efi` as the firmware's default loader
+/// (slots of `slot_size` left empty, an empty data partition).
+pub fn disk_with_efi(
+    arch: Arch,
+    efi: &Path,
+    slot_size: u64,
+    out: &Path,
+) -> Result<bootctl::provision::Provisioned> {
     image_tools::mkdisk::mkdisk(&image_tools::mkdisk::MkdiskOptions {
         out: out.to_path_buf(),
-        esp_size: esp_size(kernel.arch),
-        arch: kernel.arch,
-        boot_efi: Some(efi),
+        esp_size: esp_size(arch),
+        arch,
+        boot_efi: Some(efi.to_path_buf()),
         boot_kernel: None,
         boot_initrd: None,
         boot_cmdline: String::new(),
@@ -742,6 +753,34 @@ pub fn esp_size(arch: Arch) -> u64 {
         Arch::X86_64 => 32 << 20,
         Arch::Arm64 => 64 << 20,
     }
+}
+
+/// The UEFI boot stage (`bootctl/uefi`), built by `.ci/boot-efi` for
+/// `arch`: one EFI program that selects a slot and starts its kernel,
+/// without a kernel of its own.
+pub fn uefi_boot_stage(arch: Arch) -> Result<PathBuf> {
+    let target = match arch {
+        Arch::X86_64 => "x86_64",
+        Arch::Arm64 => "aarch64",
+    };
+    let script = super::workspace().join(".ci/boot-efi");
+    let out = Command::new("bash").arg(&script).arg(target).output()?;
+    if !out.status.success() {
+        bail!(
+            "{} {target} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let path = String::from_utf8_lossy(&out.stdout);
+    let path = PathBuf::from(path.trim());
+    ensure!(
+        path.is_file(),
+        "{} did not build {}",
+        script.display(),
+        path.display()
+    );
+    Ok(path)
 }
 
 /// The boot stage as the EFI program the factory disk boots.

@@ -5,23 +5,27 @@
 
 use bootctl::{BootAttrs, Disk, Slot};
 use qemu_tests::guest::Arch;
-use qemu_tests::guest::{boot_stage_initramfs, disk_booting, ext4_image, Initramfs, Kernel};
+use qemu_tests::guest::{
+    boot_stage_initramfs, disk_booting, disk_with_efi, ext4_image, uefi_boot_stage, Initramfs,
+    Kernel,
+};
 use qemu_tests::qemu::{Firmware, Machine, Options};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A slot: an ext4 root with the kernel and an initramfs that says which
-/// slot it is and what command line it got, then powers off.
-fn slot_image(dir: &Path, kernel: &Kernel, name: &str, with_kernel: bool) -> PathBuf {
+/// slot it is and what command line it got, runs `then` and powers off
+/// (`None`: no kernel at all).
+fn slot_image(dir: &Path, kernel: &Kernel, name: &str, then: Option<&str>) -> PathBuf {
     let root = dir.join(format!("root-{name}"));
     std::fs::create_dir_all(root.join("boot")).unwrap();
-    if with_kernel {
+    if let Some(then) = then {
         std::fs::copy(&kernel.vmlinuz, root.join("boot/vmlinuz")).unwrap();
         let ir = Initramfs::new(kernel).unwrap();
         ir.init(
             &[],
-            &format!("echo \"SLOT {name} RUNNING: $(cat /proc/cmdline)\""),
+            &format!("echo \"SLOT {name} RUNNING: $(cat /proc/cmdline)\"\n{then}"),
         )
         .unwrap();
         ir.pack(&root.join("boot/initrd.img")).unwrap();
@@ -47,20 +51,54 @@ fn boot(firmware: Firmware, disk: &Path) -> Machine {
     Machine::start(&[disk], opts).unwrap()
 }
 
+/// Which boot stage the ESP holds.
+#[derive(Clone, Copy)]
+enum Stage {
+    /// A kernel of its own with `bootctl` as PID 1, which kexecs the slot's.
+    Kexec,
+    /// The UEFI program (`bootctl/uefi`), which starts the slot's kernel.
+    Uefi,
+}
+
 /// The boot stage on the ESP, slot_a and slot_b filled, slot_b on trial.
 fn machine_disk(dir: &Path, kernel: &Kernel, b_has_kernel: bool) -> PathBuf {
+    machine_disk_with(dir, kernel, b_has_kernel, Stage::Kexec)
+}
+
+fn machine_disk_with(dir: &Path, kernel: &Kernel, b_has_kernel: bool, stage: Stage) -> PathBuf {
+    machine_disk_then(dir, kernel, b_has_kernel.then_some(""), stage, 3)
+}
+
+/// slot_b's initramfs runs `b_then` (`None`: slot_b has no kernel); it is
+/// on trial with `b_tries`.
+fn machine_disk_then(
+    dir: &Path,
+    kernel: &Kernel,
+    b_then: Option<&str>,
+    stage: Stage,
+    b_tries: u8,
+) -> PathBuf {
     let disk = dir.join("disk.img");
-    let initrd = dir.join("boot-stage.cpio");
-    boot_stage_initramfs(kernel, &initrd).unwrap();
-    let p = disk_booting(kernel, &initrd, slot_size(kernel.arch).1, &disk).unwrap();
+    let slots = slot_size(kernel.arch).1;
+    let p = match stage {
+        Stage::Kexec => {
+            let initrd = dir.join("boot-stage.cpio");
+            boot_stage_initramfs(kernel, &initrd).unwrap();
+            disk_booting(kernel, &initrd, slots, &disk).unwrap()
+        }
+        Stage::Uefi => {
+            let efi = uefi_boot_stage(kernel.arch).unwrap();
+            disk_with_efi(kernel.arch, &efi, slots, &disk).unwrap()
+        }
+    };
     let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
-    for (slot, name, with_kernel) in [(0, "A", true), (1, "B", b_has_kernel)] {
-        let img = std::fs::read(slot_image(dir, kernel, name, with_kernel)).unwrap();
+    for (slot, name, then) in [(0, "A", Some("")), (1, "B", b_then)] {
+        let img = std::fs::read(slot_image(dir, kernel, name, then)).unwrap();
         f.write_all_at(&img, p.slots[slot].offset).unwrap();
     }
     Disk::open(&disk, None, true)
         .unwrap()
-        .set_active(Slot::B, 3)
+        .set_active(Slot::B, b_tries)
         .unwrap();
     disk
 }
@@ -157,4 +195,145 @@ fn a_slot_without_a_kernel_falls_back_to_the_other() {
     vm.expect("SLOT A RUNNING:", Duration::from_secs(120))
         .unwrap();
     vm.wait_exit(Duration::from_secs(60)).unwrap();
+}
+
+/// One kernel per boot: the UEFI stage selects slot_b, spends its try and
+/// starts slot_b's own kernel through its EFI stub, with the initramfs and
+/// the command line the kexec stage gives it. Prints the boot's timings, to
+/// set beside `boots_the_slot_on_trial_through_kexec`'s.
+#[test]
+fn the_uefi_stage_boots_the_slot_on_trial_with_one_kernel() {
+    let kernel = Kernel::debian().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = machine_disk_with(dir.path(), &kernel, true, Stage::Uefi);
+    let start = std::time::Instant::now();
+    let mut vm = boot(Firmware::Ovmf, &disk);
+    vm.expect(Firmware::Ovmf.starts_loader(), Duration::from_secs(120))
+        .unwrap();
+    let loader = start.elapsed();
+    vm.expect(
+        "switchback boot stage: selected slot_b",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let selected = start.elapsed();
+    vm.expect(
+        "switchback boot stage: watchdog armed: 60 s",
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    vm.expect(
+        "switchback boot stage: booting slot_b",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let handed_over = start.elapsed();
+    let running = vm
+        .expect("SLOT B RUNNING:", Duration::from_secs(120))
+        .unwrap();
+    let slot = start.elapsed();
+    println!(
+        "UEFI stage: power-on to: the firmware starting the ESP's loader {:.1} s, the selection {:.1} s, the kernel started {:.1} s, the slot's userspace {:.1} s (the stage's share {:.0}%)",
+        loader.as_secs_f64(),
+        selected.as_secs_f64(),
+        handed_over.as_secs_f64(),
+        slot.as_secs_f64(),
+        100.0 * (handed_over - loader).as_secs_f64() / slot.as_secs_f64()
+    );
+    for want in ["switchback.slot=slot_b", "root=PARTUUID=", "console=ttyS0"] {
+        assert!(running.contains(want), "{want} in {running}");
+    }
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    let attrs = Disk::open(&disk, None, false)
+        .unwrap()
+        .read()
+        .unwrap()
+        .attrs();
+    assert_eq!(
+        attrs[1],
+        BootAttrs {
+            priority: 2,
+            tries: 2,
+            successful: false
+        }
+    );
+}
+
+/// A slot on trial whose root has no kernel: the UEFI stage marks it bad,
+/// boots the other slot, and tells that kernel why.
+#[test]
+fn the_uefi_stage_falls_back_from_a_slot_without_a_kernel() {
+    let kernel = Kernel::debian().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = machine_disk_with(dir.path(), &kernel, false, Stage::Uefi);
+    let mut vm = boot(Firmware::Ovmf, &disk);
+    let why = vm
+        .expect("cannot boot slot_b", Duration::from_secs(120))
+        .unwrap();
+    assert!(why.contains("/boot/vmlinuz"), "{why}");
+    let running = vm
+        .expect("SLOT A RUNNING:", Duration::from_secs(120))
+        .unwrap();
+    assert!(
+        running.contains("switchback.start_failed=slot_b:no-kernel:2"),
+        "{running}"
+    );
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    let attrs = Disk::open(&disk, None, false)
+        .unwrap()
+        .read()
+        .unwrap()
+        .attrs();
+    assert_eq!(attrs[1], BootAttrs::UNBOOTABLE);
+}
+
+/// A release that hangs before it takes the watchdog over: the watchdog the
+/// UEFI stage armed resets the machine, and with its one try spent, slot_b
+/// gives way to slot_a.
+#[test]
+fn after_the_uefi_stage_a_hang_is_reset_by_the_watchdog() {
+    let kernel = Kernel::debian().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = machine_disk_then(
+        dir.path(),
+        &kernel,
+        Some("echo SLOT B HANGS; while :; do sleep 3600; done"),
+        Stage::Uefi,
+        1,
+    );
+    let opts = Options {
+        reboots: true,
+        ..Options::default()
+    };
+    let mut vm = Machine::start(&[&disk], opts).unwrap();
+    vm.expect(
+        "switchback boot stage: selected slot_b",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    vm.expect("SLOT B HANGS", Duration::from_secs(120)).unwrap();
+    let hung = std::time::Instant::now();
+    vm.expect(
+        "switchback boot stage: selected slot_a",
+        Duration::from_secs(180),
+    )
+    .unwrap();
+    let reset = hung.elapsed();
+    println!(
+        "UEFI stage: the hang was reset {:.0} s after slot_b's init hung",
+        reset.as_secs_f64()
+    );
+    assert!(
+        reset > Duration::from_secs(30),
+        "reset after {reset:?}: too soon for a 60 s watchdog"
+    );
+    vm.expect("SLOT A RUNNING:", Duration::from_secs(120))
+        .unwrap();
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    let attrs = Disk::open(&disk, None, false)
+        .unwrap()
+        .read()
+        .unwrap()
+        .attrs();
+    assert_eq!((attrs[1].tries, attrs[1].successful), (0, false));
 }

@@ -178,6 +178,7 @@ fn the_architecture_map_names_every_module() {
     for dir in [
         "bootctl/src",
         "bootctl/core/src",
+        "bootctl/uefi/src",
         "updater/src",
         "updater/src/fleet",
         "image-tools/src",

@@ -1,0 +1,202 @@
+//! Switchback's boot stage as a UEFI program: the firmware starts it, it
+//! selects a slot by the slots' GPT flags, spends a try, and starts the
+//! slot's own kernel through the kernel's EFI stub. One kernel boots per
+//! power-on (docs/boot-flow.md, "The UEFI boot stage").
+//!
+//! The selection, the try and the flip's write order are the same code
+//! `bootctl` runs on Linux (`bootctl-core`), here over the firmware's
+//! block I/O ([`disk`]). The kernel and initramfs are read from the slot's
+//! own root file system (`/boot/vmlinuz`, `/boot/initrd.img`), as the Linux
+//! boot stage reads them, so a release image is the same for both stages.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod disk;
+mod linux;
+mod watchdog;
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use bootctl_core::{Slot, State};
+use disk::Disk;
+use uefi::boot;
+use uefi::prelude::*;
+use uefi::proto::media::block::BlockIO;
+
+/// What the slot's kernel is told besides its root and slot: the console
+/// of the machine. Built in (`SWITCHBACK_CMDLINE` at build time), never read
+/// from the unsigned ESP: under Secure Boot the stage is what is signed.
+const APPEND: &str = match option_env!("SWITCHBACK_CMDLINE") {
+    Some(c) => c,
+    None => {
+        if cfg!(target_arch = "aarch64") {
+            "console=ttyAMA0"
+        } else {
+            "console=ttyS0"
+        }
+    }
+};
+
+/// Seconds the started release has to take the watchdog over, as the
+/// Linux boot stage's default (`SWITCHBACK_WATCHDOG` at build time).
+const WATCHDOG_S: u32 = match option_env!("SWITCHBACK_WATCHDOG") {
+    Some(s) => match u32::from_str_radix(s, 10) {
+        Ok(s) => s,
+        Err(_) => panic!("SWITCHBACK_WATCHDOG must be a number of seconds"),
+    },
+    None => 60,
+};
+
+fn say(msg: &str) {
+    uefi::println!("switchback boot stage: {msg}");
+}
+
+#[entry]
+fn main() -> Status {
+    if let Err(e) = run() {
+        say(&format!("FAILED: {e}; resetting in 10 s"));
+    }
+    boot::stall(core::time::Duration::from_secs(10));
+    uefi::runtime::reset(uefi::runtime::ResetType::COLD, Status::ABORTED, None)
+}
+
+/// The disk whose table holds `slot_a` and `slot_b`.
+fn find_disk() -> Result<(Disk, State), String> {
+    let handles = boot::find_handles::<BlockIO>()
+        .map_err(|e| format!("the firmware lists no block devices: {:?}", e.status()))?;
+    for handle in handles {
+        let Some(mut disk) = Disk::whole(handle) else {
+            continue;
+        };
+        let sector = disk.block_size();
+        if let Ok(state) = bootctl_core::read_unchecked(&mut disk, sector) {
+            return Ok((disk, state));
+        }
+    }
+    Err("no disk has partitions named slot_a and slot_b".into())
+}
+
+/// Why a slot could not be started, as `switchback.start_failed` tells the
+/// other slot's kernel (`SLOT:WHAT:CODE`; docs/boot-flow.md).
+struct StartFailure {
+    slot: Slot,
+    what: &'static str,
+    code: u64,
+    detail: String,
+}
+
+fn run() -> Result<(), String> {
+    let (mut disk, state) = find_disk()?;
+    let sector = disk.block_size();
+    say(&format!(
+        "reading the boot flags of the disk {}",
+        state.disk_guid().unwrap_or_default()
+    ));
+    let chosen = match bootctl_core::spend_try(&mut disk, sector) {
+        Ok((chosen, _)) => chosen,
+        // Never a brick: boot what the flags say, without the spent try.
+        Err(e) => {
+            say(&format!(
+                "cannot record this boot's try ({e}); booting without recording it"
+            ));
+            state.next()
+        }
+    };
+    if chosen.fallback {
+        say(&format!(
+            "WARNING: no slot is bootable; trying {} anyway",
+            chosen.slot
+        ));
+    }
+    let a = chosen.attrs;
+    say(&format!(
+        "selected {} (priority {}, tries {}, successful {} after this try)",
+        chosen.slot, a.priority, a.tries, a.successful
+    ));
+    match watchdog::arm(WATCHDOG_S) {
+        Ok(()) => say(&format!("watchdog armed: {WATCHDOG_S} s")),
+        Err(e) => say(&format!("no watchdog ({e}); a hang will not be reset")),
+    }
+    let state = bootctl_core::read_unchecked(&mut disk, sector)
+        .map_err(|e| format!("reading the boot flags again: {e}"))?;
+    let handle = disk.handle();
+    drop(disk);
+    let mut failed: Option<StartFailure> = None;
+    for slot in [chosen.slot, chosen.slot.other()] {
+        let entry = state.table.entry(slot);
+        let mut cmdline = format!(
+            "root=PARTUUID={} switchback.slot={} panic=5 gpt {APPEND}",
+            entry.unique_guid,
+            slot.name()
+        );
+        if let Some(f) = &failed {
+            cmdline += &format!(
+                " switchback.start_failed={}:{}:{}",
+                f.slot.name(),
+                f.what,
+                f.code
+            );
+        }
+        let failure = boot_slot(handle, slot, entry.first_lba, entry.last_lba, &cmdline);
+        say(&format!("cannot boot {slot}: {}", failure.detail));
+        if slot == chosen.slot && !state.attrs()[slot.index()].successful {
+            // Seen at once by the updater on the other slot, not after its
+            // tries run out; a committed slot keeps its flags (it may be the
+            // only good one).
+            let marked = Disk::whole(handle)
+                .ok_or_else(|| "the disk went away".to_string())
+                .and_then(|mut d| {
+                    bootctl_core::mark_bad(&mut d, sector, slot).map_err(|e| e.to_string())
+                });
+            match marked {
+                Ok(_) => say(&format!("marked {slot} bad: it cannot be started")),
+                Err(e) => say(&format!("cannot mark {slot} bad: {e}")),
+            }
+        }
+        failed.get_or_insert(failure);
+    }
+    Err("no slot could be booted".into())
+}
+
+/// Reads the slot's kernel and initramfs and starts the kernel; returns
+/// only when it could not.
+fn boot_slot(handle: Handle, slot: Slot, first: u64, last: u64, cmdline: &str) -> StartFailure {
+    let fail = |what, code, detail| StartFailure {
+        slot,
+        what,
+        code,
+        detail,
+    };
+    let Some(part) = Disk::part(handle, first, last) else {
+        return fail("no-partition", 0, format!("LBAs {first}..={last} are not on the disk"));
+    };
+    let fs = match ext4_view::Ext4::load(alloc::boxed::Box::new(part)) {
+        Ok(fs) => fs,
+        Err(e) => return fail("mount", 0, format!("reading its file system: {e}")),
+    };
+    let kernel: Vec<u8> = match fs.read("/boot/vmlinuz") {
+        Ok(k) => k,
+        // ENOENT, as the Linux boot stage reports a missing file.
+        Err(ext4_view::Ext4Error::NotFound) => {
+            return fail("no-kernel", 2, "it has no /boot/vmlinuz".into())
+        }
+        Err(e) => return fail("no-kernel", 0, format!("reading /boot/vmlinuz: {e}")),
+    };
+    let initrd = fs.read("/boot/initrd.img").ok();
+    say(&format!(
+        "read the kernel of {slot} ({} bytes) and its initramfs ({} bytes)",
+        kernel.len(),
+        initrd.as_ref().map_or(0, Vec::len)
+    ));
+    say(&format!("booting {slot}: {cmdline}"));
+    let e = linux::start(&kernel, initrd, cmdline);
+    fail(
+        "load-image",
+        e.status.0 as u64,
+        format!("{}: {:?}", e.what, e.status),
+    )
+}
