@@ -62,8 +62,7 @@ impl Disk {
         }
         .ok()?;
         let media = io.media();
-        if media.is_logical_partition() || !media.is_media_present() || media.block_size() == 0
-        {
+        if media.is_logical_partition() || !media.is_media_present() || media.block_size() == 0 {
             return None;
         }
         let block = u64::from(media.block_size());

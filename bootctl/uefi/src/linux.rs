@@ -82,8 +82,11 @@ impl Offered {
                 &LoadFile2Protocol::GUID,
                 self.initrd,
             );
-            let _ =
-                boot::uninstall_protocol_interface(self.handle, &DevicePathProtocol::GUID, self.path);
+            let _ = boot::uninstall_protocol_interface(
+                self.handle,
+                &DevicePathProtocol::GUID,
+                self.path,
+            );
         }
     }
 }
@@ -159,9 +162,7 @@ pub fn start(kernel: &[u8], initrd: Option<Vec<u8>>, cmdline: &str) -> StartErro
     match boot::open_protocol_exclusive::<LoadedImage>(image) {
         Ok(mut loaded) => {
             // SAFETY: `options` is leaked and so outlives the kernel's use.
-            unsafe {
-                loaded.set_load_options(options.as_ptr().cast(), (options.len() * 2) as u32)
-            };
+            unsafe { loaded.set_load_options(options.as_ptr().cast(), (options.len() * 2) as u32) };
         }
         Err(e) => {
             let _ = boot::unload_image(image);

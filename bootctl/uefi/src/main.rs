@@ -172,7 +172,11 @@ fn boot_slot(handle: Handle, slot: Slot, first: u64, last: u64, cmdline: &str) -
         detail,
     };
     let Some(part) = Disk::part(handle, first, last) else {
-        return fail("no-partition", 0, format!("LBAs {first}..={last} are not on the disk"));
+        return fail(
+            "no-partition",
+            0,
+            format!("LBAs {first}..={last} are not on the disk"),
+        );
     };
     let fs = match ext4_view::Ext4::load(alloc::boxed::Box::new(part)) {
         Ok(fs) => fs,

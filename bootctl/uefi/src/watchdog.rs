@@ -59,7 +59,9 @@ pub fn arm(timeout_s: u32) -> Result<(), String> {
             )
         };
         let Ok(mut bridge) = bridge else { continue };
-        let Ok(tree) = bridge.enumerate() else { continue };
+        let Ok(tree) = bridge.enumerate() else {
+            continue;
+        };
         for addr in tree.iter().copied() {
             let id = bridge.pci().read_one::<u32>(addr.with_register(0));
             if id == Ok(I6300ESB) {
@@ -100,5 +102,7 @@ fn program(bridge: &mut PciRootBridgeIo, addr: PciIoAddress, timeout_s: u32) -> 
     }
     unlock(bridge)?;
     bridge.memory().write_one(base + RELOAD, RELOAD_NOW)?;
-    bridge.pci().write_one(addr.with_register(LOCK), LOCK_ENABLE)
+    bridge
+        .pci()
+        .write_one(addr.with_register(LOCK), LOCK_ENABLE)
 }
