@@ -1,9 +1,22 @@
 //! What can be wrong with a bundle or a key, each with its own exit code.
+//!
+//! Without std (a verifier of slot trailers) there is no `BundleError::Io`:
+//! nothing here reads a file then, and a key's [`KeyPath`] is a label.
 
-use std::path::PathBuf;
+use alloc::string::String;
+
+/// Where a key came from: its file, or a label (`<raw key 0>`) for keys
+/// handed over in memory. Without std, always a label.
+#[cfg(feature = "std")]
+pub type KeyPath = std::path::PathBuf;
+/// Where a key came from: its file, or a label (`<raw key 0>`) for keys
+/// handed over in memory. Without std, always a label.
+#[cfg(not(feature = "std"))]
+pub type KeyPath = String;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    #[cfg(feature = "std")]
     #[error("{what}")]
     Io {
         what: String,
@@ -68,7 +81,7 @@ pub enum BundleError {
     Wrapper(String),
 
     #[error("{path}: {reason}")]
-    Key { path: PathBuf, reason: String },
+    Key { path: KeyPath, reason: String },
 
     #[error("bundle has no image named {0:?}")]
     NoSuchImage(String),
@@ -87,6 +100,7 @@ impl BundleError {
     /// Distinct exit codes; documented in docs/bundle-format.md.
     pub fn exit_code(&self) -> i32 {
         match self {
+            #[cfg(feature = "std")]
             BundleError::Io { .. } => 20,
             BundleError::Truncated { .. } => 21,
             BundleError::BadMagic => 22,
@@ -108,10 +122,11 @@ impl BundleError {
         }
     }
 
+    #[cfg(feature = "std")]
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BundleError {
         let what = what.into();
         move |source| BundleError::Io { what, source }
     }
 }
 
-pub type Result<T, E = BundleError> = std::result::Result<T, E>;
+pub type Result<T, E = BundleError> = core::result::Result<T, E>;

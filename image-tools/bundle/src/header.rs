@@ -2,6 +2,8 @@
 
 use super::error::{BundleError, Result};
 use super::{FORMAT_VERSION, MAGIC, MAX_MANIFEST_LEN, MAX_SIGNATURES};
+use alloc::string::String;
+use alloc::vec::Vec;
 
 pub const HEADER_LEN: usize = 32;
 /// key id (32) + ed25519 signature (64).
@@ -100,9 +102,58 @@ pub fn decode_signatures(block: &[u8]) -> Vec<SignatureEntry> {
         .collect()
 }
 
+/// A bundle's signed head held in memory (a slot trailer's, or
+/// `VerifiedBundle::head`): its
+/// header, then its manifest bytes and signature block, borrowed. Bytes
+/// after the signature block are not looked at. The checks and errors are
+/// those of `Envelope::read` on a stream;
+/// nothing past the header is trusted yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head<'a> {
+    pub header: Header,
+    pub manifest_bytes: &'a [u8],
+    pub signature_block: &'a [u8],
+}
+
+impl<'a> Head<'a> {
+    /// Splits `bytes` into header, manifest and signature block; the header
+    /// is checked ([`Header::decode`]), and a head that ends inside a region
+    /// is [`BundleError::Truncated`].
+    pub fn parse(bytes: &'a [u8]) -> Result<Head<'a>> {
+        fn take<'b>(bytes: &mut &'b [u8], len: usize, region: &str) -> Result<&'b [u8]> {
+            if bytes.len() < len {
+                return Err(BundleError::Truncated {
+                    region: String::from(region),
+                });
+            }
+            let (taken, rest) = bytes.split_at(len);
+            *bytes = rest;
+            Ok(taken)
+        }
+        let mut rest = bytes;
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(take(&mut rest, HEADER_LEN, "header")?);
+        let header = Header::decode(&h)?;
+        // Lengths are bounded by Header::decode (16 MiB and 1.5 KiB).
+        let manifest_bytes = take(&mut rest, header.manifest_len as usize, "manifest")?;
+        let signature_block = take(&mut rest, header.signatures_len as usize, "signature block")?;
+        Ok(Head {
+            header,
+            manifest_bytes,
+            signature_block,
+        })
+    }
+
+    pub fn signatures(&self) -> Vec<SignatureEntry> {
+        decode_signatures(self.signature_block)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::ToString;
+    use alloc::{format, vec};
 
     #[test]
     fn header_round_trips_and_rejects_bad_fields() {
@@ -160,5 +211,45 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn heads_split_like_a_stream_and_name_the_region_they_end_in() {
+        let h = Header {
+            manifest_len: 5,
+            signatures_len: 96,
+            payload_len: 9,
+        };
+        let mut bytes = h.encode().to_vec();
+        bytes.extend_from_slice(b"12345");
+        bytes.extend((0..96).map(|i| i as u8));
+        bytes.extend_from_slice(b"payload, not looked at");
+        let head = Head::parse(&bytes).unwrap();
+        assert_eq!(head.header, h);
+        assert_eq!(head.manifest_bytes, &bytes[32..37]);
+        assert_eq!(head.signature_block, &bytes[37..133]);
+        let sigs = head.signatures();
+        assert_eq!(sigs.len(), 1);
+        assert_eq!(sigs[0].key_id[31], 31);
+        assert_eq!(sigs[0].signature[0], 32);
+        for (len, region) in [
+            (0, "header"),
+            (31, "header"),
+            (32, "manifest"),
+            (36, "manifest"),
+            (37, "signature block"),
+            (132, "signature block"),
+        ] {
+            let e = Head::parse(&bytes[..len]).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("bundle is truncated: it ends inside the {region}")
+            );
+            assert_eq!(e.exit_code(), 21);
+        }
+        assert!(Head::parse(&bytes[..133]).is_ok());
+        let mut bad = vec![0u8; 200];
+        bad[..8].copy_from_slice(b"SWBUNDLX");
+        assert!(matches!(Head::parse(&bad), Err(BundleError::BadMagic)));
     }
 }

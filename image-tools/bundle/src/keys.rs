@@ -2,13 +2,18 @@
 //! the keyring, a directory of trusted public keys. A key's id is the
 //! SHA-256 of its 32 raw public bytes: it tells a device which of its keys
 //! a signature claims, without trying them all.
+//!
+//! Without std the keyring comes from raw keys in memory
+//! ([`Keyring::from_raw_keys`]) and checks signatures the same way; PEM
+//! files and keyring directories need std.
 
-use super::error::{BundleError, Result};
+use super::error::{BundleError, KeyPath, Result};
+use super::header::SignatureEntry;
 use super::manifest::Digest;
-use ed25519_dalek::pkcs8::DecodePublicKey;
-use ed25519_dalek::VerifyingKey;
-use std::fs;
-use std::path::{Path, PathBuf};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use ed25519_dalek::{Signature, VerifyingKey};
 #[cfg(feature = "writer")]
 use {
     ed25519_dalek::pkcs8::spki::der::pem::LineEnding,
@@ -16,6 +21,12 @@ use {
     ed25519_dalek::SigningKey,
     std::io::Write,
     std::os::unix::fs::OpenOptionsExt,
+};
+#[cfg(feature = "std")]
+use {
+    ed25519_dalek::pkcs8::DecodePublicKey,
+    std::fs,
+    std::path::{Path, PathBuf},
 };
 
 pub fn key_id(key: &VerifyingKey) -> [u8; 32] {
@@ -27,6 +38,7 @@ pub fn short_id(id: &[u8; 32]) -> String {
     hex::encode(&id[..8])
 }
 
+#[cfg(feature = "std")]
 fn key_err(path: &Path, reason: impl Into<String>) -> BundleError {
     BundleError::Key {
         path: path.to_path_buf(),
@@ -64,6 +76,7 @@ pub fn keygen(private: &Path, public: &Path) -> Result<VerifyingKey> {
 
 /// Reads a PEM key file and decodes it with `decode`; anything that is not
 /// a key of the wanted kind, binary junk included, gets the same message.
+#[cfg(feature = "std")]
 fn load_pem<K, E>(path: &Path, kind: &str, decode: impl Fn(&str) -> Result<K, E>) -> Result<K> {
     let bytes = fs::read(path).map_err(|e| key_err(path, format!("cannot read {kind}: {e}")))?;
     std::str::from_utf8(&bytes)
@@ -77,6 +90,7 @@ pub fn load_private(path: &Path) -> Result<SigningKey> {
     load_pem(path, "private key", SigningKey::from_pkcs8_pem)
 }
 
+#[cfg(feature = "std")]
 pub fn load_public(path: &Path) -> Result<VerifyingKey> {
     load_pem(path, "public key", VerifyingKey::from_public_key_pem)
 }
@@ -84,7 +98,8 @@ pub fn load_public(path: &Path) -> Result<VerifyingKey> {
 /// The public keys a device trusts.
 #[derive(Debug, Clone, Default)]
 pub struct Keyring {
-    keys: Vec<(PathBuf, VerifyingKey)>,
+    /// Each key with where it came from (its file, or `<memory>`).
+    keys: Vec<(String, VerifyingKey)>,
 }
 
 impl Keyring {
@@ -93,20 +108,42 @@ impl Keyring {
         Keyring {
             keys: keys
                 .into_iter()
-                .map(|k| (PathBuf::from("<memory>"), k))
+                .map(|k| (String::from("<memory>"), k))
                 .collect(),
         }
     }
 
+    /// A keyring of raw 32-byte ed25519 public keys, as built into a
+    /// program that has no file system (the UEFI boot stage). A key that is
+    /// not a point of the curve is [`BundleError::Key`], named
+    /// `<raw key N>` by its index.
+    pub fn from_raw_keys(keys: &[[u8; 32]]) -> Result<Keyring> {
+        let keys = keys
+            .iter()
+            .enumerate()
+            .map(|(n, raw)| {
+                VerifyingKey::from_bytes(raw)
+                    .map(|k| (String::from("<memory>"), k))
+                    .map_err(|_| BundleError::Key {
+                        path: KeyPath::from(format!("<raw key {n}>")),
+                        reason: "not an ed25519 public key".to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Keyring { keys })
+    }
+
+    #[cfg(feature = "std")]
     pub fn from_key(path: &Path) -> Result<Keyring> {
         Ok(Keyring {
-            keys: vec![(path.to_path_buf(), load_public(path)?)],
+            keys: vec![(path.display().to_string(), load_public(path)?)],
         })
     }
 
     /// Every `*.pem` and `*.pub` file in `dir`. A file there that is not a
     /// key is an error, not skipped: a broken keyring is a misconfiguration
     /// that should be seen, not an update that mysteriously fails later.
+    #[cfg(feature = "std")]
     pub fn load_dir(dir: &Path) -> Result<Keyring> {
         let entries = fs::read_dir(dir)
             .map_err(|e| key_err(dir, format!("cannot read keyring directory: {e}")))?;
@@ -117,7 +154,7 @@ impl Keyring {
         paths.sort();
         let keys = paths
             .into_iter()
-            .map(|p| load_public(&p).map(|k| (p, k)))
+            .map(|p| load_public(&p).map(|k| (p.display().to_string(), k)))
             .collect::<Result<Vec<_>>>()?;
         if keys.is_empty() {
             return Err(key_err(dir, "keyring holds no public keys (*.pem, *.pub)"));
@@ -135,5 +172,113 @@ impl Keyring {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// The keys' raw 32-byte forms, in the keyring's order: what
+    /// [`Keyring::from_raw_keys`] takes back (a keyring built into a
+    /// program).
+    pub fn raw_keys(&self) -> Vec<[u8; 32]> {
+        self.keys.iter().map(|(_, k)| k.to_bytes()).collect()
+    }
+
+    /// Checks a bundle's `signatures` over its `manifest_bytes`: one valid
+    /// signature (ed25519 `verify_strict`) by a trusted key is enough, and
+    /// the id of that key is returned. Signatures by keys not in the
+    /// keyring are skipped. The manifest itself is not parsed here, only
+    /// after this succeeded ([`Manifest::parse`](crate::manifest::Manifest::parse)).
+    pub fn verify_signatures(
+        &self,
+        manifest_bytes: &[u8],
+        signatures: &[SignatureEntry],
+    ) -> Result<[u8; 32]> {
+        let mut bad_trusted = None;
+        for entry in signatures {
+            let Some(key) = self.find(&entry.key_id) else {
+                continue;
+            };
+            let sig = Signature::from_bytes(&entry.signature);
+            if key.verify_strict(manifest_bytes, &sig).is_ok() {
+                return Ok(entry.key_id);
+            }
+            bad_trusted = Some(entry.key_id);
+        }
+        if let Some(id) = bad_trusted {
+            return Err(BundleError::BadSignature {
+                key_id: short_id(&id),
+            });
+        }
+        // With a wrong manifest_len the "signatures" are bytes from the
+        // middle of the manifest or payload: say that, not "unknown signer
+        // <garbage>".
+        if serde_json::from_slice::<serde::de::IgnoredAny>(manifest_bytes).is_err() {
+            // At most MAX_MANIFEST_LEN (16 MiB) for a manifest read after
+            // its header.
+            let len = u32::try_from(manifest_bytes.len()).unwrap_or(u32::MAX);
+            return Err(BundleError::ManifestLenDamaged(len));
+        }
+        let signers = signatures
+            .iter()
+            .map(|s| short_id(&s.key_id))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(BundleError::UntrustedSigner { signers })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_keys_make_a_keyring_and_a_non_point_is_refused() {
+        // RFC 8032's TEST 1: a public key and its signature over the
+        // empty message.
+        let mut public = [0u8; 32];
+        hex::decode_to_slice(
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+            &mut public,
+        )
+        .unwrap();
+        let mut signature = [0u8; 64];
+        hex::decode_to_slice(
+            "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155\
+             5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+            &mut signature,
+        )
+        .unwrap();
+        let ring = Keyring::from_raw_keys(&[public]).unwrap();
+        assert_eq!(ring.raw_keys(), [public]);
+        let id = key_id(ring.find(&Digest::of(&public).0).unwrap());
+        let entry = SignatureEntry {
+            key_id: id,
+            signature,
+        };
+        assert_eq!(
+            ring.verify_signatures(b"", core::slice::from_ref(&entry))
+                .unwrap(),
+            id
+        );
+        let e = ring
+            .verify_signatures(b"{}", core::slice::from_ref(&entry))
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 26, "{e}");
+        let stranger = SignatureEntry {
+            key_id: [9; 32],
+            ..entry
+        };
+        let e = ring
+            .verify_signatures(b"{}", core::slice::from_ref(&stranger))
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 25, "{e}");
+        let e = ring.verify_signatures(b"{", &[stranger]).unwrap_err();
+        assert!(matches!(e, BundleError::ManifestLenDamaged(1)), "{e}");
+
+        // y = 2 is not the y-coordinate of any point of the curve.
+        let mut not_a_point = [0u8; 32];
+        not_a_point[0] = 2;
+        let e = Keyring::from_raw_keys(&[public, not_a_point]).unwrap_err();
+        assert_eq!(e.exit_code(), 32);
+        assert_eq!(e.to_string(), "<raw key 1>: not an ed25519 public key");
+        assert!(Keyring::from_raw_keys(&[]).unwrap().is_empty());
     }
 }

@@ -23,18 +23,46 @@
 //! reaches the decoder, and of its uncompressed bytes, so each chunk is
 //! checked before anyone sees it. Everything is readable front to back from
 //! a pipe.
+//!
+//! # Features
+//!
+//! - `std` (default): everything above, the streaming reader with its
+//!   pipeline, deltas and `.swu` wrapper, PEM keys and keyring directories,
+//!   writing a slot trailer.
+//! - `writer` (implies `std`): building and signing bundles, making keys.
+//!
+//! Without `std` the crate is `no_std` with `alloc` and keeps what checks
+//! a slot trailer ([`trailer`]), so that the UEFI boot stage verifies the
+//! slot it boots with this definition of the format, not a second one: the
+//! header ([`header`]), the manifest, its serde form and the rules a reader
+//! applies to it ([`manifest`]), the keyring built from raw ed25519 keys
+//! and the signature check ([`keys`], `verify_strict` as the reader),
+//! [`trailer::parse_footer`] and [`trailer::verify_head`], [`BundleError`]
+//! (without its `Io` variant), [`all_zero`] and the format's constants.
+//! Built for a UEFI target (soft-float), curve25519-dalek needs its portable
+//! backend: `--cfg curve25519_dalek_backend="serial"`, as `.ci/boot-efi`
+//! sets it.
 
+#![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
+#[cfg(feature = "std")]
 pub mod budget;
+#[cfg(feature = "std")]
 pub mod delta;
 pub mod error;
 pub mod header;
 pub mod keys;
 pub mod manifest;
+#[cfg(feature = "std")]
 pub mod pipeline;
+#[cfg(feature = "std")]
 pub mod reader;
+#[cfg(feature = "std")]
 pub mod size;
+#[cfg(feature = "std")]
 pub mod swu;
 pub mod trailer;
 #[cfg(feature = "writer")]
@@ -43,6 +71,7 @@ pub mod writer;
 pub use error::BundleError;
 pub use keys::Keyring;
 pub use manifest::{ChunkSpec, Digest, ImageSpec, Manifest, MigrationSpec, Phase};
+#[cfg(feature = "std")]
 pub use reader::{Chunk, Envelope, ReadOptions, VerifiedBundle};
 #[cfg(feature = "writer")]
 pub use writer::{build, BuildOptions, ImageSource, MigrationSource};
@@ -67,6 +96,7 @@ pub const MAX_REF_LEN: u64 = 64 << 20;
 pub const ROOTFS: &str = "rootfs";
 
 /// Worker threads to use by default: every core.
+#[cfg(feature = "std")]
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
@@ -83,6 +113,8 @@ pub fn all_zero(bytes: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use alloc::vec;
+
     #[test]
     fn a_single_set_bit_anywhere_makes_a_range_not_zero() {
         let mut buf = vec![0u8; 3 * 4096 + 17];

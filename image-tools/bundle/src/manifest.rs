@@ -4,8 +4,12 @@
 
 use super::error::{BundleError, Result};
 use super::{CHUNK_ALIGN, FORMAT_VERSION, MAX_CHUNK_SIZE, MAX_IMAGES, MAX_REF_LEN, MIN_CHUNK_SIZE};
+use alloc::borrow::Cow;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::fmt;
 
 /// A SHA-256 digest, written in JSON as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,13 +26,13 @@ impl fmt::Display for Digest {
     }
 }
 impl Serialize for Digest {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+    fn serialize<S: Serializer>(&self, s: S) -> core::result::Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(self.0))
     }
 }
 impl<'de> Deserialize<'de> for Digest {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Digest, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+    fn deserialize<D: Deserializer<'de>>(d: D) -> core::result::Result<Digest, D::Error> {
+        let s = <Cow<'de, str>>::deserialize(d)?;
         if s.len() != 64 || s.bytes().any(|c| c.is_ascii_uppercase()) {
             return Err(serde::de::Error::custom(
                 "sha256 must be 64 lowercase hex digits",
@@ -146,7 +150,7 @@ pub struct ChunkSpec {
     pub frame_sha256: Option<Digest>,
     /// The chunk is all zeros: no frame in the payload, nothing to
     /// decompress or hash; written as the medium likes zeros best.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "core::ops::Not::not")]
     pub zero: bool,
     /// Delta chunks: `[offset, length]` ranges of the base image whose
     /// concatenation is the zstd reference prefix.
@@ -193,9 +197,31 @@ pub fn image_digest<'a>(chunks: impl IntoIterator<Item = &'a Digest>) -> Digest 
 }
 
 /// Largest compressed chunk a writer can produce for `chunk_size` bytes:
-/// zstd's worst-case bound.
+/// zstd's worst-case bound, `ZSTD_COMPRESSBOUND` of zstd.h (a formula of
+/// zstd's format, so a verifier without zstd applies the same rule; a test
+/// holds it to `ZSTD_compressBound` for every valid chunk size).
 pub fn max_compressed_len(chunk_size: u64) -> u64 {
-    zstd::zstd_safe::compress_bound(chunk_size as usize) as u64
+    const KIB_128: u64 = 128 << 10;
+    let margin = if chunk_size < KIB_128 {
+        (KIB_128 - chunk_size) >> 11
+    } else {
+        0
+    };
+    chunk_size
+        .saturating_add(chunk_size >> 8)
+        .saturating_add(margin)
+}
+
+/// Whether `dir` names a directory inside another one: not empty, not
+/// absolute, no `..`, and not starting with `.` as a whole component. The
+/// rule of `std::path::Path::components` yielding only normal components
+/// (a `.` inside the path is normalised away), written for `str` so that it
+/// holds without std.
+fn is_plain_relative(dir: &str) -> bool {
+    !dir.is_empty()
+        && !dir.starts_with('/')
+        && dir.split('/').next() != Some(".")
+        && dir.split('/').all(|c| c != "..")
 }
 
 fn bad(msg: String) -> BundleError {
@@ -367,11 +393,7 @@ impl Manifest {
                 ));
             }
             for dir in &mig.snapshot {
-                let p = std::path::Path::new(dir);
-                let plain = !dir.is_empty()
-                    && p.components()
-                        .all(|c| matches!(c, std::path::Component::Normal(_)));
-                if !plain {
+                if !is_plain_relative(dir) {
                     return Err(bad(format!("migration {i}: snapshot {dir:?} must be a relative path inside the data directory")));
                 }
             }
@@ -390,5 +412,59 @@ impl Manifest {
             .iter()
             .find(|i| i.target == target)
             .ok_or_else(|| BundleError::NoSuchImage(target.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bound is zstd's for every chunk size a manifest may have.
+    #[cfg(feature = "std")]
+    #[test]
+    fn the_compressed_length_bound_is_zstds() {
+        let sizes = (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE)
+            .step_by(CHUNK_ALIGN as usize)
+            .chain([0, 1, 4095, 4096, 65535, (128 << 10) - 1, 128 << 10, 1 << 30]);
+        for size in sizes {
+            assert_eq!(
+                max_compressed_len(size),
+                zstd::zstd_safe::compress_bound(size as usize) as u64,
+                "{size}"
+            );
+        }
+    }
+
+    /// The snapshot rule is `Path::components` yielding only normal
+    /// components, for every path of up to 6 of `a`, `.`, `..` and `/`.
+    #[cfg(feature = "std")]
+    #[test]
+    fn plain_relative_paths_are_those_std_finds_plain() {
+        let mut paths = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..6 {
+            last = last
+                .iter()
+                .flat_map(|p| ["a", ".", "/", ".."].map(|c| format!("{p}{c}")))
+                .collect();
+            paths.extend(last.iter().cloned());
+        }
+        for dir in paths {
+            let p = std::path::Path::new(&dir);
+            let std_plain = !dir.is_empty()
+                && p.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            assert_eq!(is_plain_relative(&dir), std_plain, "{dir:?}");
+        }
+    }
+
+    #[test]
+    fn snapshot_directories_stay_inside_the_data_directory() {
+        for plain in ["db", "a/b", "a/./b", "a//b", "a/", "a/.", ".db", "a.."] {
+            assert!(is_plain_relative(plain), "{plain:?}");
+        }
+        for not in ["", "/", "/db", ".", "./db", "..", "../db", "a/../b", "a/.."] {
+            assert!(!is_plain_relative(not), "{not:?}");
+        }
     }
 }

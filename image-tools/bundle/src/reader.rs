@@ -7,10 +7,9 @@ use super::budget::{buffer_sizes, BufferPool, PoolBuf};
 use super::delta::Base;
 use super::error::{BundleError, Result};
 use super::header::{decode_signatures, Header, SignatureEntry, HEADER_LEN};
-use super::keys::{short_id, Keyring};
+use super::keys::Keyring;
 use super::manifest::{Digest, ImageSpec, Manifest};
 use super::pipeline::ordered_map_until;
-use ed25519_dalek::Signature;
 use std::io::{ErrorKind, Read};
 
 /// Reads exactly `buf.len()` bytes, naming `region` when the stream ends early.
@@ -61,42 +60,7 @@ impl<R: Read> Envelope<R> {
     /// Checks the signatures against `keyring`; one valid signature by a
     /// trusted key is enough. Only then is the manifest parsed.
     pub fn verify(self, keyring: &Keyring) -> Result<VerifiedBundle<R>> {
-        let mut bad_trusted = None;
-        let mut signer = None;
-        for entry in &self.signatures {
-            let Some(key) = keyring.find(&entry.key_id) else {
-                continue;
-            };
-            let sig = Signature::from_bytes(&entry.signature);
-            if key.verify_strict(&self.manifest_bytes, &sig).is_ok() {
-                signer = Some(entry.key_id);
-                break;
-            }
-            bad_trusted = Some(entry.key_id);
-        }
-        let signer = match (signer, bad_trusted) {
-            (Some(id), _) => id,
-            (None, Some(id)) => {
-                return Err(BundleError::BadSignature {
-                    key_id: short_id(&id),
-                })
-            }
-            (None, None) => {
-                // With a wrong manifest_len the "signatures" are bytes from
-                // the middle of the manifest or payload: say that, not
-                // "unknown signer <garbage>".
-                if serde_json::from_slice::<serde::de::IgnoredAny>(&self.manifest_bytes).is_err() {
-                    return Err(BundleError::ManifestLenDamaged(self.header.manifest_len));
-                }
-                let signers = self
-                    .signatures
-                    .iter()
-                    .map(|s| short_id(&s.key_id))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(BundleError::UntrustedSigner { signers });
-            }
-        };
+        let signer = keyring.verify_signatures(&self.manifest_bytes, &self.signatures)?;
         let manifest = Manifest::parse(&self.manifest_bytes, self.header.payload_len)?;
         let head = [
             &self.header.encode()[..],

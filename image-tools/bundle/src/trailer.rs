@@ -1,5 +1,5 @@
 //! The slot trailer: a release's signed head (bundle header, manifest and
-//! signatures, [`super::VerifiedBundle::head`]) kept at the end of the slot
+//! signatures, `VerifiedBundle::head`) kept at the end of the slot
 //! it was installed into. It is the device's evidence of what each slot
 //! holds, and of its security version, that survives the loss of the
 //! updater's state file: anyone with the keyring can check it again.
@@ -14,10 +14,18 @@
 //! The footer is written after the head and synced with it; erasing the
 //! footer alone removes the evidence. Nothing in a trailer is trusted before
 //! its signature verifies.
+//!
+//! Checking a trailer ([`parse_footer`], then [`verify_head`]) builds
+//! without std: the UEFI boot stage verifies the slot it boots with this
+//! code. Writing one (`write`) needs std.
 
 use super::error::{BundleError, Result};
-use super::header::HEADER_LEN;
-use super::{Envelope, Keyring, Manifest, MAX_MANIFEST_LEN, MAX_SIGNATURES};
+use super::header::{Head, HEADER_LEN};
+use super::{Keyring, Manifest, MAX_MANIFEST_LEN, MAX_SIGNATURES};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
 
 pub const TRAILER_MAGIC: &[u8; 8] = b"SWTRAILR";
 pub const TRAILER_VERSION: u32 = 1;
@@ -44,6 +52,7 @@ pub fn footer(head: &[u8]) -> Vec<u8> {
 /// `dev`: the head, then the footer that makes it count, then a sync. The
 /// footer carries the head's CRC, so a cut that lands the footer without
 /// the whole head leaves a trailer that does not count.
+#[cfg(feature = "std")]
 pub fn write(dev: &std::fs::File, offset: u64, size: u64, head: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let room = size
@@ -81,14 +90,18 @@ pub fn parse_footer(f: &[u8], slot_size: u64) -> Result<Option<(u64, u32)>> {
 }
 
 /// Checks a trailer's head (its CRC, then its signature against `keyring`)
-/// and returns the release's manifest.
+/// and returns the release's manifest, parsed and validated only after the
+/// signature verified: what `Envelope::read` and `Envelope::verify` check
+/// of a bundle, with the same errors.
 pub fn verify_head(head: &[u8], crc: u32, keyring: &Keyring) -> Result<Manifest> {
     if crc32fast::hash(head) != crc {
         return Err(BundleError::BadManifest(
             "slot trailer: head CRC mismatch".into(),
         ));
     }
-    Ok(Envelope::read(head)?.verify(keyring)?.manifest)
+    let head = Head::parse(head)?;
+    keyring.verify_signatures(head.manifest_bytes, &head.signatures())?;
+    Manifest::parse(head.manifest_bytes, head.header.payload_len)
 }
 
 #[cfg(test)]
@@ -109,5 +122,113 @@ mod tests {
         let mut huge = f.clone();
         huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(parse_footer(&huge, u64::MAX).is_err());
+    }
+
+    /// What a boot stage does, without std: the footer, then the head
+    /// against raw keys, then the manifest's images and chunks.
+    #[test]
+    fn a_signed_head_verifies_against_raw_keys_and_nothing_else_does() {
+        use crate::header::{encode_signatures, Header, SignatureEntry};
+        use crate::keys::key_id;
+        use crate::manifest::{ChunkSpec, Digest, ImageSpec};
+        use alloc::string::ToString;
+        use ed25519_dalek::{Signer, SigningKey};
+
+        let zeros = Digest::of_zeros(64 << 10);
+        let zero_chunk = |offset| ChunkSpec {
+            offset,
+            length: 0,
+            sha256: zeros,
+            frame_sha256: None,
+            zero: true,
+            base_ranges: Vec::new(),
+        };
+        let manifest = Manifest {
+            format: crate::FORMAT_VERSION,
+            compatible: "acme-gw".to_string(),
+            version: "1.2.0".to_string(),
+            security_version: 3,
+            build_time: 0,
+            data_schema: None,
+            payload_size: 0,
+            images: vec![ImageSpec {
+                target: crate::ROOTFS.to_string(),
+                size: 128 << 10,
+                chunk_size: 64 << 10,
+                chunks: vec![zero_chunk(0), zero_chunk(0)],
+                base: None,
+            }],
+            migrations: Vec::new(),
+        };
+        let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let signatures = encode_signatures(&[SignatureEntry {
+            key_id: key_id(&key.verifying_key()),
+            signature: key.sign(&manifest_bytes).to_bytes(),
+        }]);
+        let header = Header {
+            manifest_len: manifest_bytes.len() as u32,
+            signatures_len: signatures.len() as u32,
+            payload_len: 0,
+        };
+        let head = [&header.encode()[..], &manifest_bytes, &signatures].concat();
+
+        let slot_size = 1 << 20;
+        let (len, crc) = parse_footer(&footer(&head), slot_size).unwrap().unwrap();
+        assert_eq!(len, head.len() as u64);
+        let stranger = SigningKey::from_bytes(&[8; 32]).verifying_key().to_bytes();
+        let ring = Keyring::from_raw_keys(&[stranger, key.verifying_key().to_bytes()]).unwrap();
+        let verified = verify_head(&head, crc, &ring).unwrap();
+        assert_eq!(verified, manifest);
+        let rootfs = verified.image(crate::ROOTFS).unwrap();
+        assert_eq!((rootfs.size, rootfs.chunk_size), (128 << 10, 64 << 10));
+        assert!(rootfs.chunks.iter().all(|c| c.zero && c.sha256 == zeros));
+
+        // Another key's keyring: no trusted signer.
+        let other = Keyring::from_raw_keys(&[stranger]).unwrap();
+        let e = verify_head(&head, crc, &other).unwrap_err();
+        assert_eq!(e.exit_code(), 25, "{e}");
+        // A damaged head: its CRC, then (CRC recomputed) its signature.
+        let mut altered = head.clone();
+        let at = 32 + manifest_bytes.len() - 3;
+        altered[at] ^= 1;
+        let e = verify_head(&altered, crc, &ring).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bundle manifest: slot trailer: head CRC mismatch"
+        );
+        let e = verify_head(&altered, crc32fast::hash(&altered), &ring).unwrap_err();
+        assert_eq!(e.exit_code(), 26, "{e}");
+        // A head cut short, with a CRC that matches what is left.
+        let cut = &head[..head.len() - 1];
+        let e = verify_head(cut, crc32fast::hash(cut), &ring).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bundle is truncated: it ends inside the signature block"
+        );
+
+        // The same verdict as the streaming reader's, for every cut and
+        // every flipped bit of the head (CRC recomputed).
+        #[cfg(feature = "std")]
+        {
+            let streamed = |h: &[u8]| {
+                crate::Envelope::read(h)
+                    .and_then(|env| env.verify(&ring))
+                    .map(|v| v.manifest)
+                    .map_err(|e| (e.exit_code(), e.to_string()))
+            };
+            let in_memory = |h: &[u8]| {
+                verify_head(h, crc32fast::hash(h), &ring)
+                    .map_err(|e| (e.exit_code(), e.to_string()))
+            };
+            for n in 0..=head.len() {
+                assert_eq!(in_memory(&head[..n]), streamed(&head[..n]), "cut at {n}");
+            }
+            for bit in 0..head.len() * 8 {
+                let mut flipped = head.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                assert_eq!(in_memory(&flipped), streamed(&flipped), "bit {bit}");
+            }
+        }
     }
 }
