@@ -377,8 +377,9 @@ pub const START_FAILED: &str = "switchback.start_failed";
 struct StartFailure {
     slot: Slot,
     /// One of `no-partition`, `mount`, `no-kernel`, `kexec-load`,
-    /// `kexec-reboot` (and, from the UEFI boot stage, `load-image`): what
-    /// docs/boot-flow.md lists.
+    /// `kexec-reboot` (and, from the UEFI boot stage, `load-image`,
+    /// `unsigned`, `bad-signature`, `tampered`): what docs/boot-flow.md
+    /// lists.
     what: &'static str,
     errno: i32,
     detail: String,
@@ -437,6 +438,9 @@ pub fn describe_start_failure(value: &str) -> Option<(Slot, String)> {
         "kexec-reboot" => format!("the reboot into its kernel failed{because}"),
         // The UEFI boot stage: the code is the firmware's EFI_STATUS.
         "load-image" => format!("the firmware would not start its kernel (EFI status {errno:#x})"),
+        "unsigned" => "it holds no release signed for this device".to_string(),
+        "bad-signature" => "its release is not signed by a key the boot stage trusts".to_string(),
+        "tampered" => "its image no longer matches its signed release".to_string(),
         _ => return None,
     };
     Some((slot, format!("the boot stage could not start it: {why}")))
@@ -459,6 +463,11 @@ mod tests {
         let (slot, why) = describe_start_failure("slot_a:load-image:9223372036854775834").unwrap();
         assert_eq!(slot, Slot::A);
         assert!(why.ends_with("(EFI status 0x800000000000001a)"), "{why}");
+        let (_, why) = describe_start_failure("slot_b:tampered:0").unwrap();
+        assert!(
+            why.ends_with("no longer matches its signed release"),
+            "{why}"
+        );
         assert!(describe_start_failure("slot_b:something-else:1").is_none());
         assert!(describe_start_failure("slot_c:no-kernel:2").is_none());
     }

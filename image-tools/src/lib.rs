@@ -12,4 +12,5 @@ pub mod mkdisk;
 pub mod ops;
 pub mod programs;
 pub mod progress;
+pub mod stage;
 pub mod uki;

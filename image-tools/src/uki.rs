@@ -47,11 +47,23 @@ pub struct UkiOptions {
 
 /// The image base of the PE image `data` and the end of its last section
 /// relative to that base: where added sections may start.
-fn image_end(data: &[u8], what: &Path) -> Result<(u64, u64)> {
+pub fn program_end(data: &[u8], what: &Path) -> Result<(u64, u64)> {
     let pe = PeFile64::parse(data)
         .with_context(|| format!("{} is not a 64-bit EFI program", what.display()))?;
     let base = pe.relative_address_base();
-    let mut end = 0;
+    let end = pe
+        .sections()
+        .map(|s| s.address().saturating_sub(base) + s.size())
+        .max()
+        .unwrap_or(0);
+    Ok((base, end))
+}
+
+/// [`program_end`] of systemd's EFI stub, which is refused when it is not
+/// one.
+fn image_end(data: &[u8], what: &Path) -> Result<(u64, u64)> {
+    let pe = PeFile64::parse(data)
+        .with_context(|| format!("{} is not a 64-bit EFI program", what.display()))?;
     // systemd's EFI programs say what they are: in an .sdmagic section, or
     // (arm64 stubs of systemd 252, built with gnu-efi) in their data.
     // systemd-boot says so too, and is not a stub.
@@ -63,7 +75,6 @@ fn image_end(data: &[u8], what: &Path) -> Result<(u64, u64)> {
             let magic = s.data().unwrap_or_default();
             systemd_stub |= magic.windows(12).any(|w| w == b"systemd-stub");
         }
-        end = end.max(s.address().saturating_sub(base) + s.size());
     }
     if !systemd_stub {
         bail!(
@@ -71,7 +82,7 @@ fn image_end(data: &[u8], what: &Path) -> Result<(u64, u64)> {
             what.display()
         );
     }
-    Ok((base, end))
+    program_end(data, what)
 }
 
 /// The kernel the stub hands over to must be a Linux kernel with its own
@@ -124,7 +135,7 @@ pub fn build(opts: &UkiOptions) -> Result<()> {
             stub_path.display()
         )
     })?;
-    let (base, mut at) = image_end(&stub, &stub_path)?;
+    let (base, at) = image_end(&stub, &stub_path)?;
     match arch::pe_machine(&stub) {
         Some(m) if Arch::from_pe_machine(m) == Some(arch) => {}
         m => bail!(
@@ -159,18 +170,45 @@ pub fn build(opts: &UkiOptions) -> Result<()> {
     let cmdline = work.path().join("cmdline");
     std::fs::write(&cmdline, &opts.cmdline)?;
 
-    let mut cmd = Command::new(&objcopy);
     // `.linux` last, as `ukify` places it: the kernel's EFI stub may
-    // decompress into the room behind it. Addresses are absolute, as
-    // objcopy takes them (the image base plus the offset): stubs from
-    // systemd 254 on have a base far from 0.
-    for (name, path) in [
-        (".osrel", osrel.as_path()),
-        (".cmdline", cmdline.as_path()),
-        (".initrd", opts.initrd.as_path()),
-        (".linux", opts.kernel.as_path()),
-    ] {
-        let len = std::fs::metadata(path)?.len();
+    // decompress into the room behind it.
+    let tmp = work.path().join("uki.efi");
+    add_sections(
+        &objcopy,
+        &stub_path,
+        (base, at),
+        &[
+            (".osrel", osrel.as_path()),
+            (".cmdline", cmdline.as_path()),
+            (".initrd", opts.initrd.as_path()),
+            (".linux", opts.kernel.as_path()),
+        ],
+        &tmp,
+    )
+    .with_context(|| format!("building {}", opts.out.display()))?;
+    check_layout(&tmp)?;
+    std::fs::rename(&tmp, &opts.out).with_context(|| format!("writing {}", opts.out.display()))?;
+    Ok(())
+}
+
+/// Copies the EFI program `input` to `out` with `sections` (name, file)
+/// added in order, each page-aligned after the program's end (`base`, the
+/// image base, and `end`, the end of its last section relative to it).
+/// Addresses are absolute, as objcopy takes them (the image base plus the
+/// offset): stubs from systemd 254 on have a base far from 0.
+pub fn add_sections(
+    objcopy: &Path,
+    input: &Path,
+    (base, end): (u64, u64),
+    sections: &[(&str, &Path)],
+    out: &Path,
+) -> Result<()> {
+    let mut cmd = Command::new(objcopy);
+    let mut at = end;
+    for (name, path) in sections {
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
         at = at.div_ceil(PAGE) * PAGE;
         let vma = base + at;
         cmd.arg("--add-section")
@@ -179,21 +217,17 @@ pub fn build(opts: &UkiOptions) -> Result<()> {
             .arg(format!("{name}={vma:#x}"));
         at += len;
     }
-    let tmp = work.path().join("uki.efi");
     let output = cmd
-        .arg(&stub_path)
-        .arg(&tmp)
+        .arg(input)
+        .arg(out)
         .output()
         .with_context(|| format!("running {}", objcopy.display()))?;
     if !output.status.success() {
         bail!(
-            "objcopy failed building {}: {}",
-            opts.out.display(),
+            "objcopy failed: {}",
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    check_layout(&tmp)?;
-    std::fs::rename(&tmp, &opts.out).with_context(|| format!("writing {}", opts.out.display()))?;
     Ok(())
 }
 

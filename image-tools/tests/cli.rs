@@ -516,3 +516,44 @@ fn build_warns_when_chunks_need_more_memory_than_a_device_gives() {
         .success()
         .stderr(contains("warning").not());
 }
+
+/// `image-tools stage` adds a keyring only to Switchback's UEFI boot stage
+/// (systemd's stub, or any other EFI program, is refused) and only keys
+/// that are public ed25519 keys; nothing is written when it refuses.
+#[test]
+fn stage_refuses_what_is_not_the_stage_or_not_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    it().current_dir(d)
+        .args(["keygen", "--private", "k.pem", "--public", "k.pub"])
+        .assert()
+        .success();
+    let stub = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+    it().current_dir(d)
+        .args([
+            "stage",
+            "--efi",
+            stub,
+            "--public",
+            "k.pub",
+            "-o",
+            "BOOTX64.EFI",
+        ])
+        .assert()
+        .code(1)
+        .stderr(contains("is not Switchback's UEFI boot stage"));
+    it().current_dir(d)
+        .args([
+            "stage",
+            "--efi",
+            stub,
+            "--public",
+            "k.pem",
+            "-o",
+            "BOOTX64.EFI",
+        ])
+        .assert()
+        .failure()
+        .stderr(contains("k.pem"));
+    assert!(!d.join("BOOTX64.EFI").exists());
+}

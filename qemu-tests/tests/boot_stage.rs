@@ -358,3 +358,149 @@ fn after_the_uefi_stage_a_hang_is_reset_by_the_watchdog() {
         .attrs();
     assert_eq!((attrs[1].tries, attrs[1].successful), (0, false));
 }
+
+/// The vendor's key for the signed slots below.
+fn vendor_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[0x17; 32])
+}
+
+/// slot_a and slot_b as signed releases (their ext4 images, each with the
+/// signed head of its bundle as the slot trailer, as `updater install`
+/// leaves a slot), slot_b on trial and first changed by `change_b` (its
+/// image, and whether to write its trailer), the UEFI stage on the ESP
+/// trusting the vendor's key.
+fn signed_machine_disk(
+    dir: &Path,
+    kernel: &Kernel,
+    change_b: impl FnOnce(&mut Vec<u8>) -> bool,
+) -> PathBuf {
+    use image_tools::bundle::{self, BuildOptions, ImageSource, Keyring};
+    let key = vendor_key();
+    let efi = dir.join("BOOTX64.EFI");
+    image_tools::stage::with_keyring(
+        kernel.arch,
+        &uefi_boot_stage(kernel.arch).unwrap(),
+        &[key.verifying_key().to_bytes()],
+        &efi,
+    )
+    .unwrap();
+    let disk = dir.join("disk.img");
+    let p = disk_with_efi(kernel.arch, &efi, slot_size(kernel.arch).1, &disk).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    let keyring = Keyring::from_verifying_keys([key.verifying_key()]);
+    let mut change_b = Some(change_b);
+    for (slot, name, version) in [(0, "A", "1.0.0"), (1, "B", "2.0.0")] {
+        let img = slot_image(dir, kernel, name, Some(""));
+        let out = dir.join(format!("{name}.swb"));
+        let opts = BuildOptions {
+            compatible: "switchback-qemu".into(),
+            version: version.into(),
+            security_version: 1,
+            data_schema: None,
+            build_time: 1,
+            level: 3,
+            chunk_size: 4 << 20,
+            threads: 2,
+            migrations: Vec::new(),
+            base: None,
+        };
+        let src = [ImageSource {
+            target: "rootfs".into(),
+            path: img.clone(),
+        }];
+        bundle::build(&opts, &src, std::slice::from_ref(&key), &out, &mut |_| {}).unwrap();
+        let head = image_tools::ops::open(&out)
+            .unwrap()
+            .verify(&keyring)
+            .unwrap()
+            .head;
+        let mut bytes = std::fs::read(&img).unwrap();
+        let trailer = match change_b.take_if(|_| slot == 1) {
+            Some(change) => change(&mut bytes),
+            None => true,
+        };
+        let at = p.slots[slot];
+        f.write_all_at(&bytes, at.offset).unwrap();
+        if trailer {
+            bundle::trailer::write(&f, at.offset, at.size, &head).unwrap();
+        }
+    }
+    Disk::open(&disk, None, true)
+        .unwrap()
+        .set_active(Slot::B, 3)
+        .unwrap();
+    disk
+}
+
+/// With a keyring, the stage starts a slot only once its signed trailer
+/// verifies, and every byte it reads from the slot matched its chunk's
+/// signed hash.
+#[test]
+fn the_uefi_stage_starts_a_slot_whose_signed_release_verifies() {
+    let kernel = Kernel::debian().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = signed_machine_disk(dir.path(), &kernel, |_| true);
+    let mut vm = boot(Firmware::Ovmf, &disk);
+    vm.expect(
+        "switchback boot stage: trusting 1 key(s)",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    vm.expect(
+        "switchback boot stage: slot_b holds switchback-qemu 2.0.0, signed by a trusted key",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    vm.expect("SLOT B RUNNING:", Duration::from_secs(120))
+        .unwrap();
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+}
+
+/// A byte of slot_b's kernel changed after its install (as a bit flip of
+/// the medium or someone with the disk would): its chunk no longer matches
+/// the signed release, so slot_b is marked bad and slot_a told why. A
+/// slot with no signed release at all is refused the same way.
+#[test]
+fn the_uefi_stage_refuses_a_changed_or_unsigned_slot() {
+    let kernel = Kernel::debian().unwrap();
+    let vmlinuz = std::fs::read(&kernel.vmlinuz).unwrap();
+    let probe = vmlinuz[0x4000..0x4040].to_vec();
+    type Change = Box<dyn FnOnce(&mut Vec<u8>) -> bool>;
+    let cases: [(&str, Change); 2] = [
+        (
+            "tampered",
+            Box::new(move |img: &mut Vec<u8>| {
+                let at = img
+                    .windows(probe.len())
+                    .position(|w| w == probe.as_slice())
+                    .expect("the kernel's bytes in slot_b's image");
+                img[at + 7] ^= 0x01;
+                true
+            }),
+        ),
+        ("unsigned", Box::new(|_: &mut Vec<u8>| false)),
+    ];
+    for (what, change) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = signed_machine_disk(dir.path(), &kernel, change);
+        let mut vm = boot(Firmware::Ovmf, &disk);
+        let why = vm
+            .expect("cannot boot slot_b", Duration::from_secs(120))
+            .unwrap();
+        println!("{what}: {why}");
+        let running = vm
+            .expect("SLOT A RUNNING:", Duration::from_secs(120))
+            .unwrap();
+        assert!(
+            running.contains(&format!("switchback.start_failed=slot_b:{what}:0")),
+            "{running}"
+        );
+        vm.wait_exit(Duration::from_secs(60)).unwrap();
+        let attrs = Disk::open(&disk, None, false)
+            .unwrap()
+            .read()
+            .unwrap()
+            .attrs();
+        assert_eq!(attrs[1], BootAttrs::UNBOOTABLE, "{what}");
+    }
+}

@@ -15,14 +15,18 @@
 extern crate alloc;
 
 mod disk;
+mod keyring;
 mod linux;
+mod verify;
 mod watchdog;
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use bootctl_core::{Slot, State};
 use disk::Disk;
+use switchback_bundle::Keyring;
 use uefi::boot;
 use uefi::prelude::*;
 use uefi::proto::media::block::BlockIO;
@@ -89,7 +93,21 @@ struct StartFailure {
     detail: String,
 }
 
+/// The stage's keyring; `None` for a stage without one, which starts
+/// slots unverified and says so at every boot.
+fn trusted() -> Result<Option<Keyring>, String> {
+    let keys = keyring::load().map_err(|e| format!("its keyring: {e}"))?;
+    let Some(keys) = keys else {
+        say("WARNING: this stage has no keyring (image-tools stage adds one): slots start unverified");
+        return Ok(None);
+    };
+    let keyring = Keyring::from_raw_keys(&keys).map_err(|e| format!("its keyring: {e}"))?;
+    say(&format!("trusting {} key(s)", keys.len()));
+    Ok(Some(keyring))
+}
+
 fn run() -> Result<(), String> {
+    let keyring = trusted()?;
     let (mut disk, state) = find_disk()?;
     let sector = disk.block_size();
     say(&format!(
@@ -141,7 +159,13 @@ fn run() -> Result<(), String> {
                 f.code
             );
         }
-        let failure = boot_slot(handle, slot, entry.first_lba, entry.last_lba, &cmdline);
+        let failure = boot_slot(
+            handle,
+            slot,
+            (entry.first_lba, entry.last_lba),
+            keyring.as_ref(),
+            &cmdline,
+        );
         say(&format!("cannot boot {slot}: {}", failure.detail));
         if slot == chosen.slot && !state.attrs()[slot.index()].successful {
             // Seen at once by the updater on the other slot, not after its
@@ -162,35 +186,92 @@ fn run() -> Result<(), String> {
     Err("no slot could be booted".into())
 }
 
-/// Reads the slot's kernel and initramfs and starts the kernel; returns
-/// only when it could not.
-fn boot_slot(handle: Handle, slot: Slot, first: u64, last: u64, cmdline: &str) -> StartFailure {
+/// The largest kernel or initramfs the stage reads into memory: far above
+/// any real one, far below what a hostile file system could claim.
+const MAX_BOOT_FILE: u64 = 256 << 20;
+
+/// Reads the slot's kernel and initramfs, checked against its signed
+/// release when there is a keyring, and starts the kernel; returns only
+/// when it could not.
+fn boot_slot(
+    handle: Handle,
+    slot: Slot,
+    (first, last): (u64, u64),
+    keyring: Option<&Keyring>,
+    cmdline: &str,
+) -> StartFailure {
     let fail = |what, code, detail| StartFailure {
         slot,
         what,
         code,
         detail,
     };
-    let Some(part) = Disk::part(handle, first, last) else {
+    let Some(mut part) = Disk::part(handle, first, last) else {
         return fail(
             "no-partition",
             0,
             format!("LBAs {first}..={last} are not on the disk"),
         );
     };
-    let fs = match ext4_view::Ext4::load(alloc::boxed::Box::new(part)) {
-        Ok(fs) => fs,
-        Err(e) => return fail("mount", 0, format!("reading its file system: {e}")),
-    };
-    let kernel: Vec<u8> = match fs.read("/boot/vmlinuz") {
-        Ok(k) => k,
-        // ENOENT, as the Linux boot stage reports a missing file.
-        Err(ext4_view::Ext4Error::NotFound) => {
-            return fail("no-kernel", 2, "it has no /boot/vmlinuz".into())
+    let mut mismatch = None;
+    let reader: Box<dyn ext4_view::Ext4Read> = match keyring {
+        None => Box::new(part),
+        Some(keyring) => {
+            let checked = verify::release(&mut part, keyring).and_then(|manifest| {
+                say(&format!(
+                    "{slot} holds {} {}, signed by a trusted key",
+                    manifest.compatible, manifest.version
+                ));
+                verify::Verified::new(part, manifest)
+            });
+            match checked {
+                Ok((verified, m)) => {
+                    mismatch = Some(m);
+                    Box::new(verified)
+                }
+                Err(r) => return fail(r.what, 0, r.detail),
+            }
         }
-        Err(e) => return fail("no-kernel", 0, format!("reading /boot/vmlinuz: {e}")),
     };
-    let initrd = fs.read("/boot/initrd.img").ok();
+    // A read that met a chunk unlike its signed hash is why, whatever ext4
+    // made of it.
+    let why = |detail: String| -> StartFailure {
+        match mismatch.as_ref().and_then(|m| m.get()) {
+            Some(chunk) => fail(
+                "tampered",
+                0,
+                format!("chunk {chunk} of its image does not match its signed release"),
+            ),
+            None => fail("mount", 0, detail),
+        }
+    };
+    let fs = match ext4_view::Ext4::load(reader) {
+        Ok(fs) => fs,
+        Err(e) => return why(format!("reading its file system: {e}")),
+    };
+    let read = |path: &str| -> Result<Option<Vec<u8>>, String> {
+        let len = match fs.metadata(path) {
+            Ok(m) => m.len(),
+            Err(ext4_view::Ext4Error::NotFound) => return Ok(None),
+            Err(e) => return Err(format!("reading {path}: {e}")),
+        };
+        if len > MAX_BOOT_FILE {
+            return Err(format!("{path} is {len} bytes, more than {MAX_BOOT_FILE}"));
+        }
+        fs.read(path)
+            .map(Some)
+            .map_err(|e| format!("reading {path}: {e}"))
+    };
+    let kernel = match read("/boot/vmlinuz") {
+        Ok(Some(k)) => k,
+        // ENOENT, as the Linux boot stage reports a missing file.
+        Ok(None) => return fail("no-kernel", 2, "it has no /boot/vmlinuz".into()),
+        Err(e) => return why(e),
+    };
+    let initrd = match read("/boot/initrd.img") {
+        Ok(i) => i,
+        Err(e) => return why(e),
+    };
     say(&format!(
         "read the kernel of {slot} ({} bytes) and its initramfs ({} bytes)",
         kernel.len(),

@@ -6,6 +6,7 @@ use image_tools::bundle::{default_threads, keys};
 use image_tools::cli::{self, BuildArgs, Trust};
 use image_tools::mkdisk::{self, MkdiskOptions};
 use image_tools::ops;
+use image_tools::stage::{self, StageOptions};
 use image_tools::uki::{self, UkiOptions};
 use std::path::PathBuf;
 
@@ -75,6 +76,8 @@ enum Command {
     Mkdisk(MkdiskOptions),
     /// Make the boot stage's EFI program: systemd's EFI stub with a kernel, an initramfs and a command line (a UKI).
     Uki(UkiOptions),
+    /// Make the UEFI boot stage for the ESP: the stage as built (.ci/boot-efi) with the keys it verifies slots against.
+    Stage(StageOptions),
     /// Wrap a signed bundle as a SWUpdate-style .swu for fleet servers.
     Swu(cli::SwuArgs),
 }
@@ -138,6 +141,7 @@ fn run(cli: Cli) -> Result<()> {
             uki::build(&opts)?;
             println!("{}: the boot stage as an EFI program", opts.out.display());
         }
+        Command::Stage(opts) => println!("{}", stage::build(&opts)?),
         Command::Swu(args) => println!("{}", cli::swu(&args)?),
     }
     Ok(())

@@ -1,0 +1,109 @@
+//! The UEFI boot stage with the keys it trusts: `image-tools stage` adds a
+//! `.keyring` section to the stage's EFI program (`switchback-boot.efi`,
+//! built by `.ci/boot-efi`), which the stage reads from its own image at
+//! every boot to verify a slot's signed release before it starts the
+//! slot's kernel (docs/boot-flow.md, "The UEFI boot stage"). Under Secure
+//! Boot the vendor signs the result, so the keyring is covered by the
+//! firmware's check like the code that uses it.
+//!
+//! The section: the magic `SWKEYS1\0`, then each trusted ed25519 public key
+//! as its 32 raw bytes.
+
+use crate::arch::{self, Arch};
+use crate::programs::find_program;
+use crate::uki;
+use anyhow::{bail, ensure, Context, Result};
+use std::path::{Path, PathBuf};
+
+pub const KEYRING_SECTION: &str = ".keyring";
+pub const KEYRING_MAGIC: &[u8; 8] = b"SWKEYS1\0";
+/// What only Switchback's boot stage says (its console lines).
+const STAGE_MARK: &[u8] = b"switchback boot stage: ";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StageOptions {
+    /// The machine the stage is built for.
+    #[arg(long, value_enum, default_value_t)]
+    pub arch: Arch,
+    /// The stage as built (`.ci/boot-efi` prints its path).
+    #[arg(long)]
+    pub efi: PathBuf,
+    #[command(flatten)]
+    pub trust: crate::cli::Trust,
+    /// The EFI program to write, for the ESP (replaced).
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+/// `image-tools stage`: the stage with the keys `opts.trust` names; what
+/// it made, in words.
+pub fn build(opts: &StageOptions) -> Result<String> {
+    let keys = opts.trust.load()?.raw_keys();
+    with_keyring(opts.arch, &opts.efi, &keys, &opts.out)?;
+    Ok(format!(
+        "{}: the UEFI boot stage, trusting {} key(s)",
+        opts.out.display(),
+        keys.len()
+    ))
+}
+
+/// The `.keyring` section's bytes for `keys`.
+pub fn keyring_section(keys: &[[u8; 32]]) -> Vec<u8> {
+    let mut out = KEYRING_MAGIC.to_vec();
+    for k in keys {
+        out.extend_from_slice(k);
+    }
+    out
+}
+
+/// Writes `out`: the stage at `efi` with `keys` as its keyring.
+pub fn with_keyring(arch: Arch, efi: &Path, keys: &[[u8; 32]], out: &Path) -> Result<()> {
+    ensure!(
+        !keys.is_empty(),
+        "a boot stage needs at least one trusted key"
+    );
+    let data = std::fs::read(efi).with_context(|| format!("reading {}", efi.display()))?;
+    match arch::pe_machine(&data) {
+        Some(m) if Arch::from_pe_machine(m) == Some(arch) => {}
+        m => bail!(
+            "{} is for {}, not {arch}",
+            efi.display(),
+            m.map_or_else(|| "no known machine".into(), arch::pe_machine_name)
+        ),
+    }
+    if !data.windows(STAGE_MARK.len()).any(|w| w == STAGE_MARK) {
+        bail!(
+            "{} is not Switchback's UEFI boot stage (build it with .ci/boot-efi)",
+            efi.display()
+        );
+    }
+    if uki::section(efi, KEYRING_SECTION).is_ok() {
+        bail!(
+            "{} has a keyring already: start from the stage as built",
+            efi.display()
+        );
+    }
+    let end = uki::program_end(&data, efi)?;
+    let (objcopy, package) = arch.objcopy();
+    let objcopy = find_program(objcopy).with_context(|| {
+        format!("{objcopy} not found: install {package} to build an {arch} EFI program")
+    })?;
+    let out_dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let work = tempfile::tempdir_in(out_dir)
+        .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
+    let section = work.path().join("keyring");
+    std::fs::write(&section, keyring_section(keys))?;
+    let tmp = work.path().join("stage.efi");
+    uki::add_sections(&objcopy, efi, end, &[(KEYRING_SECTION, &section)], &tmp)
+        .with_context(|| format!("building {}", out.display()))?;
+    ensure!(
+        uki::section(&tmp, KEYRING_SECTION)? == keyring_section(keys),
+        "objcopy did not add the keyring to {}",
+        out.display()
+    );
+    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
