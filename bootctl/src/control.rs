@@ -269,6 +269,10 @@ fn update_error<C>(
                     io::ErrorKind::InvalidData,
                     "no room for the backup entry array",
                 ),
+                WriteError::NoRoomForPrimary => io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "no room for the primary entry array",
+                ),
                 WriteError::Device(e) => e,
             };
             Error::io(path, "write GPT")(source)

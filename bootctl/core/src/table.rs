@@ -404,6 +404,12 @@ impl Gpt {
             Ok(p) => p.header.entries_lba,
             Err(_) => 2,
         };
+        // A primary rebuilt from the backup goes where the specification
+        // puts it, LBA 2 on: refused when the backup's usable LBAs say
+        // partitions start before that array would end.
+        if primary_entries_lba.saturating_add(array_sectors) > src.header.first_usable_lba {
+            return Err(WriteError::NoRoomForPrimary);
+        }
         let mut array = entries.to_vec();
         array.resize(array_sectors as usize * sector, 0);
         let backup_header = src
@@ -440,6 +446,8 @@ pub enum WriteError<E> {
     SizeChanged,
     /// The backup's array would reach into the partitions.
     NoRoomForBackup,
+    /// The primary's array would reach into the partitions.
+    NoRoomForPrimary,
     /// The device failed a write or a sync.
     Device(E),
 }
@@ -449,6 +457,7 @@ impl<E: fmt::Display> fmt::Display for WriteError<E> {
         match self {
             WriteError::SizeChanged => f.write_str("entry array size changed"),
             WriteError::NoRoomForBackup => f.write_str("no room for the backup entry array"),
+            WriteError::NoRoomForPrimary => f.write_str("no room for the primary entry array"),
             WriteError::Device(e) => e.fmt(f),
         }
     }

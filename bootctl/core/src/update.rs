@@ -297,4 +297,27 @@ mod tests {
         ));
         assert_eq!(err.to_string(), "write GPT: write protected");
     }
+
+    /// A backup whose usable LBAs start before the primary's array would end
+    /// (LBA 2 on) cannot rebuild the primary there: that write would land
+    /// in a partition. Refused, and nothing is written.
+    #[test]
+    fn a_primary_rebuilt_from_the_backup_never_reaches_into_a_partition() {
+        let mut dev = disk(512);
+        let last = dev.0.len() / 512 - 1;
+        let h = &mut dev.0[last * 512..][..512];
+        let size = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
+        h[40..48].copy_from_slice(&20u64.to_le_bytes());
+        h[16..20].fill(0);
+        let crc = crc32fast::hash(&h[..size]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        dev.0[512..1024].fill(0);
+        let before = dev.0.clone();
+        let e = set_active(&mut dev, 512, Slot::B, 3).unwrap_err();
+        assert!(
+            matches!(e, UpdateError::Write(WriteError::NoRoomForPrimary)),
+            "{e:?}"
+        );
+        assert!(dev.0 == before, "nothing may be written");
+    }
 }

@@ -69,7 +69,9 @@ impl Disk {
         let len = media.last_block().checked_add(1)?.checked_mul(block)?;
         Some(Disk {
             media_id: media.media_id(),
-            align: (media.io_align() as usize).max(1),
+            // IoAlign is 0, 1 or a power of two (UEFI 2.10 §13.9); anything
+            // else is taken up to one.
+            align: (media.io_align() as usize).max(1).next_power_of_two(),
             block,
             base: 0,
             len,

@@ -138,14 +138,17 @@ fn offer_initrd(data: Vec<u8>) -> Result<Offered, StartError> {
 
 /// Loads `kernel` (a PE image with Linux's EFI stub) and starts it with
 /// `cmdline` and `initrd`. Returns only when it could not be started.
-pub fn start(kernel: &[u8], initrd: Option<Vec<u8>>, cmdline: &str) -> StartError {
-    let image = match boot::load_image(
+pub fn start(kernel: Vec<u8>, initrd: Option<Vec<u8>>, cmdline: &str) -> StartError {
+    let loaded = boot::load_image(
         boot::image_handle(),
         LoadImageSource::FromBuffer {
-            buffer: kernel,
+            buffer: &kernel,
             file_path: None,
         },
-    ) {
+    );
+    // The firmware has its own copy now: this one's memory is the kernel's.
+    drop(kernel);
+    let image = match loaded {
         Ok(image) => image,
         Err(e) => {
             return StartError {
@@ -186,7 +189,8 @@ pub fn start(kernel: &[u8], initrd: Option<Vec<u8>>, cmdline: &str) -> StartErro
     if let Some(offered) = offered {
         offered.withdraw();
     }
-    let _ = boot::unload_image(image);
+    // An application that returned from StartImage is unloaded by the
+    // firmware already (UEFI 2.10 §7.4, Exit): its handle is not ours.
     StartError {
         what: "the kernel returned (StartImage)",
         status,

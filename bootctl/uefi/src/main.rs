@@ -55,8 +55,25 @@ const WATCHDOG_S: u32 = match option_env!("SWITCHBACK_WATCHDOG") {
     None => 60,
 };
 
+/// A console line. Never fails: the firmware's console takes UCS-2 only, so
+/// anything else (a partition name or a version from the disk) is shown
+/// as `?`, and a console that refuses a line is ignored rather than
+/// stopping the boot.
 fn say(msg: &str) {
-    uefi::println!("switchback boot stage: {msg}");
+    use core::fmt::Write;
+    let line: String = msg
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    uefi::system::with_stdout(|out| {
+        let _ = writeln!(out, "switchback boot stage: {line}");
+    });
 }
 
 #[entry]
@@ -64,8 +81,23 @@ fn main() -> Status {
     if let Err(e) = run() {
         say(&format!("FAILED: {e}; resetting in 10 s"));
     }
+    reset()
+}
+
+/// Waits 10 s (the console can be read), then resets the machine: the next
+/// boot counts another try, and in the end falls back. Never a power-off,
+/// which an appliance nobody is near would not come back from.
+fn reset() -> ! {
     boot::stall(core::time::Duration::from_secs(10));
     uefi::runtime::reset(uefi::runtime::ResetType::COLD, Status::ABORTED, None)
+}
+
+/// A panic (a bug, or something hostile the checks missed) resets as a
+/// failure does; the `uefi` crate's own handler powers the machine off.
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    say(&format!("PANIC: {info}; resetting in 10 s"));
+    reset()
 }
 
 /// The disk whose table holds `slot_a` and `slot_b`.
@@ -82,6 +114,32 @@ fn find_disk() -> Result<(Disk, State), String> {
         }
     }
     Err("no disk has partitions named slot_a and slot_b".into())
+}
+
+/// What to boot when this boot's try cannot be recorded (a table the flip
+/// refuses to write, a medium turned read-only): never nothing, which is a
+/// brick, but not a slot on trial either, whose hang would then repeat
+/// for ever with no try ever spent. The committed slot when there is one.
+fn unrecorded(state: &State, why: &str) -> bootctl_core::Selection {
+    let next = state.next();
+    let other = next.slot.other();
+    let theirs = state.attrs()[other.index()];
+    if next.spent_try && theirs.successful && theirs.priority > 0 {
+        say(&format!(
+            "cannot record this boot's try ({why}); booting the committed {other}, not {} on trial",
+            next.slot
+        ));
+        return bootctl_core::Selection {
+            slot: other,
+            attrs: theirs,
+            spent_try: false,
+            fallback: false,
+        };
+    }
+    say(&format!(
+        "cannot record this boot's try ({why}); booting without recording it"
+    ));
+    next
 }
 
 /// Why a slot could not be started, as `switchback.start_failed` tells the
@@ -116,13 +174,7 @@ fn run() -> Result<(), String> {
     ));
     let chosen = match bootctl_core::spend_try(&mut disk, sector) {
         Ok((chosen, _)) => chosen,
-        // Never a brick: boot what the flags say, without the spent try.
-        Err(e) => {
-            say(&format!(
-                "cannot record this boot's try ({e}); booting without recording it"
-            ));
-            state.next()
-        }
+        Err(e) => unrecorded(&state, &e.to_string()),
     };
     if chosen.fallback {
         say(&format!(
@@ -135,10 +187,6 @@ fn run() -> Result<(), String> {
         "selected {} (priority {}, tries {}, successful {} after this try)",
         chosen.slot, a.priority, a.tries, a.successful
     ));
-    match watchdog::arm(WATCHDOG_S) {
-        Ok(()) => say(&format!("watchdog armed: {WATCHDOG_S} s")),
-        Err(e) => say(&format!("no watchdog ({e}); a hang will not be reset")),
-    }
     let state = bootctl_core::read_unchecked(&mut disk, sector)
         .map_err(|e| format!("reading the boot flags again: {e}"))?;
     let handle = disk.handle();
@@ -158,6 +206,9 @@ fn run() -> Result<(), String> {
                 f.what,
                 f.code
             );
+        }
+        if slot != chosen.slot {
+            spend_fallback_try(handle, sector, slot, state.attrs()[slot.index()]);
         }
         let failure = boot_slot(
             handle,
@@ -184,6 +235,37 @@ fn run() -> Result<(), String> {
         failed.get_or_insert(failure);
     }
     Err("no slot could be booted".into())
+}
+
+/// Spends a try of the slot started because the chosen one could not be,
+/// when it is on trial: else a hang of an unproven fall-back would repeat
+/// at every power-on without ever counting.
+fn spend_fallback_try(handle: Handle, sector: u64, slot: Slot, attrs: bootctl_core::BootAttrs) {
+    if attrs.successful || attrs.tries == 0 {
+        return;
+    }
+    let spent = Disk::whole(handle)
+        .ok_or_else(|| "the disk went away".to_string())
+        .and_then(|mut d| {
+            bootctl_core::update(&mut d, sector, |a| {
+                let t = &mut a[slot.index()];
+                t.tries = t.tries.saturating_sub(1);
+                Ok::<(), core::convert::Infallible>(())
+            })
+            .map_err(|e| e.to_string())
+        });
+    if let Err(e) = spent {
+        say(&format!("cannot record the try of {slot} ({e})"));
+    }
+}
+
+/// Arms the watchdog just before a kernel starts, so the release gets its
+/// whole time whatever the stage spent reading and checking.
+fn arm_watchdog() {
+    match watchdog::arm(WATCHDOG_S) {
+        Ok(()) => say(&format!("watchdog armed: {WATCHDOG_S} s")),
+        Err(e) => say(&format!("no watchdog ({e}); a hang will not be reset")),
+    }
 }
 
 /// The largest kernel or initramfs the stage reads into memory: far above
@@ -245,43 +327,58 @@ fn boot_slot(
             None => fail("mount", 0, detail),
         }
     };
-    let fs = match ext4_view::Ext4::load(reader) {
-        Ok(fs) => fs,
-        Err(e) => return why(format!("reading its file system: {e}")),
-    };
-    let read = |path: &str| -> Result<Option<Vec<u8>>, String> {
-        let len = match fs.metadata(path) {
-            Ok(m) => m.len(),
-            Err(ext4_view::Ext4Error::NotFound) => return Ok(None),
-            Err(e) => return Err(format!("reading {path}: {e}")),
-        };
-        if len > MAX_BOOT_FILE {
-            return Err(format!("{path} is {len} bytes, more than {MAX_BOOT_FILE}"));
-        }
-        fs.read(path)
-            .map(Some)
-            .map_err(|e| format!("reading {path}: {e}"))
-    };
-    let kernel = match read("/boot/vmlinuz") {
-        Ok(Some(k)) => k,
-        // ENOENT, as the Linux boot stage reports a missing file.
-        Ok(None) => return fail("no-kernel", 2, "it has no /boot/vmlinuz".into()),
-        Err(e) => return why(e),
-    };
-    let initrd = match read("/boot/initrd.img") {
-        Ok(i) => i,
-        Err(e) => return why(e),
+    let (kernel, initrd) = match boot_files(reader) {
+        Ok(files) => files,
+        Err((Some(what), code, detail)) => return fail(what, code, detail),
+        Err((None, _, detail)) => return why(detail),
     };
     say(&format!(
         "read the kernel of {slot} ({} bytes) and its initramfs ({} bytes)",
         kernel.len(),
         initrd.as_ref().map_or(0, Vec::len)
     ));
+    arm_watchdog();
     say(&format!("booting {slot}: {cmdline}"));
-    let e = linux::start(&kernel, initrd, cmdline);
+    let e = linux::start(kernel, initrd, cmdline);
     fail(
         "load-image",
         e.status.0 as u64,
         format!("{}: {:?}", e.what, e.status),
     )
+}
+
+/// A reason a slot's files could not be read: its `what` when known (else
+/// the caller decides between a damaged file system and a changed chunk),
+/// a code and the detail.
+type FilesError = (Option<&'static str>, u64, String);
+
+/// The slot's kernel and initramfs (if any). The file system and the
+/// verified chunks it kept are dropped on return, before the kernel needs
+/// the memory.
+fn boot_files(
+    reader: Box<dyn ext4_view::Ext4Read>,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), FilesError> {
+    let fs = ext4_view::Ext4::load(reader)
+        .map_err(|e| (None, 0, format!("reading its file system: {e}")))?;
+    let read = |path: &str| -> Result<Option<Vec<u8>>, FilesError> {
+        let len = match fs.metadata(path) {
+            Ok(m) => m.len(),
+            Err(ext4_view::Ext4Error::NotFound) => return Ok(None),
+            Err(e) => return Err((None, 0, format!("reading {path}: {e}"))),
+        };
+        if len > MAX_BOOT_FILE {
+            return Err((
+                None,
+                0,
+                format!("{path} is {len} bytes, more than {MAX_BOOT_FILE}"),
+            ));
+        }
+        fs.read(path)
+            .map(Some)
+            .map_err(|e| (None, 0, format!("reading {path}: {e}")))
+    };
+    // ENOENT, as the Linux boot stage reports a missing file.
+    let kernel =
+        read("/boot/vmlinuz")?.ok_or((Some("no-kernel"), 2, "it has no /boot/vmlinuz".into()))?;
+    Ok((kernel, read("/boot/initrd.img")?))
 }

@@ -74,7 +74,13 @@ pub fn arm(timeout_s: u32) -> Result<(), String> {
 }
 
 fn program(bridge: &mut PciRootBridgeIo, addr: PciIoAddress, timeout_s: u32) -> uefi::Result {
-    let base = u64::from(bridge.pci().read_one::<u32>(addr.with_register(BAR0))? & !0xf);
+    let bar = bridge.pci().read_one::<u32>(addr.with_register(BAR0))?;
+    // A memory BAR (bit 0 clear), 32-bit (type 00 in bits 2:1, as the
+    // 6300ESB's is), and assigned by the firmware.
+    let base = u64::from(bar & !0xf);
+    if bar & 0x7 != 0 || base == 0 {
+        return Err(uefi::Status::DEVICE_ERROR.into());
+    }
     let command = bridge.pci().read_one::<u16>(addr.with_register(COMMAND))?;
     bridge
         .pci()
