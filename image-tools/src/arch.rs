@@ -101,6 +101,18 @@ pub fn pe_machine(data: &[u8]) -> Option<u16> {
     ))
 }
 
+/// Refuses a PE image that is not for `arch`; `named` says which file, as
+/// the message starts ("the EFI stub /usr/lib/...").
+pub fn check_pe_machine(data: &[u8], named: &str, arch: Arch) -> anyhow::Result<()> {
+    match pe_machine(data) {
+        Some(m) if Arch::from_pe_machine(m) == Some(arch) => Ok(()),
+        m => anyhow::bail!(
+            "{named} is for {}, not {arch}",
+            m.map_or_else(|| "no known machine".into(), pe_machine_name)
+        ),
+    }
+}
+
 /// A machine named for a message: ours by name, others by number.
 pub fn pe_machine_name(m: u16) -> String {
     Arch::from_pe_machine(m).map_or_else(|| format!("machine {m:#06x}"), |a| a.to_string())

@@ -10,7 +10,6 @@
 //! as its 32 raw bytes.
 
 use crate::arch::{self, Arch};
-use crate::programs::find_program;
 use crate::uki;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
@@ -63,14 +62,7 @@ pub fn with_keyring(arch: Arch, efi: &Path, keys: &[[u8; 32]], out: &Path) -> Re
         "a boot stage needs at least one trusted key"
     );
     let data = std::fs::read(efi).with_context(|| format!("reading {}", efi.display()))?;
-    match arch::pe_machine(&data) {
-        Some(m) if Arch::from_pe_machine(m) == Some(arch) => {}
-        m => bail!(
-            "{} is for {}, not {arch}",
-            efi.display(),
-            m.map_or_else(|| "no known machine".into(), arch::pe_machine_name)
-        ),
-    }
+    arch::check_pe_machine(&data, &efi.display().to_string(), arch)?;
     if !data.windows(STAGE_MARK.len()).any(|w| w == STAGE_MARK) {
         bail!(
             "{} is not Switchback's UEFI boot stage (build it with .ci/boot-efi)",
@@ -84,16 +76,8 @@ pub fn with_keyring(arch: Arch, efi: &Path, keys: &[[u8; 32]], out: &Path) -> Re
         );
     }
     let end = uki::program_end(&data, efi)?;
-    let (objcopy, package) = arch.objcopy();
-    let objcopy = find_program(objcopy).with_context(|| {
-        format!("{objcopy} not found: install {package} to build an {arch} EFI program")
-    })?;
-    let out_dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let work = tempfile::tempdir_in(out_dir)
-        .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
+    let objcopy = uki::objcopy_for(arch)?;
+    let work = uki::work_dir_beside(out)?;
     let section = work.path().join("keyring");
     std::fs::write(&section, keyring_section(keys))?;
     let tmp = work.path().join("stage.efi");

@@ -121,10 +121,7 @@ fn check_kernel(kernel: &[u8], path: &Path, arch: Arch) -> Result<()> {
 /// renamed).
 pub fn build(opts: &UkiOptions) -> Result<()> {
     let arch = opts.arch;
-    let (objcopy, package) = arch.objcopy();
-    let objcopy = find_program(objcopy).with_context(|| {
-        format!("{objcopy} not found: install {package} to build an {arch} EFI program")
-    })?;
+    let objcopy = objcopy_for(arch)?;
     let stub_path = opts
         .stub
         .clone()
@@ -136,14 +133,11 @@ pub fn build(opts: &UkiOptions) -> Result<()> {
         )
     })?;
     let (base, at) = image_end(&stub, &stub_path)?;
-    match arch::pe_machine(&stub) {
-        Some(m) if Arch::from_pe_machine(m) == Some(arch) => {}
-        m => bail!(
-            "the EFI stub {} is for {}, not {arch}",
-            stub_path.display(),
-            m.map_or_else(|| "no known machine".into(), arch::pe_machine_name)
-        ),
-    }
+    arch::check_pe_machine(
+        &stub,
+        &format!("the EFI stub {}", stub_path.display()),
+        arch,
+    )?;
     let kernel = std::fs::read(&opts.kernel)
         .with_context(|| format!("reading the kernel {}", opts.kernel.display()))?;
     check_kernel(&kernel, &opts.kernel, arch)?;
@@ -153,12 +147,7 @@ pub fn build(opts: &UkiOptions) -> Result<()> {
     let initrd = std::fs::read(&opts.initrd)
         .with_context(|| format!("reading the initramfs {}", opts.initrd.display()))?;
     arch::check_initramfs(&initrd, &opts.initrd, arch)?;
-    let out_dir = match opts.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let work = tempfile::tempdir_in(out_dir)
-        .with_context(|| format!("creating a work directory in {}", out_dir.display()))?;
+    let work = work_dir_beside(&opts.out)?;
     let osrel = work.path().join("osrel");
     std::fs::write(
         &osrel,
@@ -189,6 +178,25 @@ pub fn build(opts: &UkiOptions) -> Result<()> {
     check_layout(&tmp)?;
     std::fs::rename(&tmp, &opts.out).with_context(|| format!("writing {}", opts.out.display()))?;
     Ok(())
+}
+
+/// The objcopy that writes `arch`'s PE images.
+pub fn objcopy_for(arch: Arch) -> Result<PathBuf> {
+    let (objcopy, package) = arch.objcopy();
+    find_program(objcopy).with_context(|| {
+        format!("{objcopy} not found: install {package} to build an {arch} EFI program")
+    })
+}
+
+/// A work directory beside `out`, so that the finished program is renamed
+/// over it (never half-written under its name).
+pub fn work_dir_beside(out: &Path) -> Result<tempfile::TempDir> {
+    let out_dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    tempfile::tempdir_in(out_dir)
+        .with_context(|| format!("creating a work directory in {}", out_dir.display()))
 }
 
 /// Copies the EFI program `input` to `out` with `sections` (name, file)

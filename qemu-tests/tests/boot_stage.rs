@@ -43,6 +43,22 @@ fn slot_size(arch: Arch) -> (&'static str, u64) {
     }
 }
 
+/// The slots' flags on `disk`, as a reader sees them.
+fn flags(disk: &Path) -> [BootAttrs; 2] {
+    Disk::open(disk, None, false)
+        .unwrap()
+        .read()
+        .unwrap()
+        .attrs()
+}
+
+/// slot_b, on trial with 3 tries, after the one boot that spent a try.
+const B_AFTER_ONE_TRY: BootAttrs = BootAttrs {
+    priority: 2,
+    tries: 2,
+    successful: false,
+};
+
 fn boot(firmware: Firmware, disk: &Path) -> Machine {
     let opts = Options {
         firmware,
@@ -162,19 +178,8 @@ fn boots_the_slot_on_trial(firmware: Firmware, kexec: &str) {
         "{running}"
     );
     vm.wait_exit(Duration::from_secs(60)).unwrap();
-    let attrs = Disk::open(&disk, None, false)
-        .unwrap()
-        .read()
-        .unwrap()
-        .attrs();
-    assert_eq!(
-        attrs[1],
-        BootAttrs {
-            priority: 2,
-            tries: 2,
-            successful: false
-        }
-    );
+    let attrs = flags(&disk);
+    assert_eq!(attrs[1], B_AFTER_ONE_TRY);
 }
 
 #[test]
@@ -264,19 +269,8 @@ fn uefi_stage_boots_the_slot_on_trial(firmware: Firmware, watchdog: &str) {
         assert!(running.contains(want), "{want} in {running}");
     }
     vm.wait_exit(Duration::from_secs(60)).unwrap();
-    let attrs = Disk::open(&disk, None, false)
-        .unwrap()
-        .read()
-        .unwrap()
-        .attrs();
-    assert_eq!(
-        attrs[1],
-        BootAttrs {
-            priority: 2,
-            tries: 2,
-            successful: false
-        }
-    );
+    let attrs = flags(&disk);
+    assert_eq!(attrs[1], B_AFTER_ONE_TRY);
 }
 
 /// A slot on trial whose root has no kernel: the UEFI stage marks it bad,
@@ -299,11 +293,7 @@ fn the_uefi_stage_falls_back_from_a_slot_without_a_kernel() {
         "{running}"
     );
     vm.wait_exit(Duration::from_secs(60)).unwrap();
-    let attrs = Disk::open(&disk, None, false)
-        .unwrap()
-        .read()
-        .unwrap()
-        .attrs();
+    let attrs = flags(&disk);
     assert_eq!(attrs[1], BootAttrs::UNBOOTABLE);
 }
 
@@ -350,11 +340,7 @@ fn after_the_uefi_stage_a_hang_is_reset_by_the_watchdog() {
     vm.expect("SLOT A RUNNING:", Duration::from_secs(120))
         .unwrap();
     vm.wait_exit(Duration::from_secs(60)).unwrap();
-    let attrs = Disk::open(&disk, None, false)
-        .unwrap()
-        .read()
-        .unwrap()
-        .attrs();
+    let attrs = flags(&disk);
     assert_eq!((attrs[1].tries, attrs[1].successful), (0, false));
 }
 
@@ -495,11 +481,7 @@ fn the_uefi_stage_refuses_a_changed_or_unsigned_slot() {
             "{running}"
         );
         vm.wait_exit(Duration::from_secs(60)).unwrap();
-        let attrs = Disk::open(&disk, None, false)
-            .unwrap()
-            .read()
-            .unwrap()
-            .attrs();
+        let attrs = flags(&disk);
         assert_eq!(attrs[1], BootAttrs::UNBOOTABLE, "{what}");
     }
 }

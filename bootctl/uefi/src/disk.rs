@@ -12,7 +12,27 @@ use alloc::vec::Vec;
 use core::fmt;
 use uefi::boot::{self, OpenProtocolAttributes, OpenProtocolParams, ScopedProtocol};
 use uefi::proto::media::block::BlockIO;
+use uefi::proto::ProtocolPointer;
 use uefi::{Handle, Status};
+
+/// A protocol of `handle`, opened without taking it from its driver: an
+/// exclusive open would disconnect the firmware's drivers (the partitions
+/// and file systems on a disk, the PCI bus under a root bridge).
+pub fn shared<P: ProtocolPointer + ?Sized>(handle: Handle) -> Option<ScopedProtocol<P>> {
+    // SAFETY: GetProtocol takes no ownership of the protocol, and the
+    // driver that provides it stays connected for as long as the stage runs.
+    unsafe {
+        boot::open_protocol::<P>(
+            OpenProtocolParams {
+                handle,
+                agent: boot::image_handle(),
+                controller: None,
+            },
+            OpenProtocolAttributes::GetProtocol,
+        )
+    }
+    .ok()
+}
 
 /// What failed on the firmware's side, and doing what.
 #[derive(Debug, Clone, Copy)]
@@ -46,21 +66,7 @@ impl Disk {
     /// The whole disk behind `handle`, if it is a present, whole disk (not
     /// one of the partitions the firmware also offers as block devices).
     pub fn whole(handle: Handle) -> Option<Disk> {
-        // Not exclusive: an exclusive open would disconnect the firmware's
-        // partition and file system drivers from the disk.
-        // SAFETY: GetProtocol takes no ownership of the protocol, and the
-        // disk's driver stays connected for as long as the stage runs.
-        let io = unsafe {
-            boot::open_protocol::<BlockIO>(
-                OpenProtocolParams {
-                    handle,
-                    agent: boot::image_handle(),
-                    controller: None,
-                },
-                OpenProtocolAttributes::GetProtocol,
-            )
-        }
-        .ok()?;
+        let io = shared::<BlockIO>(handle)?;
         let media = io.media();
         if media.is_logical_partition() || !media.is_media_present() || media.block_size() == 0 {
             return None;

@@ -13,7 +13,7 @@
 
 use alloc::format;
 use alloc::string::String;
-use uefi::boot::{self, OpenProtocolAttributes, OpenProtocolParams};
+use uefi::boot;
 use uefi::proto::pci::root_bridge::PciRootBridgeIo;
 use uefi::proto::pci::PciIoAddress;
 
@@ -45,20 +45,9 @@ pub fn arm(timeout_s: u32) -> Result<(), String> {
     let handles = boot::find_handles::<PciRootBridgeIo>()
         .map_err(|e| format!("no PCI root bridge: {:?}", e.status()))?;
     for handle in handles {
-        // Not exclusive: that would disconnect the PCI bus driver.
-        // SAFETY: GetProtocol takes no ownership, and the root bridge's
-        // driver stays for as long as the stage runs.
-        let bridge = unsafe {
-            boot::open_protocol::<PciRootBridgeIo>(
-                OpenProtocolParams {
-                    handle,
-                    agent: boot::image_handle(),
-                    controller: None,
-                },
-                OpenProtocolAttributes::GetProtocol,
-            )
+        let Some(mut bridge) = crate::disk::shared::<PciRootBridgeIo>(handle) else {
+            continue;
         };
-        let Ok(mut bridge) = bridge else { continue };
         let Ok(tree) = bridge.enumerate() else {
             continue;
         };
