@@ -29,6 +29,8 @@ use disk::Disk;
 use switchback_bundle::Keyring;
 use uefi::boot;
 use uefi::prelude::*;
+use uefi::proto::device_path::DevicePath;
+use uefi::proto::loaded_image::LoadedImage;
 use uefi::proto::media::block::BlockIO;
 
 /// What the slot's kernel is told besides its root and slot: the console
@@ -100,16 +102,45 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     reset()
 }
 
-/// The disk whose table holds `slot_a` and `slot_b`.
+/// The device path of the partition this stage was loaded from (the ESP).
+fn loaded_from() -> Option<Vec<u8>> {
+    let image = boot::open_protocol_exclusive::<LoadedImage>(boot::image_handle()).ok()?;
+    let path = disk::shared::<DevicePath>(image.device()?)?;
+    Some(path.as_bytes().to_vec())
+}
+
+/// Whether the device at `handle` is the disk holding the partition at
+/// `esp`: its device path, without its end node, starts the ESP's.
+fn holds(handle: Handle, esp: &[u8]) -> bool {
+    disk::shared::<DevicePath>(handle).is_some_and(|p| {
+        let b = p.as_bytes();
+        b.len() > 4 && esp.starts_with(&b[..b.len() - 4])
+    })
+}
+
+/// The disk whose table holds `slot_a` and `slot_b`: the one this stage
+/// was loaded from first, so that another Switchback disk plugged in (a
+/// USB stick flashed with a factory image) is not the one booted; then the
+/// others, for boards whose stage comes from elsewhere.
 fn find_disk() -> Result<(Disk, State), String> {
     let handles = boot::find_handles::<BlockIO>()
         .map_err(|e| format!("the firmware lists no block devices: {:?}", e.status()))?;
-    for handle in handles {
+    let esp = loaded_from();
+    let (own, others): (Vec<Handle>, Vec<Handle>) = handles
+        .iter()
+        .partition(|&&h| esp.as_deref().is_some_and(|esp| holds(h, esp)));
+    if esp.is_none() {
+        say("the disk this stage was loaded from is not known: looking at every disk");
+    }
+    for (n, handle) in own.iter().chain(&others).copied().enumerate() {
         let Some(mut disk) = Disk::whole(handle) else {
             continue;
         };
         let sector = disk.block_size();
         if let Ok(state) = bootctl_core::read_unchecked(&mut disk, sector) {
+            if n >= own.len() && esp.is_some() {
+                say("the slots are not on the disk this stage was loaded from: using another disk's");
+            }
             return Ok((disk, state));
         }
     }
