@@ -129,6 +129,9 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
     if !matches!(boot, BootStage::None) && opts.esp_size == 0 {
         bail!("the boot stage needs an ESP to go on: give --esp-size above 0");
     }
+    if let (BootStage::Efi { program, .. }, Some(first)) = (&boot, &image) {
+        check_stage_boots(program, first)?;
+    }
     let esp_size = opts.esp_size.div_ceil(provision::ALIGN) * provision::ALIGN;
     let fat = match esp_size {
         0 => None,
@@ -208,6 +211,32 @@ fn boot_stage(opts: &MkdiskOptions) -> Result<BootStage<'_>> {
         initrd,
         cmdline: &opts.boot_cmdline,
     })
+}
+
+/// A UEFI boot stage with a keyring (`image-tools stage`) starts only a
+/// slot whose signed release verifies against it: a factory disk whose
+/// slot_a it would refuse boots nothing, and is refused here instead.
+fn check_stage_boots(program: &Path, first: &First) -> Result<()> {
+    let Some(trusted) = crate::stage::keyring_of(program)? else {
+        return Ok(());
+    };
+    match first {
+        First::Image { name, .. } => bail!(
+            "{name} is a raw image, and the boot stage {} starts only signed releases: slot_a would never boot; give the factory release as its signed bundle (with --public)",
+            program.display()
+        ),
+        First::Bundle { path, .. } => {
+            crate::ops::open(path)?.verify(&trusted).with_context(|| {
+                format!(
+                    "the boot stage {} does not trust {}'s signers ({} key(s) in its keyring): slot_a would never boot",
+                    program.display(),
+                    path.display(),
+                    trusted.len()
+                )
+            })?;
+            Ok(())
+        }
+    }
 }
 
 /// `--out` is a disk image file to be made: not a device or a directory,

@@ -10,6 +10,7 @@
 //! as its 32 raw bytes.
 
 use crate::arch::{self, Arch};
+use crate::bundle::Keyring;
 use crate::uki;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
@@ -53,6 +54,39 @@ pub fn keyring_section(keys: &[[u8; 32]]) -> Vec<u8> {
         out.extend_from_slice(k);
     }
     out
+}
+
+/// The keys the EFI program at `efi` trusts: `None` when it has no
+/// keyring (a stage as built, another loader, or a PE file whose sections
+/// cannot be read: the stage has none of those, and a program that is not
+/// one is for the firmware to judge).
+pub fn keyring_of(efi: &Path) -> Result<Option<Keyring>> {
+    use object::{Object, ObjectSection};
+    let data = std::fs::read(efi).with_context(|| format!("reading {}", efi.display()))?;
+    let Ok(pe) = object::read::pe::PeFile64::parse(&*data) else {
+        return Ok(None);
+    };
+    let Some(section) = pe.section_by_name(KEYRING_SECTION) else {
+        return Ok(None);
+    };
+    let bytes = section.data()?;
+    let len = usize::try_from(section.size())?.min(bytes.len());
+    let keys = bytes[..len]
+        .strip_prefix(KEYRING_MAGIC.as_slice())
+        .filter(|k| !k.is_empty() && k.len() % 32 == 0)
+        .with_context(|| {
+            format!(
+                "{}'s {KEYRING_SECTION} section is not a keyring (image-tools stage makes one)",
+                efi.display()
+            )
+        })?;
+    let keys: Vec<[u8; 32]> = keys
+        .chunks_exact(32)
+        .filter_map(|k| k.try_into().ok())
+        .collect();
+    Keyring::from_raw_keys(&keys)
+        .map(Some)
+        .with_context(|| format!("the keyring of {}", efi.display()))
 }
 
 /// Writes `out`: the stage at `efi` with `keys` as its keyring.

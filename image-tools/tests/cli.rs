@@ -557,3 +557,59 @@ fn stage_refuses_what_is_not_the_stage_or_not_a_key() {
         .stderr(contains("k.pem"));
     assert!(!d.join("BOOTX64.EFI").exists());
 }
+
+/// A factory disk whose UEFI boot stage would refuse its slot_a boots
+/// nothing: mkdisk refuses a raw slot_a under a stage with a keyring, and
+/// a bundle signed by a key the stage does not trust, and makes the disk
+/// when the stage trusts the bundle's signer.
+#[test]
+fn mkdisk_refuses_a_slot_a_its_keyed_stage_would_not_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/boot-efi");
+    let built = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("x86_64")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let efi = String::from_utf8(built.stdout).unwrap();
+    it().current_dir(d)
+        .args(["stage", "--efi", efi.trim(), "--public", "o.pub"])
+        .args(["-o", "BOOTX64.EFI"])
+        .assert()
+        .success();
+    let mkdisk = |slot_a: &str, public: Option<&str>| {
+        let mut cmd = it();
+        cmd.current_dir(d)
+            .args(["mkdisk", "--slot-size", "2M", "--data-size", "4M"])
+            .args(["--boot-efi", "BOOTX64.EFI", "--out", "disk.img"])
+            .args(["--slot-a", slot_a]);
+        if let Some(key) = public {
+            cmd.args(["--public", key]);
+        }
+        cmd.assert()
+    };
+    mkdisk("rootfs.img", None).code(1).stderr(contains(
+        "rootfs.img is a raw image, and the boot stage BOOTX64.EFI starts only signed releases: slot_a would never boot",
+    ));
+    assert!(!d.join("disk.img").exists());
+    // r.swb is signed by k, the stage trusts o only: the exit code of a
+    // bundle signed by no trusted key.
+    mkdisk("r.swb", Some("k.pub")).code(25).stderr(contains(
+        "the boot stage BOOTX64.EFI does not trust r.swb's signers (1 key(s) in its keyring): slot_a would never boot",
+    ));
+    assert!(!d.join("disk.img").exists());
+    it().current_dir(d)
+        .args(["stage", "--efi", efi.trim(), "--public", "k.pub"])
+        .args(["-o", "BOOTX64.EFI"])
+        .assert()
+        .success();
+    mkdisk("r.swb", Some("k.pub")).success();
+    assert!(d.join("disk.img").exists());
+}
