@@ -3,7 +3,7 @@
 //! that boots through the boot stage.
 
 use crate::guest::{
-    boot_stage_cmdline, boot_stage_efi, boot_stage_initramfs, esp_size, ext4_image, release_image,
+    boot_stage_cmdline, boot_stage_initramfs, esp_size, ext4_image, release_image, uefi_boot_stage,
     Kernel, Release, FLEET_HW_REVISION,
 };
 use crate::qemu::{Firmware, Machine, Options};
@@ -112,6 +112,32 @@ impl Appliance {
         out
     }
 
+    /// Writes `image` into `slot` of `disk` with the signed record of its
+    /// `bundle` at the slot's end, as an install leaves the slot (the boot
+    /// flags untouched): for scenarios that start after an install.
+    pub fn write_slot(&self, disk: &Path, slot: bootctl::Slot, image: &Path, bundle: &Path) {
+        use std::os::unix::fs::FileExt;
+        let keyring = bundle::Keyring::from_verifying_keys([self.key.verifying_key()]);
+        let head = image_tools::ops::open(bundle)
+            .unwrap()
+            .verify(&keyring)
+            .unwrap()
+            .head;
+        let table = bootctl::Disk::open(disk, None, false)
+            .unwrap()
+            .read()
+            .unwrap();
+        let entry = table.table.entry(slot);
+        let (offset, size) = (
+            entry.first_lba * 512,
+            (entry.last_lba + 1 - entry.first_lba) * 512,
+        );
+        let f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+        f.write_all_at(&std::fs::read(image).unwrap(), offset)
+            .unwrap();
+        bundle::trailer::write(&f, offset, size, &head).unwrap();
+    }
+
     /// `image` as a release for a fleet server: its bundle wrapped as a
     /// `.swu` for [`FLEET_HW_REVISION`].
     pub fn swu(&self, version: &str, image: &Path) -> PathBuf {
@@ -155,9 +181,23 @@ impl Appliance {
         self.factory_disk_sized(name, v1, 72 << 20)
     }
 
-    /// `factory_disk_named` with slots of `slot_size` bytes.
+    /// `factory_disk_named` with slots of `slot_size` bytes. A raw `v1`
+    /// (its file named after its version) goes in as its signed bundle: the
+    /// boot stage starts only signed releases.
     pub fn factory_disk_sized(&self, name: &str, v1: &Path, slot_size: u64) -> PathBuf {
         let out = self.dir.path().join(format!("{name}.img"));
+        let v1 = &if v1.extension().is_some_and(|e| e == "swb") {
+            v1.to_path_buf()
+        } else {
+            let version = v1.file_stem().and_then(|s| s.to_str()).unwrap();
+            self.bundle(
+                &format!("factory-{version}"),
+                version,
+                "switchback-qemu",
+                v1,
+                Vec::new(),
+            )
+        };
         let arch = self.kernel.arch;
         let (boot_efi, boot_kernel, boot_initrd) = if self.extlinux {
             let initrd = self.dir.path().join("boot-stage.cpio");
@@ -179,21 +219,25 @@ impl Appliance {
             slot_size,
             data_size: 16 << 20,
             slot_a: Some(v1.to_path_buf()),
-            public: v1
-                .extension()
-                .is_some_and(|e| e == "swb")
-                .then(|| self.pem.clone()),
+            public: Some(self.pem.clone()),
             sector_size: bootctl::host::SectorSize::B512,
         };
         mkdisk(&opts).unwrap();
         out
     }
 
-    /// The boot stage's EFI program, built once per appliance.
+    /// The UEFI boot stage trusting the vendor's key, as the factory puts
+    /// it on the ESP; built once per appliance.
     fn boot_stage(&self) -> PathBuf {
         let efi = self.dir.path().join(self.kernel.arch.efi_loader());
         if !efi.exists() {
-            boot_stage_efi(&self.kernel, self.dir.path(), &efi).unwrap();
+            image_tools::stage::with_keyring(
+                self.kernel.arch,
+                &uefi_boot_stage(self.kernel.arch).unwrap(),
+                &[self.key.verifying_key().to_bytes()],
+                &efi,
+            )
+            .unwrap();
         }
         efi
     }
@@ -287,4 +331,53 @@ impl Default for Appliance {
     fn default() -> Self {
         Appliance::new()
     }
+}
+
+/// A machine of `memory_mib` MiB installs, boots and commits a release
+/// larger than its memory, most of it incompressible: the updater stays
+/// within its 16 MiB budget beside the running system, nothing is killed,
+/// and the boot stage starts the new release in that memory.
+pub fn installs_a_release_larger_than_its_memory(app: &Appliance, memory_mib: u32) {
+    let v1 = app.image(&Release::default());
+    let v2 = app.image(&Release {
+        version: "2.0.0",
+        filler_mib: u64::from(memory_mib) - 8,
+        ..Release::default()
+    });
+    let v2_size = std::fs::metadata(&v2).unwrap().len();
+    assert!(
+        v2_size > u64::from(memory_mib) << 20,
+        "the release is {v2_size} bytes"
+    );
+    let disk = app.factory_disk_sized("disk", &v1, v2_size + (8 << 20));
+    let stick = app.media("2.0.0", &v2);
+    let mut vm = app.boot_with(
+        &disk,
+        &stick,
+        Options {
+            memory_mib: Some(memory_mib),
+            ..Options::default()
+        },
+    );
+    vm.expect("RELEASE 1.0.0 RUNNING ON slot_a", BOOT).unwrap();
+    vm.expect("READY 1.0.0", STEP).unwrap();
+    vm.send("free -m; updater install /media/2.0.0.swb --reboot; echo INSTALL EXIT $?")
+        .unwrap();
+    // free -m: "Mem:  total  used  free ...", in MiB.
+    let mem = vm.expect("Mem:", STEP).unwrap();
+    let total: u64 = mem
+        .split_whitespace()
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no total in {mem:?}"));
+    assert!(total << 20 < v2_size, "{total} MiB of RAM: {mem}");
+    vm.expect("within 16 MiB of memory", STEP).unwrap();
+    // A killed install prints its exit and never flips: the machine
+    // reboots into slot_b only after a whole, checked install.
+    vm.expect(
+        "switchback boot stage: selected slot_b",
+        Duration::from_secs(900),
+    )
+    .unwrap();
+    runs_committed(&mut vm, "2.0.0", "slot_b");
 }

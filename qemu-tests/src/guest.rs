@@ -479,6 +479,28 @@ pub const NET_MODULES: [&str; 1] = ["virtio_net"];
 /// The hardware revision fleet releases report and `.swu`s are made for.
 pub const FLEET_HW_REVISION: &str = "qemu-1";
 
+/// The release initramfs's init: mounts the partition that `root=PARTUUID=`
+/// names (the boot stage's command line) and switches to it. No udev and no
+/// blkid here, so the partition's GUID is read from its GPT entry: sysfs
+/// gives each partition's number, the table header where the entries are.
+const SLOT_ROOT_BY_PARTUUID: &str = r#"want=$(sed -n 's/.*root=PARTUUID=\([^ ]*\).*/\1/p' /proc/cmdline | tr A-F a-f)
+partuuid() { # partition's sysfs dir -> its GPT unique GUID
+  disk=$(basename "$(dirname "$(readlink -f "$1")")"); n=$(cat "$1/partition")
+  bs=$(cat "/sys/block/$disk/queue/logical_block_size")
+  set -- $(od -An -tu8 -j $((bs + 72)) -N8 "/dev/$disk") $(od -An -tu4 -j $((bs + 84)) -N4 "/dev/$disk")
+  set -- $(od -An -tx1 -j $(($1 * bs + (n - 1) * $2 + 16)) -N16 "/dev/$disk")
+  echo "$4$3$2$1-$6$5-$8$7-$9${10}-${11}${12}${13}${14}${15}${16}"
+}
+root=; i=0
+while test -z "$root" && test $i -lt 100; do
+  for p in /sys/class/block/*; do
+    test -f "$p/partition" && test "$(partuuid "$p")" = "$want" && root=/dev/$(basename "$p")
+  done
+  test -n "$root" || { sleep 0.1; i=$((i+1)); }
+done
+mount -o ro -t ext4 "$root" /mnt && umount /proc /sys && mount --move /dev /mnt/dev && exec switch_root /mnt /sbin/init
+echo "SLOT INITRAMFS: no partition PARTUUID=$want, or it does not mount""#;
+
 /// The boot stage kernel's command line, inside its EFI program (or the
 /// extlinux.conf). arm64's kernel has the watchdog core built in: its
 /// `stop_on_reboot=0` (see [`boot_stage_initramfs`]) is given here.
@@ -521,13 +543,7 @@ pub fn release_image(
         std::fs::copy(&kernel.vmlinuz, root.join("boot/vmlinuz"))?;
     }
     let slot_ir = Initramfs::new(kernel)?;
-    slot_ir.init(
-        &kernel.modules_for(SLOT_MODULES)?,
-        r#"root=$(sed -n 's/.*switchback.root=\([^ ]*\).*/\1/p' /proc/cmdline)
-i=0; while ! test -b "$root" && test $i -lt 100; do sleep 0.1; i=$((i+1)); done
-mount -o ro -t ext4 "$root" /mnt && umount /proc /sys && mount --move /dev /mnt/dev && exec switch_root /mnt /sbin/init
-echo "SLOT INITRAMFS: cannot mount $root""#,
-    )?;
+    slot_ir.init(&kernel.modules_for(SLOT_MODULES)?, SLOT_ROOT_BY_PARTUUID)?;
     if !release.kernel_panics {
         slot_ir.pack(&root.join("boot/initrd.img"))?;
     }
@@ -781,11 +797,4 @@ pub fn uefi_boot_stage(arch: Arch) -> Result<PathBuf> {
         path.display()
     );
     Ok(path)
-}
-
-/// The boot stage as the EFI program the factory disk boots.
-pub fn boot_stage_efi(kernel: &Kernel, dir: &Path, out: &Path) -> Result<()> {
-    let initrd = dir.join("boot-stage.cpio");
-    boot_stage_initramfs(kernel, &initrd)?;
-    efi_program(kernel, &initrd, out)
 }

@@ -29,15 +29,12 @@ fn power_cuts_during_the_boot_stages_flag_write_with_one_copy_damaged_still_boot
         version: "2.0.0",
         ..Release::default()
     });
-    let stick = app.media("2.0.0", &v2);
+    let b2 = app.bundle("2.0.0", "2.0.0", "switchback-qemu", &v2, Vec::new());
+    let stick = app.stick(&[&b2]);
     let v1 = app.image(&Release::default());
     let disk = app.factory_disk(&v1);
     // slot_b holds 2.0.0 on trial, as after an install.
-    let state = flags(&disk);
-    let b = state.table.entry(bootctl::Slot::B).first_lba * 512;
-    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
-    f.write_all_at(&std::fs::read(&v2).unwrap(), b).unwrap();
-    drop(f);
+    app.write_slot(&disk, bootctl::Slot::B, &v2, &b2);
     bootctl::Disk::open(&disk, None, true)
         .unwrap()
         .set_active(bootctl::Slot::B, 15)
@@ -47,7 +44,13 @@ fn power_cuts_during_the_boot_stages_flag_write_with_one_copy_damaged_still_boot
     // seconds to write, and the cuts land before, inside and between them.
     let (mut untouched, mut mid_write, mut whole) = (0, 0, 0);
     for delay_ms in [300u64, 1200, 2200, 3000, 3800, 5500] {
-        damage_primary_header(&disk);
+        // One copy damaged at each power-on: the primary, unless the last
+        // cut fell inside the backup's write and left it the damaged one
+        // (damaging the primary too would be a second fault of the test's
+        // making, which no write order survives).
+        if flags(&disk).gpt.backup.is_ok() {
+            damage_primary_header(&disk);
+        }
         let before = flags(&disk).attrs()[1];
         let mut vm = app.boot_throttled(&disk, &stick, 8192);
         vm.expect("reading the boot flags of", BOOT).unwrap();

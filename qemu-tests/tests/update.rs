@@ -3,7 +3,8 @@
 
 use image_tools::bundle::{MigrationSource, Phase};
 use qemu_tests::appliance::{
-    back_on_a, factory, factory_with, runs_committed, Appliance, BOOT, HEARTBEAT_CHECK, STEP,
+    back_on_a, factory, factory_with, installs_a_release_larger_than_its_memory, runs_committed,
+    Appliance, BOOT, HEARTBEAT_CHECK, STEP,
 };
 use qemu_tests::guest::Release;
 use qemu_tests::qemu::{Bus, Options};
@@ -60,15 +61,10 @@ fn on_nvme_the_factory_disk_boots_and_updates() {
     let (mut vm, _disk) = factory_with(&app, &app.media("2.0.0", &v2), nvme);
     vm.send("updater install /media/2.0.0.swb --reboot")
         .unwrap();
-    let booting = vm
-        .expect("switchback boot stage: booting slot_b", BOOT)
+    vm.expect("switchback boot stage: booting slot_b", BOOT)
         .unwrap();
-    assert!(
-        booting.contains("switchback.root=/dev/nvme0n1p3"),
-        "{booting}"
-    );
     runs_committed(&mut vm, "2.0.0", "slot_b");
-    vm.send("bootctl status --json | tr -d ' \\n'; echo; grep ' /data ' /proc/mounts")
+    vm.send("bootctl status --json | tr -d ' \\n'; echo; grep -E ' /(data)? ' /proc/mounts")
         .unwrap();
     let status = vm.expect("\"slots\":", STEP).unwrap();
     assert!(
@@ -76,6 +72,9 @@ fn on_nvme_the_factory_disk_boots_and_updates() {
             && status.contains(r#"{"name":"slot_b","priority":2,"tries":0,"successful":true"#),
         "{status}"
     );
+    // The release's initramfs found slot_b by the PARTUUID the stage gave.
+    let root = vm.expect(" / ext4", STEP).unwrap();
+    assert!(root.starts_with("/dev/nvme0n1p3 "), "{root}");
     let data = vm.expect(" /data ", STEP).unwrap();
     assert!(data.starts_with("/dev/nvme0n1p4 "), "{data}");
 }
@@ -165,7 +164,7 @@ fn a_release_whose_kernel_cannot_be_started_is_marked_bad_and_reported_at_once()
         .unwrap();
     vm.expect("switchback boot stage: selected slot_b", BOOT)
         .unwrap();
-    vm.expect("cannot boot slot_b: opening /boot/vmlinuz", STEP)
+    vm.expect("cannot boot slot_b: it has no /boot/vmlinuz", STEP)
         .unwrap();
     vm.expect("marked slot_b bad: it cannot be started", STEP)
         .unwrap();
@@ -316,50 +315,15 @@ fn tampered_and_foreign_bundles_are_refused_inside_the_guest() {
         .unwrap();
 }
 
-/// A 256 MiB appliance installs, boots and commits a release of 304 MiB,
-/// most of it incompressible: the updater stays within its 16 MiB budget
-/// beside the running system, and nothing is killed. (128 MiB is below
-/// what the boot stage's own kernel needs: docs/boot-flow.md, "Memory".)
+/// The smallest x86-64 machine in steps of 16 MiB whose OVMF starts
+/// Debian's generic kernel here: at 144 and 128 MiB the hand-over to the
+/// kernel's EFI stub dies in exceptions (#GP, #UD), as it did with the
+/// Linux stage's UKI (docs/boot-flow.md, "Memory"). arm64 runs at 128.
+const SMALL_X86_64_MIB: u32 = 160;
+
+/// A small x86-64 appliance installs, boots and commits a release larger
+/// than its memory (`installs_a_release_larger_than_its_memory`).
 #[test]
-fn a_256_mib_machine_installs_a_release_larger_than_its_memory() {
-    let app = Appliance::new();
-    let v1 = app.image(&Release::default());
-    let v2 = app.image(&Release {
-        version: "2.0.0",
-        filler_mib: 240,
-        ..Release::default()
-    });
-    let v2_size = std::fs::metadata(&v2).unwrap().len();
-    assert!(v2_size > 256 << 20, "the release is {v2_size} bytes");
-    let disk = app.factory_disk_sized("disk", &v1, v2_size + (8 << 20));
-    let stick = app.media("2.0.0", &v2);
-    let mut vm = app.boot_with(
-        &disk,
-        &stick,
-        Options {
-            memory_mib: Some(256),
-            ..Options::default()
-        },
-    );
-    vm.expect("RELEASE 1.0.0 RUNNING ON slot_a", BOOT).unwrap();
-    vm.expect("READY 1.0.0", STEP).unwrap();
-    vm.send("free -m; updater install /media/2.0.0.swb --reboot; echo INSTALL EXIT $?")
-        .unwrap();
-    // free -m: "Mem:  total  used  free ...", in MiB.
-    let mem = vm.expect("Mem:", STEP).unwrap();
-    let total: u64 = mem
-        .split_whitespace()
-        .nth(1)
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("no total in {mem:?}"));
-    assert!(total << 20 < v2_size, "{total} MiB of RAM: {mem}");
-    vm.expect("within 16 MiB of memory", STEP).unwrap();
-    // A killed install prints its exit and never flips: the machine
-    // reboots into slot_b only after a whole, checked install.
-    vm.expect(
-        "switchback boot stage: selected slot_b",
-        Duration::from_secs(900),
-    )
-    .unwrap();
-    runs_committed(&mut vm, "2.0.0", "slot_b");
+fn a_small_x86_64_machine_installs_a_release_larger_than_its_memory() {
+    installs_a_release_larger_than_its_memory(&Appliance::new(), SMALL_X86_64_MIB);
 }

@@ -52,7 +52,7 @@ fn main() -> Result<()> {
     say("The factory disk: the boot stage as one EFI program on its ESP, release 1.0.0 in slot_a");
     print_partitions(&disk)?;
 
-    say("Powering on the appliance in QEMU: UEFI firmware (OVMF) boots the ESP's boot stage, which selects slot_a and kexecs its kernel");
+    say("Powering on the appliance in QEMU: UEFI firmware (OVMF) boots the ESP's boot stage, which selects slot_a, checks its signed release and starts its kernel");
     let mut vm = app.boot(&disk, &stick);
     vm.echo = true;
     step(&mut vm, "READY 1.0.0", BOOT)?;
