@@ -30,6 +30,9 @@ pub struct StageOptions {
     pub efi: PathBuf,
     #[command(flatten)]
     pub trust: crate::cli::Trust,
+    /// Signed for Secure Boot, after the keyring is in.
+    #[command(flatten)]
+    pub db: crate::secureboot::DbKey,
     /// The EFI program to write, for the ESP (replaced).
     #[arg(long, short)]
     pub out: PathBuf,
@@ -39,9 +42,23 @@ pub struct StageOptions {
 /// it made, in words.
 pub fn build(opts: &StageOptions) -> Result<String> {
     let keys = opts.trust.load()?.raw_keys();
-    with_keyring(opts.arch, &opts.efi, &keys, &opts.out)?;
+    // Made beside --out and renamed over it when whole: a refused
+    // signature leaves what --out held before.
+    let work = uki::work_dir_beside(&opts.out)?;
+    let tmp = work.path().join("stage.efi");
+    with_keyring(opts.arch, &opts.efi, &keys, &tmp)?;
+    let signed = match (&opts.db.db_key, &opts.db.db_cert) {
+        (Some(key), Some(cert)) => {
+            // The signature covers the keyring: signing before adding it
+            // would leave a program Secure Boot refuses.
+            crate::secureboot::sign(&tmp, key, cert)?;
+            format!(", signed for Secure Boot by {}", cert.display())
+        }
+        _ => String::new(),
+    };
+    std::fs::rename(&tmp, &opts.out).with_context(|| format!("writing {}", opts.out.display()))?;
     Ok(format!(
-        "{}: the UEFI boot stage, trusting {} key(s)",
+        "{}: the UEFI boot stage, trusting {} key(s){signed}",
         opts.out.display(),
         keys.len()
     ))

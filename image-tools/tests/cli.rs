@@ -613,3 +613,53 @@ fn mkdisk_refuses_a_slot_a_its_keyed_stage_would_not_boot() {
     mkdisk("r.swb", Some("k.pub")).success();
     assert!(d.join("disk.img").exists());
 }
+
+/// `image-tools stage --db-key --db-cert` signs the stage, keyring in, for
+/// the firmware's db (sbverify accepts it against the certificate); a key
+/// sbsign cannot use leaves nothing at -o, and one flag without the other
+/// is a usage error.
+#[test]
+fn stage_signs_for_secure_boot_or_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let cert = "/usr/share/ovmf/PkKek-1-snakeoil.pem";
+    let key = std::process::Command::new("openssl")
+        .args(["pkey", "-in", "/usr/share/ovmf/PkKek-1-snakeoil.key"])
+        .args(["-passin", "pass:snakeoil", "-out"])
+        .arg(d.join("db.key"))
+        .status()
+        .unwrap();
+    assert!(key.success());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/boot-efi");
+    let built = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(built.status.success());
+    let efi = String::from_utf8(built.stdout).unwrap();
+    let stage = |extra: &[&str]| {
+        let mut cmd = it();
+        cmd.current_dir(d)
+            .args(["stage", "--efi", efi.trim(), "--public", "k.pub"])
+            .args(extra)
+            .args(["-o", "BOOTX64.EFI"]);
+        cmd.assert()
+    };
+    stage(&["--db-key", "db.key"])
+        .code(2)
+        .stderr(contains("--db-cert"));
+    stage(&["--db-key", "k.pem", "--db-cert", cert])
+        .code(1)
+        .stderr(contains("signing"));
+    assert!(!d.join("BOOTX64.EFI").exists());
+    stage(&["--db-key", "db.key", "--db-cert", cert])
+        .success()
+        .stdout(contains("signed for Secure Boot by"));
+    let verified = std::process::Command::new("sbverify")
+        .args(["--cert", cert])
+        .arg(d.join("BOOTX64.EFI"))
+        .status()
+        .unwrap();
+    assert!(verified.success());
+}

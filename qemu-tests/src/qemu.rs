@@ -28,6 +28,11 @@ pub enum Firmware {
     /// x86-64 q35 with EDK2 (Debian's `ovmf`).
     #[default]
     Ovmf,
+    /// The same with Secure Boot on: Debian's snakeoil build, whose PK,
+    /// KEK and db hold the snakeoil certificate the `ovmf` package ships
+    /// with its key (`/usr/share/ovmf/PkKek-1-snakeoil.{key,pem}`); SMM
+    /// on, so the variables cannot be changed from the OS.
+    OvmfSecureBoot,
     /// arm64 virt with U-Boot (Debian's `u-boot-qemu`): its distro boot
     /// starts `\EFI\BOOT\BOOTAA64.EFI` through U-Boot's UEFI, or an
     /// `extlinux.conf` without it, whichever the ESP holds.
@@ -39,7 +44,7 @@ pub enum Firmware {
 impl Firmware {
     pub fn arch(self) -> crate::guest::Arch {
         match self {
-            Firmware::Ovmf => crate::guest::Arch::X86_64,
+            Firmware::Ovmf | Firmware::OvmfSecureBoot => crate::guest::Arch::X86_64,
             Firmware::UBoot | Firmware::Aavmf => crate::guest::Arch::Arm64,
         }
     }
@@ -47,7 +52,7 @@ impl Firmware {
     /// What the firmware prints when it starts the disk's loader.
     pub fn starts_loader(self) -> &'static str {
         match self {
-            Firmware::Ovmf | Firmware::Aavmf => "BdsDxe: starting",
+            Firmware::Ovmf | Firmware::OvmfSecureBoot | Firmware::Aavmf => "BdsDxe: starting",
             Firmware::UBoot => "Found EFI removable media binary efi/boot/bootaa64.efi",
         }
     }
@@ -59,6 +64,11 @@ impl Firmware {
             Firmware::Ovmf => Some((
                 "/usr/share/OVMF/OVMF_CODE_4M.fd",
                 "/usr/share/OVMF/OVMF_VARS_4M.fd",
+                "ovmf",
+            )),
+            Firmware::OvmfSecureBoot => Some((
+                "/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd",
+                "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd",
                 "ovmf",
             )),
             Firmware::Aavmf => Some((
@@ -138,6 +148,14 @@ impl Machine {
         let memory = |default: u32| opts.memory_mib.unwrap_or(default).to_string();
         match opts.firmware {
             Firmware::Ovmf => cmd.args(["-machine", "q35", "-m", &memory(512)]),
+            Firmware::OvmfSecureBoot => cmd.args([
+                "-machine",
+                "q35,smm=on",
+                "-global",
+                "driver=cfi.pflash01,property=secure,value=on",
+                "-m",
+                &memory(512),
+            ]),
             // cortex-a72, not max: TCG emulates max's pointer
             // authentication slowly, and nothing here needs it.
             Firmware::UBoot | Firmware::Aavmf => cmd.args([

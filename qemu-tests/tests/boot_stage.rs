@@ -1,7 +1,10 @@
-//! The boot stage as PID 1: it selects a slot, persists the spent try, and
-//! kexecs the slot's own kernel; a slot it cannot boot falls back. On
-//! x86-64 through OVMF (`kexec_file_load`), on arm64 through U-Boot's UEFI
-//! (Debian's arm64 kernel has only `kexec_load`).
+//! Both boot stages on their own: each selects a slot, persists the spent
+//! try and starts the slot's own kernel; a slot it cannot boot falls back.
+//! The Linux stage (PID 1 of its own kernel) kexecs it: on x86-64 through
+//! OVMF (`kexec_file_load`), on arm64 through U-Boot's UEFI (Debian's
+//! arm64 kernel has only `kexec_load`). The UEFI stage starts it through
+//! its EFI stub, checks its signed release, arms the watchdog, and under
+//! Secure Boot is itself checked by the firmware.
 
 use bootctl::{BootAttrs, Disk, Slot};
 use qemu_tests::guest::Arch;
@@ -359,23 +362,40 @@ fn signed_machine_disk(
     kernel: &Kernel,
     change_b: impl FnOnce(&mut Vec<u8>) -> bool,
 ) -> PathBuf {
-    use image_tools::bundle::{self, BuildOptions, ImageSource, Keyring};
-    let key = vendor_key();
     let efi = dir.join("BOOTX64.EFI");
+    keyed_stage(kernel.arch, &efi);
+    signed_machine_disk_with(dir, [kernel, kernel], &efi, change_b)
+}
+
+/// The UEFI stage trusting the vendor's key, at `efi`.
+fn keyed_stage(arch: Arch, efi: &Path) {
     image_tools::stage::with_keyring(
-        kernel.arch,
-        &uefi_boot_stage(kernel.arch).unwrap(),
-        &[key.verifying_key().to_bytes()],
-        &efi,
+        arch,
+        &uefi_boot_stage(arch).unwrap(),
+        &[vendor_key().verifying_key().to_bytes()],
+        efi,
     )
     .unwrap();
+}
+
+/// `signed_machine_disk` with `efi` as the stage and each slot's kernel
+/// its own.
+fn signed_machine_disk_with(
+    dir: &Path,
+    kernels: [&Kernel; 2],
+    efi: &Path,
+    change_b: impl FnOnce(&mut Vec<u8>) -> bool,
+) -> PathBuf {
+    use image_tools::bundle::{self, BuildOptions, ImageSource, Keyring};
+    let key = vendor_key();
+    let arch = kernels[0].arch;
     let disk = dir.join("disk.img");
-    let p = disk_with_efi(kernel.arch, &efi, slot_size(kernel.arch).1, &disk).unwrap();
+    let p = disk_with_efi(arch, efi, slot_size(arch).1, &disk).unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
     let keyring = Keyring::from_verifying_keys([key.verifying_key()]);
     let mut change_b = Some(change_b);
     for (slot, name, version) in [(0, "A", "1.0.0"), (1, "B", "2.0.0")] {
-        let img = slot_image(dir, kernel, name, Some(""));
+        let img = slot_image(dir, kernels[slot], name, Some(""));
         let out = dir.join(format!("{name}.swb"));
         let opts = BuildOptions {
             compatible: "switchback-qemu".into(),
@@ -484,4 +504,105 @@ fn the_uefi_stage_refuses_a_changed_or_unsigned_slot() {
         let attrs = flags(&disk);
         assert_eq!(attrs[1], BootAttrs::UNBOOTABLE, "{what}");
     }
+}
+
+/// Under Secure Boot (OVMF's snakeoil build: the snakeoil certificate is
+/// its db) the firmware starts the stage only when `image-tools stage`
+/// signed it for db, and the stage's LoadImage starts a slot's kernel only
+/// when that is signed for db too: slot_b's kernel, signed by Debian
+/// alone, is refused by the firmware and slot_a's, signed for db as a
+/// vendor would (docs/boot-flow.md, "Secure Boot"), boots, told why.
+#[test]
+fn under_secure_boot_only_what_is_signed_for_db_starts() {
+    let kernel = Kernel::debian().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("db.key");
+    let out = std::process::Command::new("openssl")
+        .args(["pkey", "-in", "/usr/share/ovmf/PkKek-1-snakeoil.key"])
+        .args(["-passin", "pass:snakeoil", "-out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let cert = Path::new("/usr/share/ovmf/PkKek-1-snakeoil.pem");
+    let signed_vmlinuz = d.join("vmlinuz.signed");
+    std::fs::copy(&kernel.vmlinuz, &signed_vmlinuz).unwrap();
+    image_tools::secureboot::sign(&signed_vmlinuz, &key, cert).unwrap();
+    let signed_kernel = Kernel {
+        arch: kernel.arch,
+        vmlinuz: signed_vmlinuz,
+        modules: kernel.modules.clone(),
+    };
+
+    // Not signed: the firmware refuses the stage itself.
+    let unsigned = d.join("unsigned");
+    std::fs::create_dir(&unsigned).unwrap();
+    let efi = unsigned.join("BOOTX64.EFI");
+    keyed_stage(kernel.arch, &efi);
+    let disk = signed_machine_disk_with(&unsigned, [&signed_kernel, &kernel], &efi, |_| true);
+    let mut vm = boot(Firmware::OvmfSecureBoot, &disk);
+    let refused = vm
+        .expect("BdsDxe: failed to load", Duration::from_secs(180))
+        .unwrap();
+    println!("unsigned stage: {refused}");
+    assert!(refused.contains("Access Denied"), "{refused}");
+    drop(vm);
+
+    // Signed by image-tools stage: it starts, refuses slot_b's kernel
+    // through the firmware, and starts slot_a's.
+    let signed = d.join("signed");
+    std::fs::create_dir(&signed).unwrap();
+    let efi = signed.join("BOOTX64.EFI");
+    let pem = d.join("vendor.pem");
+    std::fs::write(
+        &pem,
+        ed25519_dalek::pkcs8::EncodePublicKey::to_public_key_pem(
+            &vendor_key().verifying_key(),
+            ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let stage = image_tools::stage::StageOptions {
+        arch: kernel.arch,
+        efi: uefi_boot_stage(kernel.arch).unwrap(),
+        trust: image_tools::cli::Trust {
+            public: Some(pem),
+            keyring: None,
+        },
+        db: image_tools::secureboot::DbKey {
+            db_key: Some(key.clone()),
+            db_cert: Some(cert.to_path_buf()),
+        },
+        out: efi.clone(),
+    };
+    image_tools::stage::build(&stage).unwrap();
+    let disk = signed_machine_disk_with(&signed, [&signed_kernel, &kernel], &efi, |_| true);
+    let mut vm = boot(Firmware::OvmfSecureBoot, &disk);
+    vm.expect(
+        "switchback boot stage: slot_b holds switchback-qemu 2.0.0, signed by a trusted key",
+        Duration::from_secs(180),
+    )
+    .unwrap();
+    let why = vm
+        .expect("cannot boot slot_b", Duration::from_secs(60))
+        .unwrap();
+    assert!(
+        why.contains("the firmware refused the kernel (LoadImage): ACCESS_DENIED"),
+        "{why}"
+    );
+    let running = vm
+        .expect("SLOT A RUNNING:", Duration::from_secs(120))
+        .unwrap();
+    assert!(
+        running.contains(&format!(
+            "switchback.start_failed=slot_b:load-image:{}",
+            0x8000_0000_0000_000f_u64
+        )),
+        "{running}"
+    );
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    let attrs = flags(&disk);
+    assert!(!attrs[1].is_bootable(), "slot_b still bootable: {attrs:?}");
 }
