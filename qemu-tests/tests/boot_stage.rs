@@ -243,6 +243,10 @@ fn uefi_stage_boots_the_slot_on_trial(firmware: Firmware, watchdog: &str) {
     )
     .unwrap();
     let selected = start.elapsed();
+    let memory = vm
+        .expect("switchback boot stage: memory:", Duration::from_secs(60))
+        .unwrap();
+    println!("{firmware:?}, unverified: {memory}");
     // Armed just before the kernel starts, so the release gets all of it.
     let armed = vm.expect("watchdog", Duration::from_secs(60)).unwrap();
     assert!(armed.contains(watchdog), "{armed}");
@@ -456,6 +460,10 @@ fn the_uefi_stage_starts_a_slot_whose_signed_release_verifies() {
         Duration::from_secs(60),
     )
     .unwrap();
+    let memory = vm
+        .expect("switchback boot stage: memory:", Duration::from_secs(60))
+        .unwrap();
+    println!("Ovmf, verified: {memory}");
     vm.expect("SLOT B RUNNING:", Duration::from_secs(120))
         .unwrap();
     vm.wait_exit(Duration::from_secs(60)).unwrap();

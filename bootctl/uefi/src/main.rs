@@ -15,6 +15,7 @@
 extern crate alloc;
 
 mod disk;
+mod heap;
 mod keyring;
 mod linux;
 mod verify;
@@ -367,6 +368,12 @@ fn boot_slot(
         "read the kernel of {slot} ({} bytes) and its initramfs ({} bytes)",
         kernel.len(),
         initrd.as_ref().map_or(0, Vec::len)
+    ));
+    let (peak, now) = heap::usage();
+    say(&format!(
+        "memory: at most {} KiB held so far, {} KiB now",
+        peak.div_ceil(1024),
+        now.div_ceil(1024)
     ));
     arm_watchdog();
     say(&format!("booting {slot}: {cmdline}"));
