@@ -836,3 +836,58 @@ fn a_bundle_path_that_may_never_end_is_refused_at_once() {
             dev.dir.path().display()
         )));
 }
+
+/// The fleet client keeps the install's memory bound: an idle poll, and an
+/// action that downloads and installs a 40 MiB release, each run inside a
+/// 24 MiB memory cgroup (which charges the page cache it writes through
+/// too), and the release is reported installed (docs/fleet.md).
+#[test]
+fn the_fleet_client_idle_and_installing_fits_a_24_mib_memory_cgroup() {
+    let Some(idle_group) = MemoryCgroup::for_test(24 << 20) else {
+        return;
+    };
+    let idle = Fixture::serve(|_| poll_reply(j!({})));
+    let dev = fleet_device(&idle.url);
+    let mut poll = dev.updater_process("b");
+    poll.args(["fleet", "--once", "--no-reboot", "--idle-timeout", "5"]);
+    let out = idle_group.run(&poll);
+    assert!(out.status.success(), "{out:?}");
+    let idle_peak = std::fs::read_to_string(&idle_group.peak).unwrap_or_default();
+    drop(idle_group);
+
+    let Some(group) = MemoryCgroup::for_test(24 << 20) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let r = Release {
+        image: pattern(40 << 20, 3),
+        ..release("2.0.0")
+    };
+    let bytes = std::fs::read(bundle_in(dir.path(), &r)).unwrap();
+    let f = Fixture::serve(
+        move |req| match req.path.rsplit('/').next().unwrap_or_default() {
+            DEVICE => poll_reply(
+                j!({"deploymentBase": {"href": format!("{}/deploymentBase/6", base(req))}}),
+            ),
+            "6" => deployment_reply(&format!("{}/files/2.0.0.swb", base(req)), "2.0.0.swb"),
+            "2.0.0.swb" => file(bytes.clone()),
+            _ => json(200, j!({})),
+        },
+    );
+    let dev = fleet_device(&f.url);
+    let mut cycle = dev.updater_process("b");
+    cycle.args(["fleet", "--once", "--no-reboot", "--idle-timeout", "5"]);
+    let out = group.run(&cycle);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("action 6: 2.0.0 installed into slot_a"),
+        "{out:?}"
+    );
+    assert!(dev.slot(bootctl::Slot::A)[..r.image.len()] == r.image[..]);
+    let peak = std::fs::read_to_string(&group.peak).unwrap_or_default();
+    eprintln!(
+        "fleet client in a 24 MiB cgroup: idle poll peak {} bytes, installing peak {} bytes",
+        idle_peak.trim(),
+        peak.trim()
+    );
+}

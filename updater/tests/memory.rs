@@ -6,59 +6,8 @@ mod common;
 
 use bootctl::Slot;
 use common::*;
-use std::path::{Path, PathBuf};
 
 const MIB: usize = 1 << 20;
-
-/// A memory cgroup limited to `limit` bytes, removed when dropped: v2
-/// where the machine has its memory controller, else v1.
-struct MemoryCgroup {
-    dir: PathBuf,
-    /// The file holding the most it was ever charged.
-    peak: PathBuf,
-}
-
-impl MemoryCgroup {
-    fn make(limit: u64) -> Result<MemoryCgroup, String> {
-        let name = format!("switchback-test-{}", std::process::id());
-        let v2 = Path::new("/sys/fs/cgroup");
-        let v2_memory = std::fs::read_to_string(v2.join("cgroup.controllers"))
-            .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
-        let (dir, limit_file, peak) = if v2_memory {
-            let dir = v2.join(&name);
-            (dir.clone(), dir.join("memory.max"), dir.join("memory.peak"))
-        } else {
-            let dir = Path::new("/sys/fs/cgroup/memory").join(&name);
-            (
-                dir.clone(),
-                dir.join("memory.limit_in_bytes"),
-                dir.join("memory.max_usage_in_bytes"),
-            )
-        };
-        std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let group = MemoryCgroup { dir, peak };
-        std::fs::write(&limit_file, limit.to_string())
-            .map_err(|e| format!("writing {}: {e}", limit_file.display()))?;
-        Ok(group)
-    }
-
-    /// `command` run inside the cgroup (the shell joins it, then execs).
-    fn run(&self, command: &std::process::Command) -> std::process::Output {
-        let mut sh = std::process::Command::new("sh");
-        sh.arg("-c")
-            .arg("echo $$ > \"$0\" && exec \"$@\"")
-            .arg(self.dir.join("cgroup.procs"))
-            .arg(command.get_program())
-            .args(command.get_args());
-        sh.output().unwrap()
-    }
-}
-
-impl Drop for MemoryCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
 
 /// A 96 MiB release in the default 4 MiB chunks installs inside a 24 MiB
 /// memory cgroup, which charges the page cache the install writes through
@@ -66,16 +15,8 @@ impl Drop for MemoryCgroup {
 /// install was killed by the OOM killer at 48 MiB.
 #[test]
 fn an_install_fits_a_24_mib_memory_cgroup() {
-    if !switchback_test_support::needs_root("a memory cgroup") {
+    let Some(group) = MemoryCgroup::for_test(24 << 20) else {
         return;
-    }
-    let group = match MemoryCgroup::make(24 << 20) {
-        Ok(g) => g,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: no memory cgroup can be made here ({e})");
-            return;
-        }
-        Err(e) => panic!("CI runs this test, and no memory cgroup can be made: {e}"),
     };
     let dev = device_in(tempfile::tempdir().unwrap(), 100);
     let r = Release {

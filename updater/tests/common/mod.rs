@@ -394,3 +394,71 @@ pub fn install_with(
         observer,
     )
 }
+
+/// A memory cgroup limited to `limit` bytes, removed when dropped: v2
+/// where the machine has its memory controller, else v1.
+pub struct MemoryCgroup {
+    dir: PathBuf,
+    /// The file holding the most it was ever charged.
+    pub peak: PathBuf,
+}
+
+impl MemoryCgroup {
+    /// One for a test: `None` (the test says it is skipped) where it
+    /// cannot be made, except under CI, where that fails the test.
+    pub fn for_test(limit: u64) -> Option<MemoryCgroup> {
+        if !switchback_test_support::needs_root("a memory cgroup") {
+            return None;
+        }
+        match MemoryCgroup::make(limit) {
+            Ok(g) => Some(g),
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("SKIPPED: no memory cgroup can be made here ({e})");
+                None
+            }
+            Err(e) => panic!("CI runs this test, and no memory cgroup can be made: {e}"),
+        }
+    }
+
+    pub fn make(limit: u64) -> Result<MemoryCgroup, String> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("switchback-test-{}-{n}", std::process::id());
+        let v2 = Path::new("/sys/fs/cgroup");
+        let v2_memory = std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+        let (dir, limit_file, peak) = if v2_memory {
+            let dir = v2.join(&name);
+            (dir.clone(), dir.join("memory.max"), dir.join("memory.peak"))
+        } else {
+            let dir = Path::new("/sys/fs/cgroup/memory").join(&name);
+            (
+                dir.clone(),
+                dir.join("memory.limit_in_bytes"),
+                dir.join("memory.max_usage_in_bytes"),
+            )
+        };
+        std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let group = MemoryCgroup { dir, peak };
+        std::fs::write(&limit_file, limit.to_string())
+            .map_err(|e| format!("writing {}: {e}", limit_file.display()))?;
+        Ok(group)
+    }
+
+    /// `command` run inside the cgroup (the shell joins it, then execs).
+    pub fn run(&self, command: &std::process::Command) -> std::process::Output {
+        let mut sh = std::process::Command::new("sh");
+        sh.arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$@\"")
+            .arg(self.dir.join("cgroup.procs"))
+            .arg(command.get_program())
+            .args(command.get_args());
+        sh.output().unwrap()
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
