@@ -39,7 +39,8 @@ pub fn sign(program: &Path, key: &Path, cert: &Path) -> Result<()> {
             .arg(program),
         &format!("signing {} with {}", program.display(), key.display()),
     )?;
-    let sbverify = sbsign.with_file_name("sbverify");
+    let sbverify = find_program("sbverify")
+        .context("sbverify not found: apt-get install sbsigntool to sign for Secure Boot")?;
     run(
         Command::new(&sbverify).arg("--cert").arg(cert).arg(&signed),
         &format!(
@@ -55,7 +56,12 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let out = cmd.output().with_context(|| what.to_string())?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let err = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+        let err: Vec<&str> = err
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let err = err.join("; ");
         bail!("{what}: {err}");
     }
     Ok(())

@@ -482,24 +482,41 @@ pub const FLEET_HW_REVISION: &str = "qemu-1";
 /// The release initramfs's init: mounts the partition that `root=PARTUUID=`
 /// names (the boot stage's command line) and switches to it. No udev and no
 /// blkid here, so the partition's GUID is read from its GPT entry: sysfs
-/// gives each partition's number, the table header where the entries are.
+/// gives each partition's number, the table header where the entries are
+/// (the backup header at the disk's end when the primary is not one, as
+/// after a cut the stage could not repair). A disk flashed from the same
+/// image (a technician's stick) has the same GUIDs: two matches are
+/// refused, never guessed between.
 const SLOT_ROOT_BY_PARTUUID: &str = r#"want=$(sed -n 's/.*root=PARTUUID=\([^ ]*\).*/\1/p' /proc/cmdline | tr A-F a-f)
 partuuid() { # partition's sysfs dir -> its GPT unique GUID
   disk=$(basename "$(dirname "$(readlink -f "$1")")"); n=$(cat "$1/partition")
   bs=$(cat "/sys/block/$disk/queue/logical_block_size")
-  set -- $(od -An -tu8 -j $((bs + 72)) -N8 "/dev/$disk") $(od -An -tu4 -j $((bs + 84)) -N4 "/dev/$disk")
-  set -- $(od -An -tx1 -j $(($1 * bs + (n - 1) * $2 + 16)) -N16 "/dev/$disk")
+  sector() { dd if="/dev/$disk" bs=$bs skip=$1 count=1 2>/dev/null; }
+  hdr=1
+  if test "$(sector $hdr | head -c 8)" != "EFI PART"; then
+    hdr=$(( $(cat "/sys/block/$disk/size") * 512 / bs - 1 ))
+    test "$(sector $hdr | head -c 8)" = "EFI PART" || return
+  fi
+  set -- $(sector $hdr | od -An -tu8 -j 72 -N8) $(sector $hdr | od -An -tu4 -j 84 -N4)
+  at=$(( (n - 1) * $2 ))
+  set -- $(sector $(( $1 + at / bs )) | od -An -tx1 -j $(( at % bs + 16 )) -N16)
   echo "$4$3$2$1-$6$5-$8$7-$9${10}-${11}${12}${13}${14}${15}${16}"
 }
-root=; i=0
-while test -z "$root" && test $i -lt 100; do
+roots=; i=0
+while test -z "$roots" && test $i -lt 100; do
   for p in /sys/class/block/*; do
-    test -f "$p/partition" && test "$(partuuid "$p")" = "$want" && root=/dev/$(basename "$p")
+    test -f "$p/partition" && test "$(partuuid "$p")" = "$want" && roots="$roots /dev/$(basename "$p")"
   done
-  test -n "$root" || { sleep 0.1; i=$((i+1)); }
+  test -n "$roots" || { sleep 0.1; i=$((i+1)); }
 done
-mount -o ro -t ext4 "$root" /mnt && umount /proc /sys && mount --move /dev /mnt/dev && exec switch_root /mnt /sbin/init
-echo "SLOT INITRAMFS: no partition PARTUUID=$want, or it does not mount""#;
+set -- $roots
+if test $# -gt 1; then
+  echo "SLOT INITRAMFS: $# partitions have PARTUUID=$want ($roots): a copy of this disk is plugged in; not guessing"
+elif test $# -eq 1 && mount -o ro -t ext4 "$1" /mnt && umount /proc /sys && mount --move /dev /mnt/dev; then
+  exec switch_root /mnt /sbin/init
+else
+  echo "SLOT INITRAMFS: no partition PARTUUID=$want, or it does not mount"
+fi"#;
 
 /// The boot stage kernel's command line, inside its EFI program (or the
 /// extlinux.conf). arm64's kernel has the watchdog core built in: its

@@ -317,7 +317,7 @@ fn tampered_and_foreign_bundles_are_refused_inside_the_guest() {
 
 /// The smallest x86-64 machine in steps of 16 MiB whose OVMF starts
 /// Debian's generic kernel here: at 144 and 128 MiB the hand-over to the
-/// kernel's EFI stub dies in exceptions (#GP, #UD), as it did with the
+/// kernel's EFI stub dies in exceptions (#GP, #PF, #UD), as it did with the
 /// Linux stage's UKI (docs/boot-flow.md, "Memory"). arm64 runs at 128.
 const SMALL_X86_64_MIB: u32 = 160;
 

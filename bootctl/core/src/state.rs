@@ -44,16 +44,19 @@ impl fmt::Display for ReadError {
 
 impl core::error::Error for ReadError {}
 
-/// Reads both GPT copies, checks the partitions' layout, finds the slots:
-/// what a writer needs before it changes anything.
-pub fn read<D: BlockDevice + ?Sized>(dev: &mut D, sector_size: u64) -> Result<State, ReadError> {
-    let state = read_unchecked(dev, sector_size)?;
-    state
-        .gpt
-        .current()
-        .check_layout()
-        .map_err(ReadError::BadTable)?;
-    Ok(state)
+impl ReadError {
+    /// Whether the disk is no slot disk at all (no GPT header in either
+    /// place, or a GPT without the slots), rather than a damaged or
+    /// unreadable one: a boot stage may then look at other disks.
+    pub fn not_a_slot_disk(&self) -> bool {
+        match self {
+            ReadError::Slots(_) => true,
+            ReadError::NoGpt { primary, backup } => {
+                primary == crate::table::NO_SIGNATURE && backup == crate::table::NO_SIGNATURE
+            }
+            ReadError::BadTable(_) => false,
+        }
+    }
 }
 
 /// [`read`] without the layout check: for a boot stage, which only reads a
@@ -84,5 +87,38 @@ impl State {
     /// What the boot stage would pick now (without spending a try).
     pub fn next(&self) -> Selection {
         select(self.attrs())
+    }
+}
+
+/// Reads both GPT copies, checks the partitions' layout, finds the slots:
+/// what a writer needs before it changes anything.
+pub fn read<D: BlockDevice + ?Sized>(dev: &mut D, sector_size: u64) -> Result<State, ReadError> {
+    let state = read_unchecked(dev, sector_size)?;
+    state
+        .gpt
+        .current()
+        .check_layout()
+        .map_err(ReadError::BadTable)?;
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::MemDevice;
+
+    /// A blank disk is no slot disk; a slot disk whose both headers are
+    /// damaged is a damaged one, not "no slot disk".
+    #[test]
+    fn a_blank_disk_is_not_a_slot_disk_and_a_damaged_one_is() {
+        let mut blank = MemDevice(alloc::vec![0u8; 1 << 20]);
+        let e = read_unchecked(&mut blank, 512).expect_err("a blank disk reads");
+        assert!(e.not_a_slot_disk(), "{e}");
+        let mut damaged = crate::testdisk::disk(512);
+        let last = damaged.0.len() - 512;
+        crate::testdisk::flip_byte(&mut damaged, 512 + 20);
+        crate::testdisk::flip_byte(&mut damaged, last + 20);
+        let e = read_unchecked(&mut damaged, 512).expect_err("both copies damaged");
+        assert!(!e.not_a_slot_disk(), "{e}");
     }
 }

@@ -58,6 +58,9 @@ pub struct Header {
 fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
+/// Why a header was refused when there is no GPT header there at all.
+pub(crate) const NO_SIGNATURE: &str = "no \"EFI PART\" signature";
+
 fn le_u64(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
@@ -68,7 +71,7 @@ impl Header {
     /// Parses and checks a header sector. `my_lba` is where it was read from.
     fn parse(sector: &[u8], my_lba: u64, last_lba: u64) -> Result<Header, String> {
         if &sector[..8] != SIGNATURE {
-            return Err("no \"EFI PART\" signature".into());
+            return Err(NO_SIGNATURE.into());
         }
         let size = le_u32(sector, 12);
         if size < MIN_HEADER_SIZE || size as usize > sector.len() {

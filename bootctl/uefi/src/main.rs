@@ -122,7 +122,10 @@ fn holds(handle: Handle, esp: &[u8]) -> bool {
 /// The disk whose table holds `slot_a` and `slot_b`: the one this stage
 /// was loaded from first, so that another Switchback disk plugged in (a
 /// USB stick flashed with a factory image) is not the one booted; then the
-/// others, for boards whose stage comes from elsewhere.
+/// others, for boards whose stage comes from elsewhere. The others only
+/// when the stage's own disk is not a Switchback disk at all (no GPT, or
+/// one without the slots): when its table is damaged or unreadable, the
+/// stick's slots are not a way out, and the stage fails (and resets).
 fn find_disk() -> Result<(Disk, State), String> {
     let handles = boot::find_handles::<BlockIO>()
         .map_err(|e| format!("the firmware lists no block devices: {:?}", e.status()))?;
@@ -138,11 +141,19 @@ fn find_disk() -> Result<(Disk, State), String> {
             continue;
         };
         let sector = disk.block_size();
-        if let Ok(state) = bootctl_core::read_unchecked(&mut disk, sector) {
-            if n >= own.len() && esp.is_some() {
-                say("the slots are not on the disk this stage was loaded from: using another disk's");
+        match bootctl_core::read_unchecked(&mut disk, sector) {
+            Ok(state) => {
+                if n >= own.len() && esp.is_some() {
+                    say("the slots are not on the disk this stage was loaded from: using another disk's");
+                }
+                return Ok((disk, state));
             }
-            return Ok((disk, state));
+            Err(e) if n < own.len() && !e.not_a_slot_disk() => {
+                return Err(format!(
+                    "the disk this stage was loaded from: {e}; not booting another disk's slots"
+                ));
+            }
+            Err(_) => {}
         }
     }
     Err("no disk has partitions named slot_a and slot_b".into())

@@ -211,6 +211,30 @@ impl Function for Ecam {
     }
 }
 
+const FDT_HEADER: usize = 40;
+const FDT_MAGIC: u32 = 0xd00d_feed;
+/// Far above any board's tree (QEMU's virt gives 1 MiB).
+const FDT_MAX: usize = 4 << 20;
+
+/// The tree's size from its header, when the header is one: the magic, a
+/// bounded size, and the structure and strings blocks inside it (the
+/// parser slices them unchecked and would panic, and a panic resets).
+fn checked_fdt_size(h: &[u8]) -> Option<usize> {
+    let be = |at: usize| -> Option<usize> {
+        let b: [u8; 4] = h.get(at..at + 4)?.try_into().ok()?;
+        usize::try_from(u32::from_be_bytes(b)).ok()
+    };
+    let total = be(4)?;
+    let within = |off: usize, len: usize| off.checked_add(len).is_some_and(|end| end <= total);
+    let ok = be(0)? == FDT_MAGIC as usize
+        && (FDT_HEADER..=FDT_MAX).contains(&total)
+        && be(20)? >= 17
+        && within(be(8)?, be(36)?)
+        && within(be(12)?, be(32)?)
+        && be(16)? < total;
+    ok.then_some(total)
+}
+
 /// The i6300esb on bus 0 of the device tree's generic ECAM host, if any.
 fn ecam_function() -> Option<Ecam> {
     let dtb = uefi::system::with_config_table(|t| {
@@ -219,12 +243,28 @@ fn ecam_function() -> Option<Ecam> {
             .map(|e| e.address as *const u8)
     })?;
     // SAFETY: the firmware's configuration table entry for the device
-    // tree points at a whole flattened device tree, which stays in memory
-    // while boot services run; `from_ptr` checks its header and size.
-    let fdt = unsafe { fdt::Fdt::from_ptr(dtb) }.ok()?;
+    // tree points at a flattened device tree, which stays in memory while
+    // boot services run; its 40-byte header is read first.
+    let header = unsafe { core::slice::from_raw_parts(dtb, FDT_HEADER) };
+    let total = checked_fdt_size(header)?;
+    // SAFETY: as above, and the header says the tree is `total` bytes,
+    // bounded by `checked_fdt_size`.
+    let fdt = fdt::Fdt::new(unsafe { core::slice::from_raw_parts(dtb, total) }).ok()?;
     let host = fdt.find_compatible(&["pci-host-ecam-generic"])?;
+    if host
+        .property("status")
+        .and_then(|p| p.as_str())
+        .is_some_and(|s| s != "okay" && s != "ok")
+    {
+        return None;
+    }
     let window = host.reg()?.next()?;
     let (base, size) = (window.starting_address as u64, window.size? as u64);
+    // An ECAM window is 1 MiB a bus, aligned to it; anything else is not
+    // one, and its "config space" would be arbitrary memory.
+    if base == 0 || base % (1 << 20) != 0 || size < (1 << 20) {
+        return None;
+    }
     // Bus 0, devices 0..32, function 0: where QEMU's virt machine puts
     // devices on its root complex. 32 devices of 32 KiB each.
     (0..32u64)
