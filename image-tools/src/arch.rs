@@ -1,7 +1,6 @@
 //! The machine a boot stage is built for. Everything that differs between
 //! x86-64 and arm64 on the vendor side is here: the firmware's default
-//! loader name, systemd's stub, the objcopy that can edit its PE image, and
-//! how to tell a kernel or an executable of one from the other. A UKI or a
+//! loader name, systemd's stub, and how to tell a kernel or an executable of one from the other. A UKI or a
 //! factory disk for the wrong machine would only fail on the device, at
 //! its first boot, so `uki` and `mkdisk` refuse one before writing.
 
@@ -49,15 +48,6 @@ impl Arch {
         match self {
             Arch::X86_64 => "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
             Arch::Arm64 => "/usr/lib/systemd/boot/efi/linuxaa64.efi.stub",
-        }
-    }
-
-    /// An objcopy that knows this machine's PE format, and its package: an
-    /// x86-64 binutils does not know arm64's.
-    pub fn objcopy(self) -> (&'static str, &'static str) {
-        match self {
-            Arch::X86_64 => ("objcopy", "binutils"),
-            Arch::Arm64 => ("aarch64-linux-gnu-objcopy", "binutils-aarch64-linux-gnu"),
         }
     }
 

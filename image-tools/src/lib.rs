@@ -11,6 +11,7 @@ pub mod cli;
 pub mod esp;
 pub mod mkdisk;
 pub mod ops;
+pub mod pe;
 pub mod programs;
 pub mod progress;
 pub mod secureboot;

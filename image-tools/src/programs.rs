@@ -1,4 +1,4 @@
-//! The host programs the tools run (mkfs.ext4, mkfs.vfat, mcopy, objcopy),
+//! The host programs the tools run (mkfs.ext4, mkfs.vfat, mcopy, sbsign),
 //! found the way a shell finds them.
 
 use std::path::PathBuf;

@@ -126,19 +126,8 @@ pub fn with_keyring(arch: Arch, efi: &Path, keys: &[[u8; 32]], out: &Path) -> Re
             efi.display()
         );
     }
-    let end = uki::program_end(&data, efi)?;
-    let objcopy = uki::objcopy_for(arch)?;
-    let work = uki::work_dir_beside(out)?;
-    let section = work.path().join("keyring");
-    std::fs::write(&section, keyring_section(keys))?;
-    let tmp = work.path().join("stage.efi");
-    uki::add_sections(&objcopy, efi, end, &[(KEYRING_SECTION, &section)], &tmp)
+    let section = keyring_section(keys);
+    let stage = crate::pe::add_sections(&data, efi, &[(KEYRING_SECTION, &section)])
         .with_context(|| format!("building {}", out.display()))?;
-    ensure!(
-        uki::section(&tmp, KEYRING_SECTION)? == keyring_section(keys),
-        "objcopy did not add the keyring to {}",
-        out.display()
-    );
-    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
-    Ok(())
+    uki::write_whole(out, &stage)
 }

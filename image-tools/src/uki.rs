@@ -6,19 +6,13 @@
 //! line. One file is what a vendor signs for Secure Boot, so the initramfs
 //! and command line are covered by the same signature as the kernel
 //! (docs/boot-flow.md). Debian 12 has no `ukify`: the sections are added
-//! with binutils' `objcopy` (for arm64, the cross binutils': the native one
-//! cannot write arm64's PE), placed after the stub's own as `ukify` does.
+//! by [`crate::pe`], placed after the stub's own as `ukify` does.
 
 use crate::arch::{self, Arch};
-use crate::programs::find_program;
 use anyhow::{bail, Context, Result};
 use object::read::pe::PeFile64;
 use object::{Object, ObjectSection};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// Sections start on page boundaries, as the firmware maps them.
-const PAGE: u64 = 4096;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UkiOptions {
@@ -45,23 +39,8 @@ pub struct UkiOptions {
     pub out: PathBuf,
 }
 
-/// The image base of the PE image `data` and the end of its last section
-/// relative to that base: where added sections may start.
-pub fn program_end(data: &[u8], what: &Path) -> Result<(u64, u64)> {
-    let pe = PeFile64::parse(data)
-        .with_context(|| format!("{} is not a 64-bit EFI program", what.display()))?;
-    let base = pe.relative_address_base();
-    let end = pe
-        .sections()
-        .map(|s| s.address().saturating_sub(base) + s.size())
-        .max()
-        .unwrap_or(0);
-    Ok((base, end))
-}
-
-/// [`program_end`] of systemd's EFI stub, which is refused when it is not
-/// one.
-fn image_end(data: &[u8], what: &Path) -> Result<(u64, u64)> {
+/// Refuses `data` unless it is systemd's EFI stub.
+fn check_stub(data: &[u8], what: &Path) -> Result<()> {
     let pe = PeFile64::parse(data)
         .with_context(|| format!("{} is not a 64-bit EFI program", what.display()))?;
     // systemd's EFI programs say what they are: in an .sdmagic section, or
@@ -82,7 +61,7 @@ fn image_end(data: &[u8], what: &Path) -> Result<(u64, u64)> {
             what.display()
         );
     }
-    program_end(data, what)
+    Ok(())
 }
 
 /// The kernel the stub hands over to must be a Linux kernel with its own
@@ -121,7 +100,6 @@ fn check_kernel(kernel: &[u8], path: &Path, arch: Arch) -> Result<()> {
 /// renamed).
 pub fn build(opts: &UkiOptions) -> Result<()> {
     let arch = opts.arch;
-    let objcopy = objcopy_for(arch)?;
     let stub_path = opts
         .stub
         .clone()
@@ -132,7 +110,7 @@ pub fn build(opts: &UkiOptions) -> Result<()> {
             stub_path.display()
         )
     })?;
-    let (base, at) = image_end(&stub, &stub_path)?;
+    check_stub(&stub, &stub_path)?;
     arch::check_pe_machine(
         &stub,
         &format!("the EFI stub {}", stub_path.display()),
@@ -147,45 +125,38 @@ pub fn build(opts: &UkiOptions) -> Result<()> {
     let initrd = std::fs::read(&opts.initrd)
         .with_context(|| format!("reading the initramfs {}", opts.initrd.display()))?;
     arch::check_initramfs(&initrd, &opts.initrd, arch)?;
-    let work = work_dir_beside(&opts.out)?;
-    let osrel = work.path().join("osrel");
-    std::fs::write(
-        &osrel,
-        format!(
-            "ID=switchback\nNAME=\"Switchback boot stage\"\nVERSION_ID={}\n",
-            env!("CARGO_PKG_VERSION")
-        ),
-    )?;
-    let cmdline = work.path().join("cmdline");
-    std::fs::write(&cmdline, &opts.cmdline)?;
-
+    let osrel = format!(
+        "ID=switchback\nNAME=\"Switchback boot stage\"\nVERSION_ID={}\n",
+        env!("CARGO_PKG_VERSION")
+    );
     // `.linux` last, as `ukify` places it: the kernel's EFI stub may
     // decompress into the room behind it.
-    let tmp = work.path().join("uki.efi");
-    add_sections(
-        &objcopy,
+    let uki = crate::pe::add_sections(
+        &stub,
         &stub_path,
-        (base, at),
         &[
-            (".osrel", osrel.as_path()),
-            (".cmdline", cmdline.as_path()),
-            (".initrd", opts.initrd.as_path()),
-            (".linux", opts.kernel.as_path()),
+            (".osrel", osrel.as_bytes()),
+            (".cmdline", opts.cmdline.as_bytes()),
+            (".initrd", &initrd),
+            (".linux", &kernel),
         ],
-        &tmp,
     )
     .with_context(|| format!("building {}", opts.out.display()))?;
-    check_layout(&tmp)?;
-    std::fs::rename(&tmp, &opts.out).with_context(|| format!("writing {}", opts.out.display()))?;
-    Ok(())
+    write_whole(&opts.out, &uki)
 }
 
-/// The objcopy that writes `arch`'s PE images.
-pub fn objcopy_for(arch: Arch) -> Result<PathBuf> {
-    let (objcopy, package) = arch.objcopy();
-    find_program(objcopy).with_context(|| {
-        format!("{objcopy} not found: install {package} to build an {arch} EFI program")
-    })
+/// Writes `bytes` to `out` whole: beside it, synced, then renamed over it,
+/// so that `out` is never a half-written program.
+pub fn write_whole(out: &Path, bytes: &[u8]) -> Result<()> {
+    let work = work_dir_beside(out)?;
+    let tmp = work.path().join("program.efi");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, out)
+    };
+    write().with_context(|| format!("writing {}", out.display()))
 }
 
 /// A work directory beside `out`, so that the finished program is renamed
@@ -197,69 +168,6 @@ pub fn work_dir_beside(out: &Path) -> Result<tempfile::TempDir> {
     };
     tempfile::tempdir_in(out_dir)
         .with_context(|| format!("creating a work directory in {}", out_dir.display()))
-}
-
-/// Copies the EFI program `input` to `out` with `sections` (name, file)
-/// added in order, each page-aligned after the program's end (`base`, the
-/// image base, and `end`, the end of its last section relative to it).
-/// Addresses are absolute, as objcopy takes them (the image base plus the
-/// offset): stubs from systemd 254 on have a base far from 0.
-pub fn add_sections(
-    objcopy: &Path,
-    input: &Path,
-    (base, end): (u64, u64),
-    sections: &[(&str, &Path)],
-    out: &Path,
-) -> Result<()> {
-    let mut cmd = Command::new(objcopy);
-    let mut at = end;
-    for (name, path) in sections {
-        let len = std::fs::metadata(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .len();
-        at = at.div_ceil(PAGE) * PAGE;
-        let vma = base + at;
-        cmd.arg("--add-section")
-            .arg(format!("{name}={}", path.display()))
-            .arg("--change-section-vma")
-            .arg(format!("{name}={vma:#x}"));
-        at += len;
-    }
-    let output = cmd
-        .arg(input)
-        .arg(out)
-        .output()
-        .with_context(|| format!("running {}", objcopy.display()))?;
-    if !output.status.success() {
-        bail!(
-            "objcopy failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// Checks what objcopy made: every section starts after the one before it
-/// ends, the added ones page-aligned, `.linux` last.
-fn check_layout(path: &Path) -> Result<()> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let pe = PeFile64::parse(&*data)
-        .with_context(|| format!("objcopy made no EFI program at {}", path.display()))?;
-    let mut sections: Vec<(u64, u64, String)> = pe
-        .sections()
-        .map(|s| (s.address(), s.size(), s.name().unwrap_or("?").to_string()))
-        .collect();
-    sections.sort();
-    for pair in sections.windows(2) {
-        let ((a, a_len, a_name), (b, _, b_name)) = (&pair[0], &pair[1]);
-        if a + a_len > *b {
-            bail!("the EFI program's sections {a_name} and {b_name} overlap");
-        }
-    }
-    if sections.last().map(|s| s.2.as_str()) != Some(".linux") {
-        bail!("the EFI program's .linux section is not its last");
-    }
-    Ok(())
 }
 
 /// The named section's bytes in the UKI at `path` (for checks and tests).

@@ -382,6 +382,34 @@ fn keyed_stage(arch: Arch, efi: &Path) {
     .unwrap();
 }
 
+/// The keyed stage is the stage as built plus its keyring: every section
+/// the linker made stays where it was, `.data` too, which on arm64 has no
+/// bytes in the file (only zero-initialised statics). Dropped, as binutils'
+/// objcopy did, no firmware zeroes those statics, and U-Boot started the
+/// stage with the last boot's bytes in them: it crashed after every warm
+/// reset.
+#[test]
+fn the_keyed_stage_keeps_every_section_of_the_stage_as_built() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in [Arch::X86_64, Arch::Arm64] {
+        let built = uefi_boot_stage(arch).unwrap();
+        let keyed = dir.path().join(format!("{arch}.efi"));
+        keyed_stage(arch, &keyed);
+        let before = image_tools::pe::sections(&std::fs::read(&built).unwrap(), &built).unwrap();
+        let after = image_tools::pe::sections(&std::fs::read(&keyed).unwrap(), &keyed).unwrap();
+        assert!(
+            before.iter().any(|s| s.name.starts_with(".data")),
+            "{arch}: the stage as built has no .data: {before:?}"
+        );
+        assert_eq!(after[..before.len()], before[..], "{arch}");
+        assert_eq!(after.len(), before.len() + 1, "{arch}: {after:?}");
+        assert!(
+            after[before.len()].name.starts_with(".keyring"),
+            "{arch}: {after:?}"
+        );
+    }
+}
+
 /// `signed_machine_disk` with `efi` as the stage and each slot's kernel
 /// its own.
 fn signed_machine_disk_with(
