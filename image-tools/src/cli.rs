@@ -118,6 +118,11 @@ pub struct BuildArgs {
     /// before it runs); repeatable, in the order they run.
     #[arg(long = "migration", value_parser = parse_migration)]
     pub migrations: Vec<MigrationSource>,
+    /// Append a dm-verity hash tree to the rootfs image, its root hash
+    /// signed in the manifest: the device opens its root through it, so a
+    /// changed block fails the read that touches it.
+    #[arg(long)]
+    pub verity: bool,
 }
 
 /// SOURCE_DATE_EPOCH when set (reproducible builds), else now.
@@ -151,6 +156,7 @@ pub fn build(args: BuildArgs, base: Option<PathBuf>) -> Result<String> {
         threads: args.threads,
         migrations: args.migrations,
         base,
+        verity: args.verity,
     };
     let total = args
         .images

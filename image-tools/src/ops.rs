@@ -134,6 +134,8 @@ pub struct ImageReport {
     pub digest: String,
     /// Set for a delta image: the base it must be applied to.
     pub base: Option<crate::bundle::manifest::BaseSpec>,
+    /// Set when the image ends in a dm-verity hash tree.
+    pub verity: Option<crate::bundle::verity::VeritySpec>,
 }
 
 #[derive(Debug, Serialize)]
@@ -183,6 +185,7 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
                 chunk_size: i.chunk_size,
                 digest: i.digest().to_string(),
                 base: i.base.clone(),
+                verity: i.verity.clone(),
             })
             .collect(),
         migrations: m.migrations.clone(),
@@ -231,6 +234,15 @@ impl fmt::Display for InspectReport {
                     f,
                     "delta       {} applies to a {}-byte base image with digest {}",
                     i.target, b.size, b.digest
+                )?;
+            }
+        }
+        for i in &self.images {
+            if let Some(v) = &i.verity {
+                writeln!(
+                    f,
+                    "verity      {}: root hash {}, {} data blocks of {} bytes, hash tree at byte {}",
+                    i.target, v.root_hash, v.data_blocks, v.data_block_size, v.hash_offset
                 )?;
             }
         }

@@ -54,6 +54,7 @@ fn opts(chunk_size: u64) -> BuildOptions {
         threads: 2,
         migrations: Vec::new(),
         base: None,
+        verity: false,
     }
 }
 

@@ -44,6 +44,7 @@ fn vector_options() -> BuildOptions {
         threads: 2,
         migrations: Vec::new(),
         base: None,
+        verity: false,
     }
 }
 
@@ -144,27 +145,34 @@ fn fuzz_seeds_are_bundles_of_the_current_format() {
         target: target.into(),
         path: path.to_path_buf(),
     };
-    let cases: [(&str, Vec<ImageSource>, Option<&Path>); 3] = [
-        ("v2-small", vec![image("rootfs", &vector)], None),
+    // A root of 40 blocks of 4 KiB with its dm-verity tree.
+    let blocks: Vec<u8> = (0..40 * 4096u32).map(|i| (i / 4096) as u8).collect();
+    let verity_root = write("verity.img", &blocks);
+    let cases: [(&str, Vec<ImageSource>, Option<&Path>, bool); 4] = [
+        ("v2-small", vec![image("rootfs", &vector)], None, false),
         (
             "two-images",
             vec![image("rootfs", &vector), image("extra", &second)],
             None,
+            false,
         ),
         (
             "delta",
             vec![image("rootfs", &changed_path)],
             Some(&base_path),
+            false,
         ),
+        ("verity", vec![image("rootfs", &verity_root)], None, true),
     ];
     let ring = Keyring::from_verifying_keys([key.verifying_key()]);
-    for (name, images, delta_base) in cases {
+    for (name, images, delta_base, verity) in cases {
         let reader_seed = seeds.join("bundle_reader").join(format!("{name}.swb"));
         let signed_seed = seeds.join("signed_bundle").join(format!("{name}.bin"));
         if write_vectors() {
             let out = dir.path().join(format!("{name}.swb"));
             let opts = BuildOptions {
                 base: delta_base.map(Path::to_path_buf),
+                verity,
                 ..vector_options()
             };
             bundle::build(

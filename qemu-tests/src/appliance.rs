@@ -95,6 +95,7 @@ impl Appliance {
             threads: 2,
             migrations,
             base: None,
+            verity: false,
         };
         let out = self.dir.path().join(format!("{name}.swb"));
         let src = [ImageSource {

@@ -440,6 +440,7 @@ fn signed_machine_disk_with(
             threads: 2,
             migrations: Vec::new(),
             base: None,
+            verity: false,
         };
         let src = [ImageSource {
             target: "rootfs".into(),

@@ -65,6 +65,7 @@ pub mod size;
 #[cfg(feature = "std")]
 pub mod swu;
 pub mod trailer;
+pub mod verity;
 #[cfg(feature = "writer")]
 pub mod writer;
 

@@ -124,6 +124,11 @@ pub struct ImageSpec {
     /// Set for a delta image: the image its chunks are decoded against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseSpec>,
+    /// Set when the image ends in a dm-verity hash tree over the rest
+    /// (`rootfs` only): the device opens it through the kernel's verity
+    /// target with these parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<crate::verity::VeritySpec>,
 }
 
 /// The base of a delta image: what must be in the running slot.
@@ -292,6 +297,15 @@ impl Manifest {
             }
             if image.size == 0 || image.size > 1 << 50 {
                 return Err(bad(format!("image {t}: size {} out of range", image.size)));
+            }
+            if let Some(v) = &image.verity {
+                if t != crate::ROOTFS {
+                    return Err(bad(format!(
+                        "image {t}: only the rootfs image has a verity hash tree"
+                    )));
+                }
+                v.check(image.size)
+                    .map_err(|e| bad(format!("image {t}: verity: {e}")))?;
             }
             let expected_chunks = image.size.div_ceil(image.chunk_size);
             if image.chunks.len() as u64 != expected_chunks {

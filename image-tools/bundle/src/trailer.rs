@@ -157,6 +157,7 @@ mod tests {
                 chunk_size: 64 << 10,
                 chunks: vec![zero_chunk(0), zero_chunk(0)],
                 base: None,
+                verity: None,
             }],
             migrations: Vec::new(),
         };

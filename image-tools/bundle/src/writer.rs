@@ -8,6 +8,7 @@ use super::header::{encode_signatures, Header, SignatureEntry};
 use super::keys::key_id;
 use super::manifest::{BaseSpec, ChunkSpec, Digest, ImageSpec, Manifest, MigrationSpec, Phase};
 use super::pipeline::ordered_map;
+use super::verity::{self, VeritySpec};
 use super::{CHUNK_ALIGN, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use ed25519_dalek::{Signer, SigningKey};
 use std::fs::File;
@@ -34,6 +35,9 @@ pub struct BuildOptions {
     /// Makes a delta bundle: the `rootfs` image is encoded against this
     /// base image, which the device must be running.
     pub base: Option<PathBuf>,
+    /// Appends a dm-verity hash tree to the `rootfs` image and records its
+    /// root hash in the manifest ([`crate::verity`]).
+    pub verity: bool,
 }
 
 /// A migration executable to pack, and when it runs.
@@ -88,14 +92,25 @@ fn write_image(
     progress: &mut dyn FnMut(u64),
 ) -> Result<ImageSpec> {
     let path_err = |what: &str| BundleError::io(format!("{what} image {}", src.path.display()));
-    let mut file = File::open(&src.path).map_err(path_err("opening"))?;
-    let size = file.metadata().map_err(path_err("measuring"))?.len();
-    if size == 0 {
+    let file = File::open(&src.path).map_err(path_err("opening"))?;
+    let data_size = file.metadata().map_err(path_err("measuring"))?.len();
+    if data_size == 0 {
         return Err(BundleError::BadManifest(format!(
             "image {} is empty",
             src.path.display()
         )));
     }
+    // The hash tree goes after the data, in the same chunks: the slot
+    // holds both, written and checked like any other byte.
+    let (tree, verity) = match opts.verity && src.target == crate::ROOTFS {
+        true => {
+            let (tree, spec) = verity_tree(opts, src, data_size)?;
+            (tree, Some(spec))
+        }
+        false => (Vec::new(), None),
+    };
+    let size = data_size + tree.len() as u64;
+    let mut file = file.chain(std::io::Cursor::new(tree));
     let mut chunks = Vec::new();
     let mut read_so_far = 0u64;
     let chunk_size = opts.chunk_size as usize;
@@ -191,7 +206,79 @@ fn write_image(
         chunk_size: opts.chunk_size,
         chunks,
         base,
+        verity,
     })
+}
+
+/// The dm-verity hash tree over the image `src` of `data_size` bytes, and
+/// what the manifest says of it. Its salt is derived from the release
+/// (product, version, size), so that the same inputs give the same bundle.
+fn verity_tree(
+    opts: &BuildOptions,
+    src: &ImageSource,
+    data_size: u64,
+) -> Result<(Vec<u8>, VeritySpec)> {
+    let block = u64::from(verity::BLOCK_SIZE);
+    if data_size % block != 0 {
+        return Err(BundleError::BadManifest(format!(
+            "image {} is {data_size} bytes, not a whole number of {block}-byte blocks: dm-verity cannot cover it",
+            src.path.display()
+        )));
+    }
+    let data_blocks = data_size / block;
+    let salt = {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for part in ["switchback verity salt", &opts.compatible, &opts.version] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        h.update(data_size.to_le_bytes());
+        h.finalize().to_vec()
+    };
+    let layout = verity::Layout::new(data_blocks, verity::BLOCK_SIZE).ok_or_else(|| {
+        BundleError::BadManifest(format!("image {}: no hash tree layout", src.path.display()))
+    })?;
+    let path_err = |what: &str| BundleError::io(format!("{what} image {}", src.path.display()));
+    let mut file = File::open(&src.path).map_err(path_err("opening"))?;
+    let mut leaves = Vec::with_capacity(usize::try_from(data_blocks).unwrap_or(0));
+    ordered_map(
+        opts.threads,
+        || -> Result<Option<Vec<u8>>> {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = read_full(&mut file, &mut buf).map_err(path_err("reading"))?;
+            buf.truncate(n);
+            Ok((n > 0).then_some(buf))
+        },
+        || (),
+        |(), buf| -> Result<Vec<[u8; 32]>> {
+            Ok(buf
+                .chunks(block as usize)
+                .map(|b| verity::block_digest(&salt, b))
+                .collect())
+        },
+        |digests| {
+            leaves.extend(digests);
+            Ok(())
+        },
+    )?;
+    if leaves.len() as u64 != data_blocks {
+        return Err(BundleError::Io {
+            what: format!("reading image {}", src.path.display()),
+            source: std::io::Error::other("changed size while its hash tree was built"),
+        });
+    }
+    let (tree, root_hash) = verity::tree(&layout, &salt, &leaves);
+    let spec = VeritySpec {
+        algorithm: verity::ALGORITHM.into(),
+        data_block_size: verity::BLOCK_SIZE,
+        hash_block_size: verity::BLOCK_SIZE,
+        data_blocks,
+        hash_offset: data_size,
+        salt: hex::encode(&salt),
+        root_hash,
+    };
+    Ok((tree, spec))
 }
 
 /// Builds a bundle at `out` (written to a temporary file beside it, then

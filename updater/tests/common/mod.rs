@@ -149,6 +149,7 @@ pub fn bundle_in(dir: &Path, r: &Release) -> PathBuf {
         threads: 2,
         migrations: r.migrations.clone(),
         base: r.base.clone(),
+        verity: false,
     };
     bundle::build(
         &opts,
