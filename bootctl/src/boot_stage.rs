@@ -437,6 +437,10 @@ pub fn describe_start_failure(value: &str) -> Option<(Slot, String)> {
         "kexec-load" => format!("kexec refused its kernel{because}"),
         "kexec-reboot" => format!("the reboot into its kernel failed{because}"),
         // The UEFI boot stage: the code is the firmware's EFI_STATUS.
+        // ACCESS_DENIED and SECURITY_VIOLATION: Secure Boot's verdict.
+        "load-image" if matches!(errno, 0x8000_0000_0000_000f | 0x8000_0000_0000_001a) => format!(
+            "its kernel is not signed for Secure Boot: the firmware refused it (EFI status {errno:#x})"
+        ),
         "load-image" => format!("the firmware would not start its kernel (EFI status {errno:#x})"),
         "unsigned" => "it holds no release signed for this device".to_string(),
         "bad-signature" => "its release is not signed by a key the boot stage trusts".to_string(),
@@ -463,6 +467,13 @@ mod tests {
         let (slot, why) = describe_start_failure("slot_a:load-image:9223372036854775834").unwrap();
         assert_eq!(slot, Slot::A);
         assert!(why.ends_with("(EFI status 0x800000000000001a)"), "{why}");
+        assert!(why.contains("not signed for Secure Boot"), "{why}");
+        // NOT_FOUND is no signature verdict.
+        let (_, why) = describe_start_failure("slot_a:load-image:9223372036854775822").unwrap();
+        assert!(
+            why.contains("the firmware would not start its kernel"),
+            "{why}"
+        );
         let (_, why) = describe_start_failure("slot_b:tampered:0").unwrap();
         assert!(
             why.ends_with("no longer matches its signed release"),

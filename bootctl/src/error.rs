@@ -63,6 +63,8 @@ pub enum Error {
     #[error("{path}: not a disk or disk image (a regular file or block device)")]
     NotADisk { path: PathBuf },
 
+    #[error("the root cannot be opened through dm-verity: {0}")]
+    Verity(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -84,6 +86,7 @@ impl Error {
             Error::BootedMismatch { .. } => 39,
             Error::NotADisk { .. } => 10,
             Error::Invalid(_) => 2,
+            Error::Verity(_) => 20,
         }
     }
 

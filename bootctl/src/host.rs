@@ -121,7 +121,10 @@ pub fn root_disk(cmdline: &str) -> Option<PathBuf> {
         let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
         std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()
     });
-    let sys = match mounted.filter(|p| p.join("partition").exists()) {
+    let sys = match mounted
+        .map(below_device_mapper)
+        .filter(|p| p.join("partition").exists())
+    {
         Some(p) => p,
         None => {
             let root = cmdline_value(cmdline, "root")?;
@@ -143,9 +146,50 @@ pub fn root_disk(cmdline: &str) -> Option<PathBuf> {
     Some(Path::new("/dev").join(parent))
 }
 
+/// The partition under a device-mapper device (sysfs dir `sys`), when it
+/// has exactly one: a root opened through dm-verity (`bootctl open-root`)
+/// is `dm-N` over the slot's partition, data and hash tree on it. Anything
+/// else is returned as it is.
+fn below_device_mapper(sys: PathBuf) -> PathBuf {
+    if !sys.join("dm").is_dir() {
+        return sys;
+    }
+    let below: Vec<PathBuf> = std::fs::read_dir(sys.join("slaves"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    match below.as_slice() {
+        [one] => std::fs::canonicalize(one).unwrap_or(sys),
+        _ => sys,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_mapper_root_is_followed_to_its_one_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path();
+        let part = sys.join("block/vda/vda2");
+        std::fs::create_dir_all(&part).unwrap();
+        std::fs::write(part.join("partition"), "2").unwrap();
+        let dm = sys.join("virtual/block/dm-0");
+        std::fs::create_dir_all(dm.join("dm")).unwrap();
+        std::fs::create_dir_all(dm.join("slaves")).unwrap();
+        std::os::unix::fs::symlink(&part, dm.join("slaves/vda2")).unwrap();
+        assert_eq!(
+            below_device_mapper(dm.clone()),
+            part.canonicalize().unwrap()
+        );
+        // Two devices under it (a striped or mirrored root): not followed.
+        let other = sys.join("block/vdb/vdb1");
+        std::fs::create_dir_all(&other).unwrap();
+        std::os::unix::fs::symlink(&other, dm.join("slaves/vdb1")).unwrap();
+        assert_eq!(below_device_mapper(dm.clone()), dm);
+        // Not device-mapper at all.
+        assert_eq!(below_device_mapper(part.clone()), part);
+    }
 
     #[test]
     fn cmdline_values() {

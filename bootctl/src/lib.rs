@@ -16,6 +16,7 @@ pub use bootctl_core::{attr, table};
 pub mod boot_stage;
 pub mod control;
 pub mod device;
+pub mod dm;
 pub mod error;
 pub mod host;
 pub mod kexec;

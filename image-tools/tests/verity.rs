@@ -10,6 +10,26 @@ fn it() -> Command {
     Command::cargo_bin("image-tools").unwrap()
 }
 
+/// A directory with a vendor key pair: k.pem and k.pub.
+fn keyed_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    it().current_dir(dir.path())
+        .args(["keygen", "--private", "k.pem", "--public", "k.pub"])
+        .assert()
+        .success();
+    dir
+}
+
+/// `image-tools build --verity` of the root image `image` into r.swb.
+fn build_verity(d: &Path, image: &str) -> assert_cmd::assert::Assert {
+    it().current_dir(d)
+        .args(["build", "--key", "k.pem", "--image"])
+        .arg(format!("rootfs={image}"))
+        .args(["--compatible", "acme-gw", "--version", "1.2.3", "--verity"])
+        .args(["--out", "r.swb"])
+        .assert()
+}
+
 fn veritysetup() -> std::path::PathBuf {
     image_tools::programs::find_program("veritysetup")
         .expect("veritysetup (apt-get install cryptsetup-bin): the reference for the hash tree")
@@ -22,12 +42,7 @@ fn same_tree_as_veritysetup(dir: &Path, blocks: u64) {
         .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
         .collect();
     std::fs::write(dir.join("rootfs.img"), &data).unwrap();
-    it().current_dir(dir)
-        .args(["build", "--key", "k.pem", "--image", "rootfs=rootfs.img"])
-        .args(["--compatible", "acme-gw", "--version", "1.2.3", "--verity"])
-        .args(["--out", "r.swb"])
-        .assert()
-        .success();
+    build_verity(dir, "rootfs.img").success();
     it().current_dir(dir)
         .args(["extract", "r.swb", "--public", "k.pub", "--image", "rootfs"])
         .args(["--out", "slot.img"])
@@ -98,12 +113,8 @@ fn same_tree_as_veritysetup(dir: &Path, blocks: u64) {
 
 #[test]
 fn the_tree_and_root_hash_are_veritysetups_for_one_two_and_three_levels() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = keyed_dir();
     let d = dir.path();
-    it().current_dir(d)
-        .args(["keygen", "--private", "k.pem", "--public", "k.pub"])
-        .assert()
-        .success();
     // One data block under one hash block; 300 blocks need two levels;
     // 128 * 128 + 1 three.
     for blocks in [2, 300, 128 * 128 + 1] {
@@ -113,18 +124,10 @@ fn the_tree_and_root_hash_are_veritysetups_for_one_two_and_three_levels() {
 
 #[test]
 fn an_image_that_is_not_whole_blocks_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = keyed_dir();
     let d = dir.path();
-    it().current_dir(d)
-        .args(["keygen", "--private", "k.pem", "--public", "k.pub"])
-        .assert()
-        .success();
     std::fs::write(d.join("rootfs.img"), vec![1u8; 4096 * 3 + 1]).unwrap();
-    it().current_dir(d)
-        .args(["build", "--key", "k.pem", "--image", "rootfs=rootfs.img"])
-        .args(["--compatible", "acme-gw", "--version", "1.2.3", "--verity"])
-        .args(["--out", "r.swb"])
-        .assert()
+    build_verity(d, "rootfs.img")
         .failure()
         .stderr(predicates::str::contains(
             "not a whole number of 4096-byte blocks",
@@ -132,23 +135,41 @@ fn an_image_that_is_not_whole_blocks_is_refused() {
     assert!(!d.join("r.swb").exists());
 }
 
+/// An ext4 root of 1 KiB blocks would not mount on the verity device of
+/// 4 KiB blocks: refused at build time, with the way out.
+#[test]
+fn an_ext4_root_of_small_blocks_is_refused() {
+    let dir = keyed_dir();
+    let d = dir.path();
+    for (block, ok) in [("1024", false), ("4096", true)] {
+        let img = d.join(format!("root-{block}.img"));
+        let out = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", block])
+            .arg(&img)
+            .arg("8M")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let build = build_verity(d, &img.display().to_string());
+        if ok {
+            build.success();
+        } else {
+            build
+                .failure()
+                .stderr(predicates::str::contains("ext4 with 1024-byte blocks"))
+                .stderr(predicates::str::contains("mkfs.ext4 -b 4096"));
+        }
+    }
+}
+
 /// Every byte of the manifest is signed: a verity field changed after
 /// signing (the root hash, the salt, the offset) is refused like any other.
 #[test]
 fn a_changed_verity_field_breaks_the_signature() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = keyed_dir();
     let d = dir.path();
-    it().current_dir(d)
-        .args(["keygen", "--private", "k.pem", "--public", "k.pub"])
-        .assert()
-        .success();
     std::fs::write(d.join("rootfs.img"), vec![7u8; 4096 * 40]).unwrap();
-    it().current_dir(d)
-        .args(["build", "--key", "k.pem", "--image", "rootfs=rootfs.img"])
-        .args(["--compatible", "acme-gw", "--version", "1.2.3", "--verity"])
-        .args(["--out", "r.swb"])
-        .assert()
-        .success();
+    build_verity(d, "rootfs.img").success();
     let bytes = std::fs::read(d.join("r.swb")).unwrap();
     let manifest_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
     let text = std::str::from_utf8(&bytes[32..32 + manifest_len]).unwrap();

@@ -28,6 +28,11 @@ pub struct Appliance {
     /// The factory disk starts the boot stage through an extlinux.conf
     /// (U-Boot without UEFI), not as an EFI program.
     extlinux: bool,
+    /// Under Secure Boot: the db key and certificate the boot stage and
+    /// every release's kernel are signed with.
+    db: Option<(PathBuf, PathBuf)>,
+    /// Bundles carry a dm-verity hash tree for their root.
+    verity: bool,
 }
 
 impl Appliance {
@@ -48,6 +53,13 @@ impl Appliance {
         Appliance::make(Firmware::UBoot, true)
     }
 
+    /// This appliance with its releases' roots under dm-verity
+    /// (`image-tools build --verity`).
+    pub fn with_verity(mut self) -> Appliance {
+        self.verity = true;
+        self
+    }
+
     fn make(firmware: Firmware, extlinux: bool) -> Appliance {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::from_bytes(&[0x17; 32]);
@@ -59,13 +71,26 @@ impl Appliance {
                 .unwrap(),
         )
         .unwrap();
+        let mut kernel = Kernel::debian_for(firmware.arch()).unwrap();
+        // Under Secure Boot the vendor signs the kernel for db before it
+        // goes into the root (docs/boot-flow.md, "Secure Boot").
+        let db = (firmware == Firmware::OvmfSecureBoot)
+            .then(|| crate::guest::snakeoil_db(dir.path()).unwrap());
+        if let Some((db_key, db_cert)) = &db {
+            let signed = dir.path().join("vmlinuz.signed");
+            std::fs::copy(&kernel.vmlinuz, &signed).unwrap();
+            image_tools::secureboot::sign(&signed, db_key, db_cert).unwrap();
+            kernel.vmlinuz = signed;
+        }
         Appliance {
-            kernel: Kernel::debian_for(firmware.arch()).unwrap(),
+            kernel,
             dir,
             key,
             pem,
             firmware,
             extlinux,
+            db,
+            verity: false,
         }
     }
 
@@ -95,7 +120,7 @@ impl Appliance {
             threads: 2,
             migrations,
             base: None,
-            verity: false,
+            verity: self.verity,
         };
         let out = self.dir.path().join(format!("{name}.swb"));
         let src = [ImageSource {
@@ -232,13 +257,20 @@ impl Appliance {
     fn boot_stage(&self) -> PathBuf {
         let efi = self.dir.path().join(self.kernel.arch.efi_loader());
         if !efi.exists() {
-            image_tools::stage::with_keyring(
-                self.kernel.arch,
-                &uefi_boot_stage(self.kernel.arch).unwrap(),
-                &[self.key.verifying_key().to_bytes()],
-                &efi,
-            )
-            .unwrap();
+            let stage = image_tools::stage::StageOptions {
+                arch: self.kernel.arch,
+                efi: uefi_boot_stage(self.kernel.arch).unwrap(),
+                trust: image_tools::cli::Trust {
+                    public: Some(self.pem.clone()),
+                    keyring: None,
+                },
+                db: image_tools::secureboot::DbKey {
+                    db_key: self.db.as_ref().map(|d| d.0.clone()),
+                    db_cert: self.db.as_ref().map(|d| d.1.clone()),
+                },
+                out: efi.clone(),
+            };
+            image_tools::stage::build(&stage).unwrap();
         }
         efi
     }

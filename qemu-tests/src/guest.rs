@@ -423,8 +423,11 @@ impl Initramfs {
 /// file system label `label` (how the guest finds it, whatever the bus
 /// names the disk).
 pub fn ext4_image(dir: &Path, out: &Path, size: &str, label: &str) -> Result<()> {
+    // 4 KiB blocks, as mkfs gives any real root: a small file system
+    // would get 1 KiB ones, which the kernel cannot mount on a dm-verity
+    // device of 4 KiB blocks.
     run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", label, "-d"])
+        .args(["-q", "-F", "-b", "4096", "-L", label, "-d"])
         .arg(dir)
         .arg(out)
         .arg(size))?;
@@ -452,6 +455,9 @@ pub struct Release<'a> {
     /// MiB of incompressible data in `/opt/filler`: a release larger than
     /// the machine's memory.
     pub filler_mib: u64,
+    /// The kernel shipped instead of the appliance's (one not signed for
+    /// Secure Boot, say).
+    pub vmlinuz: Option<&'a Path>,
 }
 
 impl Default for Release<'_> {
@@ -465,13 +471,35 @@ impl Default for Release<'_> {
             no_kernel: false,
             fleet_url: None,
             filler_mib: 0,
+            vmlinuz: None,
         }
     }
 }
 
+/// The key and certificate of the db of OVMF's Secure Boot build
+/// ([`crate::qemu::Firmware::OvmfSecureBoot`]): Debian's snakeoil pair from
+/// the `ovmf` package, the key decrypted into `dir` for `sbsign`.
+pub fn snakeoil_db(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let key = dir.join("db.key");
+    if !key.exists() {
+        run(Command::new("openssl")
+            .args(["pkey", "-in", "/usr/share/ovmf/PkKek-1-snakeoil.key"])
+            .args(["-passin", "pass:snakeoil", "-out"])
+            .arg(&key))?;
+    }
+    Ok((key, PathBuf::from("/usr/share/ovmf/PkKek-1-snakeoil.pem")))
+}
+
 /// The modules a slot's own initramfs loads to mount its root, from a
 /// virtio or an NVMe disk.
-pub const SLOT_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "nvme", "ext4", "crc32c_generic"];
+pub const SLOT_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "nvme",
+    "ext4",
+    "crc32c_generic",
+    "dm_verity",
+];
 
 /// The modules a release loads for its network card (fleet updates).
 pub const NET_MODULES: [&str; 1] = ["virtio_net"];
@@ -480,7 +508,9 @@ pub const NET_MODULES: [&str; 1] = ["virtio_net"];
 pub const FLEET_HW_REVISION: &str = "qemu-1";
 
 /// The release initramfs's init: mounts the partition that `root=PARTUUID=`
-/// names (the boot stage's command line) and switches to it. No udev and no
+/// names (the boot stage's command line), through dm-verity when the stage
+/// passed the release's verified root hash (`bootctl open-root`), and
+/// switches to it. No udev and no
 /// blkid here, so the partition's GUID is read from its GPT entry: sysfs
 /// gives each partition's number, the table header where the entries are
 /// (the backup header at the disk's end when the primary is not one, as
@@ -512,10 +542,10 @@ done
 set -- $roots
 if test $# -gt 1; then
   echo "SLOT INITRAMFS: $# partitions have PARTUUID=$want ($roots): a copy of this disk is plugged in; not guessing"
-elif test $# -eq 1 && mount -o ro -t ext4 "$1" /mnt && umount /proc /sys && mount --move /dev /mnt/dev; then
+elif test $# -eq 1 && root=$(bootctl open-root "$1") && mount -o ro -t ext4 "$root" /mnt && umount /proc /sys && mount --move /dev /mnt/dev; then
   exec switch_root /mnt /sbin/init
 else
-  echo "SLOT INITRAMFS: no partition PARTUUID=$want, or it does not mount"
+  echo "SLOT INITRAMFS: no partition PARTUUID=$want, or it does not open or mount"
 fi"#;
 
 /// The boot stage kernel's command line, inside its EFI program (or the
@@ -557,9 +587,15 @@ pub fn release_image(
         std::fs::create_dir_all(root.join(d))?;
     }
     if !release.no_kernel {
-        std::fs::copy(&kernel.vmlinuz, root.join("boot/vmlinuz"))?;
+        std::fs::copy(
+            release.vmlinuz.unwrap_or(&kernel.vmlinuz),
+            root.join("boot/vmlinuz"),
+        )?;
     }
     let slot_ir = Initramfs::new(kernel)?;
+    // `bootctl open-root`: the root through dm-verity when the boot stage
+    // passed its verified root hash.
+    slot_ir.add(&static_binary(kernel.arch, "bootctl")?, "bin/bootctl")?;
     slot_ir.init(&kernel.modules_for(SLOT_MODULES)?, SLOT_ROOT_BY_PARTUUID)?;
     if !release.kernel_panics {
         slot_ir.pack(&root.join("boot/initrd.img"))?;

@@ -554,15 +554,8 @@ fn under_secure_boot_only_what_is_signed_for_db_starts() {
     let kernel = Kernel::debian().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let key = d.join("db.key");
-    let out = std::process::Command::new("openssl")
-        .args(["pkey", "-in", "/usr/share/ovmf/PkKek-1-snakeoil.key"])
-        .args(["-passin", "pass:snakeoil", "-out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let cert = Path::new("/usr/share/ovmf/PkKek-1-snakeoil.pem");
+    let (key, cert) = qemu_tests::guest::snakeoil_db(d).unwrap();
+    let cert = cert.as_path();
     let signed_vmlinuz = d.join("vmlinuz.signed");
     std::fs::copy(&kernel.vmlinuz, &signed_vmlinuz).unwrap();
     image_tools::secureboot::sign(&signed_vmlinuz, &key, cert).unwrap();

@@ -41,6 +41,11 @@ pub struct Config {
     /// bytes or a size such as `"24M"` (docs/updater.md, "Memory").
     #[serde(default, deserialize_with = "size")]
     pub install_memory: Option<u64>,
+    /// Refuse a release whose root has no dm-verity hash tree (built
+    /// without `image-tools build --verity`): docs/boot-flow.md,
+    /// "Integrity at every boot".
+    #[serde(default)]
+    pub require_verity: bool,
     /// Not read from the file: the GPT GUID of the disk the command acts
     /// on, set when the device is opened ([`crate::cli::Device::open`]).
     /// The state file is stamped with it when saved.

@@ -17,6 +17,9 @@ pub enum UpdateError {
     #[error("bundle is for {bundle:?} but this device is {device:?}")]
     Incompatible { bundle: String, device: String },
 
+    #[error("{version}'s root has no dm-verity hash tree, and this device's config requires one (require_verity): build it with image-tools build --verity")]
+    NoVerity { version: String },
+
     #[error("bundle security version {bundle} is below this device's floor {floor}")]
     SecurityVersion { bundle: u64, floor: u64 },
 

@@ -133,7 +133,12 @@ pub fn health(
             "{booted} was marked bad before its health check ran"
         ))
     } else {
-        run_checks(config).map_err(|f| format!("health check {:?} failed: {}", f.name, f.detail))
+        // The whole root through dm-verity first: a release whose blocks
+        // differ from what was signed is not committed, whatever its checks.
+        crate::integrity::check_whole_root().and_then(|()| {
+            run_checks(config)
+                .map_err(|f| format!("health check {:?} failed: {}", f.name, f.detail))
+        })
     };
     match verdict {
         Ok(()) => {

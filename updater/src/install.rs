@@ -79,6 +79,13 @@ fn check_policy(
         }
         .into());
     }
+    let verity = m.image(ROOTFS).ok().and_then(|i| i.verity.as_ref());
+    if config.require_verity && verity.is_none() {
+        return Err(UpdateError::NoVerity {
+            version: format!("{} {}", m.compatible, m.version),
+        }
+        .into());
+    }
     if m.security_version < floor {
         return Err(UpdateError::SecurityVersion {
             bundle: m.security_version,

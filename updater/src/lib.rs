@@ -13,6 +13,7 @@ pub mod evidence;
 pub mod fleet;
 pub mod health;
 pub mod install;
+pub mod integrity;
 pub mod machine;
 pub mod memory;
 pub mod migrate;

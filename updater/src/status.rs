@@ -16,6 +16,8 @@ pub struct SlotStatus {
     pub successful: bool,
     pub version: Option<String>,
     pub digest: Option<String>,
+    /// The root hash of the slot's dm-verity tree, from its signed record.
+    pub verity_root_hash: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -27,6 +29,9 @@ pub struct UpdaterStatus {
     pub security_floor: u64,
     pub data_schema: Option<u32>,
     pub last_install: Option<InstallRecord>,
+    /// How the running root is checked ([`crate::integrity::describe`]);
+    /// set when the disk is the one the machine runs from.
+    pub running_root: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -58,6 +63,10 @@ impl UpdaterStatus {
                         .and_then(|m| m.image(ROOTFS).ok())
                         .map(|i| i.digest().to_string())
                         .or_else(|| rec.map(|r| r.digest.clone())),
+                    verity_root_hash: disk
+                        .and_then(|m| m.image(ROOTFS).ok())
+                        .and_then(|i| i.verity.as_ref())
+                        .map(|v| v.root_hash.to_string()),
                 }
             })
             .collect();
@@ -75,6 +84,7 @@ impl UpdaterStatus {
                 .max(crate::evidence::floor(boot.attrs(), on_disk)),
             data_schema: state.state.data_schema,
             last_install: state.state.last_install.clone(),
+            running_root: None,
             warnings,
         }
     }
@@ -99,6 +109,9 @@ impl fmt::Display for UpdaterStatus {
                 s.version.as_deref().unwrap_or("-"),
                 slot_marks(s.name, self.booted, self.next)
             )?;
+        }
+        if let Some(root) = &self.running_root {
+            writeln!(f, "running root: {root}")?;
         }
         writeln!(f, "security floor {}", self.security_floor)?;
         if let Some(schema) = self.data_schema {

@@ -97,6 +97,48 @@ fn install_from_standard_input_with_json_events() {
     assert_eq!(&dev.slot(Slot::B)[..r.image.len()], &r.image[..]);
 }
 
+/// `require_verity`: a release without a dm-verity tree is refused before
+/// anything is written; one with it installs, tree and all.
+#[test]
+fn a_device_that_requires_verity_refuses_a_root_without_it() {
+    let dev = device();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&dev.config).unwrap()).unwrap();
+    config["require_verity"] = true.into();
+    std::fs::write(&dev.config, config.to_string()).unwrap();
+    let before = std::fs::read(&dev.disk).unwrap();
+    let plain = release("2.0.0");
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&plain))
+        .assert()
+        .code(68)
+        .stderr(contains("acme-gw 2.0.0's root has no dm-verity hash tree"));
+    assert!(
+        std::fs::read(&dev.disk).unwrap() == before,
+        "the disk changed"
+    );
+
+    let image = pattern(3 * MIB, 7);
+    let verity = Release {
+        image: image.clone(),
+        verity: true,
+        ..release("2.0.1")
+    };
+    dev.updater("a")
+        .arg("install")
+        .arg(dev.bundle(&verity))
+        .assert()
+        .success();
+    let slot = dev.slot(Slot::B);
+    assert_eq!(&slot[..image.len()], &image[..]);
+    // The tree follows the data: 768 blocks need 6 leaf hash blocks and
+    // one above them.
+    assert!(slot[image.len()..image.len() + 7 * 4096]
+        .iter()
+        .any(|&b| b != 0));
+}
+
 #[test]
 fn refusals_before_writing_leave_the_whole_disk_unchanged() {
     let dev = device();

@@ -59,6 +59,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// For the release's initramfs: open the root partition through
+    /// dm-verity with the parameters the boot stage verified and passed
+    /// (`switchback.verity=`), and print the device to mount; without them,
+    /// print PARTITION itself.
+    OpenRoot { partition: String },
 }
 
 fn main() {
@@ -86,6 +91,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         .run_as_init();
     }
+    if let Command::OpenRoot { partition } = &cli.command {
+        let root =
+            bootctl::dm::open_root(partition).map_err(|e| Error::Verity(format!("{e:#}")))?;
+        println!("{}", root.display());
+        return Ok(());
+    }
     let cmdline = host::read_cmdline();
     let path = match cli.target.disk.clone() {
         Some(p) => p,
@@ -110,6 +121,7 @@ fn run(cli: Cli) -> Result<()> {
     let shown = path.display().to_string();
     let after = match cli.command {
         Command::BootStage { .. } => unreachable!("handled above: boot_stage never returns"),
+        Command::OpenRoot { .. } => unreachable!("handled above"),
         Command::Status { json } => {
             bootctl::report::show(json, &StatusReport::new(&shown, &state, booted))?;
             return Ok(());

@@ -27,7 +27,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use bootctl_core::{Slot, State};
 use disk::Disk;
-use switchback_bundle::Keyring;
+use switchback_bundle::{verity, Keyring, ROOTFS};
 use uefi::boot;
 use uefi::prelude::*;
 use uefi::proto::device_path::DevicePath;
@@ -339,6 +339,7 @@ fn boot_slot(
         );
     };
     let mut mismatch = None;
+    let mut cmdline = String::from(cmdline);
     let reader: Box<dyn ext4_view::Ext4Read> = match keyring {
         None => Box::new(part),
         Some(keyring) => {
@@ -347,6 +348,16 @@ fn boot_slot(
                     "{slot} holds {} {}, signed by a trusted key",
                     manifest.compatible, manifest.version
                 ));
+                // The root hash goes to the release's initramfs from here,
+                // where its signature was checked (docs/boot-flow.md,
+                // "Integrity at every boot").
+                match manifest.image(ROOTFS).ok().and_then(|i| i.verity.as_ref()) {
+                    Some(v) => {
+                        say(&format!("{slot}'s root is opened through dm-verity, root hash {}", v.root_hash));
+                        cmdline += &format!(" {}={}", verity::CMDLINE_KEY, v.cmdline_value());
+                    }
+                    None => say(&format!("{slot}'s root has no dm-verity hash tree: its blocks are not checked after this boot stage")),
+                }
                 verify::Verified::new(part, manifest)
             });
             match checked {
@@ -388,7 +399,7 @@ fn boot_slot(
     ));
     arm_watchdog();
     say(&format!("booting {slot}: {cmdline}"));
-    let e = linux::start(kernel, initrd, cmdline);
+    let e = linux::start(kernel, initrd, &cmdline);
     fail(
         "load-image",
         e.status.0 as u64,

@@ -133,6 +133,51 @@ impl VeritySpec {
     }
 }
 
+/// The kernel command line parameter by which the boot stage hands a
+/// slot's verified verity parameters to the release's initramfs
+/// (`bootctl open-root`).
+pub const CMDLINE_KEY: &str = "switchback.verity";
+
+impl VeritySpec {
+    /// The value of [`CMDLINE_KEY`]: every field, `:`-separated, no spaces.
+    pub fn cmdline_value(&self) -> alloc::string::String {
+        alloc::format!(
+            "{}:{}:{}:{}:{}:{}:{}",
+            self.algorithm,
+            self.data_block_size,
+            self.hash_block_size,
+            self.data_blocks,
+            self.hash_offset,
+            self.root_hash,
+            self.salt
+        )
+    }
+
+    /// Parses [`VeritySpec::cmdline_value`]; `None` when it is not one.
+    /// The caller still applies [`VeritySpec::check`].
+    pub fn from_cmdline_value(value: &str) -> Option<VeritySpec> {
+        let mut f = value.split(':');
+        let spec = VeritySpec {
+            algorithm: f.next()?.into(),
+            data_block_size: f.next()?.parse().ok()?,
+            hash_block_size: f.next()?.parse().ok()?,
+            data_blocks: f.next()?.parse().ok()?,
+            hash_offset: f.next()?.parse().ok()?,
+            root_hash: {
+                let hex_root = f.next()?;
+                let mut d = [0u8; 32];
+                if hex_root.len() != 64 || hex_root.bytes().any(|c| c.is_ascii_uppercase()) {
+                    return None;
+                }
+                hex::decode_to_slice(hex_root, &mut d).ok()?;
+                Digest(d)
+            },
+            salt: f.next()?.into(),
+        };
+        f.next().is_none().then_some(spec)
+    }
+}
+
 /// Where each level of a tree lies, as the kernel computes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -282,6 +327,11 @@ mod tests {
         for b in broken {
             assert!(b.check(size).is_err(), "{b:?}");
         }
+        let arg = spec.cmdline_value();
+        assert!(!arg.contains(' '));
+        assert_eq!(VeritySpec::from_cmdline_value(&arg), Some(spec.clone()));
+        assert_eq!(VeritySpec::from_cmdline_value(&(arg.clone() + ":x")), None);
+        assert_eq!(VeritySpec::from_cmdline_value("sha256:4096"), None);
         assert_eq!(
             spec.table_params("/dev/vda3"),
             format!(

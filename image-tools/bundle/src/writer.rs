@@ -210,6 +210,36 @@ fn write_image(
     })
 }
 
+/// Refuses an ext4 image whose blocks are smaller than dm-verity's: the
+/// kernel cannot mount it on the verity device (its logical blocks are
+/// the data block size), so the release would never boot. Other file
+/// systems are not looked into.
+fn check_fs_block_size(src: &ImageSource) -> Result<()> {
+    let mut head = [0u8; 2048];
+    let mut f = File::open(&src.path).map_err(BundleError::io(format!(
+        "opening image {}",
+        src.path.display()
+    )))?;
+    let n = read_full(&mut f, &mut head).map_err(BundleError::io(format!(
+        "reading image {}",
+        src.path.display()
+    )))?;
+    // The ext4 superblock: at byte 1024, its magic 0xEF53 at +56 and
+    // log2(block size) - 10 at +24.
+    if n == head.len() && head[1024 + 56..1024 + 58] == [0x53, 0xef] {
+        let log = u32::from_le_bytes([head[1048], head[1049], head[1050], head[1051]]);
+        let size = 1024u64.checked_shl(log).unwrap_or(0);
+        if size < u64::from(verity::BLOCK_SIZE) {
+            return Err(BundleError::BadManifest(format!(
+                "image {} is ext4 with {size}-byte blocks: the kernel cannot mount it on a dm-verity device of {}-byte blocks; make it with mkfs.ext4 -b 4096",
+                src.path.display(),
+                verity::BLOCK_SIZE
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The dm-verity hash tree over the image `src` of `data_size` bytes, and
 /// what the manifest says of it. Its salt is derived from the release
 /// (product, version, size), so that the same inputs give the same bundle.
@@ -225,6 +255,7 @@ fn verity_tree(
             src.path.display()
         )));
     }
+    check_fs_block_size(src)?;
     let data_blocks = data_size / block;
     let salt = {
         use sha2::Digest as _;

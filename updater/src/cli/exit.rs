@@ -59,6 +59,7 @@ fn update_code(e: &UpdateError) -> i32 {
         UpdateError::StateOfAnotherDisk { .. } => 65,
         UpdateError::OverMemory { .. } => 66,
         UpdateError::StateTooNew { .. } => 67,
+        UpdateError::NoVerity { .. } => 68,
     }
 }
 

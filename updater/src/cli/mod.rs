@@ -113,6 +113,10 @@ impl Device {
             &on_disk,
         );
         status.warnings.extend(warnings);
+        let cmdline = bootctl::host::read_cmdline();
+        if self.booted.is_some() && crate::not_the_running_disk(&self.disk, &cmdline).is_none() {
+            status.running_root = Some(crate::integrity::describe());
+        }
         status
     }
 }

@@ -111,6 +111,9 @@ pub struct Release<'a> {
     /// Makes a delta bundle against this base image.
     pub base: Option<PathBuf>,
     pub chunk_size: u64,
+    /// The root carries a dm-verity hash tree (its image must be whole
+    /// 4 KiB blocks).
+    pub verity: bool,
 }
 
 pub fn release(version: &str) -> Release<'_> {
@@ -125,6 +128,7 @@ pub fn release(version: &str) -> Release<'_> {
         migrations: Vec::new(),
         base: None,
         chunk_size: 256 << 10,
+        verity: false,
     }
 }
 
@@ -149,7 +153,7 @@ pub fn bundle_in(dir: &Path, r: &Release) -> PathBuf {
         threads: 2,
         migrations: r.migrations.clone(),
         base: r.base.clone(),
-        verity: false,
+        verity: r.verity,
     };
     bundle::build(
         &opts,
