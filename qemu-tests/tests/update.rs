@@ -318,8 +318,10 @@ fn tampered_and_foreign_bundles_are_refused_inside_the_guest() {
 /// The smallest x86-64 machine in steps of 16 MiB whose OVMF starts
 /// Debian's generic kernel here: at 144 and 128 MiB the hand-over to the
 /// kernel's EFI stub dies in exceptions (#GP, #PF, #UD), as it did with the
-/// Linux stage's UKI (docs/boot-flow.md, "Memory"). arm64 runs at 128.
-const SMALL_X86_64_MIB: u32 = 160;
+/// Linux stage's UKI (docs/boot-flow.md, "Memory"). At 160 the kernel
+/// hung early in one run of three here, so the test runs at 176 to stay
+/// off that edge. arm64 runs at 128.
+const SMALL_X86_64_MIB: u32 = 176;
 
 /// A small x86-64 appliance installs, boots and commits a release larger
 /// than its memory (`installs_a_release_larger_than_its_memory`).
