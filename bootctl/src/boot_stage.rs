@@ -445,6 +445,13 @@ pub fn describe_start_failure(value: &str) -> Option<(Slot, String)> {
         "unsigned" => "it holds no release signed for this device".to_string(),
         "bad-signature" => "its release is not signed by a key the boot stage trusts".to_string(),
         "tampered" => "its image no longer matches its signed release".to_string(),
+        "no-verity" => {
+            "its release has no dm-verity hash tree for its root, and the boot stage requires one"
+                .to_string()
+        }
+        "cmdline" => format!(
+            "its kernel command line ({errno} bytes) is longer than the kernel keeps"
+        ),
         _ => return None,
     };
     Some((slot, format!("the boot stage could not start it: {why}")))
@@ -479,6 +486,8 @@ mod tests {
             why.ends_with("no longer matches its signed release"),
             "{why}"
         );
+        let (_, why) = describe_start_failure("slot_b:no-verity:0").unwrap();
+        assert!(why.contains("no dm-verity hash tree"), "{why}");
         assert!(describe_start_failure("slot_b:something-else:1").is_none());
         assert!(describe_start_failure("slot_c:no-kernel:2").is_none());
     }

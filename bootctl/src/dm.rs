@@ -24,6 +24,7 @@ const HEADER_LEN: usize = 312;
 const TARGET_SPEC_LEN: usize = 40;
 const NAME_LEN: usize = 128;
 const READONLY_FLAG: u32 = 1 << 0;
+const STATUS_TABLE_FLAG: u32 = 1 << 4;
 const BUFFER_FULL_FLAG: u32 = 1 << 8;
 
 /// The request's header only; the kernel reads `data_size` bytes from it.
@@ -81,9 +82,14 @@ impl Request {
         u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
     }
 
-    fn dev(&self) -> u64 {
+    /// The device's node, `/dev/dm-N`, from the reply's `dev`.
+    fn node(&self) -> PathBuf {
         let b = self.bytes();
-        u64::from_ne_bytes(b[40..48].try_into().unwrap_or([0; 8]))
+        let dev = u64::from_ne_bytes(b[40..48].try_into().unwrap_or([0; 8]));
+        // The kernel's huge_encode_dev: minor's low 8 bits, major, then the
+        // minor's high bits.
+        let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+        PathBuf::from(format!("/dev/dm-{minor}"))
     }
 }
 
@@ -95,9 +101,10 @@ fn control() -> Result<File> {
         .with_context(|| format!("opening {CONTROL} (is the dm-mod module loaded?)"))
 }
 
-/// Issues one ioctl; `what` names it in the error.
+/// Issues one ioctl on the device `name`; `what` names it in the error.
 fn call(
     what: &str,
+    name: &str,
     f: unsafe fn(i32, *mut DmIoctl) -> nix::Result<i32>,
     req: &mut Request,
 ) -> Result<()> {
@@ -105,7 +112,8 @@ fn call(
     // SAFETY: `req` holds a `struct dm_ioctl` whose `data_size` is the
     // length of its buffer, which lives across the call; the kernel writes
     // no further than `data_size`.
-    unsafe { f(ctl.as_raw_fd(), req.ptr()) }.with_context(|| format!("device-mapper {what}"))?;
+    unsafe { f(ctl.as_raw_fd(), req.ptr()) }
+        .with_context(|| format!("device-mapper {what} of {name}"))?;
     Ok(())
 }
 
@@ -127,7 +135,9 @@ fn verity_table(spec: &VeritySpec, device: &str) -> Vec<u8> {
 /// built without `--verity`). Parameters that are there but wrong are an
 /// error, never a mount without the check.
 pub fn open_root(device: &str) -> Result<PathBuf> {
-    let cmdline = crate::host::read_cmdline();
+    // Unreadable is not "no parameters": that would mount unchecked.
+    let cmdline =
+        std::fs::read_to_string("/proc/cmdline").context("reading the kernel command line")?;
     let Some(value) = crate::host::cmdline_value(&cmdline, CMDLINE_KEY) else {
         return Ok(PathBuf::from(device));
     };
@@ -152,24 +162,22 @@ pub fn open_verity(device: &str, spec: &VeritySpec, device_size: u64) -> Result<
         bail!("{device} is {device_size} bytes; its verity data and hash tree need {image}");
     }
     let mut create = Request::new(ROOT_NAME, 0, &[], 0)?;
-    call("create", dm_dev_create, &mut create)?;
-    let dev = create.dev();
+    call("create", ROOT_NAME, dm_dev_create, &mut create)
+        .with_context(|| format!("opening {device} through dm-verity"))?;
+    let node = create.node();
     let loaded = (|| -> Result<()> {
         let mut load = Request::new(ROOT_NAME, READONLY_FLAG, &verity_table(spec, device), 0)?;
-        call("table load (verity)", dm_table_load, &mut load)?;
+        call("table load (verity)", ROOT_NAME, dm_table_load, &mut load)?;
         // Resuming a device with a loaded table makes it live.
         let mut resume = Request::new(ROOT_NAME, 0, &[], 0)?;
-        call("resume", dm_dev_suspend, &mut resume)
+        call("resume", ROOT_NAME, dm_dev_suspend, &mut resume)
     })();
     if let Err(e) = loaded {
         let mut remove = Request::new(ROOT_NAME, 0, &[], 0)?;
-        let _ = call("remove", dm_dev_remove, &mut remove);
+        let _ = call("remove", ROOT_NAME, dm_dev_remove, &mut remove);
         return Err(e.context(format!("opening {device} through dm-verity")));
     }
-    // The kernel's huge_encode_dev: minor's low 8 bits, major, then the
-    // minor's high bits.
-    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-    Ok(PathBuf::from(format!("/dev/dm-{minor}")))
+    Ok(node)
 }
 
 /// What dm-verity says of the root it guards.
@@ -181,13 +189,58 @@ pub enum VerityState {
     Corrupted,
 }
 
-/// The state of the verity device `name` (`None`: there is no such device,
-/// the root is not opened through verity).
-pub fn verity_state(name: &str) -> Result<Option<(VerityState, PathBuf)>> {
+/// A verity device as the kernel holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerityDevice {
+    pub state: VerityState,
+    /// Its node, `/dev/dm-N`.
+    pub node: PathBuf,
+    /// The root hash of its loaded table: what every block is checked
+    /// against, whatever the command line says.
+    pub root_hash: String,
+}
+
+/// The verity device `name` (`None`: there is no such device, the root is
+/// not opened through verity).
+pub fn verity_device(name: &str) -> Result<Option<VerityDevice>> {
+    let Some((info, node)) = target_of(name, 0)? else {
+        return Ok(None);
+    };
+    let state = match info.first() {
+        Some(b'V') => VerityState::Verified,
+        Some(b'C') => VerityState::Corrupted,
+        _ => bail!(
+            "device-mapper device {name}: unknown verity status {:?}",
+            String::from_utf8_lossy(&info)
+        ),
+    };
+    let Some((table, _)) = target_of(name, STATUS_TABLE_FLAG)? else {
+        return Ok(None);
+    };
+    // "version data_dev hash_dev data_bs hash_bs blocks hash_start alg
+    // root_hash salt [options]"
+    let table = String::from_utf8_lossy(&table).into_owned();
+    let root_hash = table
+        .split_whitespace()
+        .nth(8)
+        .with_context(|| {
+            format!("device-mapper device {name}: verity table {table:?} has no root hash")
+        })?
+        .to_string();
+    Ok(Some(VerityDevice {
+        state,
+        node,
+        root_hash,
+    }))
+}
+
+/// The single verity target of `name`: its status line (`flags` 0) or its
+/// table line ([`STATUS_TABLE_FLAG`]), and its node.
+fn target_of(name: &str, flags: u32) -> Result<Option<(Vec<u8>, PathBuf)>> {
     let mut room = 4096;
     loop {
-        let mut req = Request::new(name, 0, &[], room)?;
-        match call("status", dm_table_status, &mut req) {
+        let mut req = Request::new(name, flags, &[], room)?;
+        match call("status", name, dm_table_status, &mut req) {
             Err(e) if e.root_cause().downcast_ref::<nix::Error>() == Some(&nix::Error::ENXIO) => {
                 return Ok(None);
             }
@@ -195,6 +248,9 @@ pub fn verity_state(name: &str) -> Result<Option<(VerityState, PathBuf)>> {
             Ok(()) => {}
         }
         if req.u32_at(28) & BUFFER_FULL_FLAG != 0 {
+            if room > 1 << 20 {
+                bail!("device-mapper device {name}: its status does not fit 1 MiB");
+            }
             room *= 4;
             continue;
         }
@@ -204,22 +260,11 @@ pub fn verity_state(name: &str) -> Result<Option<(VerityState, PathBuf)>> {
             bail!("device-mapper device {name} is not one verity target");
         }
         let spec = &b[start..];
-        let kind = &spec[24..40];
-        if !kind.starts_with(b"verity\0") {
+        if !spec[24..40].starts_with(b"verity\0") {
             bail!("device-mapper device {name} is not a verity device");
         }
-        let status = &spec[TARGET_SPEC_LEN..];
-        let status = &status[..status.iter().position(|&c| c == 0).unwrap_or(status.len())];
-        let dev = req.dev();
-        let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-        let node = PathBuf::from(format!("/dev/dm-{minor}"));
-        return Ok(Some(match status.first() {
-            Some(b'V') => (VerityState::Verified, node),
-            Some(b'C') => (VerityState::Corrupted, node),
-            _ => bail!(
-                "device-mapper device {name}: unknown verity status {:?}",
-                String::from_utf8_lossy(status)
-            ),
-        }));
+        let line = &spec[TARGET_SPEC_LEN..];
+        let line = &line[..line.iter().position(|&c| c == 0).unwrap_or(line.len())];
+        return Ok(Some((line.to_vec(), req.node())));
     }
 }

@@ -27,6 +27,10 @@ fn align_up(n: u64, to: u64) -> u64 {
 /// signature would no longer cover it: add, then sign), names longer than
 /// a PE section's 8 bytes, and a program whose headers have no room for
 /// the new section headers.
+fn too_large(what: &Path) -> String {
+    format!("{} with its new sections passes 4 GiB", what.display())
+}
+
 pub fn add_sections(program: &[u8], what: &Path, sections: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     let not_pe = || format!("{} is not a 64-bit EFI program", what.display());
     let dos = ImageDosHeader::parse(program).with_context(not_pe)?;
@@ -43,8 +47,19 @@ pub fn add_sections(program: &[u8], what: &Path, sections: &[(&str, &[u8])]) -> 
         );
     }
     let opt = nt.optional_header();
-    let section_align = u64::from(opt.section_alignment.get(LE)).max(1);
-    let file_align = u64::from(opt.file_alignment.get(LE)).max(1);
+    let section_align = u64::from(opt.section_alignment.get(LE));
+    let file_align = u64::from(opt.file_alignment.get(LE));
+    // The PE format's bounds: anything else is a damaged or hostile header
+    // that would have this pad the program without end.
+    ensure!(
+        file_align.is_power_of_two()
+            && (512..=65536).contains(&file_align)
+            && section_align.is_power_of_two()
+            && section_align >= file_align
+            && section_align <= 1 << 20,
+        "{}'s alignments (file {file_align}, sections {section_align}) are not a PE program's",
+        what.display()
+    );
     let old = nt.sections(program, table_at).with_context(not_pe)?;
     let count = old.len() + sections.len();
     let table_end = table_at + u64::try_from(count * IMAGE_SIZEOF_SECTION_HEADER)?;
@@ -57,7 +72,7 @@ pub fn add_sections(program: &[u8], what: &Path, sections: &[(&str, &[u8])]) -> 
         .unwrap_or(u64::MAX)
         .min(u64::from(opt.size_of_headers.get(LE)));
     ensure!(
-        table_end <= first_bytes,
+        table_end <= first_bytes && table_end <= program.len() as u64,
         "{} has no room in its headers for {} more section(s)",
         what.display(),
         sections.len()
@@ -88,9 +103,15 @@ pub fn add_sections(program: &[u8], what: &Path, sections: &[(&str, &[u8])]) -> 
                 LE,
                 u32::try_from(bytes.len()).context("a section of 4 GiB or more")?,
             ),
-            virtual_address: U32::new(LE, u32::try_from(next_va)?),
-            size_of_raw_data: U32::new(LE, u32::try_from(raw_len)?),
-            pointer_to_raw_data: U32::new(LE, u32::try_from(out.len())?),
+            virtual_address: U32::new(LE, u32::try_from(next_va).with_context(|| too_large(what))?),
+            size_of_raw_data: U32::new(
+                LE,
+                u32::try_from(raw_len).with_context(|| too_large(what))?,
+            ),
+            pointer_to_raw_data: U32::new(
+                LE,
+                u32::try_from(out.len()).with_context(|| too_large(what))?,
+            ),
             pointer_to_relocations: U32::new(LE, 0),
             pointer_to_linenumbers: U32::new(LE, 0),
             number_of_relocations: U16::new(LE, 0),
@@ -102,7 +123,8 @@ pub fn add_sections(program: &[u8], what: &Path, sections: &[(&str, &[u8])]) -> 
         out.extend_from_slice(bytes);
         out.resize(usize::try_from(align_up(out.len() as u64, file_align))?, 0);
         added_raw += raw_len;
-        next_va = align_up(next_va + bytes.len() as u64, section_align);
+        // An empty section still takes an address of its own.
+        next_va = align_up(next_va + (bytes.len() as u64).max(1), section_align);
     }
 
     let table_at = usize::try_from(table_at)?;
@@ -115,10 +137,13 @@ pub fn add_sections(program: &[u8], what: &Path, sections: &[(&str, &[u8])]) -> 
         .number_of_sections
         .set(LE, u16::try_from(count).context("too many sections")?);
     let opt = &mut nt.optional_header;
-    opt.size_of_image.set(LE, u32::try_from(next_va)?);
+    opt.size_of_image
+        .set(LE, u32::try_from(next_va).with_context(|| too_large(what))?);
     let initialized = u64::from(opt.size_of_initialized_data.get(LE)) + added_raw;
-    opt.size_of_initialized_data
-        .set(LE, u32::try_from(initialized)?);
+    opt.size_of_initialized_data.set(
+        LE,
+        u32::try_from(initialized).with_context(|| too_large(what))?,
+    );
     // No firmware checks an EFI program's checksum; a stale one would be
     // wrong, a zero one says "none".
     opt.check_sum.set(LE, 0);

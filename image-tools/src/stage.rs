@@ -5,18 +5,19 @@
 //! slot's kernel (docs/boot-flow.md, "The UEFI boot stage"). Under Secure
 //! Boot the vendor signs the result, so the keyring is covered by the
 //! firmware's check like the code that uses it.
-//!
-//! The section: the magic `SWKEYS1\0`, then each trusted ed25519 public key
-//! as its 32 raw bytes.
+//! With `--require-verity` a `.policy` section makes the stage refuse a
+//! slot whose release has no dm-verity tree. The sections' format:
+//! `switchback_bundle::stage_sections`.
 
 use crate::arch::{self, Arch};
+use crate::bundle::stage_sections::{
+    keyring_section, parse_keyring, Policy, KEYRING_SECTION, POLICY_SECTION,
+};
 use crate::bundle::Keyring;
 use crate::uki;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 
-pub const KEYRING_SECTION: &str = ".keyring";
-pub const KEYRING_MAGIC: &[u8; 8] = b"SWKEYS1\0";
 /// What only Switchback's boot stage says (its console lines).
 const STAGE_MARK: &[u8] = b"switchback boot stage: ";
 
@@ -30,6 +31,11 @@ pub struct StageOptions {
     pub efi: PathBuf,
     #[command(flatten)]
     pub trust: crate::cli::Trust,
+    /// Start no slot whose signed release has no dm-verity hash tree for
+    /// its root (`image-tools build --verity`): the stage marks it and
+    /// boots the other slot.
+    #[arg(long)]
+    pub require_verity: bool,
     /// Signed for Secure Boot, after the keyring is in.
     #[command(flatten)]
     pub db: crate::secureboot::DbKey,
@@ -46,7 +52,10 @@ pub fn build(opts: &StageOptions) -> Result<String> {
     // signature leaves what --out held before.
     let work = uki::work_dir_beside(&opts.out)?;
     let tmp = work.path().join("stage.efi");
-    with_keyring(opts.arch, &opts.efi, &keys, &tmp)?;
+    let policy = Policy {
+        require_verity: opts.require_verity,
+    };
+    with_keyring(opts.arch, &opts.efi, &keys, policy, &tmp)?;
     let signed = match (&opts.db.db_key, &opts.db.db_cert) {
         (Some(key), Some(cert)) => {
             // The signature covers the keyring: signing before adding it
@@ -57,20 +66,16 @@ pub fn build(opts: &StageOptions) -> Result<String> {
         _ => String::new(),
     };
     std::fs::rename(&tmp, &opts.out).with_context(|| format!("writing {}", opts.out.display()))?;
+    let verity = if opts.require_verity {
+        ", starting only releases whose root is under dm-verity"
+    } else {
+        ""
+    };
     Ok(format!(
-        "{}: the UEFI boot stage, trusting {} key(s){signed}",
+        "{}: the UEFI boot stage, trusting {} key(s){verity}{signed}",
         opts.out.display(),
         keys.len()
     ))
-}
-
-/// The `.keyring` section's bytes for `keys`.
-pub fn keyring_section(keys: &[[u8; 32]]) -> Vec<u8> {
-    let mut out = KEYRING_MAGIC.to_vec();
-    for k in keys {
-        out.extend_from_slice(k);
-    }
-    out
 }
 
 /// The keys the EFI program at `efi` trusts: `None` when it has no
@@ -88,26 +93,22 @@ pub fn keyring_of(efi: &Path) -> Result<Option<Keyring>> {
     };
     let bytes = section.data()?;
     let len = usize::try_from(section.size())?.min(bytes.len());
-    let keys = bytes[..len]
-        .strip_prefix(KEYRING_MAGIC.as_slice())
-        .filter(|k| !k.is_empty() && k.len() % 32 == 0)
-        .with_context(|| {
-            format!(
-                "{}'s {KEYRING_SECTION} section is not a keyring (image-tools stage makes one)",
-                efi.display()
-            )
-        })?;
-    let keys: Vec<[u8; 32]> = keys
-        .chunks_exact(32)
-        .filter_map(|k| k.try_into().ok())
-        .collect();
+    let keys = parse_keyring(&bytes[..len])
+        .map_err(|e| anyhow::anyhow!("{}: {e} (image-tools stage makes one)", efi.display()))?;
     Keyring::from_raw_keys(&keys)
         .map(Some)
         .with_context(|| format!("the keyring of {}", efi.display()))
 }
 
-/// Writes `out`: the stage at `efi` with `keys` as its keyring.
-pub fn with_keyring(arch: Arch, efi: &Path, keys: &[[u8; 32]], out: &Path) -> Result<()> {
+/// Writes `out`: the stage at `efi` with `keys` as its keyring and, when
+/// it demands anything, `policy`.
+pub fn with_keyring(
+    arch: Arch,
+    efi: &Path,
+    keys: &[[u8; 32]],
+    policy: Policy,
+    out: &Path,
+) -> Result<()> {
     ensure!(
         !keys.is_empty(),
         "a boot stage needs at least one trusted key"
@@ -126,8 +127,13 @@ pub fn with_keyring(arch: Arch, efi: &Path, keys: &[[u8; 32]], out: &Path) -> Re
             efi.display()
         );
     }
-    let section = keyring_section(keys);
-    let stage = crate::pe::add_sections(&data, efi, &[(KEYRING_SECTION, &section)])
+    let keyring = keyring_section(keys);
+    let policy = policy.section();
+    let mut sections = vec![(KEYRING_SECTION, keyring.as_slice())];
+    if policy != Policy::default().section() {
+        sections.push((POLICY_SECTION, policy.as_slice()));
+    }
+    let stage = crate::pe::add_sections(&data, efi, &sections)
         .with_context(|| format!("building {}", out.display()))?;
     uki::write_whole(out, &stage)
 }

@@ -33,6 +33,9 @@ pub struct Appliance {
     db: Option<(PathBuf, PathBuf)>,
     /// Bundles carry a dm-verity hash tree for their root.
     verity: bool,
+    /// The boot stage starts only releases whose root is under dm-verity
+    /// (`image-tools stage --require-verity`).
+    require_verity: bool,
 }
 
 impl Appliance {
@@ -57,6 +60,13 @@ impl Appliance {
     /// (`image-tools build --verity`).
     pub fn with_verity(mut self) -> Appliance {
         self.verity = true;
+        self
+    }
+
+    /// This appliance with a boot stage that starts no release without a
+    /// dm-verity tree (`image-tools stage --require-verity`).
+    pub fn requiring_verity(mut self) -> Appliance {
+        self.require_verity = true;
         self
     }
 
@@ -91,6 +101,7 @@ impl Appliance {
             extlinux,
             db,
             verity: false,
+            require_verity: false,
         }
     }
 
@@ -264,6 +275,7 @@ impl Appliance {
                     public: Some(self.pem.clone()),
                     keyring: None,
                 },
+                require_verity: self.require_verity,
                 db: image_tools::secureboot::DbKey {
                     db_key: self.db.as_ref().map(|d| d.0.clone()),
                     db_cert: self.db.as_ref().map(|d| d.1.clone()),

@@ -377,6 +377,7 @@ fn keyed_stage(arch: Arch, efi: &Path) {
         arch,
         &uefi_boot_stage(arch).unwrap(),
         &[vendor_key().verifying_key().to_bytes()],
+        Default::default(),
         efi,
     )
     .unwrap();
@@ -601,6 +602,7 @@ fn under_secure_boot_only_what_is_signed_for_db_starts() {
             public: Some(pem),
             keyring: None,
         },
+        require_verity: false,
         db: image_tools::secureboot::DbKey {
             db_key: Some(key.clone()),
             db_cert: Some(cert.to_path_buf()),

@@ -4,8 +4,9 @@
 //! db; the stage starts a slot's kernel only when its release's ed25519
 //! signature and chunks check and the firmware accepts the kernel's db
 //! signature; the release's root is opened through dm-verity with the root
-//! hash from its signed manifest. (An unsigned stage refused by the
-//! firmware: `boot_stage.rs::under_secure_boot_only_what_is_signed_for_db_starts`.)
+//! hash from its signed manifest; the stage (`--require-verity`) starts no
+//! release without a tree. (An unsigned stage refused by the firmware:
+//! `boot_stage.rs::under_secure_boot_only_what_is_signed_for_db_starts`.)
 
 use qemu_tests::appliance::{Appliance, BOOT, STEP};
 use qemu_tests::guest::{Kernel, Release};
@@ -14,8 +15,11 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 #[test]
-fn under_secure_boot_a_verity_root_boots_and_a_changed_block_or_an_unsigned_kernel_falls_back() {
-    let app = Appliance::on(Firmware::OvmfSecureBoot).with_verity();
+fn under_secure_boot_a_verity_root_boots_and_a_changed_block_an_unsigned_kernel_or_no_tree_falls_back(
+) {
+    let app = Appliance::on(Firmware::OvmfSecureBoot)
+        .with_verity()
+        .requiring_verity();
     let v1 = app.image(&Release::default());
     let v2 = app.image(&Release {
         version: "2.0.0",
@@ -32,16 +36,22 @@ fn under_secure_boot_a_verity_root_boots_and_a_changed_block_or_an_unsigned_kern
         vmlinuz: Some(&debian),
         ..Release::default()
     });
-    let bundles: Vec<_> = [("2.0.0", &v2), ("3.0.0", &v3), ("4.0.0", &v4)]
+    let mut bundles: Vec<_> = [("2.0.0", &v2), ("3.0.0", &v3), ("4.0.0", &v4)]
         .iter()
         .map(|(v, img)| app.bundle(v, v, "switchback-qemu", img, Vec::new()))
         .collect();
+    // The same vendor's releases without a tree (same keys), for 5.0.0
+    // and for the boot time beside the verity one.
+    let plain = Appliance::on(Firmware::OvmfSecureBoot);
+    let v5 = plain.image(&Release {
+        version: "5.0.0",
+        ..Release::default()
+    });
+    bundles.push(plain.bundle("5.0.0", "5.0.0", "switchback-qemu", &v5, Vec::new()));
     let stick = app.stick(&bundles.iter().map(|b| b.as_path()).collect::<Vec<_>>());
     let disk = app.factory_disk(&v1);
 
-    // The same factory release without verity, for the boot time beside
-    // it (reported, not asserted: this machine's timings are noisy).
-    let plain = Appliance::on(Firmware::OvmfSecureBoot);
+    // Reported, not asserted: this machine's timings are noisy.
     let plain_disk = plain.factory_disk(&plain.image(&Release::default()));
     let started = Instant::now();
     let mut vm = plain.boot(&plain_disk, &stick);
@@ -146,5 +156,19 @@ fn under_secure_boot_a_verity_root_boots_and_a_changed_block_or_an_unsigned_kern
     vm.expect("RELEASE 2.0.0 RUNNING ON slot_b", BOOT).unwrap();
     let why = vm.expect("was rolled back", STEP).unwrap();
     assert!(why.contains("not signed for Secure Boot"), "{why}");
+    vm.expect("READY 2.0.0", STEP).unwrap();
+
+    // 5.0.0, signed and its kernel signed for db, but built without a
+    // tree: this stage starts no such release.
+    vm.send("updater install /media/5.0.0.swb --reboot")
+        .unwrap();
+    let refused = vm.expect("cannot boot slot_a", BOOT).unwrap();
+    assert!(
+        refused.contains("switchback-qemu 5.0.0 has no dm-verity hash tree"),
+        "{refused}"
+    );
+    vm.expect("RELEASE 2.0.0 RUNNING ON slot_b", BOOT).unwrap();
+    let why = vm.expect("was rolled back", STEP).unwrap();
+    assert!(why.contains("no dm-verity hash tree"), "{why}");
     vm.expect("READY 2.0.0", STEP).unwrap();
 }

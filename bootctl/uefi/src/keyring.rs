@@ -1,18 +1,33 @@
-//! The keys this stage trusts: the `.keyring` section `image-tools stage`
-//! adds to the program (the magic `SWKEYS1\0`, then raw 32-byte ed25519
-//! public keys), read from the stage's own image as the firmware loaded it.
-//! Under Secure Boot the firmware checked that image, keyring included.
+//! What this stage trusts and demands: the `.keyring` and `.policy`
+//! sections `image-tools stage` adds to the program
+//! (`switchback_bundle::stage_sections`), read from the stage's own image
+//! as the firmware loaded it. Under Secure Boot the firmware checked that
+//! image, sections included.
 
 use alloc::vec::Vec;
+use switchback_bundle::stage_sections::{parse_keyring, Policy, KEYRING_SECTION, POLICY_SECTION};
 use uefi::boot;
 use uefi::proto::loaded_image::LoadedImage;
-
-const SECTION: &[u8; 8] = b".keyring";
-const MAGIC: &[u8; 8] = b"SWKEYS1\0";
 
 /// The raw keys of the stage's keyring; `None` when it has none (a stage
 /// as built, before `image-tools stage`).
 pub fn load() -> Result<Option<Vec<[u8; 32]>>, &'static str> {
+    match own_section(KEYRING_SECTION)? {
+        None => Ok(None),
+        Some(section) => parse_keyring(section).map(Some),
+    }
+}
+
+/// The stage's policy: every flag off when it has no `.policy` section.
+pub fn policy() -> Result<Policy, &'static str> {
+    match own_section(POLICY_SECTION)? {
+        None => Ok(Policy::default()),
+        Some(section) => Policy::parse(section),
+    }
+}
+
+/// The named section of the stage's own image.
+fn own_section(name: &str) -> Result<Option<&'static [u8]>, &'static str> {
     let image = boot::open_protocol_exclusive::<LoadedImage>(boot::image_handle())
         .map_err(|_| "the stage cannot see its own image")?;
     let (base, size) = image.info();
@@ -21,22 +36,13 @@ pub fn load() -> Result<Option<Vec<[u8; 32]>>, &'static str> {
         return Err("the stage's image has no address");
     }
     // SAFETY: the firmware loaded this image at `base`, `size` bytes, and
-    // keeps it mapped, unchanged, while it runs; it is only read.
-    let bytes = unsafe { core::slice::from_raw_parts(base.cast::<u8>(), size) };
-    let Some(section) = section(bytes, SECTION)? else {
-        return Ok(None);
-    };
-    let keys = section
-        .strip_prefix(MAGIC)
-        .ok_or("the .keyring section has no SWKEYS1 magic")?;
-    if keys.is_empty() || keys.len() % 32 != 0 {
-        return Err("the .keyring section is not a whole number of keys");
-    }
-    Ok(Some(
-        keys.chunks_exact(32)
-            .filter_map(|k| k.try_into().ok())
-            .collect(),
-    ))
+    // keeps it mapped, unchanged, while the stage runs (until the kernel
+    // starts, when nothing of the stage is used any more); it is only read.
+    let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(base.cast::<u8>(), size) };
+    let mut padded = [0u8; 8];
+    let name = name.as_bytes();
+    padded[..name.len()].copy_from_slice(name);
+    section(bytes, &padded)
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<usize> {

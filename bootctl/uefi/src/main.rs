@@ -27,6 +27,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use bootctl_core::{Slot, State};
 use disk::Disk;
+use switchback_bundle::stage_sections::Policy;
 use switchback_bundle::{verity, Keyring, ROOTFS};
 use uefi::boot;
 use uefi::prelude::*;
@@ -194,21 +195,42 @@ struct StartFailure {
     detail: String,
 }
 
-/// The stage's keyring; `None` for a stage without one, which starts
-/// slots unverified and says so at every boot.
-fn trusted() -> Result<Option<Keyring>, String> {
+/// What the stage checks a slot with: its keyring (`None` for a stage
+/// without one, which starts slots unverified and says so at every boot)
+/// and its policy.
+struct Trust {
+    keyring: Option<Keyring>,
+    policy: Policy,
+}
+
+fn trusted() -> Result<Trust, String> {
     let keys = keyring::load().map_err(|e| format!("its keyring: {e}"))?;
+    let policy = keyring::policy().map_err(|e| format!("its policy: {e}"))?;
     let Some(keys) = keys else {
         say("WARNING: this stage has no keyring (image-tools stage adds one): slots start unverified");
-        return Ok(None);
+        return Ok(Trust {
+            keyring: None,
+            policy,
+        });
     };
     let keyring = Keyring::from_raw_keys(&keys).map_err(|e| format!("its keyring: {e}"))?;
-    say(&format!("trusting {} key(s)", keys.len()));
-    Ok(Some(keyring))
+    say(&format!(
+        "trusting {} key(s){}",
+        keys.len(),
+        if policy.require_verity {
+            "; starting only roots under dm-verity"
+        } else {
+            ""
+        }
+    ));
+    Ok(Trust {
+        keyring: Some(keyring),
+        policy,
+    })
 }
 
 fn run() -> Result<(), String> {
-    let keyring = trusted()?;
+    let trust = trusted()?;
     let (mut disk, state) = find_disk()?;
     let sector = disk.block_size();
     say(&format!(
@@ -237,11 +259,8 @@ fn run() -> Result<(), String> {
     let mut failed: Option<StartFailure> = None;
     for slot in [chosen.slot, chosen.slot.other()] {
         let entry = state.table.entry(slot);
-        let mut cmdline = format!(
-            "root=PARTUUID={} switchback.slot={} panic=5 gpt {APPEND}",
-            entry.unique_guid,
-            slot.name()
-        );
+        let root = format!("root=PARTUUID={}", entry.unique_guid);
+        let mut cmdline = format!("switchback.slot={} panic=5 gpt {APPEND}", slot.name());
         if let Some(f) = &failed {
             cmdline += &format!(
                 " switchback.start_failed={}:{}:{}",
@@ -257,8 +276,8 @@ fn run() -> Result<(), String> {
             handle,
             slot,
             (entry.first_lba, entry.last_lba),
-            keyring.as_ref(),
-            &cmdline,
+            &trust,
+            (&root, &cmdline),
         );
         say(&format!("cannot boot {slot}: {}", failure.detail));
         if slot == chosen.slot && !state.attrs()[slot.index()].successful {
@@ -315,15 +334,21 @@ fn arm_watchdog() {
 /// any real one, far below what a hostile file system could claim.
 const MAX_BOOT_FILE: u64 = 256 << 20;
 
+/// The longest command line the kernel keeps whole (its COMMAND_LINE_SIZE,
+/// 2048 with the NUL on x86-64 and arm64): a longer one is cut, and what a
+/// cut drops is not for this stage to choose.
+const MAX_CMDLINE: usize = 2047;
+
 /// Reads the slot's kernel and initramfs, checked against its signed
-/// release when there is a keyring, and starts the kernel; returns only
-/// when it could not.
+/// release when there is a keyring, and starts the kernel with `root`,
+/// the verity parameters when its release has them, then `rest`; returns
+/// only when it could not.
 fn boot_slot(
     handle: Handle,
     slot: Slot,
     (first, last): (u64, u64),
-    keyring: Option<&Keyring>,
-    cmdline: &str,
+    trust: &Trust,
+    (root, rest): (&str, &str),
 ) -> StartFailure {
     let fail = |what, code, detail| StartFailure {
         slot,
@@ -339,8 +364,11 @@ fn boot_slot(
         );
     };
     let mut mismatch = None;
-    let mut cmdline = String::from(cmdline);
-    let reader: Box<dyn ext4_view::Ext4Read> = match keyring {
+    // The verity parameters go right after root=, before anything a build
+    // appended: the kernel and the initramfs take a parameter's first
+    // occurrence.
+    let mut cmdline = String::from(root);
+    let reader: Box<dyn ext4_view::Ext4Read> = match trust.keyring.as_ref() {
         None => Box::new(part),
         Some(keyring) => {
             let checked = verify::release(&mut part, keyring).and_then(|manifest| {
@@ -355,6 +383,15 @@ fn boot_slot(
                     Some(v) => {
                         say(&format!("{slot}'s root is opened through dm-verity, root hash {}", v.root_hash));
                         cmdline += &format!(" {}={}", verity::CMDLINE_KEY, v.cmdline_value());
+                    }
+                    None if trust.policy.require_verity => {
+                        return Err(verify::Refused {
+                            what: "no-verity",
+                            detail: format!(
+                                "{} {} has no dm-verity hash tree for its root, and this stage starts none without one",
+                                manifest.compatible, manifest.version
+                            ),
+                        })
                     }
                     None => say(&format!("{slot}'s root has no dm-verity hash tree: its blocks are not checked after this boot stage")),
                 }
@@ -397,6 +434,18 @@ fn boot_slot(
         peak.div_ceil(1024),
         now.div_ceil(1024)
     ));
+    cmdline.push(' ');
+    cmdline += rest;
+    if cmdline.len() > MAX_CMDLINE {
+        return fail(
+            "cmdline",
+            cmdline.len() as u64,
+            format!(
+                "its command line is {} bytes; the kernel keeps {MAX_CMDLINE}",
+                cmdline.len()
+            ),
+        );
+    }
     arm_watchdog();
     say(&format!("booting {slot}: {cmdline}"));
     let e = linux::start(kernel, initrd, &cmdline);

@@ -38,7 +38,8 @@
 //! applies to it ([`manifest`]), the keyring built from raw ed25519 keys
 //! and the signature check ([`keys`], `verify_strict` as the reader),
 //! [`trailer::parse_footer`] and [`trailer::verify_head`], [`BundleError`]
-//! (without its `Io` variant), [`all_zero`] and the format's constants.
+//! (without its `Io` variant), [`all_zero`], the format's constants, and
+//! the stage's own sections ([`stage_sections`]).
 //! Built for a UEFI target (soft-float), curve25519-dalek needs its portable
 //! backend: `--cfg curve25519_dalek_backend="serial"`, as `.ci/boot-efi`
 //! sets it.
@@ -62,6 +63,7 @@ pub mod pipeline;
 pub mod reader;
 #[cfg(feature = "std")]
 pub mod size;
+pub mod stage_sections;
 #[cfg(feature = "std")]
 pub mod swu;
 pub mod trailer;
