@@ -8,7 +8,7 @@ use crate::bundle::{
 };
 use crate::progress::byte_bar;
 use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Which public keys a check trusts.
 #[derive(Debug, Clone, clap::Args)]
@@ -88,9 +88,12 @@ pub fn parse_migration(s: &str) -> Result<MigrationSource, String> {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BuildArgs {
-    /// Private signing key; repeat to add signatures.
-    #[arg(long = "key", required = true)]
-    pub keys: Vec<PathBuf>,
+    #[command(flatten)]
+    pub signers: crate::signers::SignerArgs,
+    /// Build without a signature, for `image-tools sign` to add one where
+    /// the key lives (no device installs an unsigned bundle).
+    #[arg(long)]
+    pub unsigned: bool,
     /// TARGET=PATH, e.g. rootfs=rootfs.img; repeatable.
     #[arg(long = "image", required = true, value_parser = parse_image)]
     pub images: Vec<ImageSource>,
@@ -140,11 +143,17 @@ fn build_time() -> Result<u64> {
 /// Builds the bundle `args` describe (a delta against `base` when given);
 /// returns the line that says what was built.
 pub fn build(args: BuildArgs, base: Option<PathBuf>) -> Result<String> {
-    let signing = args
-        .keys
-        .iter()
-        .map(|p| keys::load_private(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    match (args.signers.is_empty(), args.unsigned) {
+        (true, false) => bail!(
+            "name a signer (--key, --pkcs11, --sign-command), or --unsigned to sign later with image-tools sign"
+        ),
+        (false, true) => bail!("--unsigned and a signer contradict each other"),
+        _ => {}
+    }
+    // Opened before the build: a wrong PIN or a missing key is said at
+    // once, not after minutes of compression.
+    let signing = args.signers.load()?;
+    let signers: Vec<&dyn bundle::signing::Signer> = signing.iter().map(|s| s.as_ref()).collect();
     let opts = BuildOptions {
         compatible: args.compatible,
         version: args.release_version,
@@ -164,7 +173,7 @@ pub fn build(args: BuildArgs, base: Option<PathBuf>) -> Result<String> {
         .map(|i| std::fs::metadata(&i.path).map(|m| m.len()).unwrap_or(0))
         .sum();
     let bar = byte_bar(total, "build");
-    let manifest = bundle::build(&opts, &args.images, &signing, &args.out, &mut |n| {
+    let manifest = bundle::build(&opts, &args.images, &signers, &args.out, &mut |n| {
         bar.inc(n)
     })?;
     bar.finish_and_clear();
@@ -186,6 +195,72 @@ pub fn build(args: BuildArgs, base: Option<PathBuf>) -> Result<String> {
         size,
         total,
         signing.len()
+    ))
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SignArgs {
+    /// The bundle to sign (replaced, unless --out names another file).
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub signers: crate::signers::SignerArgs,
+    /// Take away the signature by this key id (its first 8 or more hex
+    /// digits, as `inspect` shows them); repeatable.
+    #[arg(long, value_name = "KEY_ID")]
+    pub remove: Vec<String>,
+    /// Write the signed bundle here instead.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+}
+
+/// `image-tools sign`: adds, replaces or removes signatures of a built
+/// bundle; its payload is copied unchanged. Returns what it did, in words.
+pub fn sign(args: SignArgs) -> Result<String> {
+    if args.signers.is_empty() && args.remove.is_empty() {
+        bail!("name a signer (--key, --pkcs11, --sign-command) or a signature to --remove");
+    }
+    let signing = args.signers.load()?;
+    let signers: Vec<&dyn bundle::signing::Signer> = signing.iter().map(|s| s.as_ref()).collect();
+    let out = args.out.as_deref().unwrap_or(&args.bundle);
+    let done = bundle::signing::resign(&args.bundle, out, &signers, &args.remove)?;
+    Ok(format!(
+        "{}: {} {}, {} signature(s) now: {}{}",
+        out.display(),
+        done.manifest.compatible,
+        done.manifest.version,
+        done.signers.len(),
+        if done.signers.is_empty() {
+            "unsigned".to_string()
+        } else {
+            keys::short_ids(&done.signers)
+        },
+        if done.removed > 0 {
+            format!(" ({} removed)", done.removed)
+        } else {
+            String::new()
+        }
+    ))
+}
+
+/// `image-tools pubkey`: writes the public half of the one signer `args`
+/// names (a token's key, a command's) as SPKI PEM, for keyrings and
+/// `--sign-command`; returns its key id.
+pub fn public_key(args: &crate::signers::SignerArgs, out: &Path) -> Result<String> {
+    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
+    let signers = args.load()?;
+    let [signer] = signers.as_slice() else {
+        bail!("name exactly one signer (--key, --pkcs11, --sign-command)");
+    };
+    let public = signer.public_key()?;
+    let pem = public
+        .to_public_key_pem(LineEnding::LF)
+        .context("encoding the public key")?;
+    std::fs::write(out, pem).with_context(|| format!("writing {}", out.display()))?;
+    Ok(format!(
+        "key id {}: the public key of {}, in {}",
+        keys::short_id(&keys::key_id(&public)),
+        signer.describe(),
+        out.display()
     ))
 }
 

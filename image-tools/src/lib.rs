@@ -15,5 +15,6 @@ pub mod pe;
 pub mod programs;
 pub mod progress;
 pub mod secureboot;
+pub mod signers;
 pub mod stage;
 pub mod uki;

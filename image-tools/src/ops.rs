@@ -1,6 +1,6 @@
 //! What the `image-tools` verbs do, on bundle files.
 
-use crate::bundle::keys::short_id;
+use crate::bundle::keys::{short_id, short_ids};
 use crate::bundle::{delta, BundleError, Envelope, Keyring, Manifest, ReadOptions};
 use crate::progress::byte_bar;
 use anyhow::{Context, Result};
@@ -55,7 +55,7 @@ pub fn verify(
     let bundle = open(path)?.verify(keyring)?;
     let base = load_base(&bundle.manifest, base, threads)?;
     let manifest = bundle.manifest.clone();
-    let signer = short_id(&bundle.signer);
+    let signer = short_ids(&bundle.signers);
     let bar = byte_bar(total_size(&manifest), "verify");
     let read = ReadOptions {
         base: base.as_ref().map(|m| m as &dyn delta::Base),
@@ -202,7 +202,11 @@ impl fmt::Display for InspectReport {
         writeln!(
             f,
             "signature   NOT CHECKED (use `image-tools verify`); signers: {}",
-            self.signers.join(", ")
+            if self.signers.is_empty() {
+                "(none): unsigned, no device installs it (image-tools sign)".to_string()
+            } else {
+                self.signers.join(", ")
+            }
         )?;
         writeln!(f, "compatible  {}", self.compatible)?;
         writeln!(

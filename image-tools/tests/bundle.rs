@@ -71,7 +71,11 @@ fn build_file(dir: &Path, images: &[(&str, Vec<u8>)], keys: &[SigningKey]) -> Pa
         })
         .collect();
     let out = dir.join("bundle.swb");
-    bundle::build(&opts(64 << 10), &sources, keys, &out, &mut |_| {}).unwrap();
+    let signers: Vec<&dyn bundle::signing::Signer> = keys
+        .iter()
+        .map(|k| k as &dyn bundle::signing::Signer)
+        .collect();
+    bundle::build(&opts(64 << 10), &sources, &signers, &out, &mut |_| {}).unwrap();
     out
 }
 

@@ -63,7 +63,7 @@ fn stored_vector_reads_and_rebuilds_byte_for_byte() {
         target: "rootfs".into(),
         path: image,
     }];
-    bundle::build(&vector_options(), &src, &[key], &out, &mut |_| {}).unwrap();
+    bundle::build(&vector_options(), &src, &[&key], &out, &mut |_| {}).unwrap();
     let built = std::fs::read(&out).unwrap();
 
     let stored_path = Path::new(VECTORS).join("v2-small.swb");
@@ -175,14 +175,7 @@ fn fuzz_seeds_are_bundles_of_the_current_format() {
                 verity,
                 ..vector_options()
             };
-            bundle::build(
-                &opts,
-                &images,
-                std::slice::from_ref(&key),
-                &out,
-                &mut |_| {},
-            )
-            .unwrap();
+            bundle::build(&opts, &images, &[&key], &out, &mut |_| {}).unwrap();
             let b = std::fs::read(&out).unwrap();
             let manifest_len = u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
             let sigs_len = u32::from_le_bytes(b[16..20].try_into().unwrap()) as usize;

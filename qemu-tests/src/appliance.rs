@@ -138,14 +138,7 @@ impl Appliance {
             target: "rootfs".into(),
             path: image.to_path_buf(),
         }];
-        bundle::build(
-            &opts,
-            &src,
-            std::slice::from_ref(&self.key),
-            &out,
-            &mut |_| {},
-        )
-        .unwrap();
+        bundle::build(&opts, &src, &[&self.key], &out, &mut |_| {}).unwrap();
         out
     }
 

@@ -447,7 +447,7 @@ fn signed_machine_disk_with(
             target: "rootfs".into(),
             path: img.clone(),
         }];
-        bundle::build(&opts, &src, std::slice::from_ref(&key), &out, &mut |_| {}).unwrap();
+        bundle::build(&opts, &src, &[&key], &out, &mut |_| {}).unwrap();
         let head = image_tools::ops::open(&out)
             .unwrap()
             .verify(&keyring)

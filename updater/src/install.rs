@@ -32,7 +32,7 @@ use std::fs::OpenOptions;
 use std::io::Read;
 use std::path::PathBuf;
 use switchback_bundle::delta::Base;
-use switchback_bundle::keys::short_id;
+use switchback_bundle::keys::short_ids;
 use switchback_bundle::manifest::BaseSpec;
 use switchback_bundle::{
     BundleError, Envelope, ImageSpec, Keyring, Manifest, MigrationSpec, ReadOptions,
@@ -227,7 +227,7 @@ pub fn install(
     observer.event(&Event::Verified {
         compatible: manifest.compatible.clone(),
         version: manifest.version.clone(),
-        signer: short_id(&bundle.signer),
+        signer: short_ids(&bundle.signers),
         slot: target.name().into(),
         bytes: image.size,
         memory: opts.memory,

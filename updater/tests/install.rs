@@ -139,6 +139,63 @@ fn a_device_that_requires_verity_refuses_a_root_without_it() {
         .any(|&b| b != 0));
 }
 
+/// A keyring that requires two signers (docs/signing.md): one signature
+/// is refused with exit 30 before anything is written, naming the key that
+/// did not sign; the manager's signature added afterwards (the payload
+/// untouched) makes it install. Then the keyring rotates: the old key
+/// removed from it, a release signed by it alone is refused.
+#[test]
+fn a_keyring_requiring_two_signers_refuses_one_and_a_removed_key_is_not_trusted() {
+    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
+    use predicates::prelude::PredicateBooleanExt;
+    use switchback_bundle::keys::{key_id, short_id};
+    use switchback_bundle::signing::{resign, Signer};
+    let dev = device();
+    let keys = dev.dir.path().join("keys");
+    let manager = key(2);
+    std::fs::write(
+        keys.join("manager.pem"),
+        manager
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(keys.join("threshold"), "2").unwrap();
+    let before = std::fs::read(&dev.disk).unwrap();
+    let bundle = dev.bundle(&release("2.0.0"));
+    dev.updater("a")
+        .arg("install")
+        .arg(&bundle)
+        .assert()
+        .code(30)
+        .stderr(
+            contains("signed by 1 of the 2 trusted keys").and(contains(format!(
+                "not signed by: {}",
+                short_id(&key_id(&manager.verifying_key()))
+            ))),
+        );
+    assert!(
+        std::fs::read(&dev.disk).unwrap() == before,
+        "the disk changed"
+    );
+    resign(&bundle, &bundle, &[&manager as &dyn Signer], &[]).unwrap();
+    dev.updater("a")
+        .arg("install")
+        .arg(&bundle)
+        .assert()
+        .success();
+
+    // Rotation: the running release's keyring now trusts the manager's key
+    // alone; the vendor key that signed so far is revoked.
+    std::fs::remove_file(keys.join("vendor.pem")).unwrap();
+    std::fs::remove_file(keys.join("threshold")).unwrap();
+    let old = dev.bundle(&release("2.1.0"));
+    dev.updater("a").arg("install").arg(&old).assert().code(25);
+    resign(&old, &old, &[&manager as &dyn Signer], &[]).unwrap();
+    dev.updater("a").arg("install").arg(&old).assert().success();
+}
+
 #[test]
 fn refusals_before_writing_leave_the_whole_disk_unchanged() {
     let dev = device();

@@ -54,6 +54,19 @@ pub enum BundleError {
     )]
     BadSignature { key_id: String },
 
+    #[error("bundle is not signed (image-tools sign adds a signature)")]
+    Unsigned,
+
+    #[error(
+        "signed by {valid} of the {need} trusted keys the keyring requires (signed: {signed}; not signed by: {missing})"
+    )]
+    TooFewSigners {
+        need: usize,
+        valid: usize,
+        signed: String,
+        missing: String,
+    },
+
     #[error("bundle manifest: {0}")]
     BadManifest(String),
 
@@ -109,6 +122,8 @@ impl BundleError {
             BundleError::ManifestLenDamaged(_) => 36,
             BundleError::UntrustedSigner { .. } => 25,
             BundleError::BadSignature { .. } => 26,
+            BundleError::Unsigned => 25,
+            BundleError::TooFewSigners { .. } => 30,
             BundleError::BadManifest(_) => 27,
             BundleError::ChunkHash { .. } => 28,
             BundleError::ChunkDecode { .. } => 29,

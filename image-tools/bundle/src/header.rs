@@ -50,7 +50,9 @@ impl Header {
         if signatures_len as usize % SIGNATURE_ENTRY_LEN != 0 {
             return Err(BundleError::SignaturesLen(signatures_len));
         }
-        if signatures_len == 0 || signatures_len > max_sig {
+        // Zero is an unsigned bundle (`image-tools build --unsigned`, for
+        // `image-tools sign`): readable, inspectable, never installed.
+        if signatures_len > max_sig {
             return Err(BundleError::BadLength {
                 field: "signatures_len",
                 value: signatures_len.into(),

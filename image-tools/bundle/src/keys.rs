@@ -38,6 +38,11 @@ pub fn short_id(id: &[u8; 32]) -> String {
     hex::encode(&id[..8])
 }
 
+/// Several keys' short ids, `, `-separated.
+pub fn short_ids<'a>(ids: impl IntoIterator<Item = &'a [u8; 32]>) -> String {
+    ids.into_iter().map(short_id).collect::<Vec<_>>().join(", ")
+}
+
 #[cfg(feature = "std")]
 fn key_err(path: &Path, reason: impl Into<String>) -> BundleError {
     BundleError::Key {
@@ -95,12 +100,20 @@ pub fn load_public(path: &Path) -> Result<VerifyingKey> {
     load_pem(path, "public key", VerifyingKey::from_public_key_pem)
 }
 
-/// The public keys a device trusts.
+/// The public keys a device trusts, and how many of them must have signed
+/// a bundle (M of N; 1 unless the keyring says otherwise).
 #[derive(Debug, Clone, Default)]
 pub struct Keyring {
     /// Each key with where it came from (its file, or `<memory>`).
     keys: Vec<(String, VerifyingKey)>,
+    /// 0 stands for 1 (a `Default` keyring).
+    threshold: usize,
 }
+
+/// The file of a keyring directory that holds its threshold: one number,
+/// how many of its keys must have signed.
+#[cfg(feature = "std")]
+pub const THRESHOLD_FILE: &str = "threshold";
 
 impl Keyring {
     /// A keyring of keys already in memory (tests, fuzzing, embedders).
@@ -110,7 +123,29 @@ impl Keyring {
                 .into_iter()
                 .map(|k| (String::from("<memory>"), k))
                 .collect(),
+            threshold: 1,
         }
+    }
+
+    /// This keyring, demanding `threshold` of its keys' signatures; a
+    /// threshold of 0 or above the number of keys is [`BundleError::Key`].
+    pub fn with_threshold(mut self, threshold: usize) -> Result<Keyring> {
+        if threshold == 0 || threshold > self.keys.len() {
+            return Err(BundleError::Key {
+                path: KeyPath::from(format!("<threshold {threshold}>")),
+                reason: format!(
+                    "a threshold must be 1 to the keyring's {} key(s)",
+                    self.keys.len()
+                ),
+            });
+        }
+        self.threshold = threshold;
+        Ok(self)
+    }
+
+    /// How many of its keys must have signed.
+    pub fn threshold(&self) -> usize {
+        self.threshold.max(1)
     }
 
     /// A keyring of raw 32-byte ed25519 public keys, as built into a
@@ -130,19 +165,23 @@ impl Keyring {
                     })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Keyring { keys })
+        Ok(Keyring { keys, threshold: 1 })
     }
 
     #[cfg(feature = "std")]
     pub fn from_key(path: &Path) -> Result<Keyring> {
         Ok(Keyring {
             keys: vec![(path.display().to_string(), load_public(path)?)],
+            threshold: 1,
         })
     }
 
-    /// Every `*.pem` and `*.pub` file in `dir`. A file there that is not a
-    /// key is an error, not skipped: a broken keyring is a misconfiguration
-    /// that should be seen, not an update that mysteriously fails later.
+    /// Every `*.pem` and `*.pub` file in `dir`, and the number of them that
+    /// must have signed from its [`THRESHOLD_FILE`] (1 without one). A file
+    /// there that is not a key, or a threshold that is not a number of its
+    /// keys, is an error, not skipped: a broken keyring is a
+    /// misconfiguration that should be seen, not an update that
+    /// mysteriously fails later.
     #[cfg(feature = "std")]
     pub fn load_dir(dir: &Path) -> Result<Keyring> {
         let entries = fs::read_dir(dir)
@@ -159,7 +198,26 @@ impl Keyring {
         if keys.is_empty() {
             return Err(key_err(dir, "keyring holds no public keys (*.pem, *.pub)"));
         }
-        Ok(Keyring { keys })
+        let path = dir.join(THRESHOLD_FILE);
+        let threshold = match fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=keys.len()).contains(n))
+                .ok_or_else(|| {
+                    key_err(
+                        &path,
+                        format!(
+                            "not a number of signatures from 1 to the keyring's {} key(s)",
+                            keys.len()
+                        ),
+                    )
+                })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
+            Err(e) => return Err(key_err(&path, format!("cannot read: {e}"))),
+        };
+        Ok(Keyring { keys, threshold })
     }
 
     pub fn find(&self, id: &[u8; 32]) -> Option<&VerifyingKey> {
@@ -181,16 +239,21 @@ impl Keyring {
         self.keys.iter().map(|(_, k)| k.to_bytes()).collect()
     }
 
-    /// Checks a bundle's `signatures` over its `manifest_bytes`: one valid
-    /// signature (ed25519 `verify_strict`) by a trusted key is enough, and
-    /// the id of that key is returned. Signatures by keys not in the
-    /// keyring are skipped. The manifest itself is not parsed here, only
+    /// Checks a bundle's `signatures` over its `manifest_bytes` (ed25519
+    /// `verify_strict`): valid signatures by at least [`Keyring::threshold`]
+    /// distinct trusted keys are needed, and those keys' ids are returned in
+    /// the order they signed. Signatures by keys not in the keyring are
+    /// skipped, never counted. The manifest itself is not parsed here, only
     /// after this succeeded ([`Manifest::parse`](crate::manifest::Manifest::parse)).
     pub fn verify_signatures(
         &self,
         manifest_bytes: &[u8],
         signatures: &[SignatureEntry],
-    ) -> Result<[u8; 32]> {
+    ) -> Result<Vec<[u8; 32]>> {
+        if signatures.is_empty() {
+            return Err(BundleError::Unsigned);
+        }
+        let mut valid: Vec<[u8; 32]> = Vec::new();
         let mut bad_trusted = None;
         for entry in signatures {
             let Some(key) = self.find(&entry.key_id) else {
@@ -198,13 +261,33 @@ impl Keyring {
             };
             let sig = Signature::from_bytes(&entry.signature);
             if key.verify_strict(manifest_bytes, &sig).is_ok() {
-                return Ok(entry.key_id);
+                if !valid.contains(&entry.key_id) {
+                    valid.push(entry.key_id);
+                }
+            } else {
+                bad_trusted = Some(entry.key_id);
             }
-            bad_trusted = Some(entry.key_id);
+        }
+        if valid.len() >= self.threshold() {
+            return Ok(valid);
         }
         if let Some(id) = bad_trusted {
             return Err(BundleError::BadSignature {
                 key_id: short_id(&id),
+            });
+        }
+        if !valid.is_empty() {
+            let missing: Vec<[u8; 32]> = self
+                .keys
+                .iter()
+                .map(|(_, k)| key_id(k))
+                .filter(|id| !valid.contains(id))
+                .collect();
+            return Err(BundleError::TooFewSigners {
+                need: self.threshold(),
+                valid: valid.len(),
+                signed: short_ids(&valid),
+                missing: short_ids(&missing),
             });
         }
         // With a wrong manifest_len the "signatures" are bytes from the
@@ -216,12 +299,9 @@ impl Keyring {
             let len = u32::try_from(manifest_bytes.len()).unwrap_or(u32::MAX);
             return Err(BundleError::ManifestLenDamaged(len));
         }
-        let signers = signatures
-            .iter()
-            .map(|s| short_id(&s.key_id))
-            .collect::<Vec<_>>()
-            .join(", ");
-        Err(BundleError::UntrustedSigner { signers })
+        Err(BundleError::UntrustedSigner {
+            signers: short_ids(signatures.iter().map(|s| &s.key_id)),
+        })
     }
 }
 
@@ -256,7 +336,7 @@ mod tests {
         assert_eq!(
             ring.verify_signatures(b"", core::slice::from_ref(&entry))
                 .unwrap(),
-            id
+            [id]
         );
         let e = ring
             .verify_signatures(b"{}", core::slice::from_ref(&entry))

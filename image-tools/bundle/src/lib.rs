@@ -61,6 +61,8 @@ pub mod manifest;
 pub mod pipeline;
 #[cfg(feature = "std")]
 pub mod reader;
+#[cfg(feature = "writer")]
+pub mod signing;
 #[cfg(feature = "std")]
 pub mod size;
 pub mod stage_sections;

@@ -52,15 +52,20 @@ impl<R: Read> Envelope<R> {
         })
     }
 
+    /// What follows the signature block: the payload, unread.
+    pub fn into_reader(self) -> R {
+        self.reader
+    }
+
     /// The manifest without any signature check, for `inspect`.
     pub fn unverified_manifest(&self) -> Result<Manifest> {
         Manifest::parse(&self.manifest_bytes, self.header.payload_len)
     }
 
-    /// Checks the signatures against `keyring`; one valid signature by a
-    /// trusted key is enough. Only then is the manifest parsed.
+    /// Checks the signatures against `keyring`: as many valid signatures by
+    /// trusted keys as its threshold. Only then is the manifest parsed.
     pub fn verify(self, keyring: &Keyring) -> Result<VerifiedBundle<R>> {
-        let signer = keyring.verify_signatures(&self.manifest_bytes, &self.signatures)?;
+        let signers = keyring.verify_signatures(&self.manifest_bytes, &self.signatures)?;
         let manifest = Manifest::parse(&self.manifest_bytes, self.header.payload_len)?;
         let head = [
             &self.header.encode()[..],
@@ -70,7 +75,7 @@ impl<R: Read> Envelope<R> {
         .concat();
         Ok(VerifiedBundle {
             manifest,
-            signer,
+            signers,
             head,
             reader: self.reader,
         })
@@ -147,8 +152,9 @@ impl ReadOptions<'_> {
 /// A bundle whose manifest is signed by a trusted key.
 pub struct VerifiedBundle<R> {
     pub manifest: Manifest,
-    /// Id of the key whose signature verified.
-    pub signer: [u8; 32],
+    /// Ids of the trusted keys whose signatures verified, at least the
+    /// keyring's threshold of them.
+    pub signers: Vec<[u8; 32]>,
     /// The bundle's header, manifest and signatures as read: signed
     /// evidence of the release that [`Envelope::read`] and
     /// [`Envelope::verify`] check again later, without the payload.

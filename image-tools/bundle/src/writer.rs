@@ -4,13 +4,12 @@
 
 use super::delta::{self, BaseIndex};
 use super::error::{BundleError, Result};
-use super::header::{encode_signatures, Header, SignatureEntry};
-use super::keys::key_id;
+use super::header::{encode_signatures, Header};
 use super::manifest::{BaseSpec, ChunkSpec, Digest, ImageSpec, Manifest, MigrationSpec, Phase};
 use super::pipeline::ordered_map;
+use super::signing::{signature_block, Signer};
 use super::verity::{self, VeritySpec};
 use super::{CHUNK_ALIGN, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
-use ed25519_dalek::{Signer, SigningKey};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -313,19 +312,15 @@ fn verity_tree(
 }
 
 /// Builds a bundle at `out` (written to a temporary file beside it, then
-/// renamed, so `out` never holds half a bundle). Returns its manifest.
+/// renamed, so `out` never holds half a bundle), signed by `signers` (none:
+/// unsigned, for `image-tools sign` to sign later). Returns its manifest.
 pub fn build(
     opts: &BuildOptions,
     images: &[ImageSource],
-    keys: &[SigningKey],
+    signers: &[&dyn Signer],
     out: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Manifest> {
-    if keys.is_empty() {
-        return Err(BundleError::BadManifest(
-            "a bundle needs at least one signing key".into(),
-        ));
-    }
     if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&opts.chunk_size)
         || opts.chunk_size % CHUNK_ALIGN != 0
     {
@@ -390,13 +385,7 @@ pub fn build(
     manifest.validate(offset)?;
     let manifest_bytes =
         serde_json::to_vec(&manifest).map_err(|e| BundleError::BadManifest(e.to_string()))?;
-    let signatures: Vec<SignatureEntry> = keys
-        .iter()
-        .map(|k| SignatureEntry {
-            key_id: key_id(&k.verifying_key()),
-            signature: k.sign(&manifest_bytes).to_bytes(),
-        })
-        .collect();
+    let signatures = signature_block(signers, &manifest_bytes)?;
     let header = Header {
         manifest_len: u32::try_from(manifest_bytes.len())
             .map_err(|_| BundleError::BadManifest("manifest too large".into()))?,

@@ -40,6 +40,17 @@ enum Command {
         #[command(flatten)]
         args: BuildArgs,
     },
+    /// Add, replace or remove signatures of a built bundle (its payload
+    /// untouched): sign where the key lives, a second signer after the first.
+    Sign(cli::SignArgs),
+    /// Write the public key (PEM) of a signer: a PKCS#11 token's key, or a
+    /// private key file's.
+    Pubkey {
+        #[command(flatten)]
+        signer: image_tools::signers::SignerArgs,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
     /// Show what a bundle says it holds (signature NOT checked).
     Inspect {
         bundle: PathBuf,
@@ -99,6 +110,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Build(args) => println!("{}", cli::build(args, None)?),
         Command::Delta { base, args } => println!("{}", cli::build(args, Some(base))?),
+        Command::Sign(args) => println!("{}", cli::sign(args)?),
+        Command::Pubkey { signer, out } => println!("{}", cli::public_key(&signer, &out)?),
         Command::Inspect { bundle, json } => bootctl::report::show(json, &ops::inspect(&bundle)?)?,
         Command::Verify {
             bundle,

@@ -161,7 +161,7 @@ pub fn bundle_in(dir: &Path, r: &Release) -> PathBuf {
             target: r.target.into(),
             path: img,
         }],
-        std::slice::from_ref(&r.signer),
+        &[&r.signer],
         &out,
         &mut |_| {},
     )
