@@ -30,6 +30,10 @@ pub struct SignerArgs {
     /// or base64); PUBLIC is the key's public half (SPKI PEM); repeatable.
     #[arg(long = "sign-command", value_name = "PUBLIC=COMMAND")]
     pub commands: Vec<String>,
+    /// Seconds a --sign-command has to print its signature (an approval
+    /// on a signing box may take a while) before it is killed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub sign_timeout: u64,
 }
 
 impl SignerArgs {
@@ -44,14 +48,17 @@ impl SignerArgs {
             out.push(Box::new(keys::load_private(path)?));
         }
         for uri in &self.pkcs11 {
+            // The query may hold the PIN: never in a message.
+            let shown = uri.split('?').next().unwrap_or(uri);
             out.push(Box::new(
-                Pkcs11Signer::open(uri).with_context(|| format!("--pkcs11 {uri}"))?,
+                Pkcs11Signer::open(uri).with_context(|| format!("--pkcs11 {shown}"))?,
             ));
         }
         for spec in &self.commands {
-            out.push(Box::new(
-                CommandSigner::parse(spec).with_context(|| format!("--sign-command {spec}"))?,
-            ));
+            let mut signer =
+                CommandSigner::parse(spec).with_context(|| format!("--sign-command {spec}"))?;
+            signer.timeout = std::time::Duration::from_secs(self.sign_timeout);
+            out.push(Box::new(signer));
         }
         Ok(out)
     }
@@ -69,7 +76,13 @@ fn signer_err(who: &str, reason: impl std::fmt::Display) -> BundleError {
 pub struct CommandSigner {
     public: VerifyingKey,
     command: String,
+    timeout: std::time::Duration,
 }
+
+/// The most a signing command may print: a signature is at most 128 hex
+/// digits and a newline; the rest of its standard error is for the message.
+const MAX_STDOUT: u64 = 4096;
+const MAX_STDERR: u64 = 64 << 10;
 
 impl CommandSigner {
     /// `PUBLIC=COMMAND`.
@@ -83,6 +96,7 @@ impl CommandSigner {
         Ok(CommandSigner {
             public: keys::load_public(std::path::Path::new(public))?,
             command: command.to_string(),
+            timeout: std::time::Duration::from_secs(600),
         })
     }
 }
@@ -110,31 +124,91 @@ impl Signer for CommandSigner {
     }
 
     fn sign(&self, message: &[u8]) -> BundleResult<[u8; 64]> {
+        use std::io::Read;
+        use std::os::unix::process::CommandExt;
         let who = self.describe();
+        // Its own process group, so that whatever it started goes with it
+        // when it is killed or done.
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(&self.command)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .map_err(|e| signer_err(&who, format!("cannot start: {e}")))?;
-        // Written from a thread: a command that prints before it has read
-        // everything would otherwise block both sides.
+        let group = nix::unistd::Pid::from_raw(child.id() as i32);
+        let kill_group = || {
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        };
+        // Written and read from threads: a command that prints before it
+        // has read everything would otherwise block both sides. Each stream
+        // is read up to its cap, then dropped (the command gets SIGPIPE).
         let mut stdin = child.stdin.take();
         let message = message.to_vec();
         let writer =
             std::thread::spawn(move || stdin.as_mut().map_or(Ok(()), |s| s.write_all(&message)));
-        let out = child
-            .wait_with_output()
-            .map_err(|e| signer_err(&who, format!("waiting for it: {e}")))?;
+        let capped = |pipe: Option<Box<dyn Read + Send>>, cap: u64| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                if let Some(p) = pipe {
+                    let _ = p.take(cap + 1).read_to_end(&mut out);
+                }
+                out
+            })
+        };
+        let stdout = capped(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            MAX_STDOUT,
+        );
+        let stderr = capped(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            MAX_STDERR,
+        );
+        let deadline = std::time::Instant::now() + self.timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if std::time::Instant::now() >= deadline => {
+                    kill_group();
+                    let _ = child.wait();
+                    return Err(signer_err(
+                        &who,
+                        format!(
+                            "printed no signature in {} s (--sign-timeout); killed",
+                            self.timeout.as_secs()
+                        ),
+                    ));
+                }
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(e) => return Err(signer_err(&who, format!("waiting for it: {e}"))),
+            }
+        };
+        // What it left running would hold the pipes open.
+        kill_group();
         let written = writer.join().unwrap_or(Ok(()));
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+        let out = stdout.join().unwrap_or_default();
+        let err = stderr.join().unwrap_or_default();
+        // Before its status: cut off, it died of SIGPIPE.
+        if out.len() as u64 > MAX_STDOUT {
             return Err(signer_err(
                 &who,
-                format!("{}: {}", out.status, last.unwrap_or("(nothing on stderr)")),
+                format!("printed over {MAX_STDOUT} bytes, not an ed25519 signature"),
+            ));
+        }
+        if !status.success() {
+            let err = String::from_utf8_lossy(&err);
+            let last = err.lines().rev().find(|l| !l.trim().is_empty());
+            return Err(signer_err(
+                &who,
+                format!("{status}: {}", last.unwrap_or("(nothing on stderr)")),
             ));
         }
         if let Err(e) = written {
@@ -143,12 +217,12 @@ impl Signer for CommandSigner {
                 format!("it did not read the message: {e}"),
             ));
         }
-        decode_signature(&out.stdout).ok_or_else(|| {
+        decode_signature(&out).ok_or_else(|| {
             signer_err(
                 &who,
                 format!(
                     "printed {} bytes, not an ed25519 signature (64 bytes, hex or base64)",
-                    out.stdout.len()
+                    out.len()
                 ),
             )
         })
@@ -166,6 +240,7 @@ struct Pkcs11Uri {
     serial: Option<String>,
     object: Option<String>,
     id: Option<Vec<u8>>,
+    slot_id: Option<u64>,
     module_path: Option<String>,
     pin_value: Option<String>,
     pin_source: Option<String>,
@@ -207,19 +282,20 @@ impl Pkcs11Uri {
                 "serial" => u.serial = Some(text(v)?),
                 "object" => u.object = Some(text(v)?),
                 "id" => u.id = Some(percent_decode(v)?),
-                // Narrowing a search further is fine to ignore; a key type
-                // other than a private key is not.
+                "slot-id" => {
+                    u.slot_id = Some(
+                        text(v)?
+                            .parse()
+                            .with_context(|| format!("slot-id={v} is not a number"))?,
+                    )
+                }
                 "type" if v != "private" => bail!("type={v}: only a private key signs"),
-                "type"
-                | "manufacturer"
-                | "model"
-                | "library-manufacturer"
-                | "library-description"
-                | "library-version"
-                | "slot-description"
-                | "slot-manufacturer"
-                | "slot-id" => {}
-                other => bail!("unknown attribute {other:?}"),
+                "type" => {}
+                // Ignoring an attribute that narrows the search would
+                // widen it: another token's key could sign.
+                other => bail!(
+                    "attribute {other:?} is not supported: name the token by token=, serial= or slot-id="
+                ),
             }
         }
         for attr in query.split('&').filter(|a| !a.is_empty()) {
@@ -266,7 +342,7 @@ impl Pkcs11Signer {
             .initialize(CInitializeArgs::OsThreads)
             .with_context(|| format!("initialising {module}"))?;
         let slots = context.get_slots_with_token().context("listing tokens")?;
-        let mut chosen = None;
+        let mut matching = Vec::new();
         for slot in slots {
             let info = context.get_token_info(slot).context("reading a token")?;
             let token_ok = u.token.as_deref().is_none_or(|t| info.label().trim() == t);
@@ -274,17 +350,22 @@ impl Pkcs11Signer {
                 .serial
                 .as_deref()
                 .is_none_or(|s| info.serial_number().trim() == s);
-            if token_ok && serial_ok {
-                chosen = Some(slot);
-                break;
+            let slot_ok = u.slot_id.is_none_or(|id| slot.id() == id);
+            if token_ok && serial_ok && slot_ok {
+                matching.push(slot);
             }
         }
-        let slot = chosen.with_context(|| {
-            format!(
+        let slot = match matching.as_slice() {
+            [one] => *one,
+            [] => bail!(
                 "no token {} in {module}",
                 u.token.as_deref().unwrap_or("(any)")
-            )
-        })?;
+            ),
+            _ => bail!(
+                "{} tokens in {module} match: name one by token=, serial= or slot-id=",
+                matching.len()
+            ),
+        };
         let session = context.open_ro_session(slot).context("opening a session")?;
         let pin = match (&u.pin_value, &u.pin_source) {
             (Some(p), _) => Some(p.clone()),
@@ -296,6 +377,7 @@ impl Pkcs11Signer {
             }
             (None, None) => None,
         };
+        let logged_in = pin.is_some();
         if let Some(pin) = pin {
             session
                 .login(UserType::User, Some(&cryptoki::types::AuthPin::new(pin)))
@@ -308,12 +390,17 @@ impl Pkcs11Signer {
         if let Some(id) = &u.id {
             template.push(Attribute::Id(id.clone()));
         }
-        let find = |class: ObjectClass| -> Result<cryptoki::object::ObjectHandle> {
-            let mut t = template.clone();
+        let find = |template: &[Attribute],
+                    class: ObjectClass|
+         -> Result<cryptoki::object::ObjectHandle> {
+            let mut t = template.to_vec();
             t.push(Attribute::Class(class));
             let found = session.find_objects(&t).context("searching the token")?;
             match found.as_slice() {
                 [one] => Ok(*one),
+                [] if class == ObjectClass::PRIVATE_KEY && !logged_in => bail!(
+                    "no ed25519 private key matches the URI without a login: add pin-source= or pin-value="
+                ),
                 [] => bail!("no ed25519 {class} matches the URI in the token"),
                 _ => bail!(
                     "{} ed25519 {class}s match the URI: name one by id=",
@@ -321,8 +408,21 @@ impl Pkcs11Signer {
                 ),
             }
         };
-        let key = find(ObjectClass::PRIVATE_KEY)?;
-        let public_handle = find(ObjectClass::PUBLIC_KEY)?;
+        let key = find(&template, ObjectClass::PRIVATE_KEY)?;
+        // The public half is the one of the same CKA_ID: a label alone may
+        // name another pair's public key.
+        let id = match session
+            .get_attributes(key, &[AttributeType::Id])
+            .context("reading the private key's id")?
+            .into_iter()
+            .next()
+        {
+            Some(Attribute::Id(id)) if !id.is_empty() => id,
+            _ => bail!("the private key has no CKA_ID to find its public key by"),
+        };
+        template.retain(|a| !matches!(a, Attribute::Id(_)));
+        template.push(Attribute::Id(id));
+        let public_handle = find(&template, ObjectClass::PUBLIC_KEY)?;
         let point = session
             .get_attributes(public_handle, &[AttributeType::EcPoint])
             .context("reading the public key")?;
@@ -388,12 +488,16 @@ mod tests {
         assert_eq!(u.id, Some(vec![1, 0xff]));
         assert_eq!(u.module_path.as_deref(), Some("/m.so"));
         assert_eq!(u.pin_value.as_deref(), Some("1234"));
+        let u = Pkcs11Uri::parse("pkcs11:slot-id=7;id=%01").unwrap();
+        assert_eq!(u.slot_id, Some(7));
         for bad in [
             "token=x;object=y",
             "pkcs11:token=x",
             "pkcs11:object=y;type=public",
             "pkcs11:object=%zz",
             "pkcs11:object=y;colour=red",
+            "pkcs11:object=y;manufacturer=SoftHSM",
+            "pkcs11:object=y;slot-id=first",
         ] {
             assert!(Pkcs11Uri::parse(bad).is_err(), "{bad}");
         }

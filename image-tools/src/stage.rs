@@ -47,13 +47,18 @@ pub struct StageOptions {
 /// `image-tools stage`: the stage with the keys `opts.trust` names; what
 /// it made, in words.
 pub fn build(opts: &StageOptions) -> Result<String> {
-    let keys = opts.trust.load()?.raw_keys();
+    let trust = opts.trust.load()?;
+    let keys = trust.raw_keys();
     // Made beside --out and renamed over it when whole: a refused
     // signature leaves what --out held before.
     let work = uki::work_dir_beside(&opts.out)?;
     let tmp = work.path().join("stage.efi");
+    // The keyring's threshold goes with its keys: a stage checking one
+    // signature would boot what the updater refuses to install.
+    let threshold = u32::try_from(trust.threshold()).context("the keyring's threshold")?;
     let policy = Policy {
         require_verity: opts.require_verity,
+        threshold: if threshold > 1 { threshold } else { 0 },
     };
     with_keyring(opts.arch, &opts.efi, &keys, policy, &tmp)?;
     let signed = match (&opts.db.db_key, &opts.db.db_cert) {
@@ -71,8 +76,13 @@ pub fn build(opts: &StageOptions) -> Result<String> {
     } else {
         ""
     };
+    let needs = if threshold > 1 {
+        format!(", {threshold} of them required")
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "{}: the UEFI boot stage, trusting {} key(s){verity}{signed}",
+        "{}: the UEFI boot stage, trusting {} key(s){needs}{verity}{signed}",
         opts.out.display(),
         keys.len()
     ))
@@ -95,9 +105,21 @@ pub fn keyring_of(efi: &Path) -> Result<Option<Keyring>> {
     let len = usize::try_from(section.size())?.min(bytes.len());
     let keys = parse_keyring(&bytes[..len])
         .map_err(|e| anyhow::anyhow!("{}: {e} (image-tools stage makes one)", efi.display()))?;
-    Keyring::from_raw_keys(&keys)
-        .map(Some)
-        .with_context(|| format!("the keyring of {}", efi.display()))
+    let policy = match pe.section_by_name(POLICY_SECTION) {
+        None => Policy::default(),
+        Some(section) => {
+            let bytes = section.data()?;
+            let len = usize::try_from(section.size())?.min(bytes.len());
+            Policy::parse(&bytes[..len]).map_err(|e| anyhow::anyhow!("{}: {e}", efi.display()))?
+        }
+    };
+    let keyring = Keyring::from_raw_keys(&keys)
+        .and_then(|k| match policy.threshold {
+            0 => Ok(k),
+            n => k.with_threshold(n as usize),
+        })
+        .with_context(|| format!("the keyring of {}", efi.display()))?;
+    Ok(Some(keyring))
 }
 
 /// Writes `out`: the stage at `efi` with `keys` as its keyring and, when

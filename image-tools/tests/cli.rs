@@ -612,6 +612,30 @@ fn mkdisk_refuses_a_slot_a_its_keyed_stage_would_not_boot() {
         .success();
     mkdisk("r.swb", Some("k.pub")).success();
     assert!(d.join("disk.img").exists());
+
+    // A keyring that requires both keys: its threshold goes into the
+    // stage, which then refuses r.swb, signed by k alone (exit 30).
+    std::fs::remove_file(d.join("disk.img")).unwrap();
+    let ring = d.join("both");
+    std::fs::create_dir(&ring).unwrap();
+    std::fs::copy(d.join("k.pub"), ring.join("k.pem")).unwrap();
+    std::fs::copy(d.join("o.pub"), ring.join("o.pem")).unwrap();
+    std::fs::write(ring.join("threshold"), "2").unwrap();
+    it().current_dir(d)
+        .args(["stage", "--efi", efi.trim(), "--keyring", "both"])
+        .args(["-o", "BOOTX64.EFI"])
+        .assert()
+        .success()
+        .stdout(contains("trusting 2 key(s), 2 of them required"));
+    mkdisk("r.swb", Some("k.pub"))
+        .code(30)
+        .stderr(contains("signed by 1 of the 2 trusted keys"));
+    assert!(!d.join("disk.img").exists());
+    it().current_dir(d)
+        .args(["sign", "r.swb", "--key", "o.pem"])
+        .assert()
+        .success();
+    mkdisk("r.swb", Some("k.pub")).success();
 }
 
 /// `image-tools stage --db-key --db-cert` signs the stage, keyring in, for

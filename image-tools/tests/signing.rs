@@ -213,6 +213,47 @@ fn a_bundle_built_unsigned_is_signed_by_an_hsm_then_a_second_signer_without_touc
 
 use predicates::prelude::PredicateBooleanExt;
 
+/// A signing command that never answers, or floods its output, is cut
+/// off with a message saying so; the bundle is left as it was.
+#[test]
+fn a_signing_command_that_hangs_or_floods_is_killed_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    image(d);
+    keygen(d, "k");
+    build(d, "r.swb", &["--unsigned"]);
+    let before = std::fs::read(d.join("r.swb")).unwrap();
+    let started = std::time::Instant::now();
+    // The sleep is a child of the shell: the whole group goes.
+    it().current_dir(d)
+        .args(["sign", "r.swb", "--sign-timeout", "1"])
+        .args([
+            "--sign-command",
+            "k.pub=cat >/dev/null; sleep 60; echo late",
+        ])
+        .assert()
+        .code(32)
+        .stderr(contains(
+            "printed no signature in 1 s (--sign-timeout); killed",
+        ));
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "not killed: {:?}",
+        started.elapsed()
+    );
+    it().current_dir(d)
+        .args([
+            "sign",
+            "r.swb",
+            "--sign-command",
+            "k.pub=cat >/dev/null; yes",
+        ])
+        .assert()
+        .code(32)
+        .stderr(contains("printed over 4096 bytes"));
+    assert_eq!(std::fs::read(d.join("r.swb")).unwrap(), before);
+}
+
 /// The key id `image-tools` shows for the public key `public`.
 fn key_id_of(dir: &Path, public: &str) -> String {
     let out = it()
@@ -279,6 +320,13 @@ fn a_keyring_that_requires_two_of_three_signers_counts_only_its_own_keys() {
     verify(d, "one.swb", &["--keyring", "ring"])
         .code(32)
         .stderr(contains("threshold"));
+    // So is a key in two files: it would count twice toward the reach of
+    // the threshold, once toward meeting it.
+    std::fs::write(ring.join("threshold"), "2\n").unwrap();
+    std::fs::copy(d.join("build.pub"), ring.join("build-again.pem")).unwrap();
+    verify(d, "one.swb", &["--keyring", "ring"])
+        .code(32)
+        .stderr(contains("a keyring holds each key once"));
 }
 
 #[test]

@@ -544,6 +544,46 @@ fn the_uefi_stage_refuses_a_changed_or_unsigned_slot() {
     }
 }
 
+/// A stage whose keyring requires two signers (a keyring `threshold`,
+/// carried in its signed `.policy` section) starts no slot signed by one of
+/// them alone, as the updater installs none.
+#[test]
+fn a_stage_that_requires_two_signers_starts_no_slot_signed_by_one() {
+    let kernel = Kernel::debian().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let efi = dir.path().join("BOOTX64.EFI");
+    let manager = ed25519_dalek::SigningKey::from_bytes(&[0x42; 32]);
+    image_tools::stage::with_keyring(
+        kernel.arch,
+        &uefi_boot_stage(kernel.arch).unwrap(),
+        &[
+            vendor_key().verifying_key().to_bytes(),
+            manager.verifying_key().to_bytes(),
+        ],
+        image_tools::bundle::stage_sections::Policy {
+            require_verity: false,
+            threshold: 2,
+        },
+        &efi,
+    )
+    .unwrap();
+    let disk = signed_machine_disk_with(dir.path(), [&kernel, &kernel], &efi, |_| true);
+    let mut vm = boot(Firmware::Ovmf, &disk);
+    vm.expect(
+        "switchback boot stage: trusting 2 key(s), 2 signature(s) required",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    for slot in ["slot_b", "slot_a"] {
+        let why = vm
+            .expect(&format!("cannot boot {slot}"), Duration::from_secs(60))
+            .unwrap();
+        assert!(why.contains("signed by 1 of the 2 trusted keys"), "{why}");
+    }
+    vm.expect("no slot could be booted", Duration::from_secs(60))
+        .unwrap();
+}
+
 /// Under Secure Boot (OVMF's snakeoil build: the snakeoil certificate is
 /// its db) the firmware starts the stage only when `image-tools stage`
 /// signed it for db, and the stage's LoadImage starts a slot's kernel only

@@ -213,10 +213,16 @@ fn trusted() -> Result<Trust, String> {
             policy,
         });
     };
-    let keyring = Keyring::from_raw_keys(&keys).map_err(|e| format!("its keyring: {e}"))?;
+    let keyring = Keyring::from_raw_keys(&keys)
+        .and_then(|k| match policy.threshold {
+            0 => Ok(k),
+            n => k.with_threshold(n as usize),
+        })
+        .map_err(|e| format!("its keyring: {e}"))?;
     say(&format!(
-        "trusting {} key(s){}",
+        "trusting {} key(s), {} signature(s) required{}",
         keys.len(),
+        keyring.threshold(),
         if policy.require_verity {
             "; starting only roots under dm-verity"
         } else {

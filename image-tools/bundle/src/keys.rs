@@ -198,6 +198,16 @@ impl Keyring {
         if keys.is_empty() {
             return Err(key_err(dir, "keyring holds no public keys (*.pem, *.pub)"));
         }
+        // A key in two files would count twice toward the threshold's
+        // reach while its signature counts once: a keyring no bundle meets.
+        for (i, (path, key)) in keys.iter().enumerate() {
+            if let Some((first, _)) = keys[..i].iter().find(|(_, k)| k == key) {
+                return Err(key_err(
+                    Path::new(path),
+                    format!("the same key as {first}: a keyring holds each key once"),
+                ));
+            }
+        }
         let path = dir.join(THRESHOLD_FILE);
         let threshold = match fs::read_to_string(&path) {
             Ok(text) => text

@@ -16,7 +16,7 @@ use super::manifest::Manifest;
 use super::reader::Envelope;
 use super::MAX_SIGNATURES;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -70,10 +70,11 @@ fn add_signature(
     manifest: &[u8],
 ) -> Result<()> {
     let entry = sign_manifest(signer, manifest)?;
-    match entries.iter_mut().find(|e| e.key_id == entry.key_id) {
-        Some(old) => *old = entry,
-        None => entries.push(entry),
-    }
+    // Every earlier entry of the key goes (a hostile bundle may carry
+    // several); the new one takes the first one's place.
+    let at = entries.iter().position(|e| e.key_id == entry.key_id);
+    entries.retain(|e| e.key_id != entry.key_id);
+    entries.insert(at.unwrap_or(entries.len()), entry);
     Ok(())
 }
 
@@ -127,6 +128,13 @@ pub fn resign(
 ) -> Result<Resigned> {
     let file = std::fs::File::open(bundle)
         .map_err(BundleError::io(format!("opening {}", bundle.display())))?;
+    // The signed bundle keeps the file's permissions (a bundle kept 0600
+    // before publication stays so).
+    let mode = file
+        .metadata()
+        .map_err(BundleError::io(format!("reading {}", bundle.display())))?
+        .permissions()
+        .mode();
     let env = Envelope::read(std::io::BufReader::new(file))?;
     let manifest = env.unverified_manifest()?;
     let mut entries = env.signatures.clone();
@@ -172,7 +180,9 @@ pub fn resign(
     f.write_all(&encode_signatures(&entries))
         .map_err(out_err("writing"))?;
     let signers = entries.iter().map(|e| e.key_id).collect();
-    let mut payload = env.into_reader();
+    // One byte past the payload tells trailing data from none, without
+    // copying a hostile tail (or a FIFO) without end.
+    let mut payload = env.into_reader().take(header.payload_len.saturating_add(1));
     let copied = std::io::copy(&mut payload, f).map_err(BundleError::io(format!(
         "copying the payload of {}",
         bundle.display()
@@ -186,11 +196,15 @@ pub fn resign(
             BundleError::TrailingData
         });
     }
-    f.set_permissions(std::fs::Permissions::from_mode(0o644))
+    f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
         .map_err(out_err("setting permissions of"))?;
     f.sync_all().map_err(out_err("syncing"))?;
     tmp.persist(out)
         .map_err(|e| BundleError::io(format!("renaming into {}", out.display()))(e.error))?;
+    // The rename itself reaches the disk only with its directory.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(BundleError::io(format!("syncing {}", dir.display())))?;
     Ok(Resigned {
         manifest,
         signers,

@@ -5,9 +5,11 @@
 //!
 //! - `.keyring`: the magic `SWKEYS1\0`, then each trusted ed25519 public
 //!   key as its 32 raw bytes.
-//! - `.policy` (optional; absent means every flag off): the magic
-//!   `SWPOL1\0\0`, then a little-endian `u32` of flags. A flag this stage
-//!   does not know makes the section an error, never a flag ignored.
+//! - `.policy` (optional; absent means every flag off and one signature):
+//!   the magic `SWPOL1\0\0`, a little-endian `u32` of flags, then a
+//!   little-endian `u32`: how many of the keyring's keys must have signed a
+//!   slot's release (the keyring's threshold; 0 stands for 1). A flag this
+//!   stage does not know makes the section an error, never a flag ignored.
 
 use alloc::vec::Vec;
 
@@ -48,6 +50,8 @@ pub fn parse_keyring(section: &[u8]) -> Result<Vec<[u8; 32]>, &'static str> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Policy {
     pub require_verity: bool,
+    /// Signatures by distinct keyring keys a release needs (0: one).
+    pub threshold: u32,
 }
 
 impl Policy {
@@ -60,6 +64,7 @@ impl Policy {
         };
         let mut out = POLICY_MAGIC.to_vec();
         out.extend_from_slice(&flags.to_le_bytes());
+        out.extend_from_slice(&self.threshold.to_le_bytes());
         out
     }
 
@@ -69,16 +74,19 @@ impl Policy {
         let rest = section
             .strip_prefix(POLICY_MAGIC)
             .ok_or("the .policy section has no SWPOL1 magic")?;
-        let flags = rest
-            .get(..4)
-            .and_then(|f| f.try_into().ok())
-            .map(u32::from_le_bytes)
-            .ok_or("the .policy section has no flags")?;
+        let word = |at: usize| {
+            rest.get(at..at + 4)
+                .and_then(|f| f.try_into().ok())
+                .map(u32::from_le_bytes)
+        };
+        let flags = word(0).ok_or("the .policy section has no flags")?;
         if flags & !KNOWN != 0 {
             return Err("the .policy section has flags this stage does not know");
         }
+        let threshold = word(4).ok_or("the .policy section has no threshold")?;
         Ok(Policy {
             require_verity: flags & REQUIRE_VERITY != 0,
+            threshold,
         })
     }
 }
@@ -93,8 +101,11 @@ mod tests {
         assert_eq!(parse_keyring(&keyring_section(&keys)).unwrap(), keys);
         assert!(parse_keyring(KEYRING_MAGIC).is_err());
         assert!(parse_keyring(&keyring_section(&keys)[..41]).is_err());
-        for require_verity in [false, true] {
-            let p = Policy { require_verity };
+        for (require_verity, threshold) in [(false, 0), (true, 2)] {
+            let p = Policy {
+                require_verity,
+                threshold,
+            };
             let mut padded = p.section();
             padded.resize(512, 0);
             assert_eq!(Policy::parse(&padded).unwrap(), p);
@@ -103,5 +114,6 @@ mod tests {
         future[8] = 2;
         assert!(Policy::parse(&future).is_err());
         assert!(Policy::parse(b"SWPOL1\0\0\x01").is_err());
+        assert!(Policy::parse(b"SWPOL1\0\0\x01\0\0\0").is_err());
     }
 }
