@@ -41,3 +41,13 @@ printf 'build:  ours %ss (%s MiB/s), zstd -3 -T0 %ss (%s MiB/s): time ratio ours
 printf 'size:   ours %s bytes, zstd %s bytes: ratio ours/zstd %.4f\n' "$s_ours" "$s_zstd" "$(echo "$s_ours / $s_zstd" | bc -l)"
 printf 'verify: ours %ss (%s MiB/s), zstd -d | sha256sum %ss (%s MiB/s): speed ratio ours/zstd %.2f\n' \
   "$v_ours" "$(mibs "$v_ours")" "$v_zstd" "$(mibs "$v_zstd")" "$(echo "$v_zstd / $v_ours" | bc -l)"
+
+# Build scaling: one thread against every core, and the serial share that
+# speed-up means (Amdahl: f = (N/S - 1) / (N - 1)).
+n=$(nproc)
+t_one=$(best "$it" build --threads 1 --key "$work/k.pem" --image rootfs="$work/rootfs.img" --compatible bench --version 1.0.0 --out "$work/r1.swb")
+t_all=$(best "$it" build --threads "$n" --key "$work/k.pem" --image rootfs="$work/rootfs.img" --compatible bench --version 1.0.0 --out "$work/rn.swb")
+speedup=$(echo "$t_one / $t_all" | bc -l)
+if [ "$n" -gt 1 ]; then serial=$(echo "($n / $speedup - 1) / ($n - 1) * 100" | bc -l); else serial=100; fi
+printf 'scaling: build --threads 1 %ss, --threads %s %ss: %.2fx (serial share %.0f %%)\n' \
+  "$t_one" "$n" "$t_all" "$speedup" "$serial"

@@ -74,6 +74,8 @@ struct Compressed {
     /// The zstd frame; empty for a zero chunk.
     bytes: Vec<u8>,
     sha256: Digest,
+    /// The frame's, hashed by the worker: the writing thread only writes.
+    frame_sha256: Option<Digest>,
     zero: bool,
     raw_len: usize,
     base_ranges: Vec<[u64; 2]>,
@@ -135,6 +137,7 @@ fn write_image(
                 return Ok(Compressed {
                     bytes: Vec::new(),
                     sha256,
+                    frame_sha256: None,
                     zero: true,
                     raw_len: raw.len(),
                     base_ranges: Vec::new(),
@@ -145,6 +148,7 @@ fn write_image(
                 delta::assemble(index.base(), &base_ranges, reference);
                 let bytes = delta::compress(&raw, reference, opts.level).map_err(zstd_err)?;
                 return Ok(Compressed {
+                    frame_sha256: Some(Digest::of(&bytes)),
                     bytes,
                     sha256,
                     zero: false,
@@ -157,6 +161,7 @@ fn write_image(
                 .compress(&raw)
                 .map_err(BundleError::io("compressing"))?;
             Ok(Compressed {
+                frame_sha256: Some(Digest::of(&bytes)),
                 bytes,
                 sha256,
                 zero: false,
@@ -167,6 +172,7 @@ fn write_image(
         |Compressed {
              bytes: compressed,
              sha256,
+             frame_sha256,
              zero,
              raw_len,
              base_ranges,
@@ -178,7 +184,7 @@ fn write_image(
                 offset: *payload_offset,
                 length: compressed.len() as u64,
                 sha256,
-                frame_sha256: (!zero).then(|| Digest::of(&compressed)),
+                frame_sha256,
                 zero,
                 base_ranges,
             });
