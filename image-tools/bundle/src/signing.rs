@@ -10,13 +10,12 @@
 //! without touching its payload: [`resign`].
 
 use super::error::{BundleError, Result};
-use super::header::{encode_signatures, Header, SignatureEntry, SIGNATURE_ENTRY_LEN};
+use super::header::{Header, SignatureEntry, SIGNATURE_ENTRY_LEN};
 use super::keys::{key_id, short_id};
 use super::manifest::Manifest;
 use super::reader::Envelope;
 use super::MAX_SIGNATURES;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -135,7 +134,7 @@ pub fn resign(
         .map_err(BundleError::io(format!("reading {}", bundle.display())))?
         .permissions()
         .mode();
-    let env = Envelope::read(std::io::BufReader::new(file))?;
+    let mut env = Envelope::read(std::io::BufReader::new(file))?;
     let manifest = env.unverified_manifest()?;
     let mut entries = env.signatures.clone();
     let mut removed = 0;
@@ -166,45 +165,10 @@ pub fn resign(
         signatures_len: (entries.len() * SIGNATURE_ENTRY_LEN) as u32,
         ..env.header
     };
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let out_err = |what: &'static str| BundleError::io(format!("{what} {}", out.display()));
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(out_err("creating a temporary file for"))?;
-    let f = tmp.as_file_mut();
-    f.write_all(&header.encode()).map_err(out_err("writing"))?;
-    f.write_all(&env.manifest_bytes)
-        .map_err(out_err("writing"))?;
-    f.write_all(&encode_signatures(&entries))
-        .map_err(out_err("writing"))?;
     let signers = entries.iter().map(|e| e.key_id).collect();
-    // One byte past the payload tells trailing data from none, without
-    // copying a hostile tail (or a FIFO) without end.
-    let mut payload = env.into_reader().take(header.payload_len.saturating_add(1));
-    let copied = std::io::copy(&mut payload, f).map_err(BundleError::io(format!(
-        "copying the payload of {}",
-        bundle.display()
-    )))?;
-    if copied != header.payload_len {
-        return Err(if copied < header.payload_len {
-            BundleError::Truncated {
-                region: "payload".into(),
-            }
-        } else {
-            BundleError::TrailingData
-        });
-    }
-    f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
-        .map_err(out_err("setting permissions of"))?;
-    f.sync_all().map_err(out_err("syncing"))?;
-    tmp.persist(out)
-        .map_err(|e| BundleError::io(format!("renaming into {}", out.display()))(e.error))?;
-    // The rename itself reaches the disk only with its directory.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(BundleError::io(format!("syncing {}", dir.display())))?;
+    let manifest_bytes = std::mem::take(&mut env.manifest_bytes);
+    let mut payload = env.into_reader();
+    super::writer::write_bundle(out, &header, &manifest_bytes, &entries, &mut payload, mode)?;
     Ok(Resigned {
         manifest,
         signers,

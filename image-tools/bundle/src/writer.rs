@@ -4,7 +4,7 @@
 
 use super::delta::{self, BaseIndex};
 use super::error::{BundleError, Result};
-use super::header::{encode_signatures, Header};
+use super::header::{encode_signatures, Header, SignatureEntry};
 use super::manifest::{BaseSpec, ChunkSpec, Digest, ImageSpec, Manifest, MigrationSpec, Phase};
 use super::pipeline::ordered_map;
 use super::signing::{signature_block, Signer};
@@ -317,6 +317,57 @@ fn verity_tree(
     Ok((tree, spec))
 }
 
+/// The directory a file at `out` goes in.
+pub(crate) fn dir_of(out: &Path) -> &Path {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes a whole bundle at `out` from its parts, `payload` read to its
+/// end: through a temporary file beside it, synced, renamed over `out` and
+/// the rename synced, so that `out` is the old file or the new one whole
+/// after any cut. A payload of other than `header.payload_len` bytes
+/// leaves `out` as it was (one byte past it is read, never more).
+pub(crate) fn write_bundle(
+    out: &Path,
+    header: &Header,
+    manifest_bytes: &[u8],
+    signatures: &[SignatureEntry],
+    payload: &mut dyn Read,
+    mode: u32,
+) -> Result<()> {
+    let dir = dir_of(out);
+    let out_err = |what: &'static str| BundleError::io(format!("{what} {}", out.display()));
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(out_err("creating a temporary file for"))?;
+    let f = tmp.as_file_mut();
+    f.write_all(&header.encode()).map_err(out_err("writing"))?;
+    f.write_all(manifest_bytes).map_err(out_err("writing"))?;
+    f.write_all(&encode_signatures(signatures))
+        .map_err(out_err("writing"))?;
+    let mut payload = payload.take(header.payload_len.saturating_add(1));
+    let copied = std::io::copy(&mut payload, f).map_err(out_err("writing the payload of"))?;
+    if copied != header.payload_len {
+        return Err(if copied < header.payload_len {
+            BundleError::Truncated {
+                region: "payload".into(),
+            }
+        } else {
+            BundleError::TrailingData
+        });
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(out_err("setting permissions of"))?;
+    f.sync_all().map_err(out_err("syncing"))?;
+    tmp.persist(out)
+        .map_err(|e| BundleError::io(format!("renaming into {}", out.display()))(e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(BundleError::io(format!("syncing {}", dir.display())))
+}
+
 /// Builds a bundle at `out` (written to a temporary file beside it, then
 /// renamed, so `out` never holds half a bundle), signed by `signers` (none:
 /// unsigned, for `image-tools sign` to sign later). Returns its manifest.
@@ -335,10 +386,7 @@ pub fn build(
             opts.chunk_size
         )));
     }
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = dir_of(out);
     let tmp_err = BundleError::io(format!("creating a temporary file in {}", dir.display()));
     let mut payload = tempfile::tempfile_in(dir).map_err(tmp_err)?;
     let mut offset = 0u64;
@@ -398,23 +446,18 @@ pub fn build(
         signatures_len: (signatures.len() * super::header::SIGNATURE_ENTRY_LEN) as u32,
         payload_len: offset,
     };
-    let out_err = |what: &'static str| BundleError::io(format!("{what} {}", out.display()));
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(out_err("creating a temporary file for"))?;
-    let f = tmp.as_file_mut();
-    f.write_all(&header.encode()).map_err(out_err("writing"))?;
-    f.write_all(&manifest_bytes).map_err(out_err("writing"))?;
-    f.write_all(&encode_signatures(&signatures))
-        .map_err(out_err("writing"))?;
-    payload
-        .rewind()
-        .map_err(out_err("rewinding the payload of"))?;
-    std::io::copy(&mut payload, f).map_err(out_err("writing the payload of"))?;
+    payload.rewind().map_err(BundleError::io(format!(
+        "rewinding the payload of {}",
+        out.display()
+    )))?;
     // A bundle is meant to be published; the temporary file's 0600 is not.
-    f.set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(out_err("setting permissions of"))?;
-    f.sync_all().map_err(out_err("syncing"))?;
-    tmp.persist(out)
-        .map_err(|e| BundleError::io(format!("renaming into {}", out.display()))(e.error))?;
+    write_bundle(
+        out,
+        &header,
+        &manifest_bytes,
+        &signatures,
+        &mut payload,
+        0o644,
+    )?;
     Ok(manifest)
 }
