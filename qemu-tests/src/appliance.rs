@@ -142,6 +142,18 @@ impl Appliance {
         out
     }
 
+    /// `bundle` signed by `key` alone: the vendor's signature replaced.
+    pub fn resign_by(&self, bundle: &Path, key: &SigningKey) {
+        let vendor = bundle::keys::short_id(&bundle::keys::key_id(&self.key.verifying_key()));
+        bundle::signing::resign(
+            bundle,
+            bundle,
+            &[key as &dyn bundle::signing::Signer],
+            &[vendor],
+        )
+        .unwrap();
+    }
+
     /// Writes `image` into `slot` of `disk` with the signed record of its
     /// `bundle` at the slot's end, as an install leaves the slot (the boot
     /// flags untouched): for scenarios that start after an install.

@@ -470,6 +470,9 @@ pub struct Release<'a> {
     /// The kernel shipped instead of the appliance's (one not signed for
     /// Secure Boot, say).
     pub vmlinuz: Option<&'a Path>,
+    /// The public keys of this release's keyring instead of the vendor's:
+    /// a release that rotates the keys the device trusts.
+    pub keys: &'a [&'a Path],
 }
 
 impl Default for Release<'_> {
@@ -484,6 +487,7 @@ impl Default for Release<'_> {
             fleet_url: None,
             filler_mib: 0,
             vmlinuz: None,
+            keys: &[],
         }
     }
 }
@@ -656,7 +660,13 @@ pub fn release_image(
         static_binary(kernel.arch, "bootctl")?,
         root.join("usr/bin/bootctl"),
     )?;
-    std::fs::copy(keyring_pem, root.join("etc/switchback/keys/vendor.pem"))?;
+    if release.keys.is_empty() {
+        std::fs::copy(keyring_pem, root.join("etc/switchback/keys/vendor.pem"))?;
+    }
+    for key in release.keys {
+        let name = key.file_name().context("a key file's name")?;
+        std::fs::copy(key, root.join("etc/switchback/keys").join(name))?;
+    }
     std::fs::write(root.join("etc/release"), format!("{}\n", release.version))?;
     let fleet = match release.fleet_url {
         Some(url) => format!(

@@ -79,6 +79,48 @@ fn on_nvme_the_factory_disk_boots_and_updates() {
     assert!(data.starts_with("/dev/nvme0n1p4 "), "{data}");
 }
 
+/// Key rotation on a running machine (docs/signing.md, "Rotation"): 2.0.0,
+/// signed by the factory key, ships a keyring that trusts a new key alone.
+/// Once 2.0.0 runs, the keyring in effect is its own: 3.0.0 signed by the
+/// old key is refused before anything is written, 3.0.0 signed by the new
+/// key installs.
+#[test]
+fn after_a_release_rotates_its_keyring_only_the_new_key_is_trusted() {
+    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
+    let app = Appliance::new();
+    let new_key = ed25519_dalek::SigningKey::from_bytes(&[0x42; 32]);
+    let new_pem = app.dir.path().join("release-2026.pem");
+    let pem = new_key.verifying_key().to_public_key_pem(LineEnding::LF);
+    std::fs::write(&new_pem, pem.unwrap()).unwrap();
+    let keys = [new_pem.as_path()];
+    let rotated = |version| Release {
+        version,
+        health_checks: HEARTBEAT_CHECK,
+        keys: &keys,
+        ..Release::default()
+    };
+    let (v2, v3) = (app.image(&rotated("2.0.0")), app.image(&rotated("3.0.0")));
+    let b2 = app.bundle("2.0.0", "2.0.0", "switchback-qemu", &v2, Vec::new());
+    let by_old = app.bundle("3.0.0-old-key", "3.0.0", "switchback-qemu", &v3, Vec::new());
+    let by_new = app.bundle("3.0.0-new-key", "3.0.0", "switchback-qemu", &v3, Vec::new());
+    app.resign_by(&by_new, &new_key);
+    let (mut vm, _disk) = factory(&app, &app.stick(&[&b2, &by_old, &by_new]));
+
+    vm.send("updater install /media/2.0.0.swb --reboot")
+        .unwrap();
+    runs_committed(&mut vm, "2.0.0", "slot_b");
+    vm.send("updater install /media/3.0.0-old-key.swb; echo \"OLD KEY EXIT $?\"")
+        .unwrap();
+    vm.expect("no trusted key", STEP).unwrap();
+    vm.expect("OLD KEY EXIT 25", STEP).unwrap();
+    vm.send("updater install /media/3.0.0-new-key.swb; echo \"NEW KEY EXIT $?\"")
+        .unwrap();
+    vm.expect("NEW KEY EXIT 0", STEP).unwrap();
+    vm.send("updater status | grep slot_a").unwrap();
+    let status = vm.expect("3.0.0", STEP).unwrap();
+    assert!(status.contains("slot_a"), "{status}");
+}
+
 #[test]
 fn a_failing_health_check_sends_the_machine_back_to_a_with_the_reason() {
     let app = Appliance::new();
