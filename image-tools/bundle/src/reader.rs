@@ -11,6 +11,7 @@ use super::keys::Keyring;
 use super::manifest::{Digest, ImageSpec, Manifest};
 use super::pipeline::ordered_map_until;
 use std::io::{ErrorKind, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Reads exactly `buf.len()` bytes, naming `region` when the stream ends early.
 fn read_region(r: &mut impl Read, buf: &mut [u8], region: impl Fn() -> String) -> Result<()> {
@@ -254,7 +255,15 @@ impl<R: Read + Send> VerifiedBundle<R> {
         };
         let pool = BufferPool::new(limit);
         let stopped = std::sync::Arc::clone(&pool);
-        ordered_map_until(
+        // Where the time goes (`RUST_LOG=debug`): one thread reads the
+        // stream and one takes the chunks in order; the workers do the rest.
+        let started = std::time::Instant::now();
+        let [reading, working, sinking] = [(); 3].map(|_| AtomicU64::new(0));
+        let (reading, working, sinking) = (&reading, &working, &sinking);
+        let timed = |total: &AtomicU64, since: std::time::Instant| {
+            total.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        };
+        let result = ordered_map_until(
             threads,
             move || -> Result<Option<Job>, E> {
                 let Some((image, index, bundle_offset, length, zero)) = order.next() else {
@@ -280,9 +289,11 @@ impl<R: Read + Send> VerifiedBundle<R> {
                     compressed = buf;
                     compressed.resize(length as usize, 0);
                     let spec = &images[image];
+                    let t = std::time::Instant::now();
                     read_region(&mut reader, &mut compressed, || {
                         format!("payload (image {} chunk {index})", spec.target)
                     })?;
+                    timed(reading, t);
                     let Some(buf) = pool.get(decoded_cap as usize) else {
                         return Ok(None);
                     };
@@ -298,6 +309,7 @@ impl<R: Read + Send> VerifiedBundle<R> {
             },
             || (zstd::bulk::Decompressor::new(), base.map(|b| b.window())),
             |(dctx, window), job| -> Result<Chunk, E> {
+                let t = std::time::Instant::now();
                 let spec = &images[job.image];
                 let expected = spec.chunk_len(job.index) as usize;
                 let decode_err = |reason: String| BundleError::ChunkDecode {
@@ -366,10 +378,25 @@ impl<R: Read + Send> VerifiedBundle<R> {
                 drop(job.compressed);
                 chunk.data = data;
                 in_worker(spec, &mut chunk)?;
+                timed(working, t);
                 Ok(chunk)
             },
-            |chunk| sink(&images[chunk.image], &chunk),
+            |chunk| {
+                let t = std::time::Instant::now();
+                let r = sink(&images[chunk.image], &chunk);
+                timed(sinking, t);
+                r
+            },
             move || stopped.close(),
-        )
+        );
+        let secs = |total: &AtomicU64| total.load(Ordering::Relaxed) as f64 / 1e9;
+        log::debug!(
+            "payload: {:.3} s: reading the stream {:.3} s, decoding, checking and the workers' part {:.3} s over {threads} threads, in order {:.3} s",
+            started.elapsed().as_secs_f64(),
+            secs(reading),
+            secs(working),
+            secs(sinking)
+        );
+        result
     }
 }
