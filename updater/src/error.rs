@@ -135,6 +135,16 @@ pub enum UpdateError {
         floor: u64,
     },
 
+    #[error("nothing to activate: {last} (install with --no-activate first)")]
+    NothingToActivate { last: String },
+
+    #[error("{slot} no longer holds the {version} installed into it: {why}; nothing was flipped, install it again")]
+    ReadyChanged {
+        slot: &'static str,
+        version: String,
+        why: String,
+    },
+
     #[error("no expand migration leads from data schema {from} to {to} (this bundle has: {have})")]
     MigrationPath { from: u32, to: u32, have: String },
 

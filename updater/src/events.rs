@@ -44,6 +44,11 @@ pub enum Event {
         slot: String,
         tries: u8,
     },
+    /// Written and checked, not flipped: `activate` makes it boot.
+    Ready {
+        slot: String,
+        version: String,
+    },
     Error {
         code: i32,
         message: String,
@@ -140,6 +145,9 @@ impl Observer for Terminal {
             }
             Event::Flipped { slot, tries } => {
                 log::info!("{slot} boots next, on trial with {tries} tries")
+            }
+            Event::Ready { slot, version } => {
+                log::info!("{slot} holds {version}, unbootable until `updater activate`")
             }
             Event::Error { .. } => {
                 if let Some(bar) = self.bar.take() {

@@ -30,7 +30,7 @@ use bootctl::{BootAttrs, Disk, Slot};
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use switchback_bundle::delta::Base;
 use switchback_bundle::keys::short_ids;
 use switchback_bundle::manifest::BaseSpec;
@@ -54,18 +54,23 @@ pub struct InstallOptions {
     pub memory: u64,
     /// The fleet action this install carries out (recorded with it).
     pub fleet_action: Option<String>,
+    /// Flip when written (the default); otherwise the slot is left ready
+    /// and unbootable until [`crate::activate::activate`].
+    pub activate: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct Installed {
     pub slot: Slot,
     pub manifest: Manifest,
+    /// The slot boots next on trial; otherwise it waits for `activate`.
+    pub activated: bool,
 }
 
 /// Refusals that need only the manifest and what the device knows: the
 /// floor (the state's, or the disk's evidence when higher) and the running
 /// release (the state's record, else the running slot's trailer).
-fn check_policy(
+pub(crate) fn check_policy(
     config: &Config,
     floor: u64,
     running: Option<&str>,
@@ -253,21 +258,7 @@ pub fn install(
         &chain,
         state,
         observer,
-    )
-    .and_then(|()| {
-        let record = SlotRecord {
-            version: manifest.version.clone(),
-            compatible: manifest.compatible.clone(),
-            digest: image.digest().to_string(),
-            security_version: manifest.security_version,
-            data_schema: manifest.data_schema,
-            installed_at: now(),
-        };
-        state.state.flipping(target, record);
-        save(state)?;
-        crate::crash_point!("install-flipping");
-        Ok(())
-    });
+    );
     if let Err(e) = written {
         let e = blame_the_base(e, base.as_ref(), &manifest, opts);
         state.state.install_failed(&format!("{e:#}"));
@@ -275,22 +266,76 @@ pub fn install(
         let _ = save(state);
         return Err(e);
     }
+    let record = SlotRecord {
+        version: manifest.version.clone(),
+        compatible: manifest.compatible.clone(),
+        digest: image.digest().to_string(),
+        security_version: manifest.security_version,
+        data_schema: manifest.data_schema,
+        installed_at: now(),
+    };
+    if !opts.activate {
+        state.state.ready(target, record);
+        save(state)?;
+        observer.event(&Event::Ready {
+            slot: target.name().into(),
+            version: manifest.version.clone(),
+        });
+        return Ok(Installed {
+            slot: target,
+            manifest,
+            activated: false,
+        });
+    }
+    state.state.flipping(target, record);
+    if let Err(e) = save(state) {
+        state.state.install_failed(&format!("{e:#}"));
+        let _ = save(state);
+        return Err(e);
+    }
+    flip(
+        config,
+        &opts.disk,
+        opts.sector_size,
+        target,
+        state,
+        observer,
+    )?;
+    Ok(Installed {
+        slot: target,
+        manifest,
+        activated: true,
+    })
+}
 
-    let flipped = Disk::open(&opts.disk, opts.sector_size, true)
+/// Install steps 6 and 7 (`activate` takes them too): with the state saved
+/// as `flipping`, `target` boots next on trial, and the install is
+/// recorded. A flip that reports an error is settled from what the disk's
+/// flags say.
+pub(crate) fn flip(
+    config: &Config,
+    disk: &Path,
+    sector_size: Option<u64>,
+    target: Slot,
+    state: &mut StateFile,
+    observer: &mut dyn Observer,
+) -> Result<()> {
+    crate::crash_point!("install-flipping");
+    let version = state
+        .state
+        .last_install
+        .as_ref()
+        .map_or_else(String::new, |r| r.version.clone());
+    let flipped = Disk::open(disk, sector_size, true)
         .and_then(|mut d| d.set_active(target, config.boot_tries));
     if let Err(e) = flipped {
         // A flip cut short may or may not have taken effect: the disk says.
-        let attrs = Disk::open(&opts.disk, opts.sector_size, false)?
-            .read()?
-            .attrs();
+        let attrs = Disk::open(disk, sector_size, false)?.read()?.attrs();
         state.state.settle_from_flags(attrs);
         let _ = save(state);
         if attrs[target.index()].priority > 0 {
             return Err(UpdateError::PartlyDone {
-                done: format!(
-                    "{} is installed in {target} and boots next on trial",
-                    manifest.version
-                ),
+                done: format!("{version} is installed in {target} and boots next on trial"),
                 failed: format!("the flip reported an error: {e:#}"),
             }
             .into());
@@ -304,18 +349,12 @@ pub fn install(
     });
     state.state.installed();
     save(state).map_err(|e| UpdateError::PartlyDone {
-        done: format!(
-            "{} is installed in {target} and boots next on trial",
-            manifest.version
-        ),
+        done: format!("{version} is installed in {target} and boots next on trial"),
         failed: format!(
             "recording that failed ({e:#}); the next updater command completes the record"
         ),
     })?;
-    Ok(Installed {
-        slot: target,
-        manifest,
-    })
+    Ok(())
 }
 
 /// A delta chunk that fails its check after the base was checked: either
@@ -451,7 +490,12 @@ fn write_slot(
         Ok(())
     })?;
     // Flushed, and every chunk read back from the medium.
+    let t = std::time::Instant::now();
     writer.finish().map_err(slot_err)?;
+    log::debug!(
+        "{slot}: the last writes flushed and read back in {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
     observer.event(&Event::Written {
         slot: slot.into(),
         bytes: image.size,

@@ -3,6 +3,7 @@
 //! what the device knows about its slots; [`config`] is the device's
 //! configuration.
 
+pub mod activate;
 pub mod backoff;
 pub mod cli;
 pub mod config;

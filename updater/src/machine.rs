@@ -10,9 +10,15 @@
 //!
 //! ```text
 //! begin_install ──> installing ──> flipping ──> installed ──> committed
-//!                       │              │            │
-//!                       └──> failed <──┘            └──> health-failed ──> rolled-back
+//!                       │   │          │   ^        │
+//!                       │   │          │   │        └──> health-failed ──> rolled-back
+//!                       │   └──> ready ┼───┘ (activate)
+//!                       └──> failed <──┘
 //! ```
+//!
+//! `ready` (an install with `--no-activate`) leaves the slot written and
+//! unbootable; `activate` takes it on through `flipping` as an install
+//! would.
 //!
 //! `settle_from_flags` is the crash path out of `installing` and
 //! `flipping` (see `recover`).
@@ -145,6 +151,23 @@ impl State {
     /// happened.
     pub fn flipping(&mut self, target: Slot, release: SlotRecord) {
         self.slots.insert(target, release);
+        self.set_outcome(Outcome::Flipping, None);
+    }
+
+    /// Install step 3 without the flip (`--no-activate`): `target` is
+    /// written, checked and holds `release`, and stays unbootable until
+    /// `activate` flips it.
+    pub fn ready(&mut self, target: Slot, release: SlotRecord) {
+        self.slots.insert(target, release);
+        self.set_outcome(Outcome::Ready, None);
+    }
+
+    /// Activation step 1, saved before the flip: the ready install goes on
+    /// as an install does from [`State::flipping`].
+    pub fn activating(&mut self) {
+        if let Some(r) = self.last_install.as_mut() {
+            r.finished_at = None;
+        }
         self.set_outcome(Outcome::Flipping, None);
     }
 

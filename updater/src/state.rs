@@ -40,6 +40,9 @@ pub enum Outcome {
     Flipping,
     /// Written and flipped; waits for a reboot and the health check.
     Installed,
+    /// Written, checked and recorded, not flipped (`install
+    /// --no-activate`): the slot stays unbootable until `activate`.
+    Ready,
     /// Writing or checking the slot failed; it never booted.
     Failed,
     /// It booted and failed its health check.

@@ -196,6 +196,74 @@ fn a_keyring_requiring_two_signers_refuses_one_and_a_removed_key_is_not_trusted(
     dev.updater("a").arg("install").arg(&old).assert().success();
 }
 
+/// Install now, activate later (docs/updater.md, `updater activate`): an
+/// install with --no-activate writes and checks slot_b but leaves it
+/// unbootable, whatever reboots come; `activate` checks it again and
+/// refuses a slot whose bytes changed since (nothing flipped); activated,
+/// it boots on trial and commits as any install; a second `activate` has
+/// nothing to do.
+#[test]
+fn an_install_left_ready_boots_only_once_activated_and_checked_again() {
+    use predicates::prelude::PredicateBooleanExt;
+    let dev = device();
+    let b = dev.layout.slots[1];
+    let ready = |dev: &Device| {
+        dev.updater("a")
+            .args(["install", "--no-activate"])
+            .arg(dev.bundle(&release("2.0.0")))
+            .assert()
+            .success()
+            .stdout(contains("not activated"));
+        assert_eq!(dev.attrs()[1].priority, 0, "slot_b is bootable");
+        assert_eq!(dev.state()["last_install"]["outcome"], "ready");
+    };
+    ready(&dev);
+    assert_eq!(dev.boot(), Slot::A, "a reboot left slot_a");
+    assert_eq!(dev.boot(), Slot::A, "a reboot left slot_a");
+    let image = release("2.0.0").image;
+    assert_eq!(dev.read(b.offset, image.len() as u64), image);
+
+    // One byte of the ready slot changes: activation refuses it.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&dev.disk)
+        .unwrap();
+    f.write_all_at(&[image[4096] ^ 1], b.offset + 4096).unwrap();
+    dev.updater("a")
+        .arg("activate")
+        .assert()
+        .code(70)
+        .stderr(contains("slot_b no longer holds the 2.0.0").and(contains("bytes differ")));
+    assert_eq!(dev.attrs()[1].priority, 0, "a changed slot was flipped");
+
+    ready(&dev);
+    dev.updater("a")
+        .arg("activate")
+        .assert()
+        .success()
+        .stdout(contains(
+            "acme-gw 2.0.0 in slot_b checked again and activated",
+        ));
+    let attrs = dev.attrs()[1];
+    assert!(
+        attrs.priority > 0 && attrs.tries == 4 && !attrs.successful,
+        "{attrs:?}"
+    );
+    assert_eq!(dev.state()["last_install"]["outcome"], "installed");
+    dev.updater("a")
+        .arg("activate")
+        .assert()
+        .code(69)
+        .stderr(contains(
+            "nothing to activate: the last install, 2.0.0 into slot_b, is installed",
+        ));
+    assert_eq!(dev.boot(), Slot::B);
+    dev.health_ok("b");
+    assert_eq!(dev.state()["last_install"]["outcome"], "committed");
+    let events: Vec<_> = dev.history().into_iter().map(|(e, _)| e).collect();
+    assert_eq!(events, ["install", "commit"], "{events:?}");
+}
+
 #[test]
 fn refusals_before_writing_leave_the_whole_disk_unchanged() {
     let dev = device();
@@ -495,6 +563,7 @@ fn every_state_changing_command_waits_for_the_disk_lock_then_says_busy() {
     let before = std::fs::read(&dev.disk).unwrap();
     for args in [
         vec!["install", b.to_str().unwrap()],
+        vec!["activate"],
         vec!["health", "--no-reboot"],
         vec!["rollback", "--yes", "--no-reboot"],
     ] {

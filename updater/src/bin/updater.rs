@@ -6,7 +6,8 @@ use bootctl::report::show;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use updater::cli::{
-    confirm_rollback, fleet, health_result, install, Device, FleetArgs, History, InstallArgs,
+    activate, confirm_rollback, fleet, health_result, install, ActivateArgs, Device, FleetArgs,
+    History, InstallArgs,
 };
 use updater::config::DEFAULT_PATH;
 use updater::events::{Event, JsonLines, Observer};
@@ -34,6 +35,9 @@ struct Cli {
 enum Command {
     /// Install a bundle or a wrapped .swu (a file, `-` for standard input, or an http(s) URL) into the inactive slot.
     Install(InstallArgs),
+    /// Make the release an `install --no-activate` left ready boot next, on
+    /// trial, after checking it again.
+    Activate(ActivateArgs),
     /// The slots, their releases and boot flags, and the last install.
     Status,
     /// Post-boot health check: commit the booted release, or mark it bad and
@@ -81,10 +85,14 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     // Rollback takes the lock after its question: nobody waits on a
     // technician's answer.
-    let lock = matches!(cli.command, Command::Install(_) | Command::Health { .. });
+    let lock = matches!(
+        cli.command,
+        Command::Install(_) | Command::Activate(_) | Command::Health { .. }
+    );
     let mut dev = Device::open(&cli.config, &cli.target, lock)?;
     match cli.command {
         Command::Install(args) => install(&dev, args, cli.json)?,
+        Command::Activate(args) => activate(&dev, args, cli.json)?,
         Command::Health { no_reboot } => {
             let booted = dev.booted()?;
             let outcome = updater::health::health(&dev.config, &dev.disk, dev.sector_size, booted)?;

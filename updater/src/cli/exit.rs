@@ -60,6 +60,8 @@ fn update_code(e: &UpdateError) -> i32 {
         UpdateError::OverMemory { .. } => 66,
         UpdateError::StateTooNew { .. } => 67,
         UpdateError::NoVerity { .. } => 68,
+        UpdateError::NothingToActivate { .. } => 69,
+        UpdateError::ReadyChanged { .. } => 70,
     }
 }
 

@@ -251,8 +251,12 @@ pub struct InstallArgs {
     #[arg(long)]
     pub allow_downgrade: bool,
     /// Reboot into the new release when done.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_activate")]
     pub reboot: bool,
+    /// Write and check the release but leave it unbootable until
+    /// `updater activate` (the moment of the reboot chosen later).
+    #[arg(long)]
+    pub no_activate: bool,
     #[command(flatten)]
     pub means: InstallMeans,
 }
@@ -268,6 +272,7 @@ pub fn install(dev: &Device, args: InstallArgs, json: bool) -> Result<()> {
         threads: args.means.threads,
         memory: args.means.memory_of(&dev.config),
         fleet_action: None,
+        activate: !args.no_activate,
     };
     let input = crate::source::open(&args.source, &args.means.http)?;
     let mut observer: Box<dyn Observer> = match json {
@@ -276,8 +281,17 @@ pub fn install(dev: &Device, args: InstallArgs, json: bool) -> Result<()> {
     };
     let done = crate::install::install(&dev.config, input, &opts, observer.as_mut())
         .with_context(|| format!("installing {}", args.source))?;
+    let (m, slot) = (&done.manifest, done.slot);
+    if !done.activated {
+        if !json {
+            println!(
+                "{} {} installed into {slot}, not activated: it stays unbootable until `updater activate`",
+                m.compatible, m.version
+            );
+        }
+        return Ok(());
+    }
     if !json {
-        let (m, slot) = (&done.manifest, done.slot);
         println!(
             "{} {} installed into {slot}; it boots on trial at the next reboot",
             m.compatible, m.version
@@ -287,6 +301,44 @@ pub fn install(dev: &Device, args: InstallArgs, json: bool) -> Result<()> {
         crate::reboot(&dev.disk)?;
     } else if !json {
         println!("reboot to activate it (or run with --reboot)");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ActivateArgs {
+    /// Activate a release lower than the one running.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Reboot into it at once.
+    #[arg(long)]
+    pub reboot: bool,
+    #[arg(long, default_value_t = switchback_bundle::default_threads())]
+    pub threads: usize,
+}
+
+/// `updater activate`: the ready release, checked again, boots next.
+pub fn activate(dev: &Device, args: ActivateArgs, json: bool) -> Result<()> {
+    let opts = crate::activate::ActivateOptions {
+        disk: dev.disk.clone(),
+        sector_size: dev.sector_size,
+        booted: dev.booted()?,
+        allow_downgrade: args.allow_downgrade,
+        threads: args.threads,
+    };
+    let mut observer: Box<dyn Observer> = match json {
+        true => Box::new(JsonLines),
+        false => Box::<Terminal>::default(),
+    };
+    let (slot, m) = crate::activate::activate(&dev.config, &opts, observer.as_mut())?;
+    if !json {
+        println!(
+            "{} {} in {slot} checked again and activated; it boots on trial at the next reboot",
+            m.compatible, m.version
+        );
+    }
+    if args.reboot {
+        crate::reboot(&dev.disk)?;
     }
     Ok(())
 }

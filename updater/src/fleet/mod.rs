@@ -582,6 +582,7 @@ impl Client<'_> {
             threads: self.opts.threads,
             memory: self.opts.memory,
             fleet_action: Some(id.to_string()),
+            activate: true,
         };
         // Progress goes to the server from a thread of its own, so that a
         // slow server never holds up the writing.

@@ -383,6 +383,7 @@ pub fn install_with(
     let config = updater::config::Config::load(&dev.config)?;
     let opts = updater::install::InstallOptions {
         fleet_action: None,
+        activate: true,
         disk: dev.disk.clone(),
         sector_size: None,
         booted: Slot::A,
