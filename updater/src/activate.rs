@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::events::{Event, Observer};
 use crate::evidence::{self, SlotArea};
 use crate::memory::MappedBase;
-use crate::state::Outcome;
+use crate::state::{Outcome, SlotRecord};
 use crate::UpdateError;
 use anyhow::{Context, Result};
 use bootctl::{Disk, Slot};
@@ -72,10 +72,37 @@ pub fn activate(
         .clone()
         .ok_or_else(|| changed("its signed release record is gone or no longer verifies".into()))?;
     let image = manifest.image(ROOTFS)?.clone();
-    let recorded = state.state.slots.get(&target).map(|r| r.digest.clone());
-    if manifest.version != ready.version || recorded != Some(image.digest().to_string()) {
+    if manifest.version != ready.version {
         return Err(changed(format!("its signed record is of {} now", manifest.version)).into());
     }
+    let recorded = state.state.slots.get(&target);
+    if recorded.map(|r| r.digest.clone()) != Some(image.digest().to_string()) {
+        return Err(
+            changed("the state file's record of it is gone or names other bytes".into()).into(),
+        );
+    }
+    let area = SlotArea::of(&disk_state, target);
+    if image.size
+        > area
+            .size
+            .saturating_sub(switchback_bundle::trailer::reserved(0))
+    {
+        return Err(changed(format!(
+            "its record describes an image of {} bytes, more than the slot holds",
+            image.size
+        ))
+        .into());
+    }
+    // What the commit records (the floor it raises to, the schema) comes
+    // from the slot's signed record, not from the state file.
+    let record = SlotRecord {
+        version: manifest.version.clone(),
+        compatible: manifest.compatible.clone(),
+        digest: image.digest().to_string(),
+        security_version: manifest.security_version,
+        data_schema: manifest.data_schema,
+        installed_at: recorded.map_or_else(crate::state::now, |r| r.installed_at),
+    };
     let from_version = evidence::running_version(&state.state, opts.booted, &releases);
     crate::install::check_policy(
         config,
@@ -85,8 +112,16 @@ pub fn activate(
         opts.allow_downgrade,
     )?;
     // Every byte of the image, hashed on every core, against the signed
-    // chunk digests.
-    let area = SlotArea::of(&disk_state, target);
+    // chunk digests: read from the medium, not from what the page cache
+    // kept of the install's writes.
+    let dev = std::fs::File::open(&opts.disk)
+        .with_context(|| format!("opening {}", opts.disk.display()))?;
+    let _ = nix::fcntl::posix_fadvise(
+        &dev,
+        area.offset as i64,
+        image.size as i64,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
     let map = MappedBase::map(&opts.disk, area.offset, image.size)
         .with_context(|| format!("reading {target} to check it"))?;
     use switchback_bundle::delta::Base;
@@ -101,7 +136,7 @@ pub fn activate(
         slot: target.name().into(),
         digest: digest.to_string(),
     });
-    state.state.activating();
+    state.state.activating(target, record);
     crate::recover::save(state)?;
     crate::install::flip(
         config,

@@ -443,7 +443,7 @@ fn write_slot(
         }
     };
     let mut done = 0u64;
-    let mut writer = SlotWriter::new(&dev, &opts.disk, WRITEBACK_WINDOW);
+    let mut writer = SlotWriter::new(&dev, &opts.disk, WRITEBACK_WINDOW).map_err(slot_err)?;
     let mut executables: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let read = ReadOptions {
         threads: plan.threads,

@@ -163,12 +163,13 @@ impl State {
     }
 
     /// Activation step 1, saved before the flip: the ready install goes on
-    /// as an install does from [`State::flipping`].
-    pub fn activating(&mut self) {
+    /// as an install does from [`State::flipping`], with `release` (from
+    /// the slot's signed record) as what `target` holds.
+    pub fn activating(&mut self, target: Slot, release: SlotRecord) {
         if let Some(r) = self.last_install.as_mut() {
             r.finished_at = None;
         }
-        self.set_outcome(Outcome::Flipping, None);
+        self.flipping(target, release);
     }
 
     /// Install step 5: the flip took effect; the release waits for its
