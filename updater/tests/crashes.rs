@@ -171,3 +171,33 @@ fn a_rollback_cut_before_its_record_still_boots_the_other_slot() {
     assert!(!dev.history().iter().any(|e| e.0 == "rollback"));
     dev.health_ok("a");
 }
+
+/// `activate` flips through the install's own steps, so its crashes settle
+/// as an install's: cut before the flip, the ready slot stays unbootable
+/// and must be installed again; cut after it, the release is on trial.
+#[test]
+fn an_activation_cut_settles_as_an_install_cut_at_the_same_point() {
+    for (point, outcome, bootable) in [
+        ("install-flipping", "failed", false),
+        ("install-flipped", "installed", true),
+    ] {
+        let dev = device();
+        let bundle = dev.bundle(&release("2.0.0"));
+        dev.updater("a")
+            .args(["install", "--no-activate"])
+            .arg(&bundle)
+            .assert()
+            .success();
+        crash_at(&dev, "a", point, &["activate"]);
+        assert_eq!(dev.attrs()[1].is_bootable(), bootable, "{point}");
+        // The next command settles it.
+        dev.updater("a").arg("status").assert().success();
+        dev.health_ok("a");
+        assert_eq!(dev.state()["last_install"]["outcome"], outcome, "{point}");
+        assert_eq!(
+            dev.boot(),
+            if bootable { Slot::B } else { Slot::A },
+            "{point}"
+        );
+    }
+}
