@@ -135,6 +135,9 @@ pub enum UpdateError {
         floor: u64,
     },
 
+    #[error("the fleet server assigned {assigned}, but the bundle it linked is signed as {signed}: nothing was written")]
+    NotAssigned { assigned: String, signed: String },
+
     #[error("nothing to activate: {last} (install with --no-activate first)")]
     NothingToActivate { last: String },
 

@@ -57,6 +57,10 @@ pub struct InstallOptions {
     /// Flip when written (the default); otherwise the slot is left ready
     /// and unbootable until [`crate::activate::activate`].
     pub activate: bool,
+    /// The version a fleet server assigned (its chunk's): a bundle signed
+    /// as another release is refused before anything is written, so that
+    /// a swapped link cannot install a release the server never chose.
+    pub expect_version: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +171,17 @@ pub fn install(
     let keyring = Keyring::load_dir(&config.keyring)?;
     let bundle = Envelope::read(source)?.verify(&keyring)?;
     let manifest = bundle.manifest.clone();
+    if let Some(assigned) = opts
+        .expect_version
+        .as_ref()
+        .filter(|v| **v != manifest.version)
+    {
+        return Err(UpdateError::NotAssigned {
+            assigned: assigned.clone(),
+            signed: manifest.version.clone(),
+        }
+        .into());
+    }
     let target = opts.booted.other();
     let disk_state = Disk::open(&opts.disk, opts.sector_size, false)?.read()?;
     let (releases, floor) = evidence::signed_view(&opts.disk, &disk_state, &keyring, &state.state);

@@ -374,6 +374,52 @@ fn a_cancel_after_the_install_is_rejected() {
     );
 }
 
+/// A chunk labelled 9.9.9 whose link serves a signed 2.0.0 (a swapped
+/// object on a CDN, say): refused before anything is written (exit 71),
+/// and the server hears the action failed, and why.
+#[test]
+fn a_bundle_of_another_version_than_the_server_assigned_is_refused_and_reported() {
+    let dev_dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(bundle_in(dev_dir.path(), &release("2.0.0"))).unwrap();
+    let f = Fixture::serve(
+        move |req| match req.path.rsplit('/').next().unwrap_or_default() {
+            DEVICE => poll_reply(
+                j!({"deploymentBase": {"href": format!("{}/deploymentBase/6", base(req))}}),
+            ),
+            "6" => {
+                let href = format!("{}/files/9.9.9.swb", base(req));
+                json(
+                    200,
+                    j!({"id": "6", "deployment": {"download": "forced", "update": "forced", "chunks": [
+                        {"part": "os", "version": "9.9.9", "name": "os", "artifacts": [
+                            {"filename": "9.9.9.swb", "size": 1, "hashes": {}, "_links": {"download": {"href": href}}}
+                        ]}
+                    ]}}),
+                )
+            }
+            "9.9.9.swb" => file(bytes.clone()),
+            _ => json(200, j!({})),
+        },
+    );
+    let dev = fleet_device(&f.url);
+    let before = (dev.attrs(), dev.slot(bootctl::Slot::A));
+    let refused = fleet_once(&dev, "b").code(71);
+    let err = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+    assert!(
+        err.contains("assigned 9.9.9, but the bundle it linked is signed as 2.0.0"),
+        "{err}"
+    );
+    assert_eq!(
+        (dev.attrs(), dev.slot(bootctl::Slot::A)),
+        before,
+        "nothing written"
+    );
+    let last = feedbacks(&f).pop().expect("feedback sent");
+    assert_eq!(last["status"]["execution"], "closed", "{last}");
+    assert_eq!(last["status"]["result"]["finished"], "failure", "{last}");
+    assert!(last.to_string().contains("signed as 2.0.0"), "{last}");
+}
+
 /// The daemon reads a 429's Retry-After: asked for 12 s, it does not poll
 /// again at its own first back-off (5 s). What it waits in every case
 /// (storms, the clamp, the doubling) is `fleet::schedule`'s table test;

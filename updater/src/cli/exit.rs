@@ -62,6 +62,7 @@ fn update_code(e: &UpdateError) -> i32 {
         UpdateError::NoVerity { .. } => 68,
         UpdateError::NothingToActivate { .. } => 69,
         UpdateError::ReadyChanged { .. } => 70,
+        UpdateError::NotAssigned { .. } => 71,
     }
 }
 

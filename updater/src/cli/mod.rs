@@ -273,6 +273,7 @@ pub fn install(dev: &Device, args: InstallArgs, json: bool) -> Result<()> {
         memory: args.means.memory_of(&dev.config),
         fleet_action: None,
         activate: !args.no_activate,
+        expect_version: None,
     };
     let input = crate::source::open(&args.source, &args.means.http)?;
     let mut observer: Box<dyn Observer> = match json {

@@ -269,8 +269,13 @@ pub fn origin(url: &str) -> Option<String> {
     })
 }
 
-/// hawkBit's `HH:MM:SS`.
+/// hawkBit's `HH:MM:SS`, or an ISO-8601 duration (`PT36H`, `P1DT12H`),
+/// which is how a sleep of a day or more comes. Hours stay below 10,000
+/// either way (a year is 8,760).
 pub fn parse_sleep(text: &str) -> Option<Duration> {
+    if let Some(iso) = text.strip_prefix('P') {
+        return parse_iso_duration(iso);
+    }
     let parts: Vec<&str> = text.split(':').collect();
     let [h, m, s] = parts.as_slice() else {
         return None;
@@ -278,6 +283,44 @@ pub fn parse_sleep(text: &str) -> Option<Duration> {
     let n = |t: &str| t.parse::<u64>().ok().filter(|_| t.len() <= 4);
     let (h, m, s) = (n(h)?, n(m)?, n(s)?);
     (m < 60 && s < 60).then(|| Duration::from_secs(h * 3600 + m * 60 + s))
+}
+
+/// The part of an ISO-8601 duration after its `P`: whole days, then after
+/// `T` whole hours, minutes and seconds (a fraction of a second is dropped),
+/// each at most once and in that order; weeks, months and years, whose
+/// length varies, are refused.
+fn parse_iso_duration(text: &str) -> Option<Duration> {
+    let (date, time) = match text.split_once('T') {
+        Some((d, t)) if !t.is_empty() => (d, Some(t)),
+        Some(_) => return None,
+        None => (text, None),
+    };
+    let mut secs = 0u64;
+    let mut any = false;
+    let mut take = |part: &str, units: &[(char, u64)]| -> Option<()> {
+        let mut rest = part;
+        let mut next = 0;
+        while !rest.is_empty() {
+            let end = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+            let (number, unit) = (&rest[..end], rest[end..].chars().next()?);
+            let at = units[next..].iter().position(|(u, _)| *u == unit)? + next;
+            let (whole, fraction) = number.split_once('.').unwrap_or((number, "0"));
+            let fraction_ok = unit == 'S' && fraction.bytes().all(|b| b.is_ascii_digit());
+            if whole.is_empty() || whole.len() > 7 || !(fraction == "0" || fraction_ok) {
+                return None;
+            }
+            secs = secs.checked_add(whole.parse::<u64>().ok()?.checked_mul(units[at].1)?)?;
+            any = true;
+            next = at + 1;
+            rest = &rest[end + unit.len_utf8()..];
+        }
+        Some(())
+    };
+    take(date, &[('D', 86_400)])?;
+    if let Some(time) = time {
+        take(time, &[('H', 3_600), ('M', 60), ('S', 1)])?;
+    }
+    (any && secs < 10_000 * 3_600).then(|| Duration::from_secs(secs))
 }
 
 /// A `Retry-After` value (RFC 9110 §10.2.3): seconds, or an HTTP date,
@@ -607,6 +650,14 @@ mod tests {
     fn sleeps_origins_and_ids_from_a_hostile_server() {
         assert_eq!(parse_sleep("00:01:30"), Some(Duration::from_secs(90)));
         assert_eq!(parse_sleep("12:00:00"), Some(Duration::from_secs(43200)));
+        // A day or more comes as ISO-8601.
+        assert_eq!(parse_sleep("PT36H"), Some(Duration::from_secs(36 * 3600)));
+        assert_eq!(parse_sleep("P1DT12H"), Some(Duration::from_secs(36 * 3600)));
+        assert_eq!(parse_sleep("P2D"), Some(Duration::from_secs(2 * 86400)));
+        assert_eq!(
+            parse_sleep("PT1H30M5.250S"),
+            Some(Duration::from_secs(5405))
+        );
         for bad in [
             "",
             "1:2",
@@ -615,6 +666,19 @@ mod tests {
             "99999:00:00",
             "a:b:c",
             "00:00:00:00",
+            "P",
+            "PT",
+            "P1W",
+            "P1M",
+            "PT1M1H",
+            "PT1H1H",
+            "PT-1H",
+            "PT1.5H",
+            "P1H",
+            "PT.5S",
+            "P999999D",
+            "PT36",
+            "PT36h",
         ] {
             assert_eq!(parse_sleep(bad), None, "{bad}");
         }

@@ -484,7 +484,7 @@ impl Client<'_> {
         if let Err(e) = ddi.feedback(&d.id, Execution::Proceeding, Finished::None, None, &[start]) {
             log::warn!("fleet: {e}");
         }
-        let installed = self.install(ddi, &d.id, &artifact.href, &artifact.filename);
+        let installed = self.install(ddi, &d, &artifact.href, &artifact.filename);
         match installed {
             Ok(done) => {
                 change(self.config, &self.disk, |s| {
@@ -557,10 +557,11 @@ impl Client<'_> {
     fn install(
         &self,
         ddi: &Ddi,
-        id: &str,
+        d: &ddi::Deployment,
         href: &str,
         name: &str,
     ) -> Result<crate::install::Installed> {
+        let id = d.id.as_str();
         let agent = source::agent(
             self.opts.http.idle_timeout,
             self.fleet.ca_file.as_deref(),
@@ -583,6 +584,7 @@ impl Client<'_> {
             memory: self.opts.memory,
             fleet_action: Some(id.to_string()),
             activate: true,
+            expect_version: d.version.clone(),
         };
         // Progress goes to the server from a thread of its own, so that a
         // slow server never holds up the writing.

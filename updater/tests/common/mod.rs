@@ -384,6 +384,7 @@ pub fn install_with(
     let opts = updater::install::InstallOptions {
         fleet_action: None,
         activate: true,
+        expect_version: None,
         disk: dev.disk.clone(),
         sector_size: None,
         booted: Slot::A,
