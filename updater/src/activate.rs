@@ -95,14 +95,8 @@ pub fn activate(
     }
     // What the commit records (the floor it raises to, the schema) comes
     // from the slot's signed record, not from the state file.
-    let record = SlotRecord {
-        version: manifest.version.clone(),
-        compatible: manifest.compatible.clone(),
-        digest: image.digest().to_string(),
-        security_version: manifest.security_version,
-        data_schema: manifest.data_schema,
-        installed_at: recorded.map_or_else(crate::state::now, |r| r.installed_at),
-    };
+    let installed_at = recorded.map_or_else(crate::state::now, |r| r.installed_at);
+    let record = SlotRecord::of(&manifest, &image, installed_at);
     let from_version = evidence::running_version(&state.state, opts.booted, &releases);
     crate::install::check_policy(
         config,

@@ -281,14 +281,7 @@ pub fn install(
         let _ = save(state);
         return Err(e);
     }
-    let record = SlotRecord {
-        version: manifest.version.clone(),
-        compatible: manifest.compatible.clone(),
-        digest: image.digest().to_string(),
-        security_version: manifest.security_version,
-        data_schema: manifest.data_schema,
-        installed_at: now(),
-    };
+    let record = SlotRecord::of(&manifest, &image, now());
     if !opts.activate {
         state.state.ready(target, record);
         save(state)?;

@@ -30,6 +30,25 @@ pub struct SlotRecord {
     pub installed_at: u64,
 }
 
+impl SlotRecord {
+    /// The record of a slot holding the release `manifest` signs, installed
+    /// at `installed_at`: what install and activate both record.
+    pub fn of(
+        manifest: &switchback_bundle::Manifest,
+        image: &switchback_bundle::ImageSpec,
+        installed_at: u64,
+    ) -> SlotRecord {
+        SlotRecord {
+            version: manifest.version.clone(),
+            compatible: manifest.compatible.clone(),
+            digest: image.digest().to_string(),
+            security_version: manifest.security_version,
+            data_schema: manifest.data_schema,
+            installed_at,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {

@@ -261,6 +261,15 @@ pub struct InstallArgs {
     pub means: InstallMeans,
 }
 
+/// Where an install's or an activation's events go: JSON lines, or the
+/// terminal.
+fn observer(json: bool) -> Box<dyn Observer> {
+    match json {
+        true => Box::new(JsonLines),
+        false => Box::<Terminal>::default(),
+    }
+}
+
 /// `updater install`: installs, says what happened, reboots if asked.
 pub fn install(dev: &Device, args: InstallArgs, json: bool) -> Result<()> {
     use anyhow::Context;
@@ -276,10 +285,7 @@ pub fn install(dev: &Device, args: InstallArgs, json: bool) -> Result<()> {
         expect_version: None,
     };
     let input = crate::source::open(&args.source, &args.means.http)?;
-    let mut observer: Box<dyn Observer> = match json {
-        true => Box::new(JsonLines),
-        false => Box::<Terminal>::default(),
-    };
+    let mut observer = observer(json);
     let done = crate::install::install(&dev.config, input, &opts, observer.as_mut())
         .with_context(|| format!("installing {}", args.source))?;
     let (m, slot) = (&done.manifest, done.slot);
@@ -327,10 +333,7 @@ pub fn activate(dev: &Device, args: ActivateArgs, json: bool) -> Result<()> {
         allow_downgrade: args.allow_downgrade,
         threads: args.threads,
     };
-    let mut observer: Box<dyn Observer> = match json {
-        true => Box::new(JsonLines),
-        false => Box::<Terminal>::default(),
-    };
+    let mut observer = observer(json);
     let (slot, m) = crate::activate::activate(&dev.config, &opts, observer.as_mut())?;
     if !json {
         println!(
