@@ -5,9 +5,11 @@
 //! order listed in `/lib/modules/order`, with their parameters; the watchdog
 //! core must get `stop_on_reboot=0`, or the kexec, a reboot to the kernel,
 //! stops the watchdog), runs the selection and persists the
-//! spent try, arms the hardware watchdog, mounts the chosen slot read-only
-//! and boots the slot's own `/boot/vmlinuz` (and `/boot/initrd.img` when
-//! present) with kexec ([`crate::kexec`]: `kexec_file_load`, or on arm64
+//! spent try, arms the hardware watchdog, reads the chosen slot's own
+//! `/boot/vmlinuz` (and `/boot/initrd.img` when present) from its ext4,
+//! checked against the slot's signed release when the stage has a keyring
+//! as the UEFI stage checks it (`bootctl_core::verify`), and boots them
+//! with kexec ([`crate::kexec`]: `kexec_file_load`, or on arm64
 //! kernels without it `kexec_load`) + `reboot(RB_KEXEC)`. A release that
 //! hangs is reset by the watchdog and one that panics reboots (`panic=5`);
 //! either way the next selection sees one try fewer. If booting the chosen
@@ -15,12 +17,15 @@
 
 use crate::attr::BootAttrs;
 use crate::control::Disk;
+use crate::device::FileDevice;
 use crate::slots::Slot;
 use crate::sysfs::SysBlock;
 use anyhow::{bail, Context, Result};
+use bootctl_core::verify::{self, Trust};
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -186,13 +191,22 @@ fn arm_watchdog(timeout_s: u32) -> Result<()> {
     Ok(())
 }
 
-/// The kernel command line for `slot`.
+/// The kernel command line for `slot`: its root, then the verity
+/// parameters its signed release carries (first, as the kernel and the
+/// initramfs take a parameter's first occurrence), then `append`.
 /// `gpt`: without it Linux ignores a GPT whose primary copy is damaged (and
 /// with it every partition, the slot's root included); with it, it reads
 /// the backup, as the boot stage does.
-pub fn slot_cmdline(partuuid: &str, partition: &Path, slot: Slot, append: &str) -> String {
+pub fn slot_cmdline(
+    partuuid: &str,
+    partition: &Path,
+    verity: Option<&str>,
+    slot: Slot,
+    append: &str,
+) -> String {
+    let verity = verity.map(|v| format!(" {v}")).unwrap_or_default();
     format!(
-        "root=PARTUUID={partuuid} switchback.root={} switchback.slot={} panic=5 gpt {append}",
+        "root=PARTUUID={partuuid}{verity} switchback.root={} switchback.slot={} panic=5 gpt {append}",
         partition.display(),
         slot.name()
     )
@@ -200,38 +214,135 @@ pub fn slot_cmdline(partuuid: &str, partition: &Path, slot: Slot, append: &str) 
     .to_string()
 }
 
-/// Mounts `dev` and kexec-loads its kernel with `cmdline`. The failure's
-/// slot is filled in by the caller.
-fn load_slot_kernel(dev: &str, cmdline: &str) -> Result<(), StartFailure> {
-    use nix::mount::{mount, umount, MsFlags};
-    let fail = |what, errno: i32, detail: String| StartFailure::new(Slot::A, what, errno, detail);
-    let mnt = "/mnt";
-    let _ = std::fs::create_dir_all(mnt);
-    mount(
-        Some(dev),
-        mnt,
-        Some("ext4"),
-        MsFlags::MS_RDONLY,
-        None::<&str>,
+/// Where `image-tools stage --initrd` puts the stage's keyring and policy
+/// in its initramfs (`switchback_bundle::stage_sections`' formats).
+pub const KEYRING_FILE: &str = "/switchback/keyring";
+pub const POLICY_FILE: &str = "/switchback/policy";
+
+/// The stage's trust, from its own initramfs: no keyring file, no keyring
+/// (slots start unverified, and the stage says so); a keyring or policy
+/// that cannot be read is an error, never a stage that trusts everything.
+fn trust() -> Result<Trust> {
+    let read = |path: &str| match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("reading {path}: {e}")),
+    };
+    let keyring = read(KEYRING_FILE)?;
+    let policy = read(POLICY_FILE)?;
+    Trust::from_sections(keyring.as_deref(), policy.as_deref())
+        .map_err(|e| anyhow::anyhow!("the stage's {e} ({KEYRING_FILE}, {POLICY_FILE})"))
+}
+
+/// What this boot checks beyond the slot's release: who started this stage
+/// (nothing checks it without UEFI, unless the board's U-Boot verifies a
+/// signed FIT image) and whether the kernel is locked down (then
+/// `kexec_file_load` starts only a kernel whose signature it trusts).
+fn checked_here() -> String {
+    let firmware = if Path::new("/sys/firmware/efi").exists() {
+        "started by UEFI firmware (under Secure Boot it checked this stage's signature)"
+    } else {
+        "started without UEFI: nothing checked this stage before it ran, unless the board's U-Boot verified it"
+    };
+    format!(
+        "{firmware}; kernel lockdown: {}",
+        lockdown().unwrap_or("unknown")
     )
-    .map_err(|e| fail("mount", e as i32, format!("mounting {dev}: {e}")))?;
-    let result = (|| -> Result<(), StartFailure> {
-        let kernel = File::open(format!("{mnt}/boot/vmlinuz")).map_err(|e| {
-            let errno = e.raw_os_error().unwrap_or(0);
+}
+
+/// The kernel's lockdown mode (`none`, `integrity`, `confidentiality`),
+/// from securityfs.
+fn lockdown() -> Option<&'static str> {
+    use nix::mount::{mount, MsFlags};
+    let path = "/sys/kernel/security/lockdown";
+    if !Path::new(path).exists() {
+        let _ = mount(
+            Some("securityfs"),
+            "/sys/kernel/security",
+            Some("securityfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+    let modes = std::fs::read_to_string(path).ok()?;
+    // The active mode is the bracketed one: "none [integrity] confidentiality".
+    ["none", "integrity", "confidentiality"]
+        .into_iter()
+        .find(|m| modes.contains(&format!("[{m}]")))
+}
+
+/// Reads the slot's kernel and initramfs from `dev` (checked against its
+/// signed release when the stage has a keyring) and kexec-loads them with
+/// the command line `cmdline` makes of the verity parameters.
+fn load_slot_kernel(
+    slot: Slot,
+    dev: &Path,
+    trust: &Trust,
+    cmdline: impl FnOnce(Option<&str>) -> String,
+) -> Result<String, StartFailure> {
+    let fail = |what, errno: i32, detail: String| StartFailure::new(slot, what, errno, detail);
+    let device = File::open(dev).and_then(FileDevice::new).map_err(|e| {
+        fail(
+            "mount",
+            e.raw_os_error().unwrap_or(0),
+            format!("opening {}: {e}", dev.display()),
+        )
+    })?;
+    let files = verify::boot_files(slot, device, trust, &mut |m| say(m))
+        .map_err(|r| fail(r.what, i32::try_from(r.code).unwrap_or(0), r.detail))?;
+    let cmdline = cmdline(files.verity.as_deref());
+    if cmdline.len() > verify::MAX_CMDLINE {
+        return Err(fail(
+            "cmdline",
+            i32::try_from(cmdline.len()).unwrap_or(i32::MAX),
+            format!(
+                "its command line is {} bytes; the kernel keeps {}",
+                cmdline.len(),
+                verify::MAX_CMDLINE
+            ),
+        ));
+    }
+    // kexec takes files: the checked bytes go to memory-backed ones, never
+    // back to a disk someone could change in between.
+    let in_memory = |name: &str, bytes: Vec<u8>| -> Result<File, StartFailure> {
+        let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC).map_err(|e| {
             fail(
-                "no-kernel",
-                errno,
-                format!("opening /boot/vmlinuz of {dev}: {e}"),
+                "kexec-load",
+                e.raw_os_error(),
+                format!("holding {name}: {e}"),
             )
         })?;
-        let initrd = File::open(format!("{mnt}/boot/initrd.img")).ok();
-        let method = crate::kexec::load(&kernel, initrd.as_ref(), cmdline)
-            .map_err(|e| fail("kexec-load", e.errno, e.detail))?;
-        say(&format!("loaded the kernel of {dev} with {method}"));
-        Ok(())
-    })();
-    let _ = umount(mnt);
-    result
+        let file = File::from(fd);
+        // Positioned: kexec_load's reader starts where the offset is, 0.
+        file.write_all_at(&bytes, 0).map_err(|e| {
+            fail(
+                "kexec-load",
+                e.raw_os_error().unwrap_or(0),
+                format!("holding {name}: {e}"),
+            )
+        })?;
+        Ok(file)
+    };
+    say(&format!(
+        "read the kernel of {slot} ({} bytes) and its initramfs ({} bytes)",
+        files.kernel.len(),
+        files.initrd.as_ref().map_or(0, Vec::len)
+    ));
+    let kernel = in_memory("vmlinuz", files.kernel)?;
+    let initrd = files
+        .initrd
+        .map(|b| in_memory("initrd.img", b))
+        .transpose()?;
+    let method = crate::kexec::load(&kernel, initrd.as_ref(), &cmdline)
+        .map_err(|e| fail("kexec-load", e.errno, e.detail))?;
+    say(&format!(
+        "loaded the kernel of {} with {method}",
+        dev.display()
+    ));
+    if method == crate::kexec::Method::Load {
+        say("this kernel has no kexec_file_load: the slot kernel's own signature is not checked");
+    }
+    Ok(cmdline)
 }
 
 impl BootStage {
@@ -280,6 +391,9 @@ impl BootStage {
             .filter(|a| a.starts_with("console="))
             .collect::<Vec<_>>()
             .join(" ");
+        let trust = trust()?;
+        say(&trust.describe());
+        say(&checked_here());
         load_modules(Path::new("/lib/modules"));
         let path = match &self.disk {
             Some(d) => {
@@ -342,10 +456,12 @@ impl BootStage {
                     ),
                 ),
                 Some(dev) => {
-                    let cmdline =
-                        slot_cmdline(&entry.unique_guid.to_string(), &dev, slot, append.trim());
-                    match load_slot_kernel(&dev.display().to_string(), &cmdline) {
-                        Ok(()) => {
+                    let partuuid = entry.unique_guid.to_string();
+                    let cmdline = |verity: Option<&str>| {
+                        slot_cmdline(&partuuid, &dev, verity, slot, append.trim())
+                    };
+                    match load_slot_kernel(slot, &dev, &trust, cmdline) {
+                        Ok(cmdline) => {
                             say(&format!("booting {slot}: {cmdline}"));
                             nix::unistd::sync();
                             let e =

@@ -130,19 +130,22 @@ fn elf_arch(data: &[u8]) -> Option<Result<Arch, u16>> {
     Some(Arch::from_elf_machine(m).ok_or(m))
 }
 
+/// The newc archive of an initramfs: as is, or zstd-decompressed (one
+/// compressed otherwise is returned as it is).
+pub fn initramfs_archive<'a>(data: &'a [u8], path: &Path) -> Result<std::borrow::Cow<'a, [u8]>> {
+    if !data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Ok(data.into());
+    }
+    zstd::stream::decode_all(data)
+        .map(Into::into)
+        .map_err(|e| anyhow::anyhow!("the initramfs {} does not decompress: {e}", path.display()))
+}
+
 /// Refuses an initramfs holding an executable for another machine: its
 /// `/init` (or anything else) would not run. A newc cpio archive is read
 /// as is, or zstd-compressed; one compressed otherwise is not looked into.
 pub fn check_initramfs(data: &[u8], path: &Path, arch: Arch) -> Result<()> {
-    let plain;
-    let cpio = if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        plain = zstd::stream::decode_all(data).map_err(|e| {
-            anyhow::anyhow!("the initramfs {} does not decompress: {e}", path.display())
-        })?;
-        &plain[..]
-    } else {
-        data
-    };
+    let cpio = initramfs_archive(data, path)?;
     let mut at = 0usize;
     // newc: a 110-byte ASCII header, the name, the data, each padded to 4.
     while let Some(h) = cpio.get(at..at + 110) {

@@ -1,13 +1,19 @@
-//! The UEFI boot stage with the keys it trusts: `image-tools stage` adds a
-//! `.keyring` section to the stage's EFI program (`switchback-boot.efi`,
-//! built by `.ci/boot-efi`), which the stage reads from its own image at
-//! every boot to verify a slot's signed release before it starts the
-//! slot's kernel (docs/boot-flow.md, "The UEFI boot stage"). Under Secure
-//! Boot the vendor signs the result, so the keyring is covered by the
-//! firmware's check like the code that uses it.
+//! A boot stage with the keys it trusts: `image-tools stage` adds a
+//! `.keyring` section to the UEFI stage's EFI program
+//! (`switchback-boot.efi`, built by `.ci/boot-efi`), which the stage reads
+//! from its own image at every boot to verify a slot's signed release
+//! before it starts the slot's kernel (docs/boot-flow.md, "The UEFI boot
+//! stage"). Under Secure Boot the vendor signs the result, so the keyring
+//! is covered by the firmware's check like the code that uses it.
 //! With `--require-verity` a `.policy` section makes the stage refuse a
 //! slot whose release has no dm-verity tree. The sections' format:
 //! `switchback_bundle::stage_sections`.
+//!
+//! For the Linux boot stage (`bootctl` as the init of its own initramfs,
+//! for U-Boot without UEFI), `--initrd` appends the same two as the files
+//! `/switchback/keyring` and `/switchback/policy`, in a newc archive of
+//! their own after the stage's: the kernel unpacks concatenated archives
+//! in order, a later file replacing an earlier one.
 
 use crate::arch::{self, Arch};
 use crate::bundle::stage_sections::{
@@ -26,9 +32,13 @@ pub struct StageOptions {
     /// The machine the stage is built for.
     #[arg(long, value_enum, default_value_t)]
     pub arch: Arch,
-    /// The stage as built (`.ci/boot-efi` prints its path).
+    /// The UEFI stage as built (`.ci/boot-efi` prints its path).
+    #[arg(long, required_unless_present = "initrd", conflicts_with = "initrd")]
+    pub efi: Option<PathBuf>,
+    /// Or the Linux boot stage's initramfs (`bootctl` as its `/init`,
+    /// newc cpio, plain or zstd).
     #[arg(long)]
-    pub efi: PathBuf,
+    pub initrd: Option<PathBuf>,
     #[command(flatten)]
     pub trust: crate::cli::Trust,
     /// Start no slot whose signed release has no dm-verity hash tree for
@@ -39,7 +49,7 @@ pub struct StageOptions {
     /// Signed for Secure Boot, after the keyring is in.
     #[command(flatten)]
     pub db: crate::secureboot::DbKey,
-    /// The EFI program to write, for the ESP (replaced).
+    /// The EFI program or initramfs to write, for the ESP (replaced).
     #[arg(long, short)]
     pub out: PathBuf,
 }
@@ -60,7 +70,19 @@ pub fn build(opts: &StageOptions) -> Result<String> {
         require_verity: opts.require_verity,
         threshold: if threshold > 1 { threshold } else { 0 },
     };
-    with_keyring(opts.arch, &opts.efi, &keys, policy, &tmp)?;
+    let (efi, initrd) = (opts.efi.as_deref(), opts.initrd.as_deref());
+    if let Some(initrd) = initrd {
+        if opts.db.db_key.is_some() || opts.db.db_cert.is_some() {
+            bail!(
+                "an initramfs is not signed for Secure Boot: sign the UKI made of it (image-tools uki, then sbsign), or the FIT image U-Boot verifies"
+            );
+        }
+        initrd_with_keyring(opts.arch, initrd, &keys, policy, &tmp)?;
+    } else if let Some(efi) = efi {
+        with_keyring(opts.arch, efi, &keys, policy, &tmp)?;
+    } else {
+        bail!("give the stage: --efi for the UEFI stage or --initrd for the Linux one");
+    }
     let signed = match (&opts.db.db_key, &opts.db.db_cert) {
         (Some(key), Some(cert)) => {
             // The signature covers the keyring: signing before adding it
@@ -82,8 +104,9 @@ pub fn build(opts: &StageOptions) -> Result<String> {
         String::new()
     };
     Ok(format!(
-        "{}: the UEFI boot stage, trusting {} key(s){needs}{verity}{signed}",
+        "{}: the {} boot stage, trusting {} key(s){needs}{verity}{signed}",
         opts.out.display(),
+        if initrd.is_some() { "Linux" } else { "UEFI" },
         keys.len()
     ))
 }
@@ -157,5 +180,57 @@ pub fn with_keyring(
     }
     let stage = crate::pe::add_sections(&data, efi, &sections)
         .with_context(|| format!("building {}", out.display()))?;
+    uki::write_whole(out, &stage)
+}
+
+/// Writes `out`: the Linux boot stage's initramfs at `initrd` followed by
+/// an archive of `keys` and `policy` where the stage reads them
+/// (`bootctl::boot_stage::KEYRING_FILE`, `POLICY_FILE`). The policy is
+/// always written, so that a stage keyed again never keeps an earlier
+/// one's `--require-verity`.
+pub fn initrd_with_keyring(
+    arch: Arch,
+    initrd: &Path,
+    keys: &[[u8; 32]],
+    policy: Policy,
+    out: &Path,
+) -> Result<()> {
+    use bootctl::boot_stage::{KEYRING_FILE, POLICY_FILE};
+    ensure!(
+        !keys.is_empty(),
+        "a boot stage needs at least one trusted key"
+    );
+    let data = std::fs::read(initrd).with_context(|| format!("reading {}", initrd.display()))?;
+    arch::check_initramfs(&data, initrd, arch)?;
+    let archive = arch::initramfs_archive(&data, initrd)?;
+    if !archive.windows(STAGE_MARK.len()).any(|w| w == STAGE_MARK) {
+        bail!(
+            "{} holds no Switchback boot stage (bootctl as its /init)",
+            initrd.display()
+        );
+    }
+    let mut stage = data;
+    // Archives start 4-byte aligned; the kernel skips the zeros between.
+    stage.resize(stage.len().div_ceil(4) * 4, 0);
+    let dir = KEYRING_FILE
+        .rsplit_once('/')
+        .map(|(d, _)| d.trim_start_matches('/'))
+        .unwrap_or_default();
+    let entry = |name: &str, mode: u32| {
+        cpio::newc::Builder::new(name.trim_start_matches('/'))
+            .mode(mode)
+            .nlink(1)
+    };
+    let mut w = entry(dir, 0o040755).write(&mut stage, 0).finish()?;
+    for (path, bytes) in [
+        (KEYRING_FILE, keyring_section(keys)),
+        (POLICY_FILE, policy.section()),
+    ] {
+        let len = u32::try_from(bytes.len()).context("a keyring of that size")?;
+        let mut file = entry(path, 0o100644).write(w, len);
+        std::io::Write::write_all(&mut file, &bytes)?;
+        w = file.finish()?;
+    }
+    cpio::newc::trailer(w)?;
     uki::write_whole(out, &stage)
 }

@@ -687,3 +687,105 @@ fn stage_signs_for_secure_boot_or_writes_nothing() {
         .unwrap();
     assert!(verified.success());
 }
+
+/// `image-tools stage --initrd` keys the Linux boot stage: its initramfs
+/// as it was, then one more newc archive holding the keyring and policy
+/// where the stage reads them, byte for byte the UEFI stage's sections.
+/// An initramfs without Switchback's stage, or one to be signed for
+/// Secure Boot, is refused and nothing is written.
+#[test]
+fn stage_keys_the_linux_stage_initramfs_in_an_archive_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    it().current_dir(d)
+        .args(["keygen", "--private", "k.pem", "--public", "k.pub"])
+        .assert()
+        .success();
+    // An x86-64 ELF `/init` that says what the stage says.
+    let pack = |init: &[u8], out: &str| {
+        let root = d.join(format!("{out}.d"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("init"), init).unwrap();
+        let cpio = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo init | cpio -o --quiet -H newc > ../{out}"))
+            .current_dir(&root)
+            .status()
+            .unwrap();
+        assert!(cpio.success());
+    };
+    let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+    elf.resize(18, 0);
+    elf.extend_from_slice(&62u16.to_le_bytes());
+    elf.resize(64, 0);
+    let mut stage = elf.clone();
+    stage.extend_from_slice(b"switchback boot stage: selected");
+    pack(&stage, "stage.cpio");
+    pack(&elf, "other.cpio");
+
+    let key = |args: &[&str]| {
+        let mut c = it();
+        c.current_dir(d).arg("stage").args(args);
+        c
+    };
+    key(&["--initrd", "stage.cpio", "--public", "k.pub", "--require-verity", "-o", "keyed.cpio"])
+        .assert()
+        .success()
+        .stdout(contains("the Linux boot stage, trusting 1 key(s), starting only releases whose root is under dm-verity"));
+    let before = std::fs::read(d.join("stage.cpio")).unwrap();
+    let keyed = std::fs::read(d.join("keyed.cpio")).unwrap();
+    assert_eq!(&keyed[..before.len()], &before[..]);
+    let appended = &keyed[before.len().div_ceil(4) * 4..];
+    std::fs::write(d.join("appended.cpio"), appended).unwrap();
+    let read = |member: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cpio -i --quiet --to-stdout {member} < appended.cpio"
+            ))
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    };
+    let pem = std::fs::read_to_string(d.join("k.pub")).unwrap();
+    let public = <ed25519_dalek::VerifyingKey as ed25519_dalek::pkcs8::DecodePublicKey>::from_public_key_pem(&pem)
+        .unwrap()
+        .to_bytes();
+    let mut keyring = b"SWKEYS1\0".to_vec();
+    keyring.extend_from_slice(&public);
+    assert_eq!(read("switchback/keyring"), keyring);
+    assert_eq!(read("switchback/policy"), b"SWPOL1\0\0\x01\0\0\0\0\0\0\0");
+
+    key(&[
+        "--initrd",
+        "other.cpio",
+        "--public",
+        "k.pub",
+        "-o",
+        "no.cpio",
+    ])
+    .assert()
+    .code(1)
+    .stderr(contains("holds no Switchback boot stage"));
+    key(&[
+        "--initrd",
+        "stage.cpio",
+        "--public",
+        "k.pub",
+        "--db-key",
+        "k.pem",
+        "--db-cert",
+        "k.pub",
+        "-o",
+        "no.cpio",
+    ])
+    .assert()
+    .code(1)
+    .stderr(contains("an initramfs is not signed for Secure Boot"));
+    key(&["--public", "k.pub", "-o", "no.cpio"])
+        .assert()
+        .code(2);
+    assert!(!d.join("no.cpio").exists());
+}

@@ -244,7 +244,9 @@ impl Appliance {
         let (boot_efi, boot_kernel, boot_initrd) = if self.extlinux {
             let initrd = self.dir.path().join("boot-stage.cpio");
             if !initrd.exists() {
-                boot_stage_initramfs(&self.kernel, &initrd).unwrap();
+                let plain = self.dir.path().join("boot-stage-unkeyed.cpio");
+                boot_stage_initramfs(&self.kernel, &plain).unwrap();
+                self.key_stage(None, Some(plain), &initrd);
             }
             (None, Some(self.kernel.vmlinuz.clone()), Some(initrd))
         } else {
@@ -273,23 +275,30 @@ impl Appliance {
     fn boot_stage(&self) -> PathBuf {
         let efi = self.dir.path().join(self.kernel.arch.efi_loader());
         if !efi.exists() {
-            let stage = image_tools::stage::StageOptions {
-                arch: self.kernel.arch,
-                efi: uefi_boot_stage(self.kernel.arch).unwrap(),
-                trust: image_tools::cli::Trust {
-                    public: Some(self.pem.clone()),
-                    keyring: None,
-                },
-                require_verity: self.require_verity,
-                db: image_tools::secureboot::DbKey {
-                    db_key: self.db.as_ref().map(|d| d.0.clone()),
-                    db_cert: self.db.as_ref().map(|d| d.1.clone()),
-                },
-                out: efi.clone(),
-            };
-            image_tools::stage::build(&stage).unwrap();
+            self.key_stage(Some(uefi_boot_stage(self.kernel.arch).unwrap()), None, &efi);
         }
         efi
+    }
+
+    /// `image-tools stage` of the UEFI stage `efi` or the Linux stage's
+    /// `initrd`: trusting the vendor's key, as this appliance demands.
+    fn key_stage(&self, efi: Option<PathBuf>, initrd: Option<PathBuf>, out: &Path) {
+        let stage = image_tools::stage::StageOptions {
+            arch: self.kernel.arch,
+            efi,
+            initrd,
+            trust: image_tools::cli::Trust {
+                public: Some(self.pem.clone()),
+                keyring: None,
+            },
+            require_verity: self.require_verity,
+            db: image_tools::secureboot::DbKey {
+                db_key: self.db.as_ref().map(|d| d.0.clone()),
+                db_cert: self.db.as_ref().map(|d| d.1.clone()),
+            },
+            out: out.to_path_buf(),
+        };
+        image_tools::stage::build(&stage).unwrap();
     }
 
     /// Powers on the machine with `disk` (booted by the firmware) and the

@@ -12,6 +12,7 @@ use qemu_tests::appliance::{
 };
 use qemu_tests::guest::Release;
 use qemu_tests::qemu::{Firmware, Options};
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 fn v2(app: &Appliance) -> std::path::PathBuf {
@@ -58,19 +59,100 @@ fn u_boot_uefi_installs_2_0_0_which_boots_on_trial_and_is_committed() {
     installs_boots_on_trial_and_commits(Appliance::on(Firmware::UBoot));
 }
 
+/// U-Boot without UEFI starts the Linux boot stage from the static
+/// extlinux.conf `mkdisk` writes. The stage, keyed by `image-tools stage
+/// --initrd`, runs the UEFI stage's checks: it says what this boot does
+/// not check, starts 2.0.0 only once its signed release and every chunk
+/// read for its kernel verify, with its root under dm-verity; a 3.0.0
+/// whose kernel had a byte changed after its install is not started, and
+/// 2.0.0 is back, told why.
 #[test]
 fn u_boot_without_uefi_boots_the_boot_stage_from_extlinux_and_updates() {
-    let app = Appliance::uboot_extlinux();
-    let (mut vm, disk) = factory(&app, &app.media("2.0.0", &v2(&app)));
+    let app = Appliance::uboot_extlinux().with_verity();
+    let v3 = app.image(&Release {
+        version: "3.0.0",
+        ..Release::default()
+    });
+    let b2 = app.bundle("2.0.0", "2.0.0", "switchback-qemu", &v2(&app), Vec::new());
+    let b3 = app.bundle("3.0.0", "3.0.0", "switchback-qemu", &v3, Vec::new());
+    let stick = app.stick(&[&b2, &b3]);
+    let (mut vm, disk) = factory(&app, &stick);
     vm.send("updater install /media/2.0.0.swb --reboot")
         .unwrap();
     // U-Boot reads the same static extlinux.conf at every boot; the slot
     // changes only in the GPT flags.
     vm.expect("Retrieving file: /extlinux/extlinux.conf", BOOT)
         .unwrap();
+    vm.expect("switchback boot stage: trusting 1 key(s)", BOOT)
+        .unwrap();
+    vm.expect(
+        "switchback boot stage: started without UEFI: nothing checked this stage before it ran",
+        STEP,
+    )
+    .unwrap();
     vm.expect("switchback boot stage: selected slot_b", BOOT)
         .unwrap();
+    vm.expect(
+        "switchback boot stage: slot_b holds switchback-qemu 2.0.0, signed by a trusted key",
+        STEP,
+    )
+    .unwrap();
+    vm.expect(
+        "switchback boot stage: slot_b's root is opened through dm-verity",
+        STEP,
+    )
+    .unwrap();
+    vm.expect(
+        "switchback boot stage: this kernel has no kexec_file_load: the slot kernel's own signature is not checked",
+        STEP,
+    )
+    .unwrap();
     runs_committed(&mut vm, "2.0.0", "slot_b");
+    vm.send("grep ' / ' /proc/mounts").unwrap();
+    let root = vm.expect(" / ext4 ", STEP).unwrap();
+    assert!(
+        root.contains("/dev/dm-"),
+        "the root is not the verity device: {root}"
+    );
+
+    // 3.0.0 into slot_a, then one byte of its kernel changed while the
+    // machine is off.
+    vm.send("updater install /media/3.0.0.swb; echo INSTALL EXIT $?; sync")
+        .unwrap();
+    vm.expect("INSTALL EXIT 0", STEP).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    vm.kill();
+    let slot_a = bootctl::Disk::open(&disk, None, false)
+        .unwrap()
+        .read()
+        .unwrap()
+        .table
+        .entry(bootctl::Slot::A)
+        .first_lba
+        * 512;
+    let at = slot_a + kernel_offset(&v3) + 7;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .unwrap();
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x01], at).unwrap();
+    drop(f);
+
+    let mut vm = app.boot(&disk, &stick);
+    vm.expect("switchback boot stage: selected slot_a", BOOT)
+        .unwrap();
+    let why = vm.expect("cannot boot slot_a", STEP).unwrap();
+    assert!(why.contains("does not match its signed release"), "{why}");
+    vm.expect("RELEASE 2.0.0 RUNNING ON slot_b", BOOT).unwrap();
+    let why = vm.expect("was rolled back", STEP).unwrap();
+    assert!(
+        why.contains("no longer matches its signed release"),
+        "{why}"
+    );
+    vm.expect("READY 2.0.0", STEP).unwrap();
     drop(vm);
     // No EFI program on this disk: U-Boot could only have used extlinux.
     let esp = std::process::Command::new("mdir")
@@ -83,6 +165,18 @@ fn u_boot_without_uefi_boots_the_boot_stage_from_extlinux_and_updates() {
         listing.contains("extlinux.conf") && !listing.to_uppercase().contains(".EFI"),
         "{listing}"
     );
+}
+
+/// Where `/boot/vmlinuz` starts in the ext4 image `image` (debugfs).
+fn kernel_offset(image: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", "bmap /boot/vmlinuz 0"])
+        .arg(image)
+        .output()
+        .unwrap();
+    let block: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    // The tests' images have 4 KiB blocks (guest::ext4_image).
+    block * 4096
 }
 
 #[test]

@@ -9,8 +9,8 @@
 use bootctl::{BootAttrs, Disk, Slot};
 use qemu_tests::guest::Arch;
 use qemu_tests::guest::{
-    boot_stage_initramfs, disk_booting, disk_with_efi, ext4_image, uefi_boot_stage, Initramfs,
-    Kernel,
+    boot_stage_initramfs, disk_booting, disk_with_efi, efi_program, ext4_image, uefi_boot_stage,
+    Initramfs, Kernel,
 };
 use qemu_tests::qemu::{Firmware, Machine, Options};
 use std::os::unix::fs::FileExt;
@@ -366,8 +366,36 @@ fn signed_machine_disk(
     kernel: &Kernel,
     change_b: impl FnOnce(&mut Vec<u8>) -> bool,
 ) -> PathBuf {
+    signed_machine_disk_staged(dir, kernel, Stage::Uefi, change_b)
+}
+
+/// `signed_machine_disk` with either stage: the Linux one is its kernel
+/// with its initramfs keyed by `image-tools stage --initrd`, as one EFI
+/// program.
+fn signed_machine_disk_staged(
+    dir: &Path,
+    kernel: &Kernel,
+    stage: Stage,
+    change_b: impl FnOnce(&mut Vec<u8>) -> bool,
+) -> PathBuf {
     let efi = dir.join("BOOTX64.EFI");
-    keyed_stage(kernel.arch, &efi);
+    match stage {
+        Stage::Uefi => keyed_stage(kernel.arch, &efi),
+        Stage::Kexec => {
+            let plain = dir.join("boot-stage.cpio");
+            boot_stage_initramfs(kernel, &plain).unwrap();
+            let keyed = dir.join("boot-stage-keyed.cpio");
+            image_tools::stage::initrd_with_keyring(
+                kernel.arch,
+                &plain,
+                &[vendor_key().verifying_key().to_bytes()],
+                Default::default(),
+                &keyed,
+            )
+            .unwrap();
+            efi_program(kernel, &keyed, &efi).unwrap();
+        }
+    }
     signed_machine_disk_with(dir, [kernel, kernel], &efi, change_b)
 }
 
@@ -505,6 +533,17 @@ fn the_uefi_stage_starts_a_slot_whose_signed_release_verifies() {
 /// slot with no signed release at all is refused the same way.
 #[test]
 fn the_uefi_stage_refuses_a_changed_or_unsigned_slot() {
+    refuses_a_changed_or_unsigned_slot(Stage::Uefi);
+}
+
+/// The Linux stage (U-Boot without UEFI, or a UKI) runs the same checks
+/// when its initramfs has a keyring, and kexecs only what matched.
+#[test]
+fn the_linux_stage_refuses_a_changed_or_unsigned_slot() {
+    refuses_a_changed_or_unsigned_slot(Stage::Kexec);
+}
+
+fn refuses_a_changed_or_unsigned_slot(stage: Stage) {
     let kernel = Kernel::debian().unwrap();
     let vmlinuz = std::fs::read(&kernel.vmlinuz).unwrap();
     let probe = vmlinuz[0x4000..0x4040].to_vec();
@@ -525,12 +564,23 @@ fn the_uefi_stage_refuses_a_changed_or_unsigned_slot() {
     ];
     for (what, change) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let disk = signed_machine_disk(dir.path(), &kernel, change);
+        let disk = signed_machine_disk_staged(dir.path(), &kernel, stage, change);
         let mut vm = boot(Firmware::Ovmf, &disk);
+        vm.expect(
+            "switchback boot stage: trusting 1 key(s)",
+            Duration::from_secs(120),
+        )
+        .unwrap();
         let why = vm
             .expect("cannot boot slot_b", Duration::from_secs(120))
             .unwrap();
         println!("{what}: {why}");
+        // Slot A is started after the same checks.
+        vm.expect(
+            "switchback boot stage: slot_a holds switchback-qemu 1.0.0, signed by a trusted key",
+            Duration::from_secs(120),
+        )
+        .unwrap();
         let running = vm
             .expect("SLOT A RUNNING:", Duration::from_secs(120))
             .unwrap();
@@ -637,7 +687,8 @@ fn under_secure_boot_only_what_is_signed_for_db_starts() {
     .unwrap();
     let stage = image_tools::stage::StageOptions {
         arch: kernel.arch,
-        efi: uefi_boot_stage(kernel.arch).unwrap(),
+        efi: Some(uefi_boot_stage(kernel.arch).unwrap()),
+        initrd: None,
         trust: image_tools::cli::Trust {
             public: Some(pem),
             keyring: None,

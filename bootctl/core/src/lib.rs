@@ -9,7 +9,9 @@
 //!
 //! `bootctl` (Linux: the CLI, the updater's library, the initramfs boot
 //! stage) and the UEFI boot stage run this same code, so a disk means the
-//! same to both; hence no std here, only `core` and `alloc`.
+//! same to both; hence no std here, only `core` and `alloc`. With the
+//! `verify` feature, [`verify`] is what both stages check in a slot before
+//! they start its kernel.
 
 #![no_std]
 
@@ -25,6 +27,8 @@ pub mod slots;
 pub mod state;
 pub mod table;
 pub mod update;
+#[cfg(feature = "verify")]
+pub mod verify;
 
 #[cfg(test)]
 mod testdisk;

@@ -1,12 +1,11 @@
 //! The firmware's block I/O as the byte-addressed device the flag code and
-//! the ext4 reader expect.
+//! the slot checks (`bootctl_core::verify`) expect.
 //!
 //! Block I/O reads and writes whole blocks into buffers aligned to the
 //! media's `IoAlign`; the flag code and ext4 ask for byte ranges. Every
 //! request goes through an aligned bounce buffer covering its blocks, and
 //! a write that does not cover whole blocks reads them first.
 
-use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -191,15 +190,5 @@ impl bootctl_core::device::BlockDevice for Disk {
 
     fn size(&self) -> u64 {
         self.len
-    }
-}
-
-impl ext4_view::Ext4Read for Disk {
-    fn read(
-        &mut self,
-        start_byte: u64,
-        dst: &mut [u8],
-    ) -> Result<(), Box<dyn core::error::Error + Send + Sync + 'static>> {
-        bootctl_core::device::BlockDevice::read_at(self, dst, start_byte).map_err(|e| e.into())
     }
 }

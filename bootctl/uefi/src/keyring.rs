@@ -4,26 +4,17 @@
 //! as the firmware loaded it. Under Secure Boot the firmware checked that
 //! image, sections included.
 
-use alloc::vec::Vec;
-use switchback_bundle::stage_sections::{parse_keyring, Policy, KEYRING_SECTION, POLICY_SECTION};
+use bootctl_core::verify::Trust;
+use switchback_bundle::stage_sections::{KEYRING_SECTION, POLICY_SECTION};
 use uefi::boot;
 use uefi::proto::loaded_image::LoadedImage;
 
-/// The raw keys of the stage's keyring; `None` when it has none (a stage
-/// as built, before `image-tools stage`).
-pub fn load() -> Result<Option<Vec<[u8; 32]>>, &'static str> {
-    match own_section(KEYRING_SECTION)? {
-        None => Ok(None),
-        Some(section) => parse_keyring(section).map(Some),
-    }
-}
-
-/// The stage's policy: every flag off when it has no `.policy` section.
-pub fn policy() -> Result<Policy, &'static str> {
-    match own_section(POLICY_SECTION)? {
-        None => Ok(Policy::default()),
-        Some(section) => Policy::parse(section),
-    }
+/// What the stage trusts: its keyring (none in a stage as built, before
+/// `image-tools stage`) and its policy (every flag off without one).
+pub fn trust() -> Result<Trust, alloc::string::String> {
+    let keyring = own_section(KEYRING_SECTION).map_err(|e| alloc::format!("its keyring: {e}"))?;
+    let policy = own_section(POLICY_SECTION).map_err(|e| alloc::format!("its policy: {e}"))?;
+    Trust::from_sections(keyring, policy)
 }
 
 /// The named section of the stage's own image.

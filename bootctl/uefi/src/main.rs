@@ -18,17 +18,14 @@ mod disk;
 mod heap;
 mod keyring;
 mod linux;
-mod verify;
 mod watchdog;
 
-use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use bootctl_core::verify::{self, Trust, MAX_CMDLINE};
 use bootctl_core::{Slot, State};
 use disk::Disk;
-use switchback_bundle::stage_sections::Policy;
-use switchback_bundle::{verity, Keyring, ROOTFS};
 use uefi::boot;
 use uefi::prelude::*;
 use uefi::proto::device_path::DevicePath;
@@ -195,44 +192,10 @@ struct StartFailure {
     detail: String,
 }
 
-/// What the stage checks a slot with: its keyring (`None` for a stage
-/// without one, which starts slots unverified and says so at every boot)
-/// and its policy.
-struct Trust {
-    keyring: Option<Keyring>,
-    policy: Policy,
-}
-
 fn trusted() -> Result<Trust, String> {
-    let keys = keyring::load().map_err(|e| format!("its keyring: {e}"))?;
-    let policy = keyring::policy().map_err(|e| format!("its policy: {e}"))?;
-    let Some(keys) = keys else {
-        say("WARNING: this stage has no keyring (image-tools stage adds one): slots start unverified");
-        return Ok(Trust {
-            keyring: None,
-            policy,
-        });
-    };
-    let keyring = Keyring::from_raw_keys(&keys)
-        .and_then(|k| match policy.threshold {
-            0 => Ok(k),
-            n => k.with_threshold(n as usize),
-        })
-        .map_err(|e| format!("its keyring: {e}"))?;
-    say(&format!(
-        "trusting {} key(s), {} signature(s) required{}",
-        keys.len(),
-        keyring.threshold(),
-        if policy.require_verity {
-            "; starting only roots under dm-verity"
-        } else {
-            ""
-        }
-    ));
-    Ok(Trust {
-        keyring: Some(keyring),
-        policy,
-    })
+    let trust = keyring::trust()?;
+    say(&trust.describe());
+    Ok(trust)
 }
 
 fn run() -> Result<(), String> {
@@ -336,15 +299,6 @@ fn arm_watchdog() {
     }
 }
 
-/// The largest kernel or initramfs the stage reads into memory: far above
-/// any real one, far below what a hostile file system could claim.
-const MAX_BOOT_FILE: u64 = 256 << 20;
-
-/// The longest command line the kernel keeps whole (its COMMAND_LINE_SIZE,
-/// 2048 with the NUL on x86-64 and arm64): a longer one is cut, and what a
-/// cut drops is not for this stage to choose.
-const MAX_CMDLINE: usize = 2047;
-
 /// Reads the slot's kernel and initramfs, checked against its signed
 /// release when there is a keyring, and starts the kernel with `root`,
 /// the verity parameters when its release has them, then `rest`; returns
@@ -362,77 +316,21 @@ fn boot_slot(
         code,
         detail,
     };
-    let Some(mut part) = Disk::part(handle, first, last) else {
+    let Some(part) = Disk::part(handle, first, last) else {
         return fail(
             "no-partition",
             0,
             format!("LBAs {first}..={last} are not on the disk"),
         );
     };
-    let mut mismatch = None;
-    // The verity parameters go right after root=, before anything a build
-    // appended: the kernel and the initramfs take a parameter's first
-    // occurrence.
-    let mut cmdline = String::from(root);
-    let reader: Box<dyn ext4_view::Ext4Read> = match trust.keyring.as_ref() {
-        None => Box::new(part),
-        Some(keyring) => {
-            let checked = verify::release(&mut part, keyring).and_then(|manifest| {
-                say(&format!(
-                    "{slot} holds {} {}, signed by a trusted key",
-                    manifest.compatible, manifest.version
-                ));
-                // The root hash goes to the release's initramfs from here,
-                // where its signature was checked (docs/boot-flow.md,
-                // "Integrity at every boot").
-                match manifest.image(ROOTFS).ok().and_then(|i| i.verity.as_ref()) {
-                    Some(v) => {
-                        say(&format!("{slot}'s root is opened through dm-verity, root hash {}", v.root_hash));
-                        cmdline += &format!(" {}={}", verity::CMDLINE_KEY, v.cmdline_value());
-                    }
-                    None if trust.policy.require_verity => {
-                        return Err(verify::Refused {
-                            what: "no-verity",
-                            detail: format!(
-                                "{} {} has no dm-verity hash tree for its root, and this stage starts none without one",
-                                manifest.compatible, manifest.version
-                            ),
-                        })
-                    }
-                    None => say(&format!("{slot}'s root has no dm-verity hash tree: its blocks are not checked after this boot stage")),
-                }
-                verify::Verified::new(part, manifest)
-            });
-            match checked {
-                Ok((verified, m)) => {
-                    mismatch = Some(m);
-                    Box::new(verified)
-                }
-                Err(r) => return fail(r.what, 0, r.detail),
-            }
-        }
-    };
-    // A read that met a chunk unlike its signed hash is why, whatever ext4
-    // made of it.
-    let why = |detail: String| -> StartFailure {
-        match mismatch.as_ref().and_then(|m| m.get()) {
-            Some(chunk) => fail(
-                "tampered",
-                0,
-                format!("chunk {chunk} of its image does not match its signed release"),
-            ),
-            None => fail("mount", 0, detail),
-        }
-    };
-    let (kernel, initrd) = match boot_files(reader) {
+    let files = match verify::boot_files(slot, part, trust, &mut |m| say(m)) {
         Ok(files) => files,
-        Err((Some(what), code, detail)) => return fail(what, code, detail),
-        Err((None, _, detail)) => return why(detail),
+        Err(r) => return fail(r.what, r.code, r.detail),
     };
     say(&format!(
         "read the kernel of {slot} ({} bytes) and its initramfs ({} bytes)",
-        kernel.len(),
-        initrd.as_ref().map_or(0, Vec::len)
+        files.kernel.len(),
+        files.initrd.as_ref().map_or(0, Vec::len)
     ));
     let (peak, now) = heap::usage();
     say(&format!(
@@ -440,6 +338,11 @@ fn boot_slot(
         peak.div_ceil(1024),
         now.div_ceil(1024)
     ));
+    let mut cmdline = String::from(root);
+    if let Some(v) = &files.verity {
+        cmdline.push(' ');
+        cmdline += v;
+    }
     cmdline.push(' ');
     cmdline += rest;
     if cmdline.len() > MAX_CMDLINE {
@@ -454,46 +357,10 @@ fn boot_slot(
     }
     arm_watchdog();
     say(&format!("booting {slot}: {cmdline}"));
-    let e = linux::start(kernel, initrd, &cmdline);
+    let e = linux::start(files.kernel, files.initrd, &cmdline);
     fail(
         "load-image",
         e.status.0 as u64,
         format!("{}: {:?}", e.what, e.status),
     )
-}
-
-/// A reason a slot's files could not be read: its `what` when known (else
-/// the caller decides between a damaged file system and a changed chunk),
-/// a code and the detail.
-type FilesError = (Option<&'static str>, u64, String);
-
-/// The slot's kernel and initramfs (if any). The file system and the
-/// verified chunks it kept are dropped on return, before the kernel needs
-/// the memory.
-fn boot_files(
-    reader: Box<dyn ext4_view::Ext4Read>,
-) -> Result<(Vec<u8>, Option<Vec<u8>>), FilesError> {
-    let fs = ext4_view::Ext4::load(reader)
-        .map_err(|e| (None, 0, format!("reading its file system: {e}")))?;
-    let read = |path: &str| -> Result<Option<Vec<u8>>, FilesError> {
-        let len = match fs.metadata(path) {
-            Ok(m) => m.len(),
-            Err(ext4_view::Ext4Error::NotFound) => return Ok(None),
-            Err(e) => return Err((None, 0, format!("reading {path}: {e}"))),
-        };
-        if len > MAX_BOOT_FILE {
-            return Err((
-                None,
-                0,
-                format!("{path} is {len} bytes, more than {MAX_BOOT_FILE}"),
-            ));
-        }
-        fs.read(path)
-            .map(Some)
-            .map_err(|e| (None, 0, format!("reading {path}: {e}")))
-    };
-    // ENOENT, as the Linux boot stage reports a missing file.
-    let kernel =
-        read("/boot/vmlinuz")?.ok_or((Some("no-kernel"), 2, "it has no /boot/vmlinuz".into()))?;
-    Ok((kernel, read("/boot/initrd.img")?))
 }
