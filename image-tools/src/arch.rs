@@ -130,15 +130,31 @@ fn elf_arch(data: &[u8]) -> Option<Result<Arch, u16>> {
     Some(Arch::from_elf_machine(m).ok_or(m))
 }
 
-/// The newc archive of an initramfs: as is, or zstd-decompressed (one
-/// compressed otherwise is returned as it is).
+/// The newc archives of an initramfs, each as is or zstd-decompressed
+/// (one compressed otherwise is returned as it is). An initramfs may be
+/// several archives one after the other, zeros between them (the kernel's
+/// buffer format): a keyed Linux boot stage is its compressed archive,
+/// then the plain one `image-tools stage --initrd` appends.
 pub fn initramfs_archive<'a>(data: &'a [u8], path: &Path) -> Result<std::borrow::Cow<'a, [u8]>> {
-    if !data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+    const ZSTD: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    if !data.starts_with(&ZSTD) {
         return Ok(data.into());
     }
-    zstd::stream::decode_all(data)
-        .map(Into::into)
-        .map_err(|e| anyhow::anyhow!("the initramfs {} does not decompress: {e}", path.display()))
+    let broken = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!("the initramfs {} does not decompress: {e}", path.display())
+    };
+    let mut out = Vec::new();
+    let mut rest = data;
+    while rest.starts_with(&ZSTD) {
+        let frame = zstd::zstd_safe::find_frame_compressed_size(rest)
+            .map_err(|code| broken(&zstd::zstd_safe::get_error_name(code)))?;
+        out.extend(zstd::stream::decode_all(&rest[..frame]).map_err(|e| broken(&e))?);
+        rest = &rest[frame..];
+        rest = &rest[rest.iter().take_while(|&&b| b == 0).count()..];
+    }
+    out.resize(out.len().div_ceil(4) * 4, 0);
+    out.extend_from_slice(rest);
+    Ok(out.into())
 }
 
 /// Refuses an initramfs holding an executable for another machine: its
@@ -166,7 +182,15 @@ pub fn check_initramfs(data: &[u8], path: &Path, arch: Arch) -> Result<()> {
             .unwrap_or_default();
         let name = raw.strip_prefix(b"./").unwrap_or(raw);
         if raw == b"TRAILER!!!" {
-            break;
+            // The next archive, if any, after the zeros that pad this one.
+            at = name_end.div_ceil(4) * 4;
+            at += cpio
+                .get(at..)
+                .unwrap_or_default()
+                .iter()
+                .take_while(|&&b| b == 0)
+                .count();
+            continue;
         }
         let data_at = name_end.div_ceil(4) * 4;
         if let Some(Some(found)) = cpio.get(data_at..data_at + size.min(20)).map(elf_arch) {
@@ -187,4 +211,47 @@ pub fn check_initramfs(data: &[u8], path: &Path, arch: Arch) -> Result<()> {
         at = (data_at + size).div_ceil(4) * 4;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A newc archive of one file.
+    fn archive(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = cpio::newc::Builder::new(name)
+            .mode(0o100755)
+            .write(&mut out, data.len() as u32);
+        std::io::Write::write_all(&mut w, data).unwrap();
+        cpio::newc::trailer(w.finish().unwrap()).unwrap();
+        out
+    }
+
+    fn elf(machine: u16) -> Vec<u8> {
+        let mut e = b"\x7fELF\x02\x01\x01".to_vec();
+        e.resize(18, 0);
+        e.extend_from_slice(&machine.to_le_bytes());
+        e.resize(64, 0);
+        e
+    }
+
+    /// Every archive of an initramfs is looked into, compressed or not: a
+    /// program for another machine in the one appended after a zstd one
+    /// is found, as in the first.
+    #[test]
+    fn an_initramfs_of_several_archives_is_checked_whole() {
+        let path = Path::new("stage.cpio");
+        let first = zstd::encode_all(&archive("init", &elf(62))[..], 3).unwrap();
+        let mut both = first.clone();
+        both.resize(both.len().div_ceil(4) * 4 + 4, 0);
+        both.extend(archive("switchback/keyring", b"SWKEYS1\0"));
+        check_initramfs(&both, path, Arch::X86_64).unwrap();
+        let mut foreign = first;
+        foreign.extend(archive("bin/tool", &elf(183)));
+        let e = check_initramfs(&foreign, path, Arch::X86_64).unwrap_err();
+        assert!(e.to_string().contains("is for arm64"), "{e}");
+        let e = check_initramfs(&both[..40], path, Arch::X86_64).unwrap_err();
+        assert!(e.to_string().contains("does not decompress"), "{e}");
+    }
 }
