@@ -11,7 +11,7 @@
 //! the same code; they are re-exported here under their old paths.
 
 pub use bootctl_core::select::{self, select, Selection};
-pub use bootctl_core::{attr, table};
+pub use bootctl_core::{attr, table, verify};
 
 pub mod boot_stage;
 pub mod control;

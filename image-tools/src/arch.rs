@@ -157,11 +157,12 @@ pub fn initramfs_archive<'a>(data: &'a [u8], path: &Path) -> Result<std::borrow:
     Ok(out.into())
 }
 
-/// Refuses an initramfs holding an executable for another machine: its
-/// `/init` (or anything else) would not run. A newc cpio archive is read
-/// as is, or zstd-compressed; one compressed otherwise is not looked into.
-pub fn check_initramfs(data: &[u8], path: &Path, arch: Arch) -> Result<()> {
-    let cpio = initramfs_archive(data, path)?;
+/// The files of the newc archives `cpio` (from [`initramfs_archive`]):
+/// each name, without a leading `./`, and its bytes, in the order the
+/// kernel unpacks them (a later file of one name replaces an earlier one).
+/// Reading stops at the first thing that is not a newc header.
+pub fn initramfs_files(cpio: &[u8]) -> Vec<(&[u8], &[u8])> {
+    let mut files = Vec::new();
     let mut at = 0usize;
     // newc: a 110-byte ASCII header, the name, the data, each padded to 4.
     while let Some(h) = cpio.get(at..at + 110) {
@@ -180,7 +181,6 @@ pub fn check_initramfs(data: &[u8], path: &Path, arch: Arch) -> Result<()> {
         let raw = cpio
             .get(at + 110..name_end.saturating_sub(1))
             .unwrap_or_default();
-        let name = raw.strip_prefix(b"./").unwrap_or(raw);
         if raw == b"TRAILER!!!" {
             // The next archive, if any, after the zeros that pad this one.
             at = name_end.div_ceil(4) * 4;
@@ -193,22 +193,35 @@ pub fn check_initramfs(data: &[u8], path: &Path, arch: Arch) -> Result<()> {
             continue;
         }
         let data_at = name_end.div_ceil(4) * 4;
-        if let Some(Some(found)) = cpio.get(data_at..data_at + size.min(20)).map(elf_arch) {
-            match found {
-                Ok(a) if a == arch => {}
-                Ok(a) => bail!(
-                    "the initramfs {} is for {a}, not {arch}: its /{} is an {a} program",
-                    path.display(),
-                    String::from_utf8_lossy(name)
-                ),
-                Err(m) => bail!(
-                    "the initramfs {} holds /{}, a program for ELF machine {m}, not {arch}",
-                    path.display(),
-                    String::from_utf8_lossy(name)
-                ),
-            }
-        }
+        let Some(data) = cpio.get(data_at..data_at.saturating_add(size)) else {
+            break;
+        };
+        files.push((raw.strip_prefix(b"./").unwrap_or(raw), data));
         at = (data_at + size).div_ceil(4) * 4;
+    }
+    files
+}
+
+/// Refuses an initramfs holding an executable for another machine: its
+/// `/init` (or anything else) would not run. A newc cpio archive is read
+/// as is, or zstd-compressed; one compressed otherwise is not looked into.
+pub fn check_initramfs(data: &[u8], path: &Path, arch: Arch) -> Result<()> {
+    let cpio = initramfs_archive(data, path)?;
+    for (name, data) in initramfs_files(&cpio) {
+        match elf_arch(&data[..data.len().min(20)]) {
+            None => {}
+            Some(Ok(a)) if a == arch => {}
+            Some(Ok(a)) => bail!(
+                "the initramfs {} is for {a}, not {arch}: its /{} is an {a} program",
+                path.display(),
+                String::from_utf8_lossy(name)
+            ),
+            Some(Err(m)) => bail!(
+                "the initramfs {} holds /{}, a program for ELF machine {m}, not {arch}",
+                path.display(),
+                String::from_utf8_lossy(name)
+            ),
+        }
     }
     Ok(())
 }

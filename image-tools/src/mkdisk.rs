@@ -4,6 +4,7 @@
 
 use crate::arch::{self, Arch};
 use crate::bundle::size::parse_size;
+use crate::bundle::Keyring;
 use crate::esp::BootStage;
 use crate::programs::find_program;
 use anyhow::{bail, Context, Result};
@@ -129,8 +130,16 @@ pub fn mkdisk(opts: &MkdiskOptions) -> Result<Provisioned> {
     if !matches!(boot, BootStage::None) && opts.esp_size == 0 {
         bail!("the boot stage needs an ESP to go on: give --esp-size above 0");
     }
-    if let (BootStage::Efi { program, .. }, Some(first)) = (&boot, &image) {
-        check_stage_boots(program, first)?;
+    if let Some(first) = &image {
+        match &boot {
+            BootStage::Efi { program, .. } => {
+                check_stage_boots(program, crate::stage::keyring_of(program)?, first)?
+            }
+            BootStage::Extlinux { initrd, .. } => {
+                check_stage_boots(initrd, crate::stage::keyring_of_initrd(initrd)?, first)?
+            }
+            BootStage::None => {}
+        }
     }
     let esp_size = opts.esp_size.div_ceil(provision::ALIGN) * provision::ALIGN;
     let fat = match esp_size {
@@ -213,11 +222,11 @@ fn boot_stage(opts: &MkdiskOptions) -> Result<BootStage<'_>> {
     })
 }
 
-/// A UEFI boot stage with a keyring (`image-tools stage`) starts only a
-/// slot whose signed release verifies against it: a factory disk whose
-/// slot_a it would refuse boots nothing, and is refused here instead.
-fn check_stage_boots(program: &Path, first: &First) -> Result<()> {
-    let Some(trusted) = crate::stage::keyring_of(program)? else {
+/// A boot stage with a keyring (`image-tools stage`, `trusted`) starts
+/// only a slot whose signed release verifies against it: a factory disk
+/// whose slot_a it would refuse boots nothing, and is refused here instead.
+fn check_stage_boots(program: &Path, trusted: Option<Keyring>, first: &First) -> Result<()> {
+    let Some(trusted) = trusted else {
         return Ok(());
     };
     match first {

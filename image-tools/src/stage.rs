@@ -16,9 +16,7 @@
 //! in order, a later file replacing an earlier one.
 
 use crate::arch::{self, Arch};
-use crate::bundle::stage_sections::{
-    keyring_section, parse_keyring, Policy, KEYRING_SECTION, POLICY_SECTION,
-};
+use crate::bundle::stage_sections::{keyring_section, Policy, KEYRING_SECTION, POLICY_SECTION};
 use crate::bundle::Keyring;
 use crate::uki;
 use anyhow::{bail, ensure, Context, Result};
@@ -121,28 +119,45 @@ pub fn keyring_of(efi: &Path) -> Result<Option<Keyring>> {
     let Ok(pe) = object::read::pe::PeFile64::parse(&*data) else {
         return Ok(None);
     };
-    let Some(section) = pe.section_by_name(KEYRING_SECTION) else {
+    let section = |name| -> Result<Option<&[u8]>> {
+        let Some(section) = pe.section_by_name(name) else {
+            return Ok(None);
+        };
+        let bytes = section.data()?;
+        let len = usize::try_from(section.size())?.min(bytes.len());
+        Ok(Some(&bytes[..len]))
+    };
+    trusted(section(KEYRING_SECTION)?, section(POLICY_SECTION)?, efi)
+}
+
+/// The keys the Linux boot stage's initramfs at `initrd` trusts (the last
+/// of its files `/switchback/keyring` and `/switchback/policy`, as the
+/// kernel unpacks them): `None` when it has no keyring.
+pub fn keyring_of_initrd(initrd: &Path) -> Result<Option<Keyring>> {
+    use bootctl::boot_stage::{KEYRING_FILE, POLICY_FILE};
+    let data = std::fs::read(initrd).with_context(|| format!("reading {}", initrd.display()))?;
+    let archive = arch::initramfs_archive(&data, initrd)?;
+    let files = arch::initramfs_files(&archive);
+    let last = |path: &str| {
+        let name = path.trim_start_matches('/').as_bytes();
+        files
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .map(|(_, d)| *d)
+    };
+    trusted(last(KEYRING_FILE), last(POLICY_FILE), initrd)
+}
+
+/// A stage's keyring from its keyring and policy, as the stage itself
+/// reads them (`bootctl::verify::Trust`).
+fn trusted(keyring: Option<&[u8]>, policy: Option<&[u8]>, stage: &Path) -> Result<Option<Keyring>> {
+    if keyring.is_none() {
         return Ok(None);
-    };
-    let bytes = section.data()?;
-    let len = usize::try_from(section.size())?.min(bytes.len());
-    let keys = parse_keyring(&bytes[..len])
-        .map_err(|e| anyhow::anyhow!("{}: {e} (image-tools stage makes one)", efi.display()))?;
-    let policy = match pe.section_by_name(POLICY_SECTION) {
-        None => Policy::default(),
-        Some(section) => {
-            let bytes = section.data()?;
-            let len = usize::try_from(section.size())?.min(bytes.len());
-            Policy::parse(&bytes[..len]).map_err(|e| anyhow::anyhow!("{}: {e}", efi.display()))?
-        }
-    };
-    let keyring = Keyring::from_raw_keys(&keys)
-        .and_then(|k| match policy.threshold {
-            0 => Ok(k),
-            n => k.with_threshold(n as usize),
-        })
-        .with_context(|| format!("the keyring of {}", efi.display()))?;
-    Ok(Some(keyring))
+    }
+    let trust = bootctl::verify::Trust::from_sections(keyring, policy)
+        .map_err(|e| anyhow::anyhow!("{}: {e} (image-tools stage makes one)", stage.display()))?;
+    Ok(trust.keyring)
 }
 
 /// Writes `out`: the stage at `efi` with `keys` as its keyring and, when

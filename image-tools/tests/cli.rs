@@ -697,10 +697,7 @@ fn stage_signs_for_secure_boot_or_writes_nothing() {
 fn stage_keys_the_linux_stage_initramfs_in_an_archive_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    it().current_dir(d)
-        .args(["keygen", "--private", "k.pem", "--public", "k.pub"])
-        .assert()
-        .success();
+    setup(d);
     // An x86-64 ELF `/init` that says what the stage says.
     let pack = |init: &[u8], out: &str| {
         let root = d.join(format!("{out}.d"));
@@ -788,4 +785,35 @@ fn stage_keys_the_linux_stage_initramfs_in_an_archive_of_its_own() {
         .assert()
         .code(2);
     assert!(!d.join("no.cpio").exists());
+
+    // A factory disk whose keyed Linux stage would refuse its slot_a is
+    // refused, as under the UEFI stage: r.swb is signed by k.
+    let mut kernel = vec![0u8; 4096];
+    kernel[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(d.join("bzImage"), kernel).unwrap();
+    let mkdisk = |initrd: &str| {
+        let mut cmd = it();
+        cmd.current_dir(d)
+            .args(["mkdisk", "--slot-size", "2M", "--data-size", "4M"])
+            .args(["--boot-kernel", "bzImage", "--boot-initrd", initrd])
+            .args([
+                "--slot-a", "r.swb", "--public", "k.pub", "--out", "disk.img",
+            ]);
+        cmd.assert()
+    };
+    key(&[
+        "--initrd",
+        "stage.cpio",
+        "--public",
+        "o.pub",
+        "-o",
+        "other-key.cpio",
+    ])
+    .assert()
+    .success();
+    mkdisk("other-key.cpio").code(25).stderr(contains(
+        "the boot stage other-key.cpio does not trust r.swb's signers (1 key(s) in its keyring): slot_a would never boot",
+    ));
+    assert!(!d.join("disk.img").exists());
+    mkdisk("keyed.cpio").success();
 }
