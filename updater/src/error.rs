@@ -138,6 +138,9 @@ pub enum UpdateError {
     #[error("the fleet server assigned {assigned}, but the bundle it linked is signed as {signed}: nothing was written")]
     NotAssigned { assigned: String, signed: String },
 
+    #[error("the artifact {artifact} is not the one the fleet server announced: {detail}; nothing was flipped")]
+    ArtifactMismatch { artifact: String, detail: String },
+
     #[error("nothing to activate: {last} (install with --no-activate first)")]
     NothingToActivate { last: String },
 

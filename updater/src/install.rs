@@ -61,6 +61,10 @@ pub struct InstallOptions {
     /// as another release is refused before anything is written, so that
     /// a swapped link cannot install a release the server never chose.
     pub expect_version: Option<String>,
+    /// The download's SHA-256 as a fleet server announced it: checked over
+    /// the whole artifact once the slot is written, before the flip (or
+    /// the slot made ready), so that a swapped file is never booted.
+    pub artifact_digest: Option<crate::source::ArtifactDigest>,
 }
 
 #[derive(Debug, Clone)]
@@ -512,6 +516,12 @@ fn write_slot(
         slot: slot.into(),
         digest: image.digest().to_string(),
     });
+    // Every chunk is read: the artifact's own hash is checked over the
+    // whole download before a migration touches the data or the slot
+    // names its release.
+    if let Some(d) = &opts.artifact_digest {
+        d.check()?;
+    }
     if !manifest.migrations.is_empty() {
         let dir = migrate::release_dir(config, &manifest.version);
         migrate::store(&dir, &head, &executables)?;

@@ -583,3 +583,113 @@ mod tests {
         );
     }
 }
+
+/// An artifact's SHA-256 as a fleet server announced it, checked over
+/// every byte of the download: the reader given to the install hashes
+/// what passes through it, and [`ArtifactDigest::check`] reads whatever
+/// the install left unread (a `.swu`'s last members) and compares, before
+/// anything is flipped. Clones share one download.
+#[derive(Clone)]
+pub struct ArtifactDigest {
+    name: String,
+    expected: [u8; 32],
+    inner: std::sync::Arc<std::sync::Mutex<Digesting>>,
+}
+
+struct Digesting {
+    reader: Box<dyn Read + Send>,
+    sha256: sha2::Sha256,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for ArtifactDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ArtifactDigest({}, {})",
+            self.name,
+            hex::encode(self.expected)
+        )
+    }
+}
+
+impl ArtifactDigest {
+    /// Wraps the download `reader` of the artifact `name`, whose SHA-256
+    /// the server says is `expected` (hex); an `expected` that is no
+    /// SHA-256 is refused here.
+    pub fn new(
+        name: &str,
+        expected: &str,
+        reader: Box<dyn Read + Send>,
+    ) -> Result<ArtifactDigest, UpdateError> {
+        let bad = || UpdateError::ArtifactMismatch {
+            artifact: name.into(),
+            detail: format!("the server's SHA-256 {expected:?} is not 64 hex digits"),
+        };
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(expected.trim(), &mut digest).map_err(|_| bad())?;
+        Ok(ArtifactDigest {
+            name: name.into(),
+            expected: digest,
+            inner: std::sync::Arc::new(std::sync::Mutex::new(Digesting {
+                reader,
+                sha256: sha2::Digest::new(),
+                bytes: 0,
+            })),
+        })
+    }
+
+    /// Reads the rest of the artifact and compares its SHA-256 with the
+    /// server's. Called once, when the install has read what it needs.
+    pub fn check(&self) -> Result<(), UpdateError> {
+        let mut d = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut rest = [0u8; 64 << 10];
+        loop {
+            match d.read_some(&mut rest) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(UpdateError::ArtifactMismatch {
+                        artifact: self.name.clone(),
+                        detail: format!("reading its last bytes: {e}"),
+                    })
+                }
+            }
+        }
+        let got: [u8; 32] = sha2::Digest::finalize_reset(&mut d.sha256).into();
+        if got != self.expected {
+            return Err(UpdateError::ArtifactMismatch {
+                artifact: self.name.clone(),
+                detail: format!(
+                    "its {} bytes have SHA-256 {}, the server announced {}",
+                    d.bytes,
+                    hex::encode(got),
+                    hex::encode(self.expected)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Digesting {
+    fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.reader.read(buf)?;
+        sha2::Digest::update(&mut self.sha256, &buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+impl Read for ArtifactDigest {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .read_some(buf)
+    }
+}

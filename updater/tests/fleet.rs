@@ -937,3 +937,102 @@ fn the_fleet_client_idle_and_installing_fits_a_24_mib_memory_cgroup() {
         peak.trim()
     );
 }
+
+/// A deployment of `name` with `artifact`'s JSON (its hashes and links).
+fn deployment_of(artifact: serde_json::Value) -> Reply {
+    json(
+        200,
+        j!({"id": "6", "deployment": {"download": "forced", "update": "forced", "chunks": [
+            {"part": "os", "version": "2.0.0", "name": "os", "artifacts": [artifact]}
+        ]}}),
+    )
+}
+
+/// The server announces the artifact's SHA-256 (hawkBit's `hashes`): a
+/// download whose bytes have another one (a swapped object behind a CDN,
+/// signed but not the one assigned) is refused before anything is flipped
+/// (exit 72) and reported failed with both hashes; the right one installs.
+#[test]
+fn an_artifact_unlike_its_announced_sha256_is_refused_before_the_flip_and_reported() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(bundle_in(dir.path(), &release("2.0.0"))).unwrap();
+    let right = hex::encode(sha2::Sha256::digest(&bytes));
+    let announced = std::sync::Arc::new(std::sync::Mutex::new(hex::encode([7u8; 32])));
+    let told = announced.clone();
+    let f = Fixture::serve(
+        move |req| match req.path.rsplit('/').next().unwrap_or_default() {
+            DEVICE => poll_reply(
+                j!({"deploymentBase": {"href": format!("{}/deploymentBase/6", base(req))}}),
+            ),
+            "6" => deployment_of(j!({"filename": "2.0.0.swb", "size": bytes.len(),
+                "hashes": {"sha1": "00", "md5": "00", "sha256": told.lock().unwrap().clone()},
+                "_links": {"download": {"href": format!("{}/files/2.0.0.swb", base(req))}}})),
+            "2.0.0.swb" => file(bytes.clone()),
+            _ => json(200, j!({})),
+        },
+    );
+    let dev = fleet_device(&f.url);
+    let running = |dev: &Device| {
+        (
+            dev.attrs()[1],
+            hex::encode(sha2::Sha256::digest(dev.slot(bootctl::Slot::B))),
+        )
+    };
+    let before = running(&dev);
+    let refused = fleet_once(&dev, "b").code(72);
+    let err = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+    assert!(
+        err.contains("the artifact 2.0.0.swb is not the one the fleet server announced")
+            && err.contains(&format!("the server announced {}", hex::encode([7u8; 32]))),
+        "{err}"
+    );
+    assert_eq!(running(&dev), before, "the running slot as it was");
+    assert!(!dev.attrs()[0].is_bootable(), "{:?}", dev.attrs());
+    let last = feedbacks(&f).pop().expect("feedback sent");
+    assert_eq!(last["status"]["result"]["finished"], "failure", "{last}");
+    assert!(last.to_string().contains("SHA-256"), "{last}");
+
+    *announced.lock().unwrap() = right;
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains("2.0.0 installed into slot_a"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// hawkBit gives `download` and `download-http`: when the first is gone
+/// (404 from a CDN), the second is fetched instead of failing the cycle.
+#[test]
+fn a_gone_download_link_falls_back_to_download_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(bundle_in(dir.path(), &release("2.0.0"))).unwrap();
+    let f = Fixture::serve(
+        move |req| match req.path.rsplit('/').next().unwrap_or_default() {
+            DEVICE => poll_reply(
+                j!({"deploymentBase": {"href": format!("{}/deploymentBase/6", base(req))}}),
+            ),
+            "6" => deployment_of(
+                j!({"filename": "2.0.0.swb", "size": bytes.len(), "_links": {
+                "download": {"href": format!("{}/cdn/gone.swb", base(req))},
+                "download-http": {"href": format!("{}/files/2.0.0.swb", base(req))}}}),
+            ),
+            "2.0.0.swb" => file(bytes.clone()),
+            _ => json(404, j!({})),
+        },
+    );
+    let dev = fleet_device(&f.url);
+    let out = fleet_once(&dev, "b").success();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("trying its next link"), "{err}");
+    assert!(
+        stdout(&out).contains("2.0.0 installed into slot_a"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(f
+        .requests()
+        .iter()
+        .any(|r| r.path.ends_with("/cdn/gone.swb")));
+}

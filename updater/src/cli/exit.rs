@@ -63,6 +63,7 @@ fn update_code(e: &UpdateError) -> i32 {
         UpdateError::NothingToActivate { .. } => 69,
         UpdateError::ReadyChanged { .. } => 70,
         UpdateError::NotAssigned { .. } => 71,
+        UpdateError::ArtifactMismatch { .. } => 72,
     }
 }
 

@@ -283,6 +283,7 @@ pub fn install(dev: &Device, args: InstallArgs, json: bool) -> Result<()> {
         fleet_action: None,
         activate: !args.no_activate,
         expect_version: None,
+        artifact_digest: None,
     };
     let input = crate::source::open(&args.source, &args.means.http)?;
     let mut observer = observer(json);

@@ -47,7 +47,13 @@ pub struct Polled {
 pub struct Artifact {
     pub filename: String,
     pub size: Option<u64>,
-    pub href: String,
+    /// Its http(s) links, in the order to try them: `download`, then
+    /// `download-http` (hawkBit's default configuration gives only the
+    /// latter; a CDN's `download` may be gone when its twin is not).
+    pub hrefs: Vec<String>,
+    /// Its SHA-256 as the server announces it (`hashes.sha256`), checked
+    /// over the download before anything is flipped.
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,8 +208,15 @@ mod reply {
     pub struct Artifact {
         pub filename: Option<String>,
         pub size: Option<u64>,
+        #[serde(default)]
+        pub hashes: Hashes,
         #[serde(rename = "_links", default)]
         pub links: ArtifactLinks,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Hashes {
+        pub sha256: Option<String>,
     }
 
     #[derive(Deserialize, Default)]
@@ -535,17 +548,23 @@ impl Ddi {
                     .flatten()
                     .map(|l| l.href)
                     .collect();
-                let Some(href) = offered.iter().find(|h| origin(h).is_some()) else {
+                let hrefs: Vec<String> = offered
+                    .iter()
+                    .filter(|h| origin(h).is_some())
+                    .cloned()
+                    .collect();
+                if hrefs.is_empty() {
                     if !offered.is_empty() {
                         log::warn!("fleet: artifact {filename:?} has no http(s) link ({offered:?}): passed over");
                         unusable.push(filename);
                     }
                     continue;
-                };
+                }
                 artifacts.push(Artifact {
                     filename,
                     size: a.size,
-                    href: href.clone(),
+                    hrefs,
+                    sha256: a.hashes.sha256,
                 });
             }
         }

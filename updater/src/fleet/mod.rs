@@ -484,7 +484,7 @@ impl Client<'_> {
         if let Err(e) = ddi.feedback(&d.id, Execution::Proceeding, Finished::None, None, &[start]) {
             log::warn!("fleet: {e}");
         }
-        let installed = self.install(ddi, &d, &artifact.href, &artifact.filename);
+        let installed = self.install(ddi, &d, artifact);
         match installed {
             Ok(done) => {
                 change(self.config, &self.disk, |s| {
@@ -554,27 +554,56 @@ impl Client<'_> {
         }
     }
 
+    /// Opens the artifact's first link that answers (`download`, then
+    /// `download-http`): a link that is gone or refused is passed over for
+    /// the next, and the last one's error is the install's.
+    fn open(&self, ddi: &Ddi, artifact: &ddi::Artifact) -> Result<HttpReader> {
+        let mut failed = None;
+        for href in &artifact.hrefs {
+            let agent = source::agent(
+                self.opts.http.idle_timeout,
+                self.fleet.ca_file.as_deref(),
+                true,
+                None,
+            )?;
+            match HttpReader::with_agent(
+                href,
+                self.opts.http.clone(),
+                agent,
+                ddi.authorization_for(href),
+            ) {
+                Ok(reader) => return Ok(reader),
+                Err(e) => {
+                    log::warn!("fleet: {}: {e:#}; trying its next link", artifact.filename);
+                    failed = Some(e);
+                }
+            }
+        }
+        Err(failed.unwrap_or_else(|| anyhow::anyhow!("{} has no http(s) link", artifact.filename)))
+    }
+
     fn install(
         &self,
         ddi: &Ddi,
         d: &ddi::Deployment,
-        href: &str,
-        name: &str,
+        artifact: &ddi::Artifact,
     ) -> Result<crate::install::Installed> {
         let id = d.id.as_str();
-        let agent = source::agent(
-            self.opts.http.idle_timeout,
-            self.fleet.ca_file.as_deref(),
-            true,
-            None,
-        )?;
-        let reader = HttpReader::with_agent(
-            href,
-            self.opts.http.clone(),
-            agent,
-            ddi.authorization_for(href),
-        )?;
-        let input = source::unwrap(Box::new(reader), name)?;
+        let name = artifact.filename.as_str();
+        let reader: Box<dyn std::io::Read + Send> = Box::new(self.open(ddi, artifact)?);
+        // The server's hash covers the artifact as downloaded, the .swu
+        // wrapper included: checked under the wrapper.
+        let (reader, artifact_digest) = match &artifact.sha256 {
+            Some(sha256) => {
+                let digest = source::ArtifactDigest::new(name, sha256, reader)?;
+                (
+                    Box::new(digest.clone()) as Box<dyn std::io::Read + Send>,
+                    Some(digest),
+                )
+            }
+            None => (reader, None),
+        };
+        let input = source::unwrap(reader, name)?;
         let opts = InstallOptions {
             disk: self.disk.clone(),
             sector_size: self.sector_size,
@@ -585,6 +614,7 @@ impl Client<'_> {
             fleet_action: Some(id.to_string()),
             activate: true,
             expect_version: d.version.clone(),
+            artifact_digest,
         };
         // Progress goes to the server from a thread of its own, so that a
         // slow server never holds up the writing.

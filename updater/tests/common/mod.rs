@@ -385,6 +385,7 @@ pub fn install_with(
         fleet_action: None,
         activate: true,
         expect_version: None,
+        artifact_digest: None,
         disk: dev.disk.clone(),
         sector_size: None,
         booted: Slot::A,
