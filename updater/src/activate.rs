@@ -25,6 +25,9 @@ pub struct ActivateOptions {
     pub booted: Slot,
     pub allow_downgrade: bool,
     pub threads: usize,
+    /// The fleet action this activation carries out (its verdict is
+    /// reported to it).
+    pub fleet_action: Option<String>,
 }
 
 /// Makes the ready slot boot next, on trial; returns it and its release.
@@ -130,7 +133,9 @@ pub fn activate(
         slot: target.name().into(),
         digest: digest.to_string(),
     });
-    state.state.activating(target, record);
+    state
+        .state
+        .activating(target, record, opts.fleet_action.clone());
     crate::recover::save(state)?;
     crate::install::flip(
         config,

@@ -164,10 +164,15 @@ impl State {
 
     /// Activation step 1, saved before the flip: the ready install goes on
     /// as an install does from [`State::flipping`], with `release` (from
-    /// the slot's signed record) as what `target` holds.
-    pub fn activating(&mut self, target: Slot, release: SlotRecord) {
+    /// the slot's signed record) as what `target` holds; a fleet action
+    /// that activates it (not the one that downloaded it) is the one its
+    /// verdict is reported to.
+    pub fn activating(&mut self, target: Slot, release: SlotRecord, fleet_action: Option<String>) {
         if let Some(r) = self.last_install.as_mut() {
             r.finished_at = None;
+            if fleet_action.is_some() {
+                r.fleet_action = fleet_action;
+            }
         }
         self.flipping(target, release);
     }

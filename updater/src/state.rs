@@ -181,6 +181,11 @@ pub enum FleetPhase {
     /// Being downloaded and written (or cut short: tried again when the
     /// server offers it again).
     Installing,
+    /// Written into the other slot and left unbootable, `downloaded`
+    /// reported: the server allowed the download, not yet the update (a
+    /// download-only action, a maintenance window not open yet). Activated
+    /// when an action of the same release may update.
+    Downloaded,
     /// Installed; waits for the reboot and the health check's verdict.
     Installed,
     /// Finished; `report` is still to be sent.

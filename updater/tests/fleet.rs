@@ -1036,3 +1036,95 @@ fn a_gone_download_link_falls_back_to_download_http() {
         .iter()
         .any(|r| r.path.ends_with("/cdn/gone.swb")));
 }
+
+/// A download-only action (`download: forced, update: skip`, what hawkBit
+/// sends for one, and before a maintenance window opens): the release is
+/// written into slot_a and left unbootable, and `downloaded`, which closes
+/// such an action, is reported once. A later action of the same release
+/// that may update activates it, checked again, without downloading it
+/// again; its health check's verdict goes to that action.
+#[test]
+fn a_download_only_action_is_written_reported_downloaded_and_activated_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(bundle_in(dir.path(), &release("2.0.0"))).unwrap();
+    // The action offered, and whether it may update.
+    let offered = std::sync::Arc::new(std::sync::Mutex::new(("6", "skip")));
+    let now = offered.clone();
+    let f = Fixture::serve(move |req| {
+        let (id, update) = *now.lock().unwrap();
+        match req.path.rsplit('/').next().unwrap_or_default() {
+            DEVICE => poll_reply(
+                j!({"deploymentBase": {"href": format!("{}/deploymentBase/{id}", base(req))}}),
+            ),
+            "6" | "7" => json(
+                200,
+                j!({"id": id, "deployment": {"download": "forced", "update": update, "chunks": [
+                    {"part": "os", "version": "2.0.0", "name": "os", "artifacts": [
+                        {"filename": "2.0.0.swb", "size": bytes.len(), "_links": {
+                            "download-http": {"href": format!("{}/files/2.0.0.swb", base(req))}}}
+                    ]}
+                ]}}),
+            ),
+            "2.0.0.swb" => file(bytes.clone()),
+            _ => json(200, j!({})),
+        }
+    });
+    let dev = fleet_device(&f.url);
+    let running = dev.attrs()[1];
+    let downloads = |f: &Fixture| {
+        f.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/2.0.0.swb"))
+            .count()
+    };
+    let downloaded = |f: &Fixture| {
+        feedbacks(f)
+            .into_iter()
+            .filter(|b| b["status"]["execution"] == "downloaded")
+            .count()
+    };
+    for _ in 0..2 {
+        let out = fleet_once(&dev, "b").success();
+        assert!(
+            stdout(&out).contains("action 6: 2.0.0 downloaded into slot_a and left unbootable"),
+            "{}",
+            stdout(&out)
+        );
+        assert!(!dev.attrs()[0].is_bootable(), "{:?}", dev.attrs());
+        assert_eq!(dev.attrs()[1], running);
+    }
+    assert_eq!(
+        (downloads(&f), downloaded(&f)),
+        (1, 1),
+        "written and told once"
+    );
+    let told = feedbacks(&f)
+        .into_iter()
+        .find(|b| b["status"]["execution"] == "downloaded");
+    assert_eq!(told.unwrap()["status"]["result"]["finished"], "none");
+
+    *offered.lock().unwrap() = ("7", "forced");
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains("action 7: 2.0.0 installed into slot_a"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(downloads(&f), 1, "activated, not downloaded again");
+    assert!(dev.attrs()[0].is_bootable(), "{:?}", dev.attrs());
+    assert_eq!(dev.boot(), bootctl::Slot::A);
+    dev.health_ok("a");
+    let last = f
+        .requests()
+        .iter()
+        .rev()
+        .find(|r| r.path.ends_with("/feedback"))
+        .map(|r| (r.path.clone(), r.json()))
+        .expect("the verdict was sent");
+    assert!(last.0.ends_with("deploymentBase/7/feedback"), "{}", last.0);
+    assert_eq!(
+        last.1["status"]["result"]["finished"], "success",
+        "{}",
+        last.1
+    );
+}

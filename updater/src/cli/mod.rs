@@ -333,6 +333,7 @@ pub fn activate(dev: &Device, args: ActivateArgs, json: bool) -> Result<()> {
         booted: dev.booted()?,
         allow_downgrade: args.allow_downgrade,
         threads: args.threads,
+        fleet_action: None,
     };
     let mut observer = observer(json);
     let (slot, m) = crate::activate::activate(&dev.config, &opts, observer.as_mut())?;

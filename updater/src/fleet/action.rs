@@ -49,6 +49,14 @@ pub fn settle(state: &mut State) -> bool {
             action.phase = FleetPhase::Installed;
             return changed;
         }
+        // Written for a download-only offer and waiting for its update.
+        Some((_, Outcome::Ready)) if action.phase == FleetPhase::Downloaded => return false,
+        // Downloaded, then replaced (a technician's install): downloaded
+        // again when the update is offered.
+        None | Some(_) if action.phase == FleetPhase::Downloaded => {
+            action.phase = FleetPhase::Installing;
+            return true;
+        }
         // Installed, then replaced by an install of someone else's (a
         // technician's `updater install`) before it was judged.
         None if action.phase == FleetPhase::Installed => FleetReport {
@@ -106,16 +114,21 @@ pub fn waits(
             d.id
         ));
     }
-    if d.download == Handling::Skip
-        || d.update == Handling::Skip
-        || d.maintenance_window == Some(Window::Unavailable)
-    {
+    if d.download == Handling::Skip {
         return Some(format!(
             "deployment {}: the server says not yet (download {}, update {})",
             d.id, d.download, d.update
         ));
     }
     None
+}
+
+/// Whether the server allows the download of `d` but not its update yet:
+/// a download-only action, or a maintenance window not open yet. Its
+/// release is written and left unbootable, and activated once an offer
+/// of it may update.
+pub fn download_only(d: &Deployment) -> bool {
+    d.update == Handling::Skip || d.maintenance_window == Some(Window::Unavailable)
 }
 
 /// What becomes of a final report the server answered with `error`.
@@ -231,9 +244,11 @@ mod tests {
             &'a Deployment,
             Option<&'a str>,
         );
-        let table: [Row; 9] = [
+        let table: [Row; 11] = [
             (None, COMMITTED, idle, &go, None),
             (Some(Installing), COMMITTED, idle, &go, None),
+            // Written and unbootable: an offer of it may activate it.
+            (Some(Downloaded), COMMITTED, idle, &go, None),
             (
                 Some(Installed),
                 COMMITTED,
@@ -268,9 +283,28 @@ mod tests {
                     Handling::Attempt,
                     Some(Window::Unavailable),
                 ),
-                Some("not yet"),
+                None,
+            ),
+            // Download-only: written now, activated later.
+            (
+                None,
+                COMMITTED,
+                idle,
+                &offer(Handling::Forced, Handling::Skip, None),
+                None,
             ),
         ];
+        assert!(download_only(&offer(
+            Handling::Forced,
+            Handling::Skip,
+            None
+        )));
+        assert!(download_only(&offer(
+            Handling::Forced,
+            Handling::Forced,
+            Some(Window::Unavailable)
+        )));
+        assert!(!download_only(&go));
         for (phase, running, other, d, want) in table {
             let state = phase.map(|p| with(p, 1, None)).unwrap_or_default();
             let got = waits(state.fleet.as_ref(), running, other, d);

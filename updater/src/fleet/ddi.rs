@@ -113,6 +113,8 @@ pub enum Window {
 #[serde(rename_all = "lowercase")]
 pub enum Execution {
     Proceeding,
+    /// Written, not activated: what closes a download-only action.
+    Downloaded,
     Closed,
     Rejected,
 }

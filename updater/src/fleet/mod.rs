@@ -31,7 +31,7 @@ use crate::events::{Event, Observer};
 use crate::install::{install, InstallOptions};
 use crate::recover::save;
 use crate::source::{self, HttpOptions, HttpReader};
-use crate::state::{now, FleetAction, FleetPhase, FleetReport, State, StateFile};
+use crate::state::{now, FleetAction, FleetPhase, FleetReport, Outcome, State, StateFile};
 use action::{settle, Refused};
 pub use action::{MAX_ATTEMPTS, MAX_REPORT_REFUSALS};
 use anyhow::Result;
@@ -59,6 +59,13 @@ pub enum Cycle {
     Canceled { id: String },
     /// The server asked to cancel an action already installed: refused.
     CancelRefused { id: String },
+    /// A release was written and left unbootable: the server allows its
+    /// download, not yet its update.
+    Downloaded {
+        id: String,
+        version: String,
+        slot: Slot,
+    },
     /// There is work, but not now (a trial pending, a maintenance window).
     Waiting(String),
 }
@@ -77,6 +84,10 @@ impl std::fmt::Display for Cycle {
             ),
             Cycle::Canceled { id } => write!(f, "action {id}: canceled by the server before it was installed"),
             Cycle::CancelRefused { id } => write!(f, "action {id}: cancel refused, the release is already installed"),
+            Cycle::Downloaded { id, version, slot } => write!(
+                f,
+                "action {id}: {version} downloaded into {slot} and left unbootable; it is activated when the server allows the update"
+            ),
             Cycle::Waiting(why) => f.write_str(why),
         }
     }
@@ -359,11 +370,9 @@ impl Client<'_> {
         if settle(&mut state.state) {
             save(state)?;
         }
-        let installed = state
-            .state
-            .fleet
-            .as_ref()
-            .filter(|a| a.id == stop_id && a.phase != FleetPhase::Installing);
+        let installed = state.state.fleet.as_ref().filter(|a| {
+            a.id == stop_id && matches!(a.phase, FleetPhase::Installed | FleetPhase::Done)
+        });
         if let Some(a) = installed {
             let why = if a.phase == FleetPhase::Installed {
                 format!(
@@ -436,6 +445,21 @@ impl Client<'_> {
             );
             return self.close(ddi, &d.id, true, detail);
         }
+        let later = action::download_only(&d);
+        // Written for an earlier download-only offer: activated now, or
+        // left waiting, never downloaded again.
+        let ready = state.last_install.as_ref().filter(|r| {
+            r.outcome == Outcome::Ready
+                && r.slot == self.booted.other()
+                && d.version.as_deref() == Some(r.version.as_str())
+        });
+        if let Some(r) = ready {
+            let (version, slot) = (r.version.clone(), r.slot);
+            return match later {
+                true => self.downloaded(ddi, &d.id, &state, &version, slot),
+                false => self.activate(ddi, &d.id),
+            };
+        }
         let Some(artifact) = d
             .artifacts
             .iter()
@@ -462,17 +486,7 @@ impl Client<'_> {
             .filter(|a| a.id == d.id)
             .map_or(0, |a| a.attempts)
             + 1;
-        change(self.config, &self.disk, |s| {
-            s.fleet = Some(FleetAction {
-                id: d.id.clone(),
-                artifact: artifact.filename.clone(),
-                phase: FleetPhase::Installing,
-                started_at: now(),
-                attempts,
-                report: None,
-                report_refusals: 0,
-            })
-        })?;
+        let state = self.begin(&d.id, &artifact.filename, attempts)?;
         let size = artifact
             .size
             .map_or(String::new(), |s| format!(" ({s} bytes)"));
@@ -484,74 +498,177 @@ impl Client<'_> {
         if let Err(e) = ddi.feedback(&d.id, Execution::Proceeding, Finished::None, None, &[start]) {
             log::warn!("fleet: {e}");
         }
-        let installed = self.install(ddi, &d, artifact);
-        match installed {
-            Ok(done) => {
-                change(self.config, &self.disk, |s| {
-                    if let Some(a) = s.fleet.as_mut().filter(|a| a.id == d.id) {
-                        a.phase = FleetPhase::Installed;
-                    }
-                })?;
-                let reboot = self.fleet.reboot && !self.opts.no_reboot;
-                let next = if reboot {
-                    "rebooting into it on trial"
-                } else {
-                    "it boots on trial at the next reboot"
-                };
-                let line = format!(
-                    "{} installed into {}; {next}",
-                    done.manifest.version, done.slot
-                );
-                let lines = ["Downloaded 100%".to_string(), line];
-                if let Err(e) = ddi.feedback(
-                    &d.id,
-                    Execution::Proceeding,
-                    Finished::None,
-                    Some((100, 100)),
-                    &lines,
-                ) {
-                    log::warn!("fleet: {e}");
-                }
-                if reboot {
-                    log::info!("fleet: action {}: {}", d.id, lines[1]);
-                    crate::reboot(&self.disk)?;
-                }
-                Ok(Cycle::Installed {
-                    id: d.id,
-                    version: done.manifest.version,
-                    slot: done.slot,
-                })
+        match self.install(ddi, &d, artifact, !later) {
+            Ok(done) if !done.activated => {
+                self.downloaded(ddi, &d.id, &state, &done.manifest.version, done.slot)
             }
+            Ok(done) => self.installed(
+                ddi,
+                &d.id,
+                &done.manifest.version,
+                done.slot,
+                "installed into",
+            ),
             // The server, the network or the disk's lock failed, not the
             // release: the next offer tries again (within MAX_ATTEMPTS).
             Err(e) if is_transient(&e) => Err(e),
-            Err(e) => {
-                // A flip that reported an error may have taken effect: the
-                // install record says, and then the verdict is health's.
-                let state = settle_and_save(self.config, &self.disk)?;
-                if state
-                    .fleet
-                    .as_ref()
-                    .is_some_and(|a| a.id == d.id && a.phase == FleetPhase::Installed)
-                {
-                    return Err(e);
-                }
-                let detail = format!("{e:#}");
-                let mut state = change(self.config, &self.disk, |s| {
-                    if let Some(a) = s.fleet.as_mut().filter(|a| a.id == d.id) {
-                        a.phase = FleetPhase::Done;
-                        a.report = Some(FleetReport {
-                            success: false,
-                            details: vec![detail],
-                        });
-                    }
-                })?;
-                if let Err(report) = send_report(self.config, &self.disk, ddi, &mut state) {
-                    log::warn!("fleet: the failure report waits for the next cycle: {report:#}");
-                }
-                Err(e)
-            }
+            Err(e) => self.failed(ddi, &d.id, e),
         }
+    }
+
+    /// Records that `id` is being carried out, before anything is written.
+    fn begin(&self, id: &str, artifact: &str, attempts: u32) -> Result<State> {
+        change(self.config, &self.disk, |s| {
+            s.fleet = Some(FleetAction {
+                id: id.into(),
+                artifact: artifact.into(),
+                phase: FleetPhase::Installing,
+                started_at: now(),
+                attempts,
+                report: None,
+                report_refusals: 0,
+            })
+        })
+    }
+
+    /// `version` is in `slot`, unbootable, for action `id`, whose update
+    /// the server does not allow yet: `downloaded` is reported once for
+    /// the action (for a download-only action, what closes it).
+    fn downloaded(
+        &self,
+        ddi: &Ddi,
+        id: &str,
+        state: &State,
+        version: &str,
+        slot: Slot,
+    ) -> Result<Cycle> {
+        let told = state
+            .fleet
+            .as_ref()
+            .is_some_and(|a| a.id == id && a.phase == FleetPhase::Downloaded);
+        if !told {
+            let line = format!(
+                "{version} downloaded into {slot} and checked; it is activated when the update is allowed"
+            );
+            ddi.feedback(
+                id,
+                Execution::Downloaded,
+                Finished::None,
+                Some((100, 100)),
+                &[line],
+            )?;
+            change(self.config, &self.disk, |s| {
+                s.fleet = Some(FleetAction {
+                    id: id.into(),
+                    artifact: version.into(),
+                    phase: FleetPhase::Downloaded,
+                    started_at: now(),
+                    attempts: 1,
+                    report: None,
+                    report_refusals: 0,
+                })
+            })?;
+        }
+        Ok(Cycle::Downloaded {
+            id: id.into(),
+            version: version.into(),
+            slot,
+        })
+    }
+
+    /// Activates the release written for an earlier download-only offer,
+    /// for action `id`: checked again whole, then flipped, as `updater
+    /// activate` does.
+    fn activate(&self, ddi: &Ddi, id: &str) -> Result<Cycle> {
+        self.begin(id, "the release downloaded before", 1)?;
+        let opts = crate::activate::ActivateOptions {
+            disk: self.disk.clone(),
+            sector_size: self.sector_size,
+            booted: self.booted,
+            allow_downgrade: false,
+            threads: self.opts.threads,
+            fleet_action: Some(id.into()),
+        };
+        let mut observer = crate::events::Terminal::default();
+        match crate::activate::activate(self.config, &opts, &mut observer) {
+            Ok((slot, m)) => self.installed(ddi, id, &m.version, slot, "activated in"),
+            Err(e) if is_transient(&e) => Err(e),
+            Err(e) => self.failed(ddi, id, e),
+        }
+    }
+
+    /// `version` boots next from `slot` on trial, for action `id` (`how`:
+    /// "installed into" or "activated in"): said to the server, and rebooted into
+    /// when the config says so.
+    fn installed(
+        &self,
+        ddi: &Ddi,
+        id: &str,
+        version: &str,
+        slot: Slot,
+        how: &str,
+    ) -> Result<Cycle> {
+        change(self.config, &self.disk, |s| {
+            if let Some(a) = s.fleet.as_mut().filter(|a| a.id == id) {
+                a.phase = FleetPhase::Installed;
+            }
+        })?;
+        let reboot = self.fleet.reboot && !self.opts.no_reboot;
+        let next = if reboot {
+            "rebooting into it on trial"
+        } else {
+            "it boots on trial at the next reboot"
+        };
+        let lines = [
+            "Downloaded 100%".to_string(),
+            format!("{version} {how} {slot}; {next}"),
+        ];
+        if let Err(e) = ddi.feedback(
+            id,
+            Execution::Proceeding,
+            Finished::None,
+            Some((100, 100)),
+            &lines,
+        ) {
+            log::warn!("fleet: {e}");
+        }
+        if reboot {
+            log::info!("fleet: action {id}: {}", lines[1]);
+            crate::reboot(&self.disk)?;
+        }
+        Ok(Cycle::Installed {
+            id: id.into(),
+            version: version.into(),
+            slot,
+        })
+    }
+
+    /// The release of action `id` was refused or failed before its flip:
+    /// reported, unless the flip took effect after all (the install record
+    /// says, and then the verdict is health's).
+    fn failed(&self, ddi: &Ddi, id: &str, e: anyhow::Error) -> Result<Cycle> {
+        let state = settle_and_save(self.config, &self.disk)?;
+        if state
+            .fleet
+            .as_ref()
+            .is_some_and(|a| a.id == id && a.phase == FleetPhase::Installed)
+        {
+            return Err(e);
+        }
+        let detail = format!("{e:#}");
+        let mut state = change(self.config, &self.disk, |s| {
+            if let Some(a) = s.fleet.as_mut().filter(|a| a.id == id) {
+                a.phase = FleetPhase::Done;
+                a.report = Some(FleetReport {
+                    success: false,
+                    details: vec![detail],
+                });
+            }
+        })?;
+        if let Err(report) = send_report(self.config, &self.disk, ddi, &mut state) {
+            log::warn!("fleet: the failure report waits for the next cycle: {report:#}");
+        }
+        Err(e)
     }
 
     /// Opens the artifact's first link that answers (`download`, then
@@ -587,6 +704,7 @@ impl Client<'_> {
         ddi: &Ddi,
         d: &ddi::Deployment,
         artifact: &ddi::Artifact,
+        activate: bool,
     ) -> Result<crate::install::Installed> {
         let id = d.id.as_str();
         let name = artifact.filename.as_str();
@@ -612,7 +730,7 @@ impl Client<'_> {
             threads: self.opts.threads,
             memory: self.opts.memory,
             fleet_action: Some(id.to_string()),
-            activate: true,
+            activate,
             expect_version: d.version.clone(),
             artifact_digest,
         };
