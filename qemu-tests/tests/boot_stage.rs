@@ -729,3 +729,72 @@ fn under_secure_boot_only_what_is_signed_for_db_starts() {
     let attrs = flags(&disk);
     assert!(!attrs[1].is_bootable(), "slot_b still bootable: {attrs:?}");
 }
+
+/// The Linux stage as a UKI signed for db, under Secure Boot: its kernel
+/// (Debian's) locks itself down, the stage says so, and `kexec_file_load`
+/// then starts only a slot kernel whose PE signature that kernel trusts:
+/// slot_b's kernel, its signature stripped, is refused (ENODATA) after
+/// the stage's own checks passed, and slot_a's, Debian's kernel as
+/// Debian signed it (its built-in keys), boots, told why.
+#[test]
+fn under_secure_boot_the_locked_down_linux_stage_kexecs_only_a_kernel_it_trusts() {
+    let kernel = Kernel::debian().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, cert) = qemu_tests::guest::snakeoil_db(d).unwrap();
+    let unsigned = d.join("vmlinuz.unsigned");
+    std::fs::copy(&kernel.vmlinuz, &unsigned).unwrap();
+    let stripped = std::process::Command::new("sbattach")
+        .arg("--remove")
+        .arg(&unsigned)
+        .status()
+        .expect("sbattach (apt-get install sbsigntool)");
+    assert!(stripped.success());
+    let unsigned = Kernel {
+        arch: kernel.arch,
+        vmlinuz: unsigned,
+        modules: kernel.modules.clone(),
+    };
+
+    let plain = d.join("boot-stage.cpio");
+    boot_stage_initramfs(&kernel, &plain).unwrap();
+    let keyed = d.join("boot-stage-keyed.cpio");
+    image_tools::stage::initrd_with_keyring(
+        kernel.arch,
+        &plain,
+        &[vendor_key().verifying_key().to_bytes()],
+        Default::default(),
+        &keyed,
+    )
+    .unwrap();
+    let efi = d.join("BOOTX64.EFI");
+    efi_program(&kernel, &keyed, &efi).unwrap();
+    image_tools::secureboot::sign(&efi, &key, &cert).unwrap();
+    let disk = signed_machine_disk_with(d, [&kernel, &unsigned], &efi, |_| true);
+    let mut vm = boot(Firmware::OvmfSecureBoot, &disk);
+    let checked = vm
+        .expect(
+            "switchback boot stage: started by UEFI firmware",
+            Duration::from_secs(240),
+        )
+        .unwrap();
+    assert!(checked.ends_with("kernel lockdown: integrity"), "{checked}");
+    vm.expect(
+        "switchback boot stage: slot_b holds switchback-qemu 2.0.0, signed by a trusted key",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let why = vm
+        .expect("cannot boot slot_b", Duration::from_secs(60))
+        .unwrap();
+    assert!(why.contains("kexec_file_load: No data available"), "{why}");
+    let running = vm
+        .expect("SLOT A RUNNING:", Duration::from_secs(180))
+        .unwrap();
+    assert!(
+        running.contains("switchback.start_failed=slot_b:kexec-load:61"),
+        "{running}"
+    );
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    assert!(!flags(&disk)[1].is_bootable(), "{:?}", flags(&disk));
+}

@@ -65,8 +65,22 @@ pub struct Fleet {
     /// included, serves every device of a fleet.
     #[serde(default)]
     pub controller_id: Option<String>,
-    /// File holding the device's security token (`TargetToken`).
-    pub token_file: PathBuf,
+    /// File holding the device's security token; none when the server
+    /// knows the device by its client certificate alone.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// What the token is: the device's own (`target`, sent as
+    /// `TargetToken`) or the tenant's gateway token (`gateway`, sent as
+    /// `GatewayToken`).
+    #[serde(default)]
+    pub token_kind: TokenKind,
+    /// PEM client certificate (chain) and its key (mode 600), presented to
+    /// servers that authenticate devices by mutual TLS (hawkBit behind a
+    /// reverse proxy that checks them).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
     /// Reported as `hw_revision`; the server matches releases to it.
     pub hw_revision: String,
     /// PEM CA certificates to trust instead of the built-in roots.
@@ -137,8 +151,21 @@ impl Fleet {
         {
             return Err("field `fleet.hw_revision` must be one line of 1 to 128 bytes".into());
         }
-        let mut paths = vec![("fleet.token_file", &self.token_file)];
-        paths.extend(self.ca_file.as_ref().map(|p| ("fleet.ca_file", p)));
+        if self.token_file.is_none() && self.client_cert.is_none() {
+            return Err("the `fleet` section needs `token_file`, `client_cert` and `client_key`, or both: the server must know the device".into());
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err("fields `fleet.client_cert` and `fleet.client_key` go together".into());
+        }
+        let mut paths = vec![];
+        for (field, p) in [
+            ("fleet.token_file", &self.token_file),
+            ("fleet.ca_file", &self.ca_file),
+            ("fleet.client_cert", &self.client_cert),
+            ("fleet.client_key", &self.client_key),
+        ] {
+            paths.extend(p.as_ref().map(|p| (field, p)));
+        }
         for (field, p) in paths {
             if !p.is_absolute() {
                 return Err(format!(
@@ -156,57 +183,87 @@ impl Fleet {
         Ok(())
     }
 
-    /// The device's token, read when it is needed (it may be rotated).
-    /// The token in `token_file`: a secret, so refused (as ssh refuses a
-    /// key) when others than its owner may read or write it, and read only
-    /// up to [`MAX_TOKEN_FILE`] bytes.
-    pub fn token(&self) -> Result<String, String> {
-        use std::io::Read;
-        use std::os::unix::fs::PermissionsExt;
-        let path = self.token_file.display();
-        let cannot = |e: std::io::Error| format!("cannot read the fleet token {path}: {e}");
-        use std::os::unix::fs::OpenOptionsExt;
-        // Non-blocking: a FIFO planted there is refused, not waited on.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&self.token_file)
-            .map_err(cannot)?;
-        let meta = file.metadata().map_err(cannot)?;
-        if !meta.is_file() {
-            return Err(format!("the fleet token {path} is not a regular file"));
-        }
-        use std::os::unix::fs::MetadataExt;
-        let owner = meta.uid();
-        if owner != nix::unistd::Uid::effective().as_raw() {
-            return Err(format!(
-                "the fleet token {path} belongs to user {owner}, not to the user the updater runs as"
-            ));
-        }
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "the fleet token {path} is open to others (mode {mode:04o}): chmod 600 it"
-            ));
-        }
-        let mut text = String::new();
-        file.take(MAX_TOKEN_FILE + 1)
-            .read_to_string(&mut text)
-            .map_err(cannot)?;
-        if text.len() as u64 > MAX_TOKEN_FILE {
-            return Err(format!(
-                "the fleet token {path} is larger than {MAX_TOKEN_FILE} bytes: not a token"
-            ));
-        }
-        let token = text.trim();
+    /// The `Authorization` value for the server: the token in
+    /// `token_file` (read when needed: it may be rotated) with its scheme;
+    /// none when the device authenticates by its certificate alone.
+    pub fn authorization(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = read_secret(path, "fleet token", MAX_TOKEN_FILE)?;
+        let token = String::from_utf8(text)
+            .map_err(|_| format!("the fleet token {} is not text", path.display()))?;
+        let token = token.trim();
         if token.is_empty() || token.chars().any(|c| !c.is_ascii_graphic()) {
             return Err(format!(
                 "the fleet token {} must be one line of printable characters",
-                self.token_file.display()
+                path.display()
             ));
         }
-        Ok(token.to_string())
+        let scheme = match self.token_kind {
+            TokenKind::Target => "TargetToken",
+            TokenKind::Gateway => "GatewayToken",
+        };
+        Ok(Some(format!("{scheme} {token}")))
     }
+
+    /// What TLS trusts and presents for this server.
+    pub fn tls(&self) -> crate::source::TlsFiles {
+        crate::source::TlsFiles {
+            ca: self.ca_file.clone(),
+            client: self.client_cert.clone().zip(self.client_key.clone()),
+        }
+    }
+}
+
+/// hawkBit's two device credentials (its DDI security: target and gateway
+/// security tokens).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    #[default]
+    Target,
+    Gateway,
+}
+
+/// A secret's bytes (a token, a TLS key): refused, as ssh refuses a key,
+/// when it is not a regular file of the user the updater runs as, or
+/// others may read or write it, and read only up to `max` bytes.
+pub fn read_secret(path: &std::path::Path, what: &str, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let shown = path.display();
+    let cannot = |e: std::io::Error| format!("cannot read the {what} {shown}: {e}");
+    // Non-blocking: a FIFO planted there is refused, not waited on.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(format!("the {what} {shown} is not a regular file"));
+    }
+    let owner = meta.uid();
+    if owner != nix::unistd::Uid::effective().as_raw() {
+        return Err(format!(
+            "the {what} {shown} belongs to user {owner}, not to the user the updater runs as"
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the {what} {shown} is open to others (mode {mode:04o}): chmod 600 it"
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > max {
+        return Err(format!(
+            "the {what} {shown} is larger than {max} bytes: not a {what}"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// The most a fleet token file may hold.

@@ -254,15 +254,23 @@ fn describe(e: &ureq::Error, idle: Duration) -> (bool, String) {
 /// built-in roots when one is given. With `status_as_error`, a 4xx or 5xx
 /// answer is an error; without, the caller reads its status and headers.
 /// `whole` bounds a request from start to end, name lookup included.
+/// What TLS trusts instead of the built-in roots, and the client
+/// certificate and key it presents when a server asks for one.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub ca: Option<PathBuf>,
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
 pub fn agent(
     idle: Duration,
-    ca: Option<&std::path::Path>,
+    tls: &TlsFiles,
     status_as_error: bool,
     whole: Option<Duration>,
 ) -> anyhow::Result<ureq::Agent> {
     use anyhow::Context;
     let idle = Some(idle);
-    let mut config = ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .timeout_connect(idle)
         .timeout_send_request(idle)
         .timeout_recv_response(idle)
@@ -271,7 +279,32 @@ pub fn agent(
         .timeout_resolve(idle)
         .timeout_global(whole)
         .http_status_as_error(status_as_error);
-    if let Some(ca) = ca {
+    let mut builder = ureq::tls::TlsConfig::builder();
+    if let Some((cert, key)) = &tls.client {
+        let chain = std::fs::read(cert)
+            .with_context(|| format!("reading the client certificate {}", cert.display()))?;
+        let chain = ureq::tls::parse_pem(&chain)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c.to_owned())),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("the client certificate {} is not PEM", cert.display()))?;
+        if chain.is_empty() {
+            anyhow::bail!(
+                "the client certificate {} holds no certificate",
+                cert.display()
+            );
+        }
+        let pem =
+            crate::config::read_secret(key, "client key", 64 << 10).map_err(anyhow::Error::msg)?;
+        let key = ureq::tls::PrivateKey::from_pem(&pem).with_context(|| {
+            format!("the client key {} is not a PEM private key", key.display())
+        })?;
+        builder = builder.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
+    }
+    if let Some(ca) = &tls.ca {
         let pem = std::fs::read(ca).with_context(|| format!("reading CA file {}", ca.display()))?;
         let certs = ureq::tls::parse_pem(&pem)
             .filter_map(|item| match item {
@@ -284,18 +317,14 @@ pub fn agent(
         if certs.is_empty() {
             anyhow::bail!("CA file {} holds no certificate", ca.display());
         }
-        config = config.tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-                .build(),
-        );
+        builder = builder.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
     }
-    Ok(config.build().into())
+    Ok(config.tls_config(builder.build()).build().into())
 }
 
 impl HttpReader {
     pub fn new(url: &str, opts: HttpOptions) -> anyhow::Result<HttpReader> {
-        let agent = agent(opts.idle_timeout, None, true, None)?;
+        let agent = agent(opts.idle_timeout, &TlsFiles::default(), true, None)?;
         HttpReader::with_agent(url, opts, agent, None)
     }
 

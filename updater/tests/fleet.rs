@@ -1128,3 +1128,138 @@ fn a_download_only_action_is_written_reported_downloaded_and_activated_by_the_ne
         last.1
     );
 }
+
+/// Rewrites the device's `fleet` section with `change`.
+fn fleet_config(dev: &Device, change: impl FnOnce(&mut serde_json::Value)) {
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&dev.config).unwrap()).unwrap();
+    change(&mut c["fleet"]);
+    std::fs::write(&dev.config, c.to_string()).unwrap();
+}
+
+/// `token_kind: gateway` sends the tenant's gateway token as hawkBit
+/// expects it (`GatewayToken`), the default the device's `TargetToken`.
+#[test]
+fn a_gateway_token_goes_out_as_one() {
+    let f = Fixture::serve(|_| poll_reply(j!({})));
+    let dev = fleet_device(&f.url);
+    fleet_once(&dev, "b").success();
+    fleet_config(&dev, |c| c["token_kind"] = j!("gateway"));
+    fleet_once(&dev, "b").success();
+    let sent: Vec<Option<String>> = f
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").map(str::to_string))
+        .collect();
+    assert_eq!(
+        sent.first().cloned().flatten(),
+        Some(format!("TargetToken {TOKEN}"))
+    );
+    assert_eq!(
+        sent.last().cloned().flatten(),
+        Some(format!("GatewayToken {TOKEN}"))
+    );
+    fleet_config(&dev, |c| c["token_kind"] = j!("device"));
+    fleet_once(&dev, "b").code(40);
+}
+
+/// A server behind a proxy that authenticates devices by their client
+/// certificate (mutual TLS; here Python's TLS server, which requires one
+/// and turns away any request carrying a token): the device presents
+/// `client_cert` and `client_key` and needs no token; without them it is
+/// turned away in the handshake; a key others may read is refused before
+/// anything is sent.
+#[test]
+fn a_client_certificate_is_presented_to_a_server_that_requires_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let openssl = |args: &str| {
+        let out = std::process::Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(d)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    openssl(&format!(
+        "req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN=fleet-test-CA"
+    ));
+    std::fs::write(d.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(d.join("device.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for name in ["server", "device"] {
+        openssl(&format!(
+            "req {ec} -keyout {name}.key -out {name}.csr -subj /CN={name}"
+        ));
+        openssl(&format!(
+            "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out {name}.pem -extfile {name}.ext"
+        ));
+    }
+    let server = r#"
+import http.server, ssl
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'{"config": {"polling": {"sleep": "00:00:30"}}, "_links": {}}'
+        self.send_response(401 if self.headers.get("Authorization") else 200)
+        self.send_header("Content-Type", "application/hal+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain("server.pem", "server.key")
+ctx.load_verify_locations("ca.pem")
+ctx.verify_mode = ssl.CERT_REQUIRED
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(
+        std::process::Command::new("python3")
+            .args(["-c", server])
+            .current_dir(d)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.0.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let dev = fleet_device(&format!("https://127.0.0.1:{}", port.trim()));
+    fleet_config(&dev, |c| c["ca_file"] = j!(d.join("ca.pem")));
+    let refused = fleet_once(&dev, "b").code(61);
+    let err = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+    use std::os::unix::fs::PermissionsExt;
+    let key = d.join("device.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    fleet_config(&dev, |c| {
+        c["token_file"] = j!(null);
+        c["client_cert"] = j!(d.join("device.pem"));
+        c["client_key"] = j!(key);
+    });
+    let out = fleet_once(&dev, "b").success();
+    assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = fleet_once(&dev, "b").code(40);
+    let err = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+    assert!(err.contains("is open to others"), "{err}");
+}

@@ -247,7 +247,7 @@ pub struct Ddi {
     agent: ureq::Agent,
     base: String,
     origin: String,
-    authorization: String,
+    authorization: Option<String>,
 }
 
 /// `scheme://host[:port]` of an http(s) URL, lower-cased, without the
@@ -376,10 +376,16 @@ fn read<T: serde::de::DeserializeOwned>(v: Value, url: &str) -> Result<T> {
 }
 
 impl Ddi {
-    pub fn new(fleet: &Fleet, token: &str, idle: Duration) -> anyhow::Result<Ddi> {
+    /// A session as `fleet` says: its server, its TLS files, and the
+    /// `authorization` value (none: the client certificate alone).
+    pub fn new(
+        fleet: &Fleet,
+        authorization: Option<String>,
+        idle: Duration,
+    ) -> anyhow::Result<Ddi> {
         // Replies are small: a whole request gets `idle` and no more, so a
         // server that dribbles cannot hold up a health check's reboot.
-        let agent = crate::source::agent(idle, fleet.ca_file.as_deref(), false, Some(idle))?;
+        let agent = crate::source::agent(idle, &fleet.tls(), false, Some(idle))?;
         let base = fleet.controller_url().map_err(anyhow::Error::msg)?;
         let origin = origin(&base)
             .ok_or_else(|| anyhow::anyhow!("fleet.url {} is not an http(s) URL", fleet.url))?;
@@ -387,7 +393,7 @@ impl Ddi {
             agent,
             base,
             origin,
-            authorization: format!("TargetToken {token}"),
+            authorization,
         })
     }
 
@@ -398,7 +404,9 @@ impl Ddi {
     /// The `Authorization` value for a download from `href`: only the
     /// configured server gets the device's token.
     pub fn authorization_for(&self, href: &str) -> Option<String> {
-        (origin(href).as_deref() == Some(self.origin.as_str())).then(|| self.authorization.clone())
+        (origin(href).as_deref() == Some(self.origin.as_str()))
+            .then(|| self.authorization.clone())
+            .flatten()
     }
 
     /// A link from a reply that the device will call with its token: it
@@ -414,12 +422,18 @@ impl Ddi {
         }
     }
 
+    /// `req` with the device's `Authorization`, when it has one.
+    fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(a) => req.header("Authorization", a),
+            None => req,
+        }
+    }
+
     fn call(&self, method: &str, url: &str, body: Option<&Value>) -> Result<Value> {
         let result = match (method, body) {
             ("GET", _) => self
-                .agent
-                .get(url)
-                .header("Authorization", &self.authorization)
+                .authorized(self.agent.get(url))
                 .header("Accept", "application/hal+json, application/json")
                 .call(),
             (m, body) => {
@@ -429,7 +443,7 @@ impl Ddi {
                 } else {
                     self.agent.post(url)
                 };
-                req.header("Authorization", &self.authorization)
+                self.authorized(req)
                     .header("Content-Type", "application/json")
                     .header("Accept", "application/json")
                     .send(text.as_bytes())

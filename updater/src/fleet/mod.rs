@@ -129,8 +129,8 @@ pub fn report_after_health(config: &Config, disk: &std::path::Path) {
         {
             return Ok(None);
         }
-        let token = fleet.token().map_err(anyhow::Error::msg)?;
-        let ddi = Ddi::new(fleet, &token, Duration::from_secs(10))?;
+        let authorization = fleet.authorization().map_err(anyhow::Error::msg)?;
+        let ddi = Ddi::new(fleet, authorization, Duration::from_secs(10))?;
         send_report(config, disk, &ddi, &mut state)
     });
     match sent {
@@ -229,7 +229,10 @@ fn send_report(
 
 impl Client<'_> {
     fn ddi(&self) -> Result<Ddi> {
-        let token = self.fleet.token().map_err(UpdateError::ConfigFile)?;
+        let authorization = self
+            .fleet
+            .authorization()
+            .map_err(UpdateError::ConfigFile)?;
         // Checked here so that a missing serial number is named as such,
         // not as a CA file problem.
         self.fleet
@@ -238,13 +241,8 @@ impl Client<'_> {
                 path: self.config_path.clone(),
                 reason,
             })?;
-        Ddi::new(self.fleet, &token, self.opts.http.idle_timeout).map_err(|e| {
-            UpdateError::ConfigFile(format!(
-                "fleet CA file {}: {e:#}",
-                self.fleet.ca_file.clone().unwrap_or_default().display()
-            ))
-            .into()
-        })
+        Ddi::new(self.fleet, authorization, self.opts.http.idle_timeout)
+            .map_err(|e| UpdateError::ConfigFile(format!("the fleet's TLS files: {e:#}")).into())
     }
 
     /// The running release's version: the signed trailer at the end of the
@@ -677,12 +675,7 @@ impl Client<'_> {
     fn open(&self, ddi: &Ddi, artifact: &ddi::Artifact) -> Result<HttpReader> {
         let mut failed = None;
         for href in &artifact.hrefs {
-            let agent = source::agent(
-                self.opts.http.idle_timeout,
-                self.fleet.ca_file.as_deref(),
-                true,
-                None,
-            )?;
+            let agent = source::agent(self.opts.http.idle_timeout, &self.fleet.tls(), true, None)?;
             match HttpReader::with_agent(
                 href,
                 self.opts.http.clone(),
