@@ -1263,3 +1263,59 @@ srv.serve_forever()
     let err = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
     assert!(err.contains("is open to others"), "{err}");
 }
+
+/// The daemon keeps the last poll reply's ETag and asks with
+/// `If-None-Match`; a 304 reads the kept reply again (its deployment link
+/// included) and is no error: the polls go on at the server's pace, not
+/// the back-off's.
+#[test]
+fn polls_ask_if_none_match_and_a_304_is_the_reply_kept() {
+    let f = Fixture::serve(move |req| {
+        if !req.path.ends_with(DEVICE) {
+            return json(200, j!({}));
+        }
+        if req.header("if-none-match") == Some("\"v1\"") {
+            return Reply {
+                status: 304,
+                body: Vec::new(),
+                ..json(200, j!({}))
+            };
+        }
+        let mut r = poll_reply(j!({}));
+        r.headers.push(("ETag".into(), "\"v1\"".into()));
+        r
+    });
+    let dev = fleet_device(&f.url);
+    let mut daemon = std::process::Command::new(assert_cmd::cargo::cargo_bin("updater"))
+        .arg("--config")
+        .arg(&dev.config)
+        .arg("--disk")
+        .arg(&dev.disk)
+        .args(["--booted-slot", "b", "fleet", "--no-reboot"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let polls = |f: &Fixture| -> Vec<(Option<String>, u16)> {
+        f.requests()
+            .iter()
+            .filter(|r| r.path.ends_with(DEVICE))
+            .map(|r| (r.header("if-none-match").map(str::to_string), r.status))
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    while polls(&f).len() < 4 && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.kill().unwrap();
+    let out = daemon.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let seen = polls(&f);
+    assert!(
+        seen.len() >= 4,
+        "the polls stopped or slowed: {seen:?} {err}"
+    );
+    assert_eq!(seen[0], (None, 200));
+    for p in &seen[1..] {
+        assert_eq!(p, &(Some("\"v1\"".to_string()), 304), "{seen:?}");
+    }
+}

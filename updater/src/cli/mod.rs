@@ -367,7 +367,7 @@ pub fn fleet(dev: &Device, args: FleetArgs) -> Result<()> {
     let Some(fleet) = &dev.config.fleet else {
         return Err(UpdateError::Config {
             path: dev.config_path.clone(),
-            reason: "it has no `fleet` section (url, token_file, hw_revision)".into(),
+            reason: "it has no `fleet` section (url, hw_revision, and token_file or a client certificate)".into(),
         }
         .into());
     };
@@ -384,6 +384,7 @@ pub fn fleet(dev: &Device, args: FleetArgs) -> Result<()> {
             memory: args.means.memory_of(&dev.config),
             http: args.means.http,
         },
+        poll_cache: Default::default(),
     };
     if !args.once {
         client.serve();

@@ -242,6 +242,19 @@ mod reply {
     }
 }
 
+/// What a GET came back with.
+enum Reply {
+    /// The JSON body (`null` when empty), and its ETag when it had one.
+    Body(Value, Option<String>),
+    /// 304: what was sent with that ETag still holds.
+    NotModified,
+}
+
+/// The last poll reply that had an ETag, kept across cycles so that the
+/// next poll can ask whether it changed (`If-None-Match`).
+#[derive(Debug, Default)]
+pub struct PollCache(std::sync::Mutex<Option<(String, Value)>>);
+
 /// A DDI session with one server, as one device.
 pub struct Ddi {
     agent: ureq::Agent,
@@ -431,11 +444,33 @@ impl Ddi {
     }
 
     fn call(&self, method: &str, url: &str, body: Option<&Value>) -> Result<Value> {
+        match self.request(method, url, body, None)? {
+            Reply::Body(value, _) => Ok(value),
+            // Only asked for with an ETag.
+            Reply::NotModified => Ok(Value::Null),
+        }
+    }
+
+    /// `call`, with `If-None-Match: etag` when one is given: a 304 is
+    /// [`Reply::NotModified`], and a reply carries its own ETag.
+    fn request(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&Value>,
+        etag: Option<&str>,
+    ) -> Result<Reply> {
         let result = match (method, body) {
-            ("GET", _) => self
-                .authorized(self.agent.get(url))
-                .header("Accept", "application/hal+json, application/json")
-                .call(),
+            ("GET", _) => {
+                let req = self
+                    .authorized(self.agent.get(url))
+                    .header("Accept", "application/hal+json, application/json");
+                match etag {
+                    Some(e) => req.header("If-None-Match", e),
+                    None => req,
+                }
+                .call()
+            }
             (m, body) => {
                 let text = body.map(Value::to_string).unwrap_or_default();
                 let req = if m == "PUT" {
@@ -455,6 +490,7 @@ impl Ddi {
         })?;
         let status = resp.status().as_u16();
         match status {
+            304 if etag.is_some() => return Ok(Reply::NotModified),
             200..=299 => {}
             429 => {
                 let retry_after = resp
@@ -497,18 +533,44 @@ impl Ddi {
             })?;
         // What a server answers to a report or the attributes is not used.
         if method != "GET" || bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Value::Null);
+            return Ok(Reply::Body(Value::Null, None));
         }
-        serde_json::from_slice(&bytes).map_err(|e| DdiError::Protocol {
+        // Only a strong validator, short and printable, is sent back.
+        let tag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| t.starts_with('"') && t.len() <= 256)
+            .map(str::to_string);
+        let value = serde_json::from_slice(&bytes).map_err(|e| DdiError::Protocol {
             url: url.into(),
             reason: format!("not JSON: {e}"),
-        })
+        })?;
+        Ok(Reply::Body(value, tag))
     }
 
-    /// One poll of the controller resource.
-    pub fn poll(&self) -> Result<Polled> {
+    /// One poll of the controller resource. With the ETag of the last
+    /// reply in `cache`, the server may answer 304 (nothing changed), and
+    /// the cached reply is read again.
+    pub fn poll(&self, cache: &PollCache) -> Result<Polled> {
         let url = self.base.clone();
-        let reply: reply::Poll = read(self.call("GET", &url, None)?, &url)?;
+        let mut cached = cache
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let etag = cached.as_ref().map(|(tag, _)| tag.clone());
+        let value = match self.request("GET", &url, None, etag.as_deref())? {
+            Reply::NotModified => cached
+                .as_ref()
+                .map(|(_, v)| v.clone())
+                .unwrap_or(Value::Null),
+            Reply::Body(value, tag) => {
+                *cached = tag.map(|t| (t, value.clone()));
+                value
+            }
+        };
+        drop(cached);
+        let reply: reply::Poll = read(value, &url)?;
         let sleep = reply
             .config
             .and_then(|c| c.polling)

@@ -113,6 +113,9 @@ pub struct Client<'a> {
     pub sector_size: Option<u64>,
     pub booted: Slot,
     pub opts: FleetOptions,
+    /// The last poll reply and its ETag, for the next poll's
+    /// `If-None-Match`.
+    pub poll_cache: ddi::PollCache,
 }
 
 /// After `updater health`: settle the action and send its report now, so
@@ -310,7 +313,7 @@ impl Client<'_> {
         };
         let ddi = self.ddi()?;
         let Some(mut state) = settled else {
-            let polled = ddi.poll()?;
+            let polled = ddi.poll(&self.poll_cache)?;
             let done = match (&polled.cancel, &polled.deployment) {
                 (Some(href), _) => self.cancel(&ddi, href)?,
                 (None, Some(_)) => Cycle::Waiting(format!(
@@ -326,7 +329,7 @@ impl Client<'_> {
             log::warn!("fleet: the report waits for the next cycle: {e:#}");
             None
         });
-        let polled = ddi.poll()?;
+        let polled = ddi.poll(&self.poll_cache)?;
         let attributes = self.attributes(&state);
         if polled.config_data.is_some() || state.fleet_attributes.as_ref() != Some(&attributes) {
             match ddi.config_data(polled.config_data.as_deref(), &attributes) {
