@@ -1319,3 +1319,52 @@ fn polls_ask_if_none_match_and_a_304_is_the_reply_kept() {
         assert_eq!(p, &(Some("\"v1\"".to_string()), 304), "{seen:?}");
     }
 }
+
+/// A distribution set of several modules, one per kind of device: the
+/// artifact installed is the one signed for this device's `compatible`,
+/// wherever it stands, and the other is passed over, named.
+#[test]
+fn of_several_artifacts_the_one_signed_for_this_device_is_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = std::fs::read(bundle_in(dir.path(), &release("2.0.0"))).unwrap();
+    let theirs = std::fs::read(bundle_in(
+        dir.path(),
+        &Release {
+            compatible: "acme-camera",
+            ..release("2.0.0")
+        },
+    ))
+    .unwrap();
+    let f = Fixture::serve(
+        move |req| match req.path.rsplit('/').next().unwrap_or_default() {
+            DEVICE => poll_reply(
+                j!({"deploymentBase": {"href": format!("{}/deploymentBase/6", base(req))}}),
+            ),
+            "6" => {
+                let artifact = |name: &str| j!({"filename": name, "_links": {"download": {"href": format!("{}/files/{name}", base(req))}}});
+                json(
+                    200,
+                    j!({"id": "6", "deployment": {"download": "forced", "update": "forced", "chunks": [
+                        {"part": "os", "version": "2.0.0", "name": "camera", "artifacts": [artifact("camera.swb")]},
+                        {"part": "os", "version": "2.0.0", "name": "gateway", "artifacts": [artifact("gateway.swb")]}
+                    ]}}),
+                )
+            }
+            "camera.swb" => file(theirs.clone()),
+            "gateway.swb" => file(ours.clone()),
+            _ => json(404, j!({})),
+        },
+    );
+    let dev = fleet_device(&f.url);
+    let out = fleet_once(&dev, "b").success();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        err.contains("gateway.swb is for acme-gw; passed over: camera.swb (for acme-camera)"),
+        "{err}"
+    );
+    assert!(
+        stdout(&out).contains("2.0.0 installed into slot_a"),
+        "{}",
+        stdout(&out)
+    );
+}

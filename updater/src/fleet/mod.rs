@@ -461,11 +461,7 @@ impl Client<'_> {
                 false => self.activate(ddi, &d.id),
             };
         }
-        let Some(artifact) = d
-            .artifacts
-            .iter()
-            .find(|a| a.filename.ends_with(".swu") || a.filename.ends_with(".swb"))
-        else {
+        let Some(artifact) = self.choose(ddi, &d)? else {
             let names: Vec<&str> = d.artifacts.iter().map(|a| a.filename.as_str()).collect();
             let passed_over = if d.unusable.is_empty() {
                 String::new()
@@ -476,8 +472,8 @@ impl Client<'_> {
                 )
             };
             let detail = format!(
-                "no usable .swu or .swb artifact in deployment {} (it has: {names:?}{passed_over})",
-                d.id
+                "no usable .swu or .swb artifact for {} in deployment {} (it has: {names:?}{passed_over})",
+                self.config.compatible, d.id
             );
             return self.close(ddi, &d.id, false, detail);
         };
@@ -515,6 +511,53 @@ impl Client<'_> {
             Err(e) if is_transient(&e) => Err(e),
             Err(e) => self.failed(ddi, &d.id, e),
         }
+    }
+
+    /// The deployment's `.swu` or `.swb` for this device. One is taken as
+    /// it is (the install checks it); of several (a distribution set of
+    /// several modules, for several kinds of device), each one's signed
+    /// header is read and the first signed for this device's `compatible`
+    /// is taken, the others passed over with a warning. None when no
+    /// artifact is for this device.
+    fn choose<'d>(&self, ddi: &Ddi, d: &'d ddi::Deployment) -> Result<Option<&'d ddi::Artifact>> {
+        let candidates: Vec<&ddi::Artifact> = d
+            .artifacts
+            .iter()
+            .filter(|a| a.filename.ends_with(".swu") || a.filename.ends_with(".swb"))
+            .collect();
+        if candidates.len() < 2 {
+            return Ok(candidates.first().copied());
+        }
+        let mut others = Vec::new();
+        for a in candidates {
+            let reader = Box::new(self.open(ddi, a)?);
+            let compatible = source::unwrap(reader, &a.filename)
+                .and_then(|r| Ok(switchback_bundle::Envelope::read(r)?.unverified_manifest()?))
+                .map(|m| m.compatible);
+            match compatible {
+                Ok(c) if c == self.config.compatible => {
+                    if !others.is_empty() {
+                        log::warn!(
+                            "fleet: deployment {}: {} is for {}; passed over: {}",
+                            d.id,
+                            a.filename,
+                            c,
+                            others.join(", ")
+                        );
+                    }
+                    return Ok(Some(a));
+                }
+                Ok(c) => others.push(format!("{} (for {c})", a.filename)),
+                Err(e) => others.push(format!("{} (unreadable: {e:#})", a.filename)),
+            }
+        }
+        log::warn!(
+            "fleet: deployment {}: no artifact for {}: {}",
+            d.id,
+            self.config.compatible,
+            others.join(", ")
+        );
+        Ok(None)
     }
 
     /// Records that `id` is being carried out, before anything is written.
