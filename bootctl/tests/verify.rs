@@ -199,4 +199,39 @@ fn without_a_keyring_a_slot_is_read_unchecked_and_a_broken_keyring_is_an_error()
     assert!(said.is_empty(), "{said:?}");
     assert!(Trust::from_sections(Some(b"SWKEYS1\0short"), None).is_err());
     assert!(Trust::from_sections(None, Some(b"SWPOL1\0\0\x02\0\0\0\0\0\0\0")).is_err());
+    // A policy without its keyring: the stage was keyed and lost it.
+    let policy = Policy {
+        require_verity: true,
+        threshold: 0,
+    }
+    .section();
+    assert!(Trust::from_sections(None, Some(&policy)).is_err());
+}
+
+/// The verity parameter is read by the release's initramfs: a release
+/// with a tree and no initramfs would mount its root unchecked, so it is
+/// refused where the stage requires verity and started without the
+/// parameter, said so, elsewhere.
+#[test]
+fn a_tree_without_an_initramfs_to_open_it_is_not_claimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, _, _) = root_image(dir.path());
+    let status = std::process::Command::new("debugfs")
+        .args(["-w", "-R", "rm /boot/initrd.img"])
+        .arg(&img)
+        .status()
+        .expect("debugfs (apt-get install e2fsprogs)");
+    assert!(status.success());
+    let s = slot(dir.path(), &img, &vendor(), true, true);
+    let r = refused(check(&s, &trust(true)).0);
+    assert_eq!(r.what, "no-verity", "{}", r.detail);
+    assert!(r.detail.contains("no /boot/initrd.img"), "{}", r.detail);
+    let (r, said) = check(&s, &trust(false));
+    let files = r.unwrap_or_else(|r| panic!("{}", r.detail));
+    assert!(files.verity.is_none() && files.initrd.is_none());
+    assert!(
+        said.iter()
+            .any(|m| m.contains("no /boot/initrd.img to open it")),
+        "{said:?}"
+    );
 }

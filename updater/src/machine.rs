@@ -162,6 +162,19 @@ impl State {
         self.set_outcome(Outcome::Ready, None);
     }
 
+    /// A fleet action of the ready release's version takes it over (a
+    /// download-only action wrote it, another one offers it again): what
+    /// is reported of it goes to that action.
+    pub fn ready_for(&mut self, fleet_action: &str) {
+        if let Some(r) = self
+            .last_install
+            .as_mut()
+            .filter(|r| r.outcome == Outcome::Ready)
+        {
+            r.fleet_action = Some(fleet_action.into());
+        }
+    }
+
     /// Activation step 1, saved before the flip: the ready install goes on
     /// as an install does from [`State::flipping`], with `release` (from
     /// the slot's signed record) as what `target` holds; a fleet action

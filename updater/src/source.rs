@@ -681,10 +681,11 @@ impl ArtifactDigest {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The network's failure, not the artifact's: tried again.
                 Err(e) => {
-                    return Err(UpdateError::ArtifactMismatch {
-                        artifact: self.name.clone(),
-                        detail: format!("reading its last bytes: {e}"),
+                    return Err(UpdateError::Http {
+                        url: self.name.clone(),
+                        reason: format!("reading its last bytes: {e}"),
                     })
                 }
             }

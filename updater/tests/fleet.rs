@@ -1056,7 +1056,7 @@ fn a_download_only_action_is_written_reported_downloaded_and_activated_by_the_ne
             DEVICE => poll_reply(
                 j!({"deploymentBase": {"href": format!("{}/deploymentBase/{id}", base(req))}}),
             ),
-            "6" | "7" => json(
+            "6" | "7" | "8" => json(
                 200,
                 j!({"id": id, "deployment": {"download": "forced", "update": update, "chunks": [
                     {"part": "os", "version": "2.0.0", "name": "os", "artifacts": [
@@ -1102,6 +1102,23 @@ fn a_download_only_action_is_written_reported_downloaded_and_activated_by_the_ne
         .into_iter()
         .find(|b| b["status"]["execution"] == "downloaded");
     assert_eq!(told.unwrap()["status"]["result"]["finished"], "none");
+
+    // Another download-only action of the same release (a maintenance
+    // window's, offered until it opens): told once, not written again.
+    *offered.lock().unwrap() = ("8", "skip");
+    for _ in 0..2 {
+        let out = fleet_once(&dev, "b").success();
+        assert!(
+            stdout(&out).contains("action 8: 2.0.0 downloaded into slot_a"),
+            "{}",
+            stdout(&out)
+        );
+    }
+    assert_eq!(
+        (downloads(&f), downloaded(&f)),
+        (1, 2),
+        "told once per action"
+    );
 
     *offered.lock().unwrap() = ("7", "forced");
     let out = fleet_once(&dev, "b").success();

@@ -62,6 +62,11 @@ impl Trust {
             Some(p) => Policy::parse(p).map_err(|e| format!("its policy: {e}"))?,
         };
         let Some(keyring) = keyring else {
+            // A policy says the stage was keyed: without its keyring it
+            // would start anything, which is never what a policy asked.
+            if policy != Policy::default() {
+                return Err("its policy has no keyring beside it".into());
+            }
             return Ok(Trust {
                 keyring: None,
                 policy,
@@ -284,11 +289,10 @@ pub fn boot_files<D: BlockDevice + 'static>(
             // where its signature was checked.
             match manifest.image(ROOTFS).ok().and_then(|i| i.verity.as_ref()) {
                 Some(v) => {
-                    say(&format!(
-                        "{slot}'s root is opened through dm-verity, root hash {}",
-                        v.root_hash
+                    verity_param = Some((
+                        format!("{}={}", verity::CMDLINE_KEY, v.cmdline_value()),
+                        v.root_hash.to_string(),
                     ));
-                    verity_param = Some(format!("{}={}", verity::CMDLINE_KEY, v.cmdline_value()));
                 }
                 None if trust.policy.require_verity => {
                     return Err(refused(
@@ -345,6 +349,29 @@ pub fn boot_files<D: BlockDevice + 'static>(
         detail: "it has no /boot/vmlinuz".into(),
     })?;
     let initrd = read("/boot/initrd.img")?;
+    // The tree is opened by the release's initramfs: without one, nothing
+    // reads the parameter and the root would be mounted unchecked.
+    let verity_param = match verity_param {
+        Some((_, _)) if initrd.is_none() && trust.policy.require_verity => {
+            return Err(refused(
+                "no-verity",
+                "its release has a dm-verity tree but no /boot/initrd.img to open it, and this stage starts no root unchecked".into(),
+            ))
+        }
+        Some((_, _)) if initrd.is_none() => {
+            say(&format!(
+                "{slot}'s release has a dm-verity tree but no /boot/initrd.img to open it: its root is not checked after this boot stage"
+            ));
+            None
+        }
+        Some((param, root_hash)) => {
+            say(&format!(
+                "{slot}'s root is opened through dm-verity, root hash {root_hash}"
+            ));
+            Some(param)
+        }
+        None => None,
+    };
     Ok(BootFiles {
         kernel,
         initrd,

@@ -529,9 +529,11 @@ impl Client<'_> {
             return Ok(candidates.first().copied());
         }
         let mut others = Vec::new();
+        let mut unread = false;
         for a in candidates {
-            let reader = Box::new(self.open(ddi, a)?);
-            let compatible = source::unwrap(reader, &a.filename)
+            let compatible = self
+                .open(ddi, a)
+                .and_then(|reader| source::unwrap(Box::new(reader), &a.filename))
                 .and_then(|r| Ok(switchback_bundle::Envelope::read(r)?.unverified_manifest()?))
                 .map(|m| m.compatible);
             match compatible {
@@ -548,8 +550,24 @@ impl Client<'_> {
                     return Ok(Some(a));
                 }
                 Ok(c) => others.push(format!("{} (for {c})", a.filename)),
-                Err(e) => others.push(format!("{} (unreadable: {e:#})", a.filename)),
+                Err(e) => {
+                    unread = true;
+                    others.push(format!("{} (unreadable: {e:#})", a.filename));
+                }
             }
+        }
+        // Ours may be the one that could not be read: the next offer
+        // tries again, nothing is reported.
+        if unread {
+            return Err(UpdateError::Http {
+                url: format!("deployment {}", d.id),
+                reason: format!(
+                    "no artifact read so far is for {}: {}",
+                    self.config.compatible,
+                    others.join(", ")
+                ),
+            }
+            .into());
         }
         log::warn!(
             "fleet: deployment {}: no artifact for {}: {}",
@@ -602,6 +620,7 @@ impl Client<'_> {
                 &[line],
             )?;
             change(self.config, &self.disk, |s| {
+                s.ready_for(id);
                 s.fleet = Some(FleetAction {
                     id: id.into(),
                     artifact: version.into(),
@@ -637,7 +656,20 @@ impl Client<'_> {
         match crate::activate::activate(self.config, &opts, &mut observer) {
             Ok((slot, m)) => self.installed(ddi, id, &m.version, slot, "activated in"),
             Err(e) if is_transient(&e) => Err(e),
-            Err(e) => self.failed(ddi, id, e),
+            Err(e) => {
+                // What was downloaded no longer holds: the next offer
+                // downloads it again rather than failing the same way.
+                let why = format!("{e:#}");
+                change(self.config, &self.disk, |s| {
+                    if s.last_install
+                        .as_ref()
+                        .is_some_and(|r| r.outcome == Outcome::Ready)
+                    {
+                        s.install_failed(&why);
+                    }
+                })?;
+                self.failed(ddi, id, e)
+            }
         }
     }
 
