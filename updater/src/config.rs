@@ -74,6 +74,11 @@ pub struct Fleet {
     /// `GatewayToken`).
     #[serde(default)]
     pub token_kind: TokenKind,
+    /// What the device says to an action the server asks it to confirm
+    /// (hawkBit's confirmation flow): `local` waits for `updater fleet
+    /// --confirm ID` (or `--deny ID`), `auto` confirms at once.
+    #[serde(default)]
+    pub confirm: Confirm,
     /// PEM client certificate (chain) and its key (mode 600), presented to
     /// servers that authenticate devices by mutual TLS (hawkBit behind a
     /// reverse proxy that checks them).
@@ -214,6 +219,17 @@ impl Fleet {
             client: self.client_cert.clone().zip(self.client_key.clone()),
         }
     }
+}
+
+/// Who confirms an action the server asks the device to confirm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confirm {
+    /// Someone at the device, with `updater fleet --confirm ID`.
+    #[default]
+    Local,
+    /// The device itself, at once.
+    Auto,
 }
 
 /// hawkBit's two device credentials (its DDI security: target and gateway

@@ -141,6 +141,9 @@ pub enum UpdateError {
     #[error("the artifact {artifact} is not the one the fleet server announced: {detail}; nothing was flipped")]
     ArtifactMismatch { artifact: String, detail: String },
 
+    #[error("nothing to confirm as action {id}: {why}")]
+    NothingToConfirm { id: String, why: String },
+
     #[error("nothing to activate: {last} (install with --no-activate first)")]
     NothingToActivate { last: String },
 

@@ -1385,3 +1385,92 @@ fn of_several_artifacts_the_one_signed_for_this_device_is_installed() {
         stdout(&out)
     );
 }
+
+/// hawkBit's confirmation flow (user consent turned on in the tenant): an
+/// action waits for the device's confirmation. By default someone at the
+/// device answers (`--confirm ID` or `--deny ID`, the id the waiting cycle
+/// names); `confirm: auto` confirms at once. An answer for an action the
+/// server does not ask about is refused (exit 73), nothing sent.
+#[test]
+fn an_action_to_confirm_waits_for_the_operator_or_is_confirmed_automatically() {
+    let f = Fixture::serve(
+        // hawkBit's link carries a query, which names no resource.
+        move |req| match req
+            .path
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+        {
+            DEVICE => poll_reply(
+                j!({"confirmationBase": {"href": format!("{}/confirmationBase/6?c=-2122565939", base(req))}}),
+            ),
+            "6" => json(
+                200,
+                j!({"id": "6", "confirmation": {"download": "forced", "update": "forced", "chunks": [
+                    {"part": "os", "version": "2.0.0", "name": "os", "artifacts": []}
+                ]}}),
+            ),
+            _ => json(200, j!({})),
+        },
+    );
+    let answers = |f: &Fixture| -> Vec<serde_json::Value> {
+        f.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/confirmationBase/6/feedback"))
+            .map(Request::json)
+            .collect()
+    };
+    let dev = fleet_device(&f.url);
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains(
+            "action 6 (2.0.0) waits for a confirmation at the device: updater fleet --once --confirm 6"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    assert!(answers(&f).is_empty());
+
+    let answer = |flag: &str, id: &str| {
+        dev.updater("b")
+            .args(["fleet", "--once", "--no-reboot", flag, id])
+            .timeout(Duration::from_secs(60))
+            .assert()
+    };
+    let wrong = answer("--confirm", "7").code(73);
+    assert!(
+        String::from_utf8_lossy(&wrong.get_output().stderr)
+            .contains("nothing to confirm as action 7: the server asks to confirm action 6"),
+        "{:?}",
+        wrong.get_output()
+    );
+    assert!(answers(&f).is_empty());
+    let out = answer("--deny", "6").success();
+    assert!(
+        stdout(&out).contains("action 6: denied"),
+        "{}",
+        stdout(&out)
+    );
+    let out = answer("--confirm", "6").success();
+    assert!(
+        stdout(&out).contains("action 6: confirmed by an operator"),
+        "{}",
+        stdout(&out)
+    );
+
+    fleet_config(&dev, |c| c["confirm"] = j!("auto"));
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains("confirmed automatically"),
+        "{}",
+        stdout(&out)
+    );
+    let sent: Vec<_> = answers(&f)
+        .iter()
+        .map(|a| a["confirmation"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(sent, ["denied", "confirmed", "confirmed"]);
+}

@@ -64,6 +64,7 @@ fn update_code(e: &UpdateError) -> i32 {
         UpdateError::ReadyChanged { .. } => 70,
         UpdateError::NotAssigned { .. } => 71,
         UpdateError::ArtifactMismatch { .. } => 72,
+        UpdateError::NothingToConfirm { .. } => 73,
     }
 }
 

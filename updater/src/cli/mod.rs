@@ -357,6 +357,18 @@ pub struct FleetArgs {
     /// Never reboot, whatever the config says (tests, manual runs).
     #[arg(long)]
     pub no_reboot: bool,
+    /// Confirm the action the server asks this device to confirm (its id,
+    /// as the waiting cycle prints it).
+    #[arg(
+        long,
+        value_name = "ACTION",
+        requires = "once",
+        conflicts_with = "deny"
+    )]
+    pub confirm: Option<String>,
+    /// Deny it: the server closes the action.
+    #[arg(long, value_name = "ACTION", requires = "once")]
+    pub deny: Option<String>,
     #[command(flatten)]
     pub means: InstallMeans,
 }
@@ -379,6 +391,10 @@ pub fn fleet(dev: &Device, args: FleetArgs) -> Result<()> {
         sector_size: dev.sector_size,
         booted: dev.booted()?,
         opts: FleetOptions {
+            answer: args
+                .confirm
+                .map(|id| (id, true))
+                .or(args.deny.map(|id| (id, false))),
             no_reboot: args.no_reboot,
             threads: args.means.threads,
             memory: args.means.memory_of(&dev.config),

@@ -41,6 +41,9 @@ pub struct Polled {
     pub deployment: Option<String>,
     pub cancel: Option<String>,
     pub config_data: Option<String>,
+    /// An action that waits for the device's confirmation (hawkBit's
+    /// user-consent flow, when the tenant turned it on).
+    pub confirmation: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +183,18 @@ mod reply {
         pub deployment_base: Option<Link>,
         pub cancel_action: Option<Link>,
         pub config_data: Option<Link>,
+        pub confirmation_base: Option<Link>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Confirmation {
+        pub id: Option<Id>,
+        pub confirmation: Option<ConfirmationBody>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct ConfirmationBody {
+        pub chunks: Option<Vec<Chunk>>,
     }
 
     #[derive(Deserialize)]
@@ -584,6 +599,7 @@ impl Ddi {
             deployment: link(reply.links.deployment_base)?,
             cancel: link(reply.links.cancel_action)?,
             config_data: link(reply.links.config_data)?,
+            confirmation: link(reply.links.confirmation_base)?,
         })
     }
 
@@ -697,6 +713,39 @@ impl Ddi {
             .and_then(|c| c.stop_id)
             .map_or_else(|| id.clone(), |i| i.text());
         Ok((check_id(&id, href)?, check_id(&stop, href)?))
+    }
+
+    /// The action waiting for confirmation at `href`: its id and the
+    /// version its first chunk names (for the console and the operator).
+    pub fn confirmation(&self, href: &str) -> Result<(String, Option<String>)> {
+        let reply: reply::Confirmation = read(self.call("GET", href, None)?, href)?;
+        let id = reply
+            .id
+            .map(|i| i.text())
+            .ok_or_else(|| DdiError::Protocol {
+                url: href.into(),
+                reason: "no action id".into(),
+            })?;
+        let version = reply
+            .confirmation
+            .and_then(|c| c.chunks)
+            .and_then(|c| c.into_iter().find_map(|c| c.version))
+            .map(|v| v.chars().take(128).collect());
+        Ok((check_id(&id, href)?, version))
+    }
+
+    /// Confirms action `id`, or denies it, with `details`.
+    pub fn confirm(&self, id: &str, confirmed: bool, details: &[String]) -> Result<()> {
+        let url = format!(
+            "{}/confirmationBase/{}/feedback",
+            self.base,
+            check_id(id, &self.base)?
+        );
+        let body = json!({
+            "confirmation": if confirmed { "confirmed" } else { "denied" },
+            "details": details,
+        });
+        self.call("POST", &url, Some(&body)).map(drop)
     }
 
     /// Answers a cancel request: accepted (`closed`) or `rejected`.

@@ -48,7 +48,10 @@ pub enum Cycle {
     /// Nothing to do.
     Idle,
     /// The result of an action was reported.
-    Reported { id: String, success: bool },
+    Reported {
+        id: String,
+        success: bool,
+    },
     /// A release was installed; the device reboots into it (unless told not to).
     Installed {
         id: String,
@@ -56,15 +59,27 @@ pub enum Cycle {
         slot: Slot,
     },
     /// The server canceled an action before it was installed.
-    Canceled { id: String },
+    Canceled {
+        id: String,
+    },
     /// The server asked to cancel an action already installed: refused.
-    CancelRefused { id: String },
+    CancelRefused {
+        id: String,
+    },
     /// A release was written and left unbootable: the server allows its
     /// download, not yet its update.
     Downloaded {
         id: String,
         version: String,
         slot: Slot,
+    },
+    /// An action the server asked to confirm was confirmed, or denied.
+    Confirmed {
+        id: String,
+        by: &'static str,
+    },
+    Denied {
+        id: String,
     },
     /// There is work, but not now (a trial pending, a maintenance window).
     Waiting(String),
@@ -88,6 +103,8 @@ impl std::fmt::Display for Cycle {
                 f,
                 "action {id}: {version} downloaded into {slot} and left unbootable; it is activated when the server allows the update"
             ),
+            Cycle::Confirmed { id, by } => write!(f, "action {id}: confirmed {by}; the server offers it next"),
+            Cycle::Denied { id } => write!(f, "action {id}: denied"),
             Cycle::Waiting(why) => f.write_str(why),
         }
     }
@@ -95,6 +112,9 @@ impl std::fmt::Display for Cycle {
 
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
+    /// An operator's answer to the server's request to confirm an action:
+    /// its id, and whether it is confirmed (`--confirm`) or denied.
+    pub answer: Option<(String, bool)>,
     /// Never reboot (tests, manual runs), whatever the config says.
     pub no_reboot: bool,
     pub threads: usize,
@@ -341,8 +361,19 @@ impl Client<'_> {
                 Err(e) => log::warn!("fleet: attributes not taken, sent again next cycle: {e}"),
             }
         }
+        if let Some(asked) = self.opts.answer.as_ref().map(|(id, _)| id) {
+            if polled.confirmation.is_none() {
+                return Err(UpdateError::NothingToConfirm {
+                    id: asked.clone(),
+                    why: "the server asks no confirmation now".into(),
+                }
+                .into());
+            }
+        }
         let done = if let Some(href) = &polled.cancel {
             self.cancel(&ddi, href)?
+        } else if let Some(href) = &polled.confirmation {
+            self.confirmation(&ddi, href)?
         } else if let Some(href) = &polled.deployment {
             self.deploy(&ddi, href, state)?
         } else {
@@ -397,6 +428,44 @@ impl Client<'_> {
             }
         })?;
         Ok(Cycle::Canceled { id: stop_id })
+    }
+
+    /// Answers the server's request to confirm an action: as the operator
+    /// said (`--confirm`/`--deny` naming it), or at once with `confirm:
+    /// auto`; else it waits, and says how to answer.
+    fn confirmation(&self, ddi: &Ddi, href: &str) -> Result<Cycle> {
+        let (id, version) = ddi.confirmation(href)?;
+        let answer = match (&self.opts.answer, self.fleet.confirm) {
+            (Some((asked, yes)), _) if *asked == id => Some((*yes, "by an operator at the device")),
+            (Some((asked, _)), _) => {
+                return Err(UpdateError::NothingToConfirm {
+                    id: asked.clone(),
+                    why: format!("the server asks to confirm action {id}"),
+                }
+                .into())
+            }
+            (None, crate::config::Confirm::Auto) => {
+                Some((true, "automatically (fleet.confirm: auto)"))
+            }
+            (None, crate::config::Confirm::Local) => None,
+        };
+        let what = match &version {
+            Some(v) => format!("action {id} ({v})"),
+            None => format!("action {id}"),
+        };
+        match answer {
+            Some((true, by)) => {
+                ddi.confirm(&id, true, &[format!("{what} confirmed {by}")])?;
+                Ok(Cycle::Confirmed { id, by })
+            }
+            Some((false, by)) => {
+                ddi.confirm(&id, false, &[format!("{what} denied {by}")])?;
+                Ok(Cycle::Denied { id })
+            }
+            None => Ok(Cycle::Waiting(format!(
+                "{what} waits for a confirmation at the device: updater fleet --once --confirm {id} (or --deny {id})"
+            ))),
+        }
     }
 
     /// Why a deployment offered now is not started now, if it is not
