@@ -375,6 +375,29 @@ pub fn runs_committed(vm: &mut Machine, version: &str, slot: &str) {
     vm.expect(&format!("READY {version}"), STEP).unwrap();
 }
 
+/// Changes one byte of `slot` on the powered-off machine's `disk`, `at`
+/// bytes into the slot (XOR `mask`), as a bit flip of the medium or
+/// someone with the disk would.
+pub fn change_byte_in_slot(disk: &Path, slot: bootctl::Slot, at: u64, mask: u8) {
+    use std::os::unix::fs::FileExt;
+    let start = bootctl::Disk::open(disk, None, false)
+        .unwrap()
+        .read()
+        .unwrap()
+        .table
+        .entry(slot)
+        .first_lba
+        * 512;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .unwrap();
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, start + at).unwrap();
+    f.write_all_at(&[byte[0] ^ mask], start + at).unwrap();
+}
+
 /// Back on the factory release after a failed update, told why once.
 pub fn back_on_a(vm: &mut Machine, why: &str) {
     vm.expect("switchback boot stage: selected slot_a", BOOT)

@@ -7,12 +7,12 @@
 //! `kexec_load` (Debian's arm64 kernel has no `kexec_file_load`).
 
 use qemu_tests::appliance::{
-    back_on_a, factory, factory_with, installs_a_release_larger_than_its_memory, runs_committed,
-    Appliance, BOOT, HEARTBEAT_CHECK, STEP,
+    back_on_a, change_byte_in_slot, factory, factory_with,
+    installs_a_release_larger_than_its_memory, runs_committed, Appliance, BOOT, HEARTBEAT_CHECK,
+    STEP,
 };
 use qemu_tests::guest::Release;
 use qemu_tests::qemu::{Firmware, Options};
-use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 fn v2(app: &Appliance) -> std::path::PathBuf {
@@ -122,24 +122,7 @@ fn u_boot_without_uefi_boots_the_boot_stage_from_extlinux_and_updates() {
     vm.expect("INSTALL EXIT 0", STEP).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     vm.kill();
-    let slot_a = bootctl::Disk::open(&disk, None, false)
-        .unwrap()
-        .read()
-        .unwrap()
-        .table
-        .entry(bootctl::Slot::A)
-        .first_lba
-        * 512;
-    let at = slot_a + kernel_offset(&v3) + 7;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&disk)
-        .unwrap();
-    let mut byte = [0u8];
-    f.read_exact_at(&mut byte, at).unwrap();
-    f.write_all_at(&[byte[0] ^ 0x01], at).unwrap();
-    drop(f);
+    change_byte_in_slot(&disk, bootctl::Slot::A, kernel_offset(&v3) + 7, 0x01);
 
     let mut vm = app.boot(&disk, &stick);
     vm.expect("switchback boot stage: selected slot_a", BOOT)

@@ -8,10 +8,9 @@
 //! release without a tree. (An unsigned stage refused by the firmware:
 //! `boot_stage.rs::under_secure_boot_only_what_is_signed_for_db_starts`.)
 
-use qemu_tests::appliance::{Appliance, BOOT, STEP};
+use qemu_tests::appliance::{change_byte_in_slot, Appliance, BOOT, STEP};
 use qemu_tests::guest::{Kernel, Release};
 use qemu_tests::qemu::Firmware;
-use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -118,21 +117,12 @@ fn under_secure_boot_a_verity_root_boots_and_a_changed_block_an_unsigned_kernel_
     vm.kill();
     let manifest = image_tools::ops::inspect(&bundles[1]).unwrap();
     let verity = manifest.images[0].verity.clone().unwrap();
-    let table = bootctl::Disk::open(&disk, None, false)
-        .unwrap()
-        .read()
-        .unwrap();
-    let slot_a = table.table.entry(bootctl::Slot::A).first_lba * 512;
-    let at = slot_a + verity.hash_offset - 4096 + 100;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&disk)
-        .unwrap();
-    let mut byte = [0u8];
-    f.read_exact_at(&mut byte, at).unwrap();
-    f.write_all_at(&[byte[0] ^ 0x5a], at).unwrap();
-    drop(f);
+    change_byte_in_slot(
+        &disk,
+        bootctl::Slot::A,
+        verity.hash_offset - 4096 + 100,
+        0x5a,
+    );
 
     let mut vm = app.boot(&disk, &stick);
     vm.expect("switchback boot stage: selected slot_a", BOOT)

@@ -58,6 +58,19 @@ fn fleet_once(dev: &Device, booted: &str) -> assert_cmd::assert::Assert {
         .assert()
 }
 
+/// `updater fleet` polling until killed, on slot_b, its log piped.
+fn daemon(dev: &Device) -> std::process::Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("updater"))
+        .arg("--config")
+        .arg(&dev.config)
+        .arg("--disk")
+        .arg(&dev.disk)
+        .args(["--booted-slot", "b", "fleet", "--no-reboot"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn stdout(a: &assert_cmd::assert::Assert) -> String {
     String::from_utf8_lossy(&a.get_output().stdout).into_owned()
 }
@@ -438,15 +451,7 @@ fn a_429_is_waited_out_as_long_as_the_server_asks() {
         poll_reply(j!({}))
     });
     let dev = fleet_device(&f.url);
-    let mut daemon = std::process::Command::new(assert_cmd::cargo::cargo_bin("updater"))
-        .arg("--config")
-        .arg(&dev.config)
-        .arg("--disk")
-        .arg(&dev.disk)
-        .args(["--booted-slot", "b", "fleet", "--no-reboot"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = daemon(&dev);
     let polls = |f: &Fixture| -> Vec<std::time::Instant> {
         f.requests()
             .iter()
@@ -1303,15 +1308,7 @@ fn polls_ask_if_none_match_and_a_304_is_the_reply_kept() {
         r
     });
     let dev = fleet_device(&f.url);
-    let mut daemon = std::process::Command::new(assert_cmd::cargo::cargo_bin("updater"))
-        .arg("--config")
-        .arg(&dev.config)
-        .arg("--disk")
-        .arg(&dev.disk)
-        .args(["--booted-slot", "b", "fleet", "--no-reboot"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = daemon(&dev);
     let polls = |f: &Fixture| -> Vec<(Option<String>, u16)> {
         f.requests()
             .iter()
