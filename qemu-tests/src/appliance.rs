@@ -336,6 +336,22 @@ impl Appliance {
         .unwrap()
     }
 
+    /// Boots `disk` on QEMU's user network with the host's loopback port
+    /// `host` forwarded to the appliance's `guest` port.
+    pub fn boot_forwarding(&self, disk: &Path, host: u16, guest: u16) -> Machine {
+        Machine::start(
+            &[disk],
+            Options {
+                reboots: true,
+                net: true,
+                forward: Some((host, guest)),
+                firmware: self.firmware,
+                ..Options::default()
+            },
+        )
+        .unwrap()
+    }
+
     /// `boot` with other `opts` (the boot disk's bus, write throttling).
     pub fn boot_with(&self, disk: &Path, stick: &Path, opts: Options) -> Machine {
         Machine::start(

@@ -464,6 +464,10 @@ pub struct Release<'a> {
     /// (`/data/fleet/token`, written at commissioning). The device is
     /// named by the machine's serial number.
     pub fleet_url: Option<&'a str>,
+    /// `serve.listen` of the device config (`"0.0.0.0:8080"`): the
+    /// release brings its network up by DHCP and runs `updater serve`
+    /// once an API user has a password (set at commissioning).
+    pub api_listen: Option<&'a str>,
     /// MiB of incompressible data in `/opt/filler`: a release larger than
     /// the machine's memory.
     pub filler_mib: u64,
@@ -485,6 +489,7 @@ impl Default for Release<'_> {
             kernel_panics: false,
             no_kernel: false,
             fleet_url: None,
+            api_listen: None,
             filler_mib: 0,
             vmlinuz: None,
             keys: &[],
@@ -674,10 +679,14 @@ pub fn release_image(
         ),
         None => String::new(),
     };
+    let serve = match release.api_listen {
+        Some(listen) => format!(r#", "serve": {{"listen": "{listen}"}}"#),
+        None => String::new(),
+    };
     std::fs::write(
         root.join("etc/switchback/config.json"),
         format!(
-            r#"{{"compatible": "switchback-qemu", "keyring": "/etc/switchback/keys", "data_dir": "/data", "boot_tries": {}, "health": {{"deadline_s": 60, "checks": {}}}{fleet}}}"#,
+            r#"{{"compatible": "switchback-qemu", "keyring": "/etc/switchback/keys", "data_dir": "/data", "boot_tries": {}, "health": {{"deadline_s": 60, "checks": {}}}{fleet}{serve}}}"#,
             release.boot_tries, release.health_checks
         ),
     )?;
@@ -725,9 +734,19 @@ udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 1 && echo "NET $(ip -4 -o add
     // The fleet client starts once the device has its token: from the
     // factory on, the technician's commissioning writes it to /data.
     let client = "(while ! test -s /data/fleet/token; do sleep 1; done; exec updater fleet) &";
-    let (network, client) = match release.fleet_url {
-        Some(_) => (network.as_str(), client),
-        None => ("", ""),
+    // The API starts once a user has a password: with none, it would
+    // refuse to start (no default credentials). Its socket goes to /tmp,
+    // as the slot's root is never written.
+    let api = "(while ! test -s /data/switchback/api-users.json; do sleep 1; done; exec updater serve --socket /tmp/updater.sock) &";
+    let network = match (release.fleet_url, release.api_listen) {
+        (None, None) => "",
+        _ => network.as_str(),
+    };
+    let client = match (release.fleet_url, release.api_listen) {
+        (Some(_), Some(_)) => format!("{client}\n{api}"),
+        (Some(_), None) => client.to_string(),
+        (None, Some(_)) => api.to_string(),
+        (None, None) => String::new(),
     };
     std::fs::write(
         root.join("sbin/init"),
@@ -735,7 +754,7 @@ udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 5 -T 1 && echo "NET $(ip -4 -o add
             .replace("CONSOLE", kernel.console())
             .replace("TAKE_WATCHDOG", &take_watchdog)
             .replace("FLEET_NETWORK", network)
-            .replace("FLEET_CLIENT", client),
+            .replace("FLEET_CLIENT", &client),
     )?;
     std::fs::set_permissions(
         root.join("sbin/init"),

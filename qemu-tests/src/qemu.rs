@@ -105,6 +105,9 @@ pub struct Options {
     /// A virtio network card on QEMU's user network: the guest gets
     /// 10.0.2.15 by DHCP and reaches the host's loopback as 10.0.2.2.
     pub net: bool,
+    /// With `net`: this port of the host's loopback forwarded to this
+    /// port of the guest (a laptop on the appliance's service port).
+    pub forward: Option<(u16, u16)>,
     /// The serial number the firmware reports (SMBIOS type 1): what a
     /// fleet client names the machine by.
     pub serial: Option<String>,
@@ -179,12 +182,13 @@ impl Machine {
         if opts.net {
             // No option ROM: the firmware has nothing to boot from the card
             // (the disk has bootindex 1 anyway).
-            cmd.args([
-                "-netdev",
-                "user,id=net0",
-                "-device",
-                "virtio-net-pci,netdev=net0,romfile=",
-            ]);
+            let mut netdev = "user,id=net0".to_string();
+            if let Some((host, guest)) = opts.forward {
+                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+            }
+            cmd.arg("-netdev")
+                .arg(netdev)
+                .args(["-device", "virtio-net-pci,netdev=net0,romfile="]);
         }
         if let Some(serial) = &opts.serial {
             cmd.arg("-smbios").arg(format!("type=1,serial={serial}"));

@@ -46,11 +46,48 @@ pub struct Config {
     /// "Integrity at every boot".
     #[serde(default)]
     pub require_verity: bool,
+    /// The API on the network (`updater serve`, docs/api.md): off unless
+    /// set, and then only with a login.
+    #[serde(default)]
+    pub serve: Option<Serve>,
     /// Not read from the file: the GPT GUID of the disk the command acts
     /// on, set when the device is opened ([`crate::cli::Device::open`]).
     /// The state file is stamped with it when saved.
     #[serde(skip)]
     pub disk_guid: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Serve {
+    /// The address and port to listen on, e.g. `"0.0.0.0:8443"` (the
+    /// service port a technician's laptop plugs into).
+    pub listen: std::net::SocketAddr,
+    /// TLS with this PEM certificate chain and key (mode 0600).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Serve {
+    fn validate(&self) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(()),
+            (Some(cert), Some(key)) => {
+                for (field, p) in [("serve.tls_cert", cert), ("serve.tls_key", key)] {
+                    if !p.is_absolute() {
+                        return Err(format!(
+                            "field `{field}` ({}) must be an absolute path",
+                            p.display()
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            _ => Err("fields `serve.tls_cert` and `serve.tls_key` come together".into()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +125,11 @@ pub struct Fleet {
     pub client_key: Option<PathBuf>,
     /// Reported as `hw_revision`; the server matches releases to it.
     pub hw_revision: String,
+    /// The name of this product's distribution sets on the server, told
+    /// with the version in `installedBase` when a release was installed
+    /// without the server. Default: the config's `compatible`.
+    #[serde(default)]
+    pub distribution: Option<String>,
     /// PEM CA certificates to trust instead of the built-in roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -133,6 +175,27 @@ impl Fleet {
         Ok(serial.to_string())
     }
 
+    /// Whether hawkBit takes the attributes made of the config: checked by
+    /// the fleet client only, so that a config that served before (a
+    /// `compatible` hawkBit refuses) never stops a health check or an
+    /// install; `updater fleet` refuses it (exit 40) rather than have the
+    /// server refuse every cycle.
+    pub fn check_attributes(&self, compatible: &str) -> Result<(), String> {
+        if let Some(problem) = crate::fleet::ddi::attribute_problem(&self.hw_revision) {
+            return Err(format!(
+                "field `fleet.hw_revision` ({:?}) {problem}",
+                self.hw_revision
+            ));
+        }
+        // The server hears it as `hw_boardname`.
+        if let Some(problem) = crate::fleet::ddi::attribute_problem(compatible) {
+            return Err(format!(
+                "field `compatible` ({compatible:?}) {problem}: the fleet server would refuse the device's attributes"
+            ));
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), String> {
         let url = self.url.trim_end_matches('/');
         let rest = url
@@ -150,11 +213,18 @@ impl Fleet {
         if let Some(id) = &self.controller_id {
             path_segment("field `fleet.controller_id`", id)?;
         }
-        if self.hw_revision.is_empty()
-            || self.hw_revision.len() > 128
-            || self.hw_revision.chars().any(char::is_control)
-        {
-            return Err("field `fleet.hw_revision` must be one line of 1 to 128 bytes".into());
+        if self.hw_revision.is_empty() || self.hw_revision.chars().any(char::is_control) {
+            return Err("field `fleet.hw_revision` must be one line of 1 to 128 characters".into());
+        }
+        if let Some(name) = &self.distribution {
+            if name.trim().is_empty()
+                || name.chars().count() > 128
+                || name.chars().any(char::is_control)
+            {
+                return Err(
+                    "field `fleet.distribution` must be one line of 1 to 128 characters (hawkBit's limit for a distribution set's name)".into(),
+                );
+            }
         }
         if self.token_file.is_none() && self.client_cert.is_none() {
             return Err("the `fleet` section needs `token_file`, `client_cert` and `client_key`, or both: the server must know the device".into());
@@ -491,6 +561,9 @@ impl Config {
         if let Some(f) = &self.fleet {
             f.validate()?;
         }
+        if let Some(s) = &self.serve {
+            s.validate()?;
+        }
         Ok(())
     }
 
@@ -583,11 +656,46 @@ mod tests {
                 r#"{"compatible":"a","keyring":"/","data_dir":"/","fleet":{"url":"http://x","controller_id":"d","token_file":"/t","hw_revision":"1","poll":5}}"#,
                 "unknown field `poll`",
             ),
+            (
+                r#"{"compatible":"a","keyring":"/","data_dir":"/","fleet":{"url":"http://x","controller_id":"d","token_file":"/t","hw_revision":"1","distribution":" "}}"#,
+                "field `fleet.distribution` must be one line",
+            ),
         ];
         for (text, message) in cases {
             let e = load(text).unwrap_err().to_string();
             assert!(e.contains(message), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn the_fleet_client_holds_the_attributes_to_hawkbits_rules_and_nothing_else_does() {
+        let text = |compatible: &str, hw: &str| {
+            format!(
+                r#"{{"compatible":"{compatible}","keyring":"/","data_dir":"/","fleet":{{"url":"http://x","controller_id":"d","token_file":"/t","hw_revision":"{hw}"}}}}"#
+            )
+        };
+        for (compatible, hw, message) in [
+            (
+                "a",
+                "rev~2",
+                "field `fleet.hw_revision` (\"rev~2\") has '~', which hawkBit refuses",
+            ),
+            ("gwé", "1", "field `compatible` (\"gwé\") has 'é'"),
+        ] {
+            let config = load(&text(compatible, hw)).expect("other commands take it");
+            let fleet = config.fleet.as_ref().unwrap();
+            let e = fleet.check_attributes(&config.compatible).unwrap_err();
+            assert!(e.contains(message), "{e}");
+        }
+        let config = load(&text("acme-gw", "rev 2 (B)")).unwrap();
+        assert_eq!(
+            config
+                .fleet
+                .as_ref()
+                .unwrap()
+                .check_attributes(&config.compatible),
+            Ok(())
+        );
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub enum UpdateError {
     #[error("rollback not confirmed: answer y, or pass --yes")]
     NotConfirmed,
 
+    #[error("rollback not confirmed: the request must name {to}, the release in {slot} it goes back to (\"confirm\": \"{to}\")")]
+    RollbackNotNamed { slot: &'static str, to: String },
+
     #[error("bundle {path} is {kind}: give a bundle file, or - to read standard input")]
     NotABundleFile { path: PathBuf, kind: &'static str },
 
@@ -143,6 +146,10 @@ pub enum UpdateError {
 
     #[error("nothing to confirm as action {id}: {why}")]
     NothingToConfirm { id: String, why: String },
+
+    /// `updater password`: a user name or password that cannot be kept.
+    #[error("{0}")]
+    Password(String),
 
     #[error("nothing to activate: {last} (install with --no-activate first)")]
     NothingToActivate { last: String },

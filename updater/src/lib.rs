@@ -21,6 +21,7 @@ pub mod migrate;
 pub mod recover;
 pub mod rollback;
 pub mod runner;
+pub mod serve;
 pub mod slot_writer;
 pub mod source;
 pub mod state;

@@ -255,6 +255,11 @@ pub struct State {
     /// they change or the server asks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_attributes: Option<BTreeMap<String, String>>,
+    /// The committed release the fleet server last heard of as installed
+    /// (its own action's success, or `installedBase` for a release put on
+    /// the device another way): told again only when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_installed_base: Option<String>,
     /// The GPT GUID of the disk this state describes. One config used
     /// for two disk images would otherwise carry one image's records,
     /// versions and security floor over to the other.
@@ -281,6 +286,7 @@ impl Default for State {
             finalized: None,
             fleet: None,
             fleet_attributes: None,
+            fleet_installed_base: None,
             disk_guid: None,
         }
     }

@@ -304,45 +304,13 @@ fn on_a_real_disk_the_state_must_be_on_its_mounted_data_partition() {
         return;
     }
     let dev = device();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(args[0])
-            .args(&args[1..])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    let lo = run(&["losetup", "-f", "--show", dev.disk.to_str().unwrap()]);
-    struct Detach(String);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            // The kernel may hold a just-unmounted partition a moment longer.
-            for _ in 0..20 {
-                let done = std::process::Command::new("partx")
-                    .args(["-d", &self.0])
-                    .stderr(std::process::Stdio::null())
-                    .status();
-                if done.is_ok_and(|s| s.success()) {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            let _ = std::process::Command::new("losetup")
-                .args(["-d", &self.0])
-                .status();
-        }
-    }
-    let _lo = Detach(lo.clone());
-    run(&["partx", "-a", &lo]);
+    let mut lo = LoopDisk::attach(&dev);
+    let disk = lo.path.clone();
     let updater = |config: &Path| {
         let mut c = assert_cmd::Command::cargo_bin("updater").unwrap();
         c.arg("--config")
             .arg(config)
-            .args(["--disk", &lo, "--booted-slot", "a", "status"]);
+            .args(["--disk", &disk, "--booted-slot", "a", "status"]);
         c
     };
     // The configured data directory is on the test's file system, not the disk's.
@@ -350,33 +318,8 @@ fn on_a_real_disk_the_state_must_be_on_its_mounted_data_partition() {
         .assert()
         .code(40)
         .stderr(contains("is the data partition mounted?"));
+    let config = lo.mount_data(&dev);
     let mnt = dev.dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    // The data partition's device, by its entry (the ESP comes first).
-    let data = bootctl::Disk::open(&dev.disk, None, false)
-        .unwrap()
-        .read()
-        .unwrap()
-        .table
-        .data
-        .unwrap();
-    let data_dev = format!("{lo}p{}", data.index + 1);
-    run(&["mkfs.ext4", "-q", &data_dev]);
-    run(&["mount", &data_dev, mnt.to_str().unwrap()]);
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _m = Unmount(mnt.clone());
-    let config = dev.dir.path().join("on-data.json");
-    let keys = dev.dir.path().join("keys");
-    std::fs::write(
-        &config,
-        json!({"compatible": "acme-gw", "keyring": keys, "data_dir": mnt}).to_string(),
-    )
-    .unwrap();
     updater(&config).assert().success();
     // And so an install onto the block device goes through.
     let r = release("2.0.0");
@@ -385,7 +328,7 @@ fn on_a_real_disk_the_state_must_be_on_its_mounted_data_partition() {
         .unwrap()
         .arg("--config")
         .arg(&config)
-        .args(["--disk", &lo, "--booted-slot", "a", "install"])
+        .args(["--disk", &disk, "--booted-slot", "a", "install"])
         .arg(&b)
         .assert()
         .success();

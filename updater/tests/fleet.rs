@@ -10,6 +10,7 @@ use serde_json::json as j;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use switchback_test_support::goosebit::{version_and_state, Goosebit};
+use switchback_test_support::hawkbit::{Auth, Hawkbit};
 use switchback_test_support::http::Request;
 use switchback_test_support::http::{file, json, Faults, Fixture, Proxy, Reply};
 
@@ -1186,9 +1187,9 @@ fn a_gateway_token_goes_out_as_one() {
 }
 
 /// A server behind a proxy that authenticates devices by their client
-/// certificate (mutual TLS; here Python's TLS server, which requires one
-/// and turns away any request carrying a token): the device presents
-/// `client_cert` and `client_key` and needs no token; without them it is
+/// certificate (mutual TLS; here the hawkBit-shaped server, which requires
+/// one in the handshake): the device presents `client_cert` and
+/// `client_key` and needs no token; without them it is
 /// turned away in the handshake; a key others may read is refused before
 /// anything is sent.
 #[test]
@@ -1221,49 +1222,14 @@ fn a_client_certificate_is_presented_to_a_server_that_requires_one() {
             "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out {name}.pem -extfile {name}.ext"
         ));
     }
-    let server = r#"
-import http.server, ssl
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b'{"config": {"polling": {"sleep": "00:00:30"}}, "_links": {}}'
-        self.send_response(401 if self.headers.get("Authorization") else 200)
-        self.send_header("Content-Type", "application/hal+json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain("server.pem", "server.key")
-ctx.load_verify_locations("ca.pem")
-ctx.verify_mode = ssl.CERT_REQUIRED
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"#;
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Killed(
-        std::process::Command::new("python3")
-            .args(["-c", server])
-            .current_dir(d)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3"),
-    );
-    let mut port = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.0.stdout.take().unwrap()),
-        &mut port,
-    )
-    .unwrap();
-    let dev = fleet_device(&format!("https://127.0.0.1:{}", port.trim()));
+    // hawkBit behind a reverse proxy that checks client certificates.
+    let hb = Hawkbit::start(Auth {
+        tls: Some((d.join("server.pem"), d.join("server.key"))),
+        client_ca: Some(d.join("ca.pem")),
+        ..Auth::default()
+    });
+    hb.distribution("acme-gw", "1.0.0", j!([]));
+    let dev = fleet_device(&hb.url);
     fleet_config(&dev, |c| c["ca_file"] = j!(d.join("ca.pem")));
     let refused = fleet_once(&dev, "b").code(61);
     let err = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
@@ -1279,6 +1245,8 @@ srv.serve_forever()
     });
     let out = fleet_once(&dev, "b").success();
     assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+    assert_eq!(hb.answered("/controller/v1/"), [200, 200, 200]);
+    all_taken(&hb);
 
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let refused = fleet_once(&dev, "b").code(40);
@@ -1470,4 +1438,312 @@ fn an_action_to_confirm_waits_for_the_operator_or_is_confirmed_automatically() {
         .map(|a| a["confirmation"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(sent, ["denied", "confirmed", "confirmed"]);
+}
+
+// Against a server in Eclipse hawkBit's own shapes and status codes
+// (qemu-tests/support/hawkbit): every body the device sends is checked
+// against hawkBit's published OpenAPI description and its attribute rules.
+
+fn hawkbit() -> Hawkbit {
+    Hawkbit::start(Auth {
+        target_tokens: vec![TOKEN.into()],
+        ..Auth::default()
+    })
+}
+
+/// Nothing the device sent was refused by hawkBit's schema or rules (a
+/// 404, for a distribution set the server does not have, is no refusal of
+/// what was sent).
+fn all_taken(hb: &Hawkbit) {
+    let refused: Vec<_> = hb
+        .refused()
+        .into_iter()
+        .filter(|r| r["status"] != 404)
+        .collect();
+    assert_eq!(refused, Vec::<serde_json::Value>::new());
+}
+
+/// The action `id` as the server has it.
+fn action_of(hb: &Hawkbit, id: u64) -> serde_json::Value {
+    hb.state()["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn on_hawkbit_a_download_only_action_an_update_and_releases_from_elsewhere_are_all_told() {
+    let hb = hawkbit();
+    let dev = fleet_device(&hb.url);
+    hb.distribution("acme-gw", "1.0.0", j!([]));
+    let swu = swu_of(&dev, &release("2.0.0"));
+    let ds2 = hb.distribution(
+        "acme-gw",
+        "2.0.0",
+        j!([{"name": "acme-gw-os", "version": "2.0.0", "artifacts": [{"path": swu}]}]),
+    );
+
+    // An operator's answer when nothing waits for one sends nothing else.
+    dev.updater("b")
+        .args(["fleet", "--once", "--no-reboot", "--confirm", "5"])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .code(73);
+    assert_eq!(hb.answered("/installedBase"), Vec::<u64>::new());
+
+    // First contact: the attributes, and the factory release, which the
+    // server did not put there, told once.
+    for _ in 0..2 {
+        let out = fleet_once(&dev, "b").success();
+        assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+    }
+    let s = hb.state();
+    assert_eq!(
+        (
+            &s["attributes"]["hw_boardname"],
+            &s["attributes"]["hw_revision"],
+            &s["attributes"]["sw_version"]
+        ),
+        (&j!("acme-gw"), &j!("1.0"), &j!("1.0.0")),
+        "{s}"
+    );
+    assert_eq!(s["installed"], j!({"name": "acme-gw", "version": "1.0.0"}));
+    assert_eq!(hb.answered("/installedBase"), [200]);
+
+    // Download only (download: forced, update: skip), the download cut
+    // once after 1 MiB and resumed with Range.
+    let only = hb.assign(ds2, j!({"type": "downloadonly"}));
+    hb.configure(j!({"cut_after": 1 << 20}));
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains(&format!(
+            "action {only}: 2.0.0 downloaded into slot_a and left unbootable"
+        )),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!dev.attrs()[0].is_bootable(), "{:?}", dev.attrs());
+    let a = action_of(&hb, only);
+    assert_eq!(a["status"], "finished", "downloaded closes it: {a}");
+    assert_eq!(hb.answered("/artifacts/"), [200, 206]);
+
+    // The update of the same release activates what is there.
+    let update = hb.assign(ds2, j!({"type": "forced"}));
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains(&format!("action {update}: 2.0.0 installed into slot_a")),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(hb.answered("/artifacts/").len(), 2, "not downloaded again");
+    assert_eq!(dev.boot(), bootctl::Slot::A);
+    dev.health_ok("a");
+    let a = action_of(&hb, update);
+    assert_eq!(a["status"], "finished", "{a}");
+    assert_eq!(
+        a["feedback"].as_array().unwrap().last().unwrap()["status"]["result"]["finished"],
+        "success"
+    );
+    fleet_once(&dev, "a").success();
+    assert_eq!(
+        hb.answered("/installedBase"),
+        [200],
+        "the server's own action says it"
+    );
+    assert_eq!(hb.state()["attributes"]["sw_version"], "2.0.0");
+
+    // A technician's USB stick: 3.0.0, committed, told once committed.
+    hb.distribution("acme-gw", "3.0.0", j!([]));
+    dev.install_ok("a", &release("3.0.0"));
+    fleet_once(&dev, "a").success();
+    assert_eq!(
+        hb.answered("/installedBase"),
+        [200],
+        "not before it is committed"
+    );
+    assert_eq!(dev.boot(), bootctl::Slot::B);
+    dev.health_ok("b");
+    fleet_once(&dev, "b").success();
+    let s = hb.state();
+    assert_eq!(s["installed"], j!({"name": "acme-gw", "version": "3.0.0"}));
+    assert_eq!(s["attributes"]["sw_version"], "3.0.0");
+    assert_eq!(hb.answered("/installedBase"), [200, 200]);
+    all_taken(&hb);
+}
+
+#[test]
+fn on_hawkbit_confirmation_a_cancel_a_wrong_hash_or_version_and_a_wrong_token_are_answered_as_it_expects(
+) {
+    let hb = hawkbit();
+    let dev = fleet_device(&hb.url);
+    let swu = swu_of(&dev, &release("2.0.0"));
+    let module = |sha256: Option<String>| {
+        let mut artifact = j!({"path": swu});
+        if let Some(s) = sha256 {
+            artifact["sha256"] = j!(s);
+        }
+        j!([{"name": "acme-gw-os", "version": "2.0.0", "artifacts": [artifact]}])
+    };
+    let swapped = hb.distribution("acme-gw", "2.0.0", module(Some(hex::encode([7u8; 32]))));
+    let id = hb.assign(swapped, j!({"type": "forced", "confirm": true}));
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains(&format!(
+            "action {id} (2.0.0) waits for a confirmation at the device: updater fleet --once --confirm {id}"
+        )),
+        "{}",
+        stdout(&out)
+    );
+    let answer = |flag: &str| {
+        dev.updater("b")
+            .args(["fleet", "--once", "--no-reboot", flag, &id.to_string()])
+            .timeout(Duration::from_secs(60))
+            .assert()
+            .success()
+    };
+    answer("--deny");
+    assert_eq!(action_of(&hb, id)["confirmed"], false);
+    answer("--confirm");
+    let a = action_of(&hb, id);
+    let said: Vec<_> = a["confirmations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["confirmation"].clone())
+        .collect();
+    assert_eq!(said, [j!("denied"), j!("confirmed")], "{a}");
+
+    // Confirmed, offered, and the artifact is not what hawkBit announced.
+    let refused = fleet_once(&dev, "b").code(72);
+    let err = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+    assert!(
+        err.contains("is not the one the fleet server announced"),
+        "{err}"
+    );
+    assert!(!dev.attrs()[0].is_bootable(), "{:?}", dev.attrs());
+    let a = action_of(&hb, id);
+    assert_eq!(a["status"], "error", "{a}");
+    assert!(a["feedback"].to_string().contains("SHA-256"), "{a}");
+
+    // A chunk that names another version than the bundle is signed as:
+    // refused before a byte is written, and reported.
+    let relabeled = hb.distribution(
+        "acme-gw",
+        "9.9.9",
+        j!([{"name": "acme-gw-os", "version": "9.9.9", "artifacts": [{"path": swu}]}]),
+    );
+    let id9 = hb.assign(relabeled, j!({"type": "forced"}));
+    fleet_once(&dev, "b").code(71);
+    let a = action_of(&hb, id9);
+    assert_eq!(a["status"], "error", "{a}");
+    assert!(a["feedback"].to_string().contains("9.9.9"), "{a}");
+    assert!(!dev.attrs()[0].is_bootable(), "{:?}", dev.attrs());
+
+    // Canceled before the device started it: accepted, nothing written.
+    let right = hb.distribution("acme-gw", "2.0.0", module(None));
+    let canceled = hb.assign(right, j!({"type": "forced"}));
+    hb.action(canceled, j!({"cancel": true}));
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains(&format!("action {canceled}: canceled by the server")),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(action_of(&hb, canceled)["status"], "canceled");
+    assert!(!dev.attrs()[0].is_bootable(), "{:?}", dev.attrs());
+
+    // Confirmed by the config, then installed.
+    let id = hb.assign(right, j!({"type": "forced", "confirm": true}));
+    fleet_config(&dev, |c| c["confirm"] = j!("auto"));
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains("confirmed automatically"),
+        "{}",
+        stdout(&out)
+    );
+    let out = fleet_once(&dev, "b").success();
+    assert!(
+        stdout(&out).contains(&format!("action {id}: 2.0.0 installed into slot_a")),
+        "{}",
+        stdout(&out)
+    );
+    all_taken(&hb);
+
+    // A token the server does not know: 401, and the device says so.
+    std::fs::write(dev.dir.path().join("fleet-token"), "not-the-token\n").unwrap();
+    let out = fleet_once(&dev, "b").code(62);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("the server refused the device (401)"), "{err}");
+
+    // The checks can fail: a body off hawkBit's schema is a 400, another
+    // content type a 415, as hawkBit answers them.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let feedback = format!(
+        "{}/DEFAULT/controller/v1/{DEVICE}/deploymentBase/{id}/feedback",
+        hb.url
+    );
+    let send = |ctype: &str, body: &str| {
+        agent
+            .post(&feedback)
+            .header("Authorization", format!("TargetToken {TOKEN}"))
+            .header("Content-Type", ctype)
+            .send(body.as_bytes())
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let off = r#"{"status": {"execution": "done", "result": {"finished": "success"}}}"#;
+    assert_eq!(send("application/json", off), 400);
+    assert_eq!(send("text/plain", r#"{"status": {}}"#), 415);
+    let refused = hb.refused();
+    let statuses: Vec<_> = refused
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [401, 400, 415], "{refused:?}");
+    assert!(
+        refused[1]["why"]
+            .as_str()
+            .unwrap()
+            .contains("'done' is not one of"),
+        "{refused:?}"
+    );
+}
+
+/// A polling sleep of a day or more, as an ISO-8601 duration, is read as
+/// such, not as the 60 s default; `fleet.max_poll_s` (a day at most)
+/// still caps it.
+#[test]
+fn on_hawkbit_a_polling_sleep_of_36_hours_is_kept() {
+    let hb = hawkbit();
+    hb.configure(j!({"sleep": "PT36H"}));
+    let dev = fleet_device(&hb.url);
+    fleet_config(&dev, |c| c["max_poll_s"] = j!(86_400));
+    let mut child = daemon(&dev);
+    // Its first cycle ends with installedBase.
+    let start = std::time::Instant::now();
+    while hb.answered("/installedBase").is_empty() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("asks for a poll every"))
+        .unwrap_or_default();
+    assert!(
+        line.ends_with(
+            "the server asks for a poll every 129600 s (fleet.max_poll_s makes it 86400 s)"
+        ),
+        "{line}"
+    );
+    all_taken(&hb);
 }

@@ -1,11 +1,16 @@
 //! What the test suites of the workspace share, so that each part is
 //! written once: a disk that loses power after a number of sectors
 //! ([`cut`]), a scripted HTTP(S) server and a slow proxy ([`http`]), a real
-//! goosebit fleet server ([`goosebit`]), and the guard of the tests that
-//! need root ([`needs_root`]).
+//! goosebit fleet server ([`goosebit`]), a server in Eclipse hawkBit's own
+//! shapes that checks every body against its OpenAPI ([`hawkbit`]), a
+//! technician at `updater serve`'s page in headless chromium
+//! ([`browser`]), and the guard of the tests that need root
+//! ([`needs_root`]).
 
+pub mod browser;
 pub mod cut;
 pub mod goosebit;
+pub mod hawkbit;
 pub mod http;
 
 /// Whether a test that needs root (`why`: loop devices, namespaces, a

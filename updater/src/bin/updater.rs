@@ -6,8 +6,8 @@ use bootctl::report::show;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use updater::cli::{
-    activate, confirm_rollback, fleet, health_result, install, ActivateArgs, Device, FleetArgs,
-    History, InstallArgs,
+    activate, confirm_rollback, fleet, health_result, install, serve, ActivateArgs, Device,
+    FleetArgs, History, InstallArgs, ServeArgs,
 };
 use updater::config::DEFAULT_PATH;
 use updater::events::{Event, JsonLines, Observer};
@@ -64,6 +64,28 @@ enum Command {
     /// Take updates from the hawkBit DDI server in the config's `fleet`
     /// section: poll until stopped, or once with --once.
     Fleet(FleetArgs),
+    /// Answer the local API (docs/api.md) on a Unix socket, and on the
+    /// config's `serve.listen` with a login, until stopped.
+    Serve(ServeArgs),
+    /// The users who may log in to `serve` from the network.
+    Password {
+        #[command(subcommand)]
+        action: PasswordAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PasswordAction {
+    /// Give USER the password read from standard input (one line).
+    Set {
+        #[arg(long)]
+        user: String,
+    },
+    /// USER may no longer log in.
+    Remove {
+        #[arg(long)]
+        user: String,
+    },
 }
 
 fn main() {
@@ -83,6 +105,31 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // The service opens the device for each request, under the lock only
+    // for what changes it.
+    match cli.command {
+        Command::Serve(args) => return serve(&cli.config, &cli.target, args),
+        // Set at commissioning, before any disk needs to be found.
+        Command::Password { action } => {
+            let config = updater::config::Config::load(&cli.config)?;
+            match action {
+                PasswordAction::Set { user } => {
+                    let password = read_password()?;
+                    updater::serve::set_password(&config, &user, &password)?;
+                    println!("{user} may log in to the API");
+                }
+                PasswordAction::Remove { user } => {
+                    if updater::serve::remove_user(&config, &user)? {
+                        println!("{user} may no longer log in to the API");
+                    } else {
+                        println!("{user} had no password");
+                    }
+                }
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     // Rollback takes the lock after its question: nobody waits on a
     // technician's answer.
     let lock = matches!(
@@ -126,6 +173,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Status => show(cli.json, &dev.status())?,
         Command::Fleet(args) => fleet(&dev, args)?,
+        Command::Serve(_) | Command::Password { .. } => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// The first line of standard input, without its line end: piped in by a
+/// commissioning script, or typed (`read -rs`) by a person.
+fn read_password() -> Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| anyhow::anyhow!("reading the password from standard input: {e}"))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }

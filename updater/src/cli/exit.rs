@@ -46,7 +46,7 @@ fn update_code(e: &UpdateError) -> i32 {
         UpdateError::State { .. } => 50,
         UpdateError::RolledBack { .. } => 51,
         UpdateError::HealthFailed { .. } => 52,
-        UpdateError::NotConfirmed => 53,
+        UpdateError::NotConfirmed | UpdateError::RollbackNotNamed { .. } => 53,
         UpdateError::MigrationPath { .. } => 54,
         UpdateError::MigrationFailed { .. } => 55,
         UpdateError::DeltaBase { .. } => 56,
@@ -65,6 +65,7 @@ fn update_code(e: &UpdateError) -> i32 {
         UpdateError::NotAssigned { .. } => 71,
         UpdateError::ArtifactMismatch { .. } => 72,
         UpdateError::NothingToConfirm { .. } => 73,
+        UpdateError::Password(_) => 74,
     }
 }
 

@@ -97,6 +97,45 @@ impl Device {
         Ok(self.booted.ok_or(BootError::BootedUnknown)?)
     }
 
+    /// An install of this device's own, as `install` and the API start one
+    /// (the fleet's carry its action, version and digest besides).
+    pub fn install_options(
+        &self,
+        allow_downgrade: bool,
+        activate: bool,
+        threads: usize,
+        memory: u64,
+    ) -> Result<crate::install::InstallOptions> {
+        Ok(crate::install::InstallOptions {
+            disk: self.disk.clone(),
+            sector_size: self.sector_size,
+            booted: self.booted()?,
+            allow_downgrade,
+            threads,
+            memory,
+            fleet_action: None,
+            activate,
+            expect_version: None,
+            artifact_digest: None,
+        })
+    }
+
+    /// An activation of the ready release, as `activate` and the API ask it.
+    pub fn activate_options(
+        &self,
+        allow_downgrade: bool,
+        threads: usize,
+    ) -> Result<crate::activate::ActivateOptions> {
+        Ok(crate::activate::ActivateOptions {
+            disk: self.disk.clone(),
+            sector_size: self.sector_size,
+            booted: self.booted()?,
+            allow_downgrade,
+            threads,
+            fleet_action: None,
+        })
+    }
+
     /// What `updater status` shows: flags, records and each slot's release
     /// as its signed trailer on the disk says.
     pub fn status(&self) -> UpdaterStatus {
@@ -273,18 +312,12 @@ fn observer(json: bool) -> Box<dyn Observer> {
 /// `updater install`: installs, says what happened, reboots if asked.
 pub fn install(dev: &Device, args: InstallArgs, json: bool) -> Result<()> {
     use anyhow::Context;
-    let opts = crate::install::InstallOptions {
-        disk: dev.disk.clone(),
-        sector_size: dev.sector_size,
-        booted: dev.booted()?,
-        allow_downgrade: args.allow_downgrade,
-        threads: args.means.threads,
-        memory: args.means.memory_of(&dev.config),
-        fleet_action: None,
-        activate: !args.no_activate,
-        expect_version: None,
-        artifact_digest: None,
-    };
+    let opts = dev.install_options(
+        args.allow_downgrade,
+        !args.no_activate,
+        args.means.threads,
+        args.means.memory_of(&dev.config),
+    )?;
     let input = crate::source::open(&args.source, &args.means.http)?;
     let mut observer = observer(json);
     let done = crate::install::install(&dev.config, input, &opts, observer.as_mut())
@@ -327,14 +360,7 @@ pub struct ActivateArgs {
 
 /// `updater activate`: the ready release, checked again, boots next.
 pub fn activate(dev: &Device, args: ActivateArgs, json: bool) -> Result<()> {
-    let opts = crate::activate::ActivateOptions {
-        disk: dev.disk.clone(),
-        sector_size: dev.sector_size,
-        booted: dev.booted()?,
-        allow_downgrade: args.allow_downgrade,
-        threads: args.threads,
-        fleet_action: None,
-    };
+    let opts = dev.activate_options(args.allow_downgrade, args.threads)?;
     let mut observer = observer(json);
     let (slot, m) = crate::activate::activate(&dev.config, &opts, observer.as_mut())?;
     if !json {
@@ -376,6 +402,28 @@ pub struct FleetArgs {
 /// `updater fleet`: one cycle with `--once` (printing what it did),
 /// otherwise polling until stopped.
 pub fn fleet(dev: &Device, args: FleetArgs) -> Result<()> {
+    let opts = FleetOptions {
+        answer: args
+            .confirm
+            .map(|id| (id, true))
+            .or(args.deny.map(|id| (id, false))),
+        no_reboot: args.no_reboot,
+        threads: args.means.threads,
+        memory: args.means.memory_of(&dev.config),
+        http: args.means.http,
+    };
+    let client = fleet_client(dev, opts)?;
+    if !args.once {
+        client.serve();
+    }
+    let (done, _) = client.cycle()?;
+    println!("{done}");
+    Ok(())
+}
+
+/// The fleet client of `dev`, for `updater fleet` and the API's answer to
+/// a confirmation; refused when the config has no `fleet` section.
+pub fn fleet_client(dev: &Device, opts: FleetOptions) -> Result<Client<'_>> {
     let Some(fleet) = &dev.config.fleet else {
         return Err(UpdateError::Config {
             path: dev.config_path.clone(),
@@ -383,29 +431,47 @@ pub fn fleet(dev: &Device, args: FleetArgs) -> Result<()> {
         }
         .into());
     };
-    let client = Client {
+    Ok(Client {
         config: &dev.config,
         config_path: dev.config_path.clone(),
         fleet,
         disk: dev.disk.clone(),
         sector_size: dev.sector_size,
         booted: dev.booted()?,
-        opts: FleetOptions {
-            answer: args
-                .confirm
-                .map(|id| (id, true))
-                .or(args.deny.map(|id| (id, false))),
-            no_reboot: args.no_reboot,
-            threads: args.means.threads,
-            memory: args.means.memory_of(&dev.config),
-            http: args.means.http,
-        },
+        opts,
         poll_cache: Default::default(),
-    };
-    if !args.once {
-        client.serve();
-    }
-    let (done, _) = client.cycle()?;
-    println!("{done}");
-    Ok(())
+    })
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The Unix socket to listen on.
+    #[arg(long, default_value = crate::serve::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// The group that may use the socket besides its owner.
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+    /// End an upload that sends nothing for this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub upload_idle: u64,
+    #[arg(long, default_value_t = switchback_bundle::default_threads())]
+    pub threads: usize,
+    /// The most memory an install may use (e.g. 24M); default: the
+    /// config's install_memory, else 16M.
+    #[arg(long, value_name = "SIZE", value_parser = switchback_bundle::size::parse_size)]
+    pub memory: Option<u64>,
+}
+
+/// `updater serve`: the local API (docs/api.md), until stopped.
+pub fn serve(config_path: &Path, target: &DiskArgs, args: ServeArgs) -> Result<()> {
+    crate::serve::serve(crate::serve::ServeOptions {
+        socket: args.socket,
+        group: args.group,
+        config_path: config_path.to_path_buf(),
+        target: target.clone(),
+        upload_idle: std::time::Duration::from_secs(args.upload_idle),
+        threads: args.threads,
+        memory: args.memory,
+    })
 }

@@ -312,6 +312,43 @@ pub fn origin(url: &str) -> Option<String> {
     })
 }
 
+/// Longest attribute key or value hawkBit stores
+/// (`Target.CONTROLLER_ATTRIBUTE_MAX_VALUE_SIZE`).
+pub const MAX_ATTRIBUTE: usize = 128;
+
+/// Whether hawkBit takes `c` in an attribute: its
+/// `JpaControllerManagement` refuses every attribute of a request (400)
+/// when one has another character, `~` and anything not ASCII included.
+fn attribute_char(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+        || c.is_ascii_whitespace()
+        || "_-!@#$%^&*()+=[]{}|;:'\",.<>/\\?".contains(c)
+}
+
+/// Why hawkBit would refuse `value` as an attribute, if it would: for
+/// configured values, checked when the config is read.
+pub fn attribute_problem(value: &str) -> Option<String> {
+    if let Some(c) = value.chars().find(|c| !attribute_char(*c)) {
+        return Some(format!("has {c:?}, which hawkBit refuses in attributes (it takes ASCII letters, digits, spaces and _-!@#$%^&*()+=[]{{}}|;:'\",.<>/\\?)"));
+    }
+    (value.len() > MAX_ATTRIBUTE).then(|| {
+        format!(
+            "is {} characters long; hawkBit takes at most {MAX_ATTRIBUTE}",
+            value.len()
+        )
+    })
+}
+
+/// `text` as hawkBit takes it: other characters become `?`, and it is cut
+/// to [`MAX_ATTRIBUTE`]. For values the device makes up (a reason, a
+/// version), which must never cost it all its attributes.
+pub fn fit_attribute(text: &str) -> String {
+    text.chars()
+        .map(|c| if attribute_char(c) { c } else { '?' })
+        .take(MAX_ATTRIBUTE)
+        .collect()
+}
+
 /// hawkBit's `HH:MM:SS`, or an ISO-8601 duration (`PT36H`, `P1DT12H`),
 /// which is how a sleep of a day or more comes. Hours stay below 10,000
 /// either way (a year is 8,760).
@@ -614,6 +651,17 @@ impl Ddi {
         self.call("PUT", &url, Some(&body)).map(drop)
     }
 
+    /// Tells the server which release the device runs when it was put
+    /// there another way (a technician's USB stick, the local page):
+    /// hawkBit's `installedBase` records it as an action closed at once,
+    /// for a distribution set it knows by `name` and `version` (404 when
+    /// it knows none).
+    pub fn installed_base(&self, name: &str, version: &str) -> Result<()> {
+        let url = format!("{}/installedBase", self.base);
+        let body = json!({"name": name, "version": version});
+        self.call("PUT", &url, Some(&body)).map(drop)
+    }
+
     pub fn deployment(&self, href: &str) -> Result<Deployment> {
         let reply: reply::Deployment = read(self.call("GET", href, None)?, href)?;
         let bad = |reason: &str| DdiError::Protocol {
@@ -902,5 +950,23 @@ mod tests {
         let fb = json!({"status": {"execution": Execution::Closed, "result": {"finished": Finished::Failure}}});
         assert_eq!(fb["status"]["execution"], "closed");
         assert_eq!(fb["status"]["result"]["finished"], "failure");
+    }
+
+    #[test]
+    fn attributes_are_held_to_hawkbits_rules() {
+        assert_eq!(
+            attribute_problem("rev 2 (B), \"x\" [a/b]; 50% +1 {q}"),
+            None
+        );
+        assert!(attribute_problem("rev~2").unwrap().contains("'~'"));
+        assert!(attribute_problem("révision").unwrap().contains("'é'"));
+        assert!(attribute_problem(&"x".repeat(129)).unwrap().contains("129"));
+        assert_eq!(attribute_problem(&"x".repeat(128)), None);
+        let fitted = fit_attribute(&format!("2.0.0~rc1 `é` {}", "y".repeat(200)));
+        assert!(fitted.starts_with("2.0.0?rc1 ??? yy"), "{fitted}");
+        assert_eq!(
+            (fitted.chars().count(), attribute_problem(&fitted)),
+            (128, None)
+        );
     }
 }

@@ -210,13 +210,15 @@ fn send_report(
         true => Finished::Success,
         false => Finished::Failure,
     };
-    if let Err(e) = ddi.feedback(
+    let sent = ddi.feedback(
         &action.id,
         Execution::Closed,
         finished,
         None,
         &report.details,
-    ) {
+    );
+    let taken = sent.is_ok();
+    if let Err(e) = sent {
         match action::refused(&e, action.report_refusals) {
             Refused::Unknown => log::warn!(
                 "fleet action {}: the server no longer knows it; its report ({finished}) is dropped",
@@ -243,6 +245,15 @@ fn send_report(
         }
         // The running version may have changed: tell the server again.
         s.fleet_attributes = None;
+        // Its own action's success, taken, says what is installed.
+        let installed = s
+            .last_install
+            .as_ref()
+            .filter(|i| i.fleet_action.as_deref() == Some(action.id.as_str()))
+            .map(|i| i.version.clone());
+        if report.success && taken && installed.is_some() {
+            s.fleet_installed_base = installed;
+        }
     })?;
     Ok(Some(Cycle::Reported {
         id: action.id,
@@ -256,6 +267,12 @@ impl Client<'_> {
             .fleet
             .authorization()
             .map_err(UpdateError::ConfigFile)?;
+        self.fleet
+            .check_attributes(&self.config.compatible)
+            .map_err(|reason| UpdateError::Config {
+                path: self.config_path.clone(),
+                reason,
+            })?;
         // Checked here so that a missing serial number is named as such,
         // not as a CA file problem.
         self.fleet
@@ -268,26 +285,73 @@ impl Client<'_> {
             .map_err(|e| UpdateError::ConfigFile(format!("the fleet's TLS files: {e:#}")).into())
     }
 
-    /// The running release's version: the signed trailer at the end of the
-    /// running slot, else the state's record.
-    fn running_version(&self, state: &State) -> Option<String> {
+    /// The running release's version (the signed trailer at the end of the
+    /// running slot, else the state's record), and whether its slot is
+    /// committed (marked successful). Read once a cycle: the attributes,
+    /// `installedBase` and a deployment's "already running" use it.
+    fn running(&self, state: &State) -> (Option<String>, bool) {
         let keyring = switchback_bundle::Keyring::load_dir(&self.config.keyring).ok();
         let disk = Disk::open(&self.disk, self.sector_size, false).and_then(|mut d| d.read());
+        let committed = disk
+            .as_ref()
+            .is_ok_and(|d| d.attrs()[self.booted.index()].successful);
         let releases = match (keyring, disk) {
             (Some(keyring), Ok(disk)) => crate::evidence::releases(&self.disk, &disk, &keyring).0,
             _ => [None, None],
         };
-        crate::evidence::running_version(state, self.booted, &releases)
+        let version = crate::evidence::running_version(state, self.booted, &releases);
+        (version, committed)
     }
 
-    fn attributes(&self, state: &State) -> BTreeMap<String, String> {
+    /// Tells the server the committed release that runs when it did not
+    /// put it there (a USB stick, the local page, the factory) and has not
+    /// heard of it yet. Never while one of its actions is under way on the
+    /// device: that action's report says it. Best effort: tried again
+    /// next cycle.
+    fn installed_base(
+        &self,
+        ddi: &Ddi,
+        state: State,
+        running: &(Option<String>, bool),
+    ) -> Result<State> {
+        if state.fleet.is_some() {
+            return Ok(state);
+        }
+        let (Some(version), true) = running.clone() else {
+            return Ok(state);
+        };
+        if state.fleet_installed_base.as_ref() == Some(&version) {
+            return Ok(state);
+        }
+        let name = self
+            .fleet
+            .distribution
+            .as_deref()
+            .unwrap_or(&self.config.compatible);
+        match ddi.installed_base(name, &version) {
+            Ok(()) => log::info!("fleet: told the server that {name} {version} is installed"),
+            // An older hawkBit, another server, or a distribution set the
+            // server does not have: the attributes still say what runs.
+            Err(DdiError::Status { status: 400..=499, .. }) => log::info!(
+                "fleet: the server takes no installedBase for {name} {version}; its sw_version attribute says what runs"
+            ),
+            Err(e) => {
+                log::warn!("fleet: installedBase not taken, sent again next cycle: {e}");
+                return Ok(state);
+            }
+        }
+        change(self.config, &self.disk, |s| {
+            s.fleet_installed_base = Some(version)
+        })
+    }
+
+    fn attributes(&self, state: &State, running: Option<&str>) -> BTreeMap<String, String> {
         let mut attributes = BTreeMap::from([
             ("hw_boardname".into(), self.config.compatible.clone()),
             ("hw_revision".into(), self.fleet.hw_revision.clone()),
             (
                 "sw_version".into(),
-                self.running_version(state)
-                    .unwrap_or_else(|| "unknown".into()),
+                ddi::fit_attribute(running.unwrap_or("unknown")),
             ),
         ]);
         // A technician's rollback past the security floor is the fleet's
@@ -301,12 +365,12 @@ impl Client<'_> {
             let when = std::time::UNIX_EPOCH + Duration::from_secs(e.time);
             attributes.insert(
                 "below_security_floor".into(),
-                format!(
+                ddi::fit_attribute(&format!(
                     "{} booted by a technician at {}: {}",
                     e.version.as_deref().unwrap_or("unknown"),
                     humantime::format_rfc3339_seconds(when),
                     e.reason.as_deref().unwrap_or("")
-                ),
+                )),
             );
         }
         attributes
@@ -350,7 +414,8 @@ impl Client<'_> {
             None
         });
         let polled = ddi.poll(&self.poll_cache)?;
-        let attributes = self.attributes(&state);
+        let running = self.running(&state);
+        let attributes = self.attributes(&state, running.0.as_deref());
         if polled.config_data.is_some() || state.fleet_attributes.as_ref() != Some(&attributes) {
             match ddi.config_data(polled.config_data.as_deref(), &attributes) {
                 Ok(()) => {
@@ -360,6 +425,16 @@ impl Client<'_> {
                 }
                 Err(e) => log::warn!("fleet: attributes not taken, sent again next cycle: {e}"),
             }
+        }
+        // Only when the server has nothing under way for the device:
+        // hawkBit records an installedBase as an assignment, which would
+        // end an action it still offers.
+        let idle =
+            polled.deployment.is_none() && polled.cancel.is_none() && polled.confirmation.is_none();
+        // Nor when the operator's answer to a confirmation is all that
+        // was asked: that sends nothing else.
+        if idle && self.opts.answer.is_none() {
+            state = self.installed_base(&ddi, state, &running)?;
         }
         if let Some(asked) = self.opts.answer.as_ref().map(|(id, _)| id) {
             if polled.confirmation.is_none() {
@@ -375,7 +450,7 @@ impl Client<'_> {
         } else if let Some(href) = &polled.confirmation {
             self.confirmation(&ddi, href)?
         } else if let Some(href) = &polled.deployment {
-            self.deploy(&ddi, href, state)?
+            self.deploy(&ddi, href, state, running.0)?
         } else {
             reported.unwrap_or(Cycle::Idle)
         };
@@ -483,8 +558,21 @@ impl Client<'_> {
     }
 
     /// Reports `success` for `id` at once, with `detail`.
-    fn close(&self, ddi: &Ddi, id: &str, success: bool, detail: String) -> Result<Cycle> {
+    /// Closes action `id` without an install. A success closes it for the
+    /// release that runs, `running`: what the server then knows is
+    /// installed.
+    fn close(
+        &self,
+        ddi: &Ddi,
+        id: &str,
+        success: bool,
+        detail: String,
+        running: Option<String>,
+    ) -> Result<Cycle> {
         let mut state = change(self.config, &self.disk, |s| {
+            if success && running.is_some() {
+                s.fleet_installed_base = running;
+            }
             s.fleet = Some(FleetAction {
                 id: id.into(),
                 artifact: String::new(),
@@ -501,19 +589,25 @@ impl Client<'_> {
         Ok(send_report(self.config, &self.disk, ddi, &mut state)?.unwrap_or(Cycle::Idle))
     }
 
-    fn deploy(&self, ddi: &Ddi, href: &str, state: State) -> Result<Cycle> {
+    /// `running`: the running release's version, as the cycle read it.
+    fn deploy(
+        &self,
+        ddi: &Ddi,
+        href: &str,
+        state: State,
+        running: Option<String>,
+    ) -> Result<Cycle> {
         let d = ddi.deployment(href)?;
         if let Some(why) = self.waits(&d, &state)? {
             return Ok(Cycle::Waiting(why));
         }
-        let running = self.running_version(&state);
         if d.version.is_some() && d.version == running {
             // A lost state file, or a server that missed the report.
             let detail = format!(
                 "{} is running and committed already",
-                d.version.unwrap_or_default()
+                d.version.as_deref().unwrap_or_default()
             );
-            return self.close(ddi, &d.id, true, detail);
+            return self.close(ddi, &d.id, true, detail, d.version.clone());
         }
         let later = action::download_only(&d);
         // Written for an earlier download-only offer: activated now, or
@@ -544,7 +638,7 @@ impl Client<'_> {
                 "no usable .swu or .swb artifact for {} in deployment {} (it has: {names:?}{passed_over})",
                 self.config.compatible, d.id
             );
-            return self.close(ddi, &d.id, false, detail);
+            return self.close(ddi, &d.id, false, detail, None);
         };
         let attempts = state
             .fleet
@@ -906,12 +1000,22 @@ impl Client<'_> {
     pub fn serve(&self) -> ! {
         let max = Duration::from_secs(self.fleet.max_poll_s);
         let mut failures = 0u32;
+        let mut asked = None;
         loop {
             let (last, failed) = match self.cycle() {
                 Ok((done, sleep)) => {
                     failures = 0;
                     if done != Cycle::Idle {
                         log::info!("fleet: {done}");
+                    }
+                    if sleep.is_some() && sleep != asked {
+                        asked = sleep;
+                        let secs = sleep.map_or(0, |s| s.as_secs());
+                        let capped = match secs > max.as_secs() {
+                            true => format!(" (fleet.max_poll_s makes it {} s)", max.as_secs()),
+                            false => String::new(),
+                        };
+                        log::info!("fleet: the server asks for a poll every {secs} s{capped}");
                     }
                     (Last::Answered { sleep }, None)
                 }

@@ -470,3 +470,87 @@ impl Drop for MemoryCgroup {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
+
+/// Runs `args`, which must succeed; its standard output, trimmed.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A device's disk file as a loop device with its partitions (`partx`:
+/// `losetup -P` makes none here), detached when dropped. Needs root.
+pub struct LoopDisk {
+    pub path: String,
+    mounted: Option<PathBuf>,
+}
+
+impl LoopDisk {
+    pub fn attach(dev: &Device) -> LoopDisk {
+        let path = run_ok(&["losetup", "-f", "--show", dev.disk.to_str().unwrap()]);
+        let lo = LoopDisk {
+            path,
+            mounted: None,
+        };
+        run_ok(&["partx", "-a", &lo.path]);
+        lo
+    }
+
+    /// Makes a file system on the data partition and mounts it at
+    /// `dev.dir/mnt`; a config with its `data_dir` there (and the device's
+    /// keyring), as on an appliance. Returns the config's path.
+    pub fn mount_data(&mut self, dev: &Device) -> PathBuf {
+        let mnt = dev.dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        // The data partition's device, by its entry (the ESP comes first).
+        let data = Disk::open(&dev.disk, None, false)
+            .unwrap()
+            .read()
+            .unwrap()
+            .table
+            .data
+            .unwrap();
+        let data_dev = format!("{}p{}", self.path, data.index + 1);
+        run_ok(&["mkfs.ext4", "-q", &data_dev]);
+        run_ok(&["mount", &data_dev, mnt.to_str().unwrap()]);
+        self.mounted = Some(mnt.clone());
+        let config = dev.dir.path().join("on-data.json");
+        let keys = dev.dir.path().join("keys");
+        std::fs::write(
+            &config,
+            serde_json::json!({"compatible": "acme-gw", "keyring": keys, "data_dir": mnt})
+                .to_string(),
+        )
+        .unwrap();
+        config
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        if let Some(mnt) = &self.mounted {
+            let _ = std::process::Command::new("umount").arg(mnt).status();
+        }
+        // The kernel may hold a just-unmounted partition a moment longer.
+        for _ in 0..20 {
+            let done = std::process::Command::new("partx")
+                .args(["-d", &self.path])
+                .stderr(std::process::Stdio::null())
+                .status();
+            if done.is_ok_and(|s| s.success()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.path])
+            .status();
+    }
+}
