@@ -192,6 +192,16 @@ pub enum FleetPhase {
     Done,
 }
 
+/// The fleet server's request to confirm an action, as the last poll saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetConfirmation {
+    /// The action's id, as `updater fleet --once --confirm ID` names it.
+    pub action: String,
+    /// The release it would install, when the server says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
 /// A deployment from the fleet server, kept so that it survives the reboot
 /// into the new release, a lost connection and a power cut.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,6 +270,11 @@ pub struct State {
     /// the device another way): told again only when it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_installed_base: Option<String>,
+    /// An action the fleet server asks the device to confirm, waiting for
+    /// an operator (`fleet.confirm: local`): kept by the fleet client
+    /// while the server asks, for `status` and the technician's page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_confirmation: Option<FleetConfirmation>,
     /// The GPT GUID of the disk this state describes. One config used
     /// for two disk images would otherwise carry one image's records,
     /// versions and security floor over to the other.
@@ -287,6 +302,7 @@ impl Default for State {
             fleet: None,
             fleet_attributes: None,
             fleet_installed_base: None,
+            fleet_confirmation: None,
             disk_guid: None,
         }
     }

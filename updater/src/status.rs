@@ -29,6 +29,8 @@ pub struct UpdaterStatus {
     pub security_floor: u64,
     pub data_schema: Option<u32>,
     pub last_install: Option<InstallRecord>,
+    /// An action the fleet server waits for an operator to confirm.
+    pub fleet_confirmation: Option<crate::state::FleetConfirmation>,
     /// How the running root is checked ([`crate::integrity::describe`]);
     /// set when the disk is the one the machine runs from.
     pub running_root: Option<String>,
@@ -84,6 +86,7 @@ impl UpdaterStatus {
                 .max(crate::evidence::floor(boot.attrs(), on_disk)),
             data_schema: state.state.data_schema,
             last_install: state.state.last_install.clone(),
+            fleet_confirmation: state.state.fleet_confirmation.clone(),
             running_root: None,
             warnings,
         }
@@ -127,6 +130,14 @@ impl fmt::Display for UpdaterStatus {
                 write!(f, " ({r})")?;
             }
             writeln!(f)?;
+        }
+        if let Some(c) = &self.fleet_confirmation {
+            let what = c.version.as_deref().unwrap_or("a release");
+            writeln!(
+                f,
+                "fleet: action {} ({what}) waits for a confirmation: updater fleet --once --confirm {} (or --deny {})",
+                c.action, c.action, c.action
+            )?;
         }
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;

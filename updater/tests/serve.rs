@@ -381,8 +381,9 @@ fn the_socket_is_its_owners_and_groups_only_and_a_live_one_is_not_taken_over() {
 /// The fleet server's request to confirm an action, answered through the
 /// API (what the technician's page will offer), as `updater fleet --once
 /// --confirm` answers it.
-#[test]
-fn a_fleet_action_is_confirmed_or_denied_through_the_api() {
+/// A device whose fleet server (in hawkBit's shapes) asks it to confirm
+/// an action assigning 2.0.0: the server, the device, the action's id.
+fn asked_to_confirm() -> (switchback_test_support::hawkbit::Hawkbit, Device, u64) {
     use switchback_test_support::hawkbit::{Auth, Hawkbit};
     let hb = Hawkbit::start(Auth {
         target_tokens: vec!["tok-api".into()],
@@ -397,8 +398,29 @@ fn a_fleet_action_is_confirmed_or_denied_through_the_api() {
     c["fleet"] = j!({"url": hb.url, "controller_id": "gw-api", "token_file": token,
         "hw_revision": "1.0", "reboot": false});
     std::fs::write(&dev.config, c.to_string()).unwrap();
-    let ds = hb.distribution("acme-gw", "2.0.0", j!([]));
+    let ds = hb.distribution(
+        "acme-gw",
+        "2.0.0",
+        j!([{"part": "os", "version": "2.0.0", "name": "os", "artifacts": []}]),
+    );
     let id = hb.assign(ds, j!({"type": "forced", "confirm": true}));
+    (hb, dev, id)
+}
+
+/// What the fleet server heard of its request to confirm: `confirmed`
+/// and `denied`, in order.
+fn confirmations(hb: &switchback_test_support::hawkbit::Hawkbit) -> Vec<Value> {
+    hb.state()["actions"][0]["confirmations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["confirmation"].clone())
+        .collect()
+}
+
+#[test]
+fn a_fleet_action_is_confirmed_or_denied_through_the_api() {
+    let (hb, dev, id) = asked_to_confirm();
     let api = serve(&dev, "b", 30);
 
     let answer = |action: String, confirmed: bool| {
@@ -412,13 +434,7 @@ fn a_fleet_action_is_confirmed_or_denied_through_the_api() {
     assert_eq!(denied["message"], format!("action {id}: denied"));
     let (code, confirmed) = answer(id.to_string(), true);
     assert_eq!(code, 200, "{confirmed}");
-    let said: Vec<Value> = hb.state()["actions"][0]["confirmations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["confirmation"].clone())
-        .collect();
-    assert_eq!(said, [j!("denied"), j!("confirmed")]);
+    assert_eq!(confirmations(&hb), [j!("denied"), j!("confirmed")]);
     assert_eq!(call(&api, "POST", "/v1/fleet/confirm", b"{}").0, 400);
 }
 
@@ -895,6 +911,62 @@ fn the_page_installs_activates_and_rolls_back_in_a_real_browser() {
         bootctl::Slot::B,
         "1.0.0 boots after the rollback"
     );
+}
+
+/// The fleet server's request to confirm an action, on the page: the
+/// fleet client's poll leaves it waiting (and says so in `status`), the
+/// technician denies it, the server asks again, the technician confirms.
+#[test]
+fn the_page_shows_the_fleet_servers_request_to_confirm_and_answers_it() {
+    let (hb, dev, id) = asked_to_confirm();
+    let port = free_port();
+    listen_on(&dev, j!({"listen": format!("127.0.0.1:{port}")}));
+    set_password(&dev, "tech", "correct horse battery").success();
+    let technician = switchback_test_support::browser::Technician {
+        url: format!("http://127.0.0.1:{port}/"),
+        user: "tech".into(),
+        password: "correct horse battery".into(),
+        shots: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("page-fleet-shots"),
+    };
+    let poll = || {
+        let out = dev.updater("b").args(["fleet", "--once"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let status = || {
+        let out = dev.updater("b").arg("status").assert().success();
+        String::from_utf8_lossy(&out.get_output().stdout).into_owned()
+    };
+    let waits = format!("action {id} (2.0.0) waits for a confirmation");
+    let first = poll();
+    assert!(first.contains(&waits), "{first}");
+    assert!(
+        status().contains(&format!("fleet: {waits}")),
+        "{}",
+        status()
+    );
+
+    let _api = serve_network(&dev, "b", port);
+    for (answer, heard) in [
+        ("deny", j!(["denied"])),
+        ("confirm", j!(["denied", "confirmed"])),
+    ] {
+        let out = technician
+            .step(&["fleet", "--action", &id.to_string(), "--answer", answer])
+            .unwrap_or_else(|e| panic!("{e}"));
+        println!("{out}");
+        assert_eq!(j!(confirmations(&hb)), heard);
+        assert!(
+            !status().contains("waits for a confirmation"),
+            "{}",
+            status()
+        );
+        if answer == "deny" {
+            // A denied action stays with the server, which asks again.
+            assert!(poll().contains(&waits));
+        }
+    }
+    // Confirmed: the server now offers the deployment itself.
+    assert!(!poll().contains("waits for a confirmation"));
 }
 
 /// The API on a real block device: the disk as a loop device, the state on

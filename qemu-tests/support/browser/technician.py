@@ -11,6 +11,8 @@ checks what the page shows. One step a run:
   rollback --to VERSION   log in, ask for the rollback, check that the
            confirmation names VERSION, confirm
   reboot   log in, reboot
+  fleet --action ID --answer confirm|deny   log in, see the fleet server's
+           request to confirm action ID, answer it
 
 Every step logs in with --user and the password in $SWITCHBACK_PASSWORD.
 A screenshot and the page's HTML are saved in --shots at the end of each
@@ -148,6 +150,21 @@ def reboot(driver, args):
     print("reboot: " + text(driver, "message"))
 
 
+def fleet(driver, args):
+    wait_for(driver, "the fleet server's request shows",
+             lambda d: d.find_element(By.ID, "fleet").is_displayed(), args.timeout)
+    asked = text(driver, "fleet-text")
+    if "action " + args.action not in asked:
+        raise Failed("the request does not name action %s: %r" % (args.action, asked))
+    print("asked: " + asked)
+    driver.find_element(By.ID, "fleet-" + args.answer).click()
+    said = "Action %s: %s" % (args.action, {"confirm": "confirmed", "deny": "denied"}[args.answer])
+    wait_for(driver, "the answer is taken", lambda d: text(d, "message").startswith(said), args.timeout)
+    print("fleet: " + text(driver, "message"))
+    wait_for(driver, "the request is gone once answered",
+             lambda d: not d.find_element(By.ID, "fleet").is_displayed(), args.timeout)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--url", required=True)
@@ -161,13 +178,16 @@ def main():
     r = steps.add_parser("rollback")
     r.add_argument("--to", required=True)
     steps.add_parser("reboot")
+    f = steps.add_parser("fleet")
+    f.add_argument("--action", required=True)
+    f.add_argument("--answer", choices=("confirm", "deny"), required=True)
     args = p.parse_args()
     password = os.environ["SWITCHBACK_PASSWORD"]
     driver = browser()
     started = time.monotonic()
     try:
         login(driver, args.url, args.user, password, args.timeout)
-        {"install": install, "rollback": rollback, "reboot": reboot}[args.step](driver, args)
+        {"install": install, "rollback": rollback, "reboot": reboot, "fleet": fleet}[args.step](driver, args)
         shot(driver, args.shots, args.step)
         print("%s: done in %.1f s" % (args.step, time.monotonic() - started))
         return 0

@@ -445,10 +445,14 @@ impl Client<'_> {
                 .into());
             }
         }
+        // The server no longer asks: nothing waits for an operator.
+        if polled.confirmation.is_none() && state.fleet_confirmation.is_some() {
+            state = change(self.config, &self.disk, |s| s.fleet_confirmation = None)?;
+        }
         let done = if let Some(href) = &polled.cancel {
             self.cancel(&ddi, href)?
         } else if let Some(href) = &polled.confirmation {
-            self.confirmation(&ddi, href)?
+            self.confirmation(&ddi, href, &state)?
         } else if let Some(href) = &polled.deployment {
             self.deploy(&ddi, href, state, running.0)?
         } else {
@@ -507,8 +511,9 @@ impl Client<'_> {
 
     /// Answers the server's request to confirm an action: as the operator
     /// said (`--confirm`/`--deny` naming it), or at once with `confirm:
-    /// auto`; else it waits, and says how to answer.
-    fn confirmation(&self, ddi: &Ddi, href: &str) -> Result<Cycle> {
+    /// auto`; else it waits, and says how to answer, and the state keeps
+    /// what waits for `status` and the page to show.
+    fn confirmation(&self, ddi: &Ddi, href: &str, state: &State) -> Result<Cycle> {
         let (id, version) = ddi.confirmation(href)?;
         let answer = match (&self.opts.answer, self.fleet.confirm) {
             (Some((asked, yes)), _) if *asked == id => Some((*yes, "by an operator at the device")),
@@ -528,19 +533,29 @@ impl Client<'_> {
             Some(v) => format!("action {id} ({v})"),
             None => format!("action {id}"),
         };
-        match answer {
-            Some((true, by)) => {
-                ddi.confirm(&id, true, &[format!("{what} confirmed {by}")])?;
-                Ok(Cycle::Confirmed { id, by })
+        let Some((yes, by)) = answer else {
+            let waiting = Some(crate::state::FleetConfirmation {
+                action: id.clone(),
+                version,
+            });
+            if state.fleet_confirmation != waiting {
+                change(self.config, &self.disk, |s| s.fleet_confirmation = waiting)?;
             }
-            Some((false, by)) => {
-                ddi.confirm(&id, false, &[format!("{what} denied {by}")])?;
-                Ok(Cycle::Denied { id })
-            }
-            None => Ok(Cycle::Waiting(format!(
+            return Ok(Cycle::Waiting(format!(
                 "{what} waits for a confirmation at the device: updater fleet --once --confirm {id} (or --deny {id})"
-            ))),
+            )));
+        };
+        let said = if yes { "confirmed" } else { "denied" };
+        ddi.confirm(&id, yes, &[format!("{what} {said} {by}")])?;
+        // Answered, as the server took it; a denied action it asks about
+        // again is kept again by the next poll.
+        if state.fleet_confirmation.is_some() {
+            change(self.config, &self.disk, |s| s.fleet_confirmation = None)?;
         }
+        Ok(match yes {
+            true => Cycle::Confirmed { id, by },
+            false => Cycle::Denied { id },
+        })
     }
 
     /// Why a deployment offered now is not started now, if it is not

@@ -55,6 +55,7 @@ function showApp(user) {
 }
 
 let rollbackTo = null;
+let fleetAction = null;
 
 async function refresh() {
   try {
@@ -95,6 +96,14 @@ async function refresh() {
     rollbackTo = other && other.version && other.successful && s.booted ? other.version : null;
     $("rollback").hidden = !rollbackTo;
     $("rollback").textContent = rollbackTo ? "Roll back to " + rollbackTo : "";
+    // An action the fleet server waits for someone here to confirm
+    // (fleet.confirm: local), answered by its id.
+    const asked = s.fleet_confirmation;
+    fleetAction = asked ? asked.action : null;
+    $("fleet").hidden = !asked;
+    $("fleet-text").textContent = asked
+      ? "The fleet server asks to install " + (asked.version || "a release") + " (action " + asked.action + "). Confirm it, and the server sends it; deny it, and nothing is installed."
+      : "";
     const h = await api("GET", "/v1/history");
     const hist = $("history").tBodies[0];
     hist.replaceChildren();
@@ -207,6 +216,17 @@ async function rollback() {
   refresh();
 }
 
+async function answerFleet(confirmed) {
+  if (!fleetAction) return;
+  try {
+    const r = await api("POST", "/v1/fleet/confirm", { action: fleetAction, confirmed });
+    say(r.message.charAt(0).toUpperCase() + r.message.slice(1));
+  } catch (e) {
+    say("Not answered: " + e.message, true);
+  }
+  refresh();
+}
+
 async function reboot() {
   if (!window.confirm("Reboot the appliance now?")) return;
   try {
@@ -243,6 +263,8 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("confirm-yes").addEventListener("click", rollback);
   $("confirm-no").addEventListener("click", () => $("confirm-rollback").close());
   $("reboot").addEventListener("click", reboot);
+  $("fleet-confirm").addEventListener("click", () => answerFleet(true));
+  $("fleet-deny").addEventListener("click", () => answerFleet(false));
   $("logout").addEventListener("click", logout);
   try {
     const s = await api("GET", "/v1/session");
