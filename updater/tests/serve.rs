@@ -427,6 +427,13 @@ fn a_fleet_action_is_confirmed_or_denied_through_the_api() {
         let body = j!({"action": action, "confirmed": confirmed}).to_string();
         call(&api, "POST", "/v1/fleet/confirm", body.as_bytes())
     };
+    // Another command holds the disk: the answer waits for it (busy),
+    // never dropped while the reply says all went well.
+    let held = bootctl::lock::lock(&dev.disk, Duration::from_secs(1)).unwrap();
+    let (code, busy) = answer(id.to_string(), true);
+    assert_eq!((code, &busy["code"]), (409, &j!(47)), "{busy}");
+    assert_eq!(confirmations(&hb), Vec::<Value>::new());
+    drop(held);
     let (code, wrong) = answer("999".into(), true);
     assert_eq!((code, &wrong["code"]), (422, &j!(73)), "{wrong}");
     let (code, denied) = answer(id.to_string(), false);

@@ -152,6 +152,17 @@ impl Device {
             &on_disk,
         );
         status.warnings.extend(warnings);
+        // Only a fleet client that waits for an operator keeps one; a
+        // config that no longer has one is not offered an answer it
+        // would refuse.
+        let local = self
+            .config
+            .fleet
+            .as_ref()
+            .is_some_and(|f| f.confirm == crate::config::Confirm::Local);
+        if !local {
+            status.fleet_confirmation = None;
+        }
         let cmdline = bootctl::host::read_cmdline();
         if self.booted.is_some() && crate::not_the_running_disk(&self.disk, &cmdline).is_none() {
             status.running_root = Some(crate::integrity::describe());

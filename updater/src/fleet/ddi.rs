@@ -312,6 +312,14 @@ pub fn origin(url: &str) -> Option<String> {
     })
 }
 
+/// A short text the server names something by (a release's version):
+/// printed on a terminal and kept in the state file, so without control
+/// characters (a newline would forge a line of `updater status`, an
+/// escape sequence would drive the terminal) and at most 128 characters.
+fn server_text(text: String) -> String {
+    text.chars().filter(|c| !c.is_control()).take(128).collect()
+}
+
 /// Longest attribute key or value hawkBit stores
 /// (`Target.CONTROLLER_ATTRIBUTE_MAX_VALUE_SIZE`).
 pub const MAX_ATTRIBUTE: usize = 128;
@@ -676,7 +684,7 @@ impl Ddi {
         let mut unusable = Vec::new();
         let mut version = None;
         for chunk in chunks.into_iter().take(16) {
-            version = version.or(chunk.version);
+            version = version.or(chunk.version.map(server_text));
             for a in chunk.artifacts.into_iter().take(16) {
                 let Some(filename) = a.filename else {
                     continue;
@@ -778,7 +786,7 @@ impl Ddi {
             .confirmation
             .and_then(|c| c.chunks)
             .and_then(|c| c.into_iter().find_map(|c| c.version))
-            .map(|v| v.chars().take(128).collect());
+            .map(server_text);
         Ok((check_id(&id, href)?, version))
     }
 

@@ -332,7 +332,12 @@ impl Client<'_> {
             Ok(()) => log::info!("fleet: told the server that {name} {version} is installed"),
             // An older hawkBit, another server, or a distribution set the
             // server does not have: the attributes still say what runs.
-            Err(DdiError::Status { status: 400..=499, .. }) => log::info!(
+            // Refusals that asking again would not change; anything else
+            // (408, 409, 429, a token being replaced) is asked again.
+            Err(DdiError::Status {
+                status: 400 | 404 | 405 | 410 | 501,
+                ..
+            }) => log::info!(
                 "fleet: the server takes no installedBase for {name} {version}; its sw_version attribute says what runs"
             ),
             Err(e) => {
@@ -383,12 +388,15 @@ impl Client<'_> {
         // very action) must not stop the polling: the server still hears
         // from the device, and a cancel gets its answer once the disk is
         // free. Only what needs the disk waits.
+        // An operator's answer is not polled past: it waits for the disk
+        // (Busy) rather than be dropped while the page says it was given.
         let settled = match settle_and_save(self.config, &self.disk) {
             Err(e)
-                if matches!(
-                    crate::error::find::<bootctl::Error>(&e),
-                    Some(bootctl::Error::Busy { .. })
-                ) =>
+                if self.opts.answer.is_none()
+                    && matches!(
+                        crate::error::find::<bootctl::Error>(&e),
+                        Some(bootctl::Error::Busy { .. })
+                    ) =>
             {
                 log::info!("fleet: {e:#}; polling anyway");
                 None
@@ -436,6 +444,10 @@ impl Client<'_> {
         if idle && self.opts.answer.is_none() {
             state = self.installed_base(&ddi, state, &running)?;
         }
+        // The server no longer asks: nothing waits for an operator.
+        if polled.confirmation.is_none() && state.fleet_confirmation.is_some() {
+            state = change(self.config, &self.disk, |s| s.fleet_confirmation = None)?;
+        }
         if let Some(asked) = self.opts.answer.as_ref().map(|(id, _)| id) {
             if polled.confirmation.is_none() {
                 return Err(UpdateError::NothingToConfirm {
@@ -445,11 +457,11 @@ impl Client<'_> {
                 .into());
             }
         }
-        // The server no longer asks: nothing waits for an operator.
-        if polled.confirmation.is_none() && state.fleet_confirmation.is_some() {
-            state = change(self.config, &self.disk, |s| s.fleet_confirmation = None)?;
-        }
-        let done = if let Some(href) = &polled.cancel {
+        let done = if let (Some(href), Some(_)) = (&polled.confirmation, &self.opts.answer) {
+            // What the operator asked for is done first, never dropped
+            // for a cancel the same poll carries (answered next cycle).
+            self.confirmation(&ddi, href, &state)?
+        } else if let Some(href) = &polled.cancel {
             self.cancel(&ddi, href)?
         } else if let Some(href) = &polled.confirmation {
             self.confirmation(&ddi, href, &state)?
@@ -515,14 +527,22 @@ impl Client<'_> {
     /// what waits for `status` and the page to show.
     fn confirmation(&self, ddi: &Ddi, href: &str, state: &State) -> Result<Cycle> {
         let (id, version) = ddi.confirmation(href)?;
+        let waiting = Some(crate::state::FleetConfirmation {
+            action: id.clone(),
+            version: version.clone(),
+        });
         let answer = match (&self.opts.answer, self.fleet.confirm) {
             (Some((asked, yes)), _) if *asked == id => Some((*yes, "by an operator at the device")),
-            (Some((asked, _)), _) => {
+            (Some((asked, _)), confirm) => {
+                // What the server asks about now is what the page offers.
+                if confirm == crate::config::Confirm::Local && state.fleet_confirmation != waiting {
+                    change(self.config, &self.disk, |s| s.fleet_confirmation = waiting)?;
+                }
                 return Err(UpdateError::NothingToConfirm {
                     id: asked.clone(),
                     why: format!("the server asks to confirm action {id}"),
                 }
-                .into())
+                .into());
             }
             (None, crate::config::Confirm::Auto) => {
                 Some((true, "automatically (fleet.confirm: auto)"))
@@ -534,10 +554,6 @@ impl Client<'_> {
             None => format!("action {id}"),
         };
         let Some((yes, by)) = answer else {
-            let waiting = Some(crate::state::FleetConfirmation {
-                action: id.clone(),
-                version,
-            });
             if state.fleet_confirmation != waiting {
                 change(self.config, &self.disk, |s| s.fleet_confirmation = waiting)?;
             }
