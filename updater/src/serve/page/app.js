@@ -145,8 +145,14 @@ function install(event) {
   $("install").disabled = true;
   // The install's own events: the checks as they pass, the bytes written.
   const events = new EventSource("/v1/events");
+  // The install's reply and its events come on two connections: the reply
+  // can be read before the last events sent ahead of it. Those are waited
+  // for (a few seconds at most), so that no check goes unlisted.
+  let ended = null;
+  const lastEvent = new Promise((resolve) => { ended = resolve; });
   events.onmessage = (m) => {
     const e = JSON.parse(m.data);
+    if (e.event === "ready" || e.event === "flipped" || e.event === "error") ended();
     if (e.event === "verified") check("Signature verified: " + e.compatible + " " + e.version + ", signed by " + e.signer + ", into " + e.slot);
     else if (e.event === "progress" && e.total > 0) progress((e.done / e.total) * 100);
     else if (e.event === "written") check("Written: " + e.bytes + " bytes to " + e.slot);
@@ -160,7 +166,8 @@ function install(event) {
     xhr.open("POST", "/v1/install" + query);
     xhr.setRequestHeader("Content-Type", "application/octet-stream");
     xhr.setRequestHeader("X-CSRF-Token", csrf);
-    xhr.onload = () => {
+    xhr.onload = async () => {
+      if (xhr.status === 200) await Promise.race([lastEvent, new Promise((r) => setTimeout(r, 5000))]);
       events.close();
       $("install").disabled = false;
       let data = null;
