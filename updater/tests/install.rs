@@ -759,37 +759,7 @@ fn a_bundle_replaced_on_the_server_mid_download_is_not_spliced() {
 fn an_untrusted_certificate_is_named_and_not_retried() {
     let dev = device();
     let b = std::fs::read(dev.bundle(&release("2.0.0"))).unwrap();
-    let (cert, key) = (
-        dev.dir.path().join("cert.pem"),
-        dev.dir.path().join("key.pem"),
-    );
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (cert, key) = self_signed(dev.dir.path(), "server", "127.0.0.1", false);
     let server = Fixture::serve_tls(&cert, &key, move |_| file(b.clone()));
     let url = format!("{}/r.swb", server.url);
     let out = dev.updater("a").arg("install").arg(&url).output().unwrap();

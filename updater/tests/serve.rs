@@ -729,36 +729,7 @@ fn with_a_certificate_the_network_listener_speaks_only_tls() {
     let dev = device();
     let port = free_port();
     let dir = dev.dir.path();
-    let (cert, key) = (dir.join("api.crt"), dir.join("api.key"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=appliance",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (cert, key) = self_signed(dir, "api", "appliance", true);
     listen_on(
         &dev,
         j!({"listen": format!("127.0.0.1:{port}"), "tls_cert": cert, "tls_key": key}),

@@ -554,3 +554,47 @@ impl Drop for LoopDisk {
             .status();
     }
 }
+
+/// A self-signed P-256 certificate for 127.0.0.1 and its key, made by
+/// openssl in `dir`: the certificate's path and the key's. `end_entity`
+/// marks it `CA:FALSE`, as a server's own certificate (rustls refuses a
+/// CA's certificate presented as a server's); without it openssl makes a
+/// CA certificate, which a client names as self-signed.
+pub fn self_signed(dir: &Path, name: &str, cn: &str, end_entity: bool) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let mut openssl = std::process::Command::new("openssl");
+    openssl.args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={cn}"),
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+    ]);
+    if end_entity {
+        openssl.args(["-addext", "basicConstraints=critical,CA:FALSE"]);
+    }
+    let made = openssl
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (cert, key)
+}
